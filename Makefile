@@ -1,0 +1,38 @@
+# The two commands (README): `make demo` runs the main job, `make test` runs the tests.
+# Both install what they need first and are safe to run twice.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install system-deps demo up test test-unit bench clean
+
+install: system-deps $(VENV)/.installed .stafet/kafka-libs/.resolved
+
+system-deps:
+	@bash deploy/install-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+.stafet/kafka-libs/.resolved: deploy/kafka/pom.xml $(VENV)/.installed
+	$(BIN)/stafet kafka fetch
+
+demo: install
+	$(BIN)/stafet demo
+
+up: install
+	$(BIN)/stafet up
+
+test: install
+	$(BIN)/pytest -q
+
+test-unit: install
+	$(BIN)/pytest -q -m "not integration"
+
+clean:
+	-$(BIN)/stafet kafka stop
+	rm -rf .stafet

@@ -1,0 +1,180 @@
+"""MLLP source connector: HL7 v2 ADT over TCP → ``ingest.hl7v2``.
+
+For each framed message: validate it with the same :func:`stafet.hl7v2.parse_adt` the stream
+uses, write the raw bytes durably to ``ingest.hl7v2`` (idempotent, ``acks=all``) keyed by the
+pseudonymous patient key, and only then answer AA. A message that will never be accepted gets
+AR with an ERR segment and goes to ``dlq.mllp`` with the reason; a broker that does not confirm
+the write gets AE (the sender retries). Messages on one connection are answered in order, so a
+sender may pipeline; many connections are served concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from hl7.mllp import start_hl7_server
+
+from stafet.config import Settings
+from stafet.connectors.hl7_ack import build_ack
+from stafet.connectors.producer import DurableProducer
+from stafet.errors import DeliveryError
+from stafet.hl7v2 import Hl7Error, RawHeader, decode, parse_adt, read_header
+from stafet.logging import get_logger
+from stafet.topics import (
+    DLQ_MLLP, H_CHARSET, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INGEST_HL7V2,
+)
+
+log = get_logger(__name__)
+
+START_OF_FRAME = b"\x0b"
+END_OF_FRAME = b"\x1c\x0d"
+#: How much of an oversize or truncated frame is kept in the DLQ.
+DLQ_SAMPLE_BYTES = 65_536
+
+
+class MllpListener:
+    """An asyncio MLLP server; ``await start()``, then ``await stop()``."""
+
+    def __init__(self, settings: Settings, producer: DurableProducer | None = None) -> None:
+        self.settings = settings
+        self.producer = producer or DurableProducer(
+            settings.bootstrap, timeout_s=settings.mllp_produce_timeout_s
+        )
+        self._server: asyncio.AbstractServer | None = None
+        self._secret = settings.patient_key_secret.get_secret_value()
+
+    async def start(self) -> None:
+        self._server = await start_hl7_server(
+            self._serve, host=self.settings.mllp_host, port=self.settings.mllp_port,
+            limit=self.settings.mllp_max_message_bytes,
+        )
+        log.info("mllp.listening", host=self.settings.mllp_host, port=self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.producer.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    # --- one connection ----------------------------------------------------------------
+
+    async def _serve(self, reader, writer) -> None:  # type: ignore[no-untyped-def]
+        peer = writer.get_extra_info("peername")
+        try:
+            while True:
+                try:
+                    frame = await reader.readuntil(END_OF_FRAME)
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial.strip():
+                        await self._reject_frame(writer, exc.partial, "truncated frame: the "
+                            f"connection ended after {len(exc.partial)} bytes without the MLLP "
+                            "end block 0x1C 0x0D")
+                    return
+                except asyncio.LimitOverrunError:
+                    await self._reject_frame(writer, b"", "frame exceeds the maximum of "
+                        f"{self.settings.mllp_max_message_bytes} bytes (or has no MLLP end block)")
+                    return  # the stream cannot be resynchronised: close the connection
+                start = frame.find(START_OF_FRAME)
+                if start < 0:
+                    await self._reject_frame(writer, frame[:-2], "data outside an MLLP frame: "
+                                             "a message must start with the start block 0x0B")
+                    continue
+                if frame[:start].strip():
+                    log.warning("mllp.junk_before_frame", bytes=start)
+                block = frame[start + 1:-2]
+                ack = await self.handle(block, peer)
+                writer.writeblock(ack)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+    async def _reject_frame(self, writer, data: bytes, reason: str) -> None:  # type: ignore[no-untyped-def]
+        """A framing error: DLQ what we have, answer AR if the peer still listens."""
+        sample = data.lstrip(b"\x0b")[:DLQ_SAMPLE_BYTES]
+        header = _try_header(sample, self.settings.mllp_default_charset)
+        await self._dead_letter(sample, reason)
+        log.warning("mllp.rejected", reason=reason, control_id=header.control_id if header else None)
+        ack = build_ack("AR", header, application=self.settings.receiving_application,
+                        facility=self.settings.receiving_facility, error_code=100,
+                        error_text="Segment sequence error", reason=reason)
+        try:
+            writer.writeblock(ack)
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def handle(self, block: bytes, peer: object = None) -> bytes:
+        """Validate, store, acknowledge one message; return the ACK bytes."""
+        s = self.settings
+        received_at = datetime.now(timezone.utc).isoformat()
+        header: RawHeader | None = _try_header(block, s.mllp_default_charset)
+        try:
+            event = parse_adt(block, secret=self._secret, default_charset=s.mllp_default_charset,
+                              timezone=s.default_timezone)
+        except Hl7Error as exc:
+            await self._dead_letter(block, str(exc))
+            log.warning("mllp.rejected", control_id=header.control_id if header else None,
+                        error=str(exc))
+            return build_ack("AR", header, application=s.receiving_application,
+                             facility=s.receiving_facility, error_code=exc.code,
+                             error_text=exc.text, location=exc.location, reason=exc.reason)
+        assert header is not None  # parse_adt succeeded, so MSH was readable
+        try:
+            await self.producer.send(
+                INGEST_HL7V2, block, key=event.patient_key.encode(),
+                headers=[(H_CHARSET, header.charset.encode()), (H_SOURCE, b"mllp"),
+                         (H_RECEIVED_AT, received_at.encode())],
+            )
+        except DeliveryError as exc:
+            log.error("mllp.store_failed", control_id=header.control_id, error=str(exc))
+            return build_ack("AE", header, application=s.receiving_application,
+                             facility=s.receiving_facility, error_code=207,
+                             error_text="Application internal error",
+                             reason=f"not stored, please retry: {exc}")
+        log.info("mllp.accepted", control_id=header.control_id, trigger=event.hl7_trigger,
+                 event_id=event.event_id)
+        return build_ack("AA", header, application=s.receiving_application,
+                         facility=s.receiving_facility)
+
+    async def _dead_letter(self, data: bytes, reason: str) -> None:
+        try:
+            await self.producer.send(DLQ_MLLP, data, headers=[
+                (H_REASON, reason.encode()), (H_STAGE, b"mllp"),
+                (H_RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode()),
+            ])
+        except DeliveryError as exc:
+            log.error("mllp.dlq_failed", reason=reason, error=str(exc))
+
+
+def _try_header(data: bytes, default_charset: str) -> RawHeader | None:
+    """The MSH fields of a message, or None if it has no readable MSH."""
+    try:
+        return decode(data, default_charset)[1]
+    except Hl7Error:
+        try:
+            return read_header(data.replace(b"\n", b"\r"), default_charset)
+        except Hl7Error:
+            return None
+
+
+async def run(settings: Settings) -> None:
+    """Run the listener until cancelled (``stafet mllp``)."""
+    listener = MllpListener(settings)
+    try:
+        await listener.serve_forever()
+    finally:
+        await listener.stop()

@@ -1,0 +1,62 @@
+"""A small blocking MLLP client: send framed HL7 v2, read the framed ACK.
+
+Used by ``stafet send``, the demo, the tests and the benchmark. python-hl7's own client reads a
+single ``recv`` and can return half an ACK, so this one reads until the end block.
+"""
+
+from __future__ import annotations
+
+import socket
+
+START, END = b"\x0b", b"\x1c\x0d"
+
+
+class MllpClient:
+    """One TCP connection to an MLLP listener; usable as a context manager."""
+
+    def __init__(self, host: str, port: int, timeout_s: float = 30.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        self._buffer = b""
+
+    def __enter__(self) -> MllpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are (no framing): for tests of broken frames."""
+        self.sock.sendall(data)
+
+    def send(self, message: bytes) -> bytes:
+        """Frame and send one message; return its ACK (without framing)."""
+        self.sock.sendall(START + message + END)
+        return self.read_ack()
+
+    def read_ack(self) -> bytes:
+        """Read one framed response; ``ConnectionError`` if the peer closes first."""
+        while END not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the listener closed the connection without an ACK")
+            self._buffer += chunk
+        frame, self._buffer = self._buffer.split(END, 1)
+        return frame[frame.find(START) + 1:]
+
+
+def ack_fields(ack: bytes) -> dict[str, str]:
+    """MSA-1, MSA-2 and the ERR text of an ACK, for callers that only need the outcome."""
+    text = ack.decode("latin-1")
+    segments = {seg.split("|", 1)[0]: seg.split("|") for seg in text.split("\r") if seg}
+    msa = segments.get("MSA", [])
+    err = segments.get("ERR", [])
+    return {
+        "code": msa[1] if len(msa) > 1 else "",
+        "control_id": msa[2] if len(msa) > 2 else "",
+        "error_location": err[2] if len(err) > 2 else "",
+        "error_code": err[3].split("^")[0] if len(err) > 3 else "",
+        "error_text": err[8] if len(err) > 8 else "",
+    }

@@ -1,0 +1,164 @@
+"""The ``stafet`` command line: the local broker, each process of the pipeline, the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from stafet.config import PROJECT_ROOT, get_settings
+from stafet.logging import configure_logging
+
+
+@click.group()
+def main() -> None:
+    """stafet: hospital events to MedCom messages for every party that must act."""
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+
+
+# --- the local Kafka broker ----------------------------------------------------------------
+
+
+@main.group()
+def kafka() -> None:
+    """A local single-node Apache Kafka (KRaft) on loopback."""
+
+
+def _local_kafka():  # type: ignore[no-untyped-def]
+    from stafet.kafka_local import LocalKafka
+
+    return LocalKafka.from_settings(get_settings())
+
+
+@kafka.command("fetch")
+def kafka_fetch() -> None:
+    """Resolve the broker jars from Maven Central (once; reused afterwards)."""
+    broker = _local_kafka()
+    broker.fetch()
+    click.echo(f"Kafka jars in {broker.libs}")
+
+
+@kafka.command("start")
+def kafka_start() -> None:
+    """Start the broker (format storage on first start) and wait until it answers."""
+    broker = _local_kafka()
+    broker.start()
+    click.echo(f"Kafka is up on {broker.bootstrap} (pid {broker.pid()}, log {broker.log_file})")
+
+
+@kafka.command("status")
+def kafka_status() -> None:
+    """Say whether the broker runs and answers; exit 1 if not."""
+    broker = _local_kafka()
+    pid, answers = broker.pid(), broker.answers()
+    click.echo(f"pid: {pid or '-'}  answers on {broker.bootstrap}: {'yes' if answers else 'no'}")
+    sys.exit(0 if answers else 1)
+
+
+@kafka.command("stop")
+def kafka_stop() -> None:
+    """Stop the broker started by `stafet kafka start`."""
+    _local_kafka().stop()
+    click.echo("Kafka stopped")
+
+
+@main.command()
+def topics() -> None:
+    """Create every stafet topic that does not exist yet."""
+    from stafet.topics import ensure_topics
+
+    settings = get_settings()
+    created = ensure_topics(settings.bootstrap, settings.partitions)
+    click.echo(f"created {len(created)} topics" if created else "all topics exist")
+
+
+# --- the pipeline's processes ----------------------------------------------------------------
+
+
+@main.command()
+def worker() -> None:
+    """Run the stream worker (normalize → notify) until SIGTERM / Ctrl-C."""
+    from stafet.streams.app import create_worker
+
+    create_worker().execute_from_commandline()
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="listen port (default STAFET_MLLP_PORT, 2575)")
+def mllp(port: int | None) -> None:
+    """Run the MLLP source connector until SIGTERM / Ctrl-C."""
+    from stafet.connectors.mllp import run
+
+    settings = get_settings()
+    if port is not None:
+        settings = settings.model_copy(update={"mllp_port": port})
+    try:
+        asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+def up() -> None:
+    """Kafka, the worker and the MLLP listener, for real senders on loopback, until Ctrl-C."""
+    from stafet.stack import running_stack
+
+    settings = get_settings()
+    with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs") as services:
+        click.echo(f"stafet is up: MLLP on {settings.mllp_host}:{settings.mllp_port}, "
+                   f"Kafka on {settings.bootstrap}. Logs in .stafet/logs. Ctrl-C stops.")
+        try:
+            while all(s.alive() for s in services.values()):
+                time.sleep(1)
+            click.echo("a service exited; see .stafet/logs", err=True)
+        except KeyboardInterrupt:
+            click.echo("stopping…")
+
+
+@main.command()
+@click.option("--timeout", type=float, default=180.0, help="seconds to wait for the notifications")
+def demo(timeout: float) -> None:
+    """Replay a scripted synthetic day and show what each municipality received."""
+    from stafet.demo.run import run_demo
+
+    sys.exit(run_demo(get_settings(), timeout_s=timeout))
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+def send(files: tuple[Path, ...], host: str | None, port: int | None) -> None:
+    """Send HL7 v2 files over MLLP (one message per file, segments on lines) and print each ACK."""
+    from stafet.connectors.mllp_client import MllpClient, ack_fields
+
+    settings = get_settings()
+    with MllpClient(host or settings.mllp_host, port or settings.mllp_port) as client:
+        for path in files:
+            raw = path.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r")
+            ack = ack_fields(client.send(raw + b"\r"))
+            click.echo(f"{path}: {ack['code']} {ack['control_id']} {ack['error_text']}".rstrip())
+
+
+@main.command()
+@click.argument("municipality_code")
+@click.option("--from-beginning/--new-only", default=True)
+@click.option("--idle", type=float, default=3.0, help="stop after this many idle seconds")
+def inbox(municipality_code: str, from_beginning: bool, idle: float) -> None:
+    """Print the notifications on a municipality's topic (event code, message id, patient)."""
+    from stafet.demo.inbox import read_topic, summarize
+    from stafet.topics import municipality_topic
+
+    settings = get_settings()
+    for record in read_topic(settings.bootstrap, municipality_topic(municipality_code),
+                             from_beginning=from_beginning, idle_s=idle):
+        click.echo(json.dumps(summarize(record), ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

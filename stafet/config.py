@@ -1,0 +1,82 @@
+"""One settings object for every stafet process, read from ``STAFET_*`` environment variables.
+
+Secrets are ``SecretStr`` so they never reach a log line or a repr.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Configuration for the broker tooling, the connectors and the stream worker."""
+
+    model_config = SettingsConfigDict(env_prefix="STAFET_", env_file=".env", extra="ignore")
+
+    # --- Kafka ---------------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        "", description="Kafka bootstrap servers; empty means the local broker on kafka_port"
+    )
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_home: Path = Field(PROJECT_ROOT / ".stafet" / "kafka", description="config, data, log")
+    kafka_libs: Path = Field(
+        PROJECT_ROOT / ".stafet" / "kafka-libs", description="broker jars from Maven Central"
+    )
+    kafka_heap: str = "512m"
+    partitions: int = Field(3, ge=1, description="partitions of every stafet topic")
+
+    # --- MLLP source connector -----------------------------------------------------------
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_max_message_bytes: int = Field(1_048_576, description="larger frames are rejected (AR)")
+    mllp_default_charset: str = Field(
+        "utf-8", description="charset when MSH-18 is empty (UTF-8 fails loudly on Latin-1 bytes)"
+    )
+    mllp_produce_timeout_s: float = Field(
+        10.0, description="wait this long for the broker's ack before answering AE"
+    )
+    receiving_application: str = "STAFET"
+    receiving_facility: str = "STAFET"
+
+    # --- stream worker -------------------------------------------------------------------
+    app_id: str = "stafet"
+    worker_data_dir: Path = Field(PROJECT_ROOT / ".stafet" / "worker", description="RocksDB state")
+    worker_web_port: int = 6066
+    processing_guarantee: str = Field(
+        "at_least_once",
+        description="at_least_once (default; duplicates are suppressed by the notify table and "
+        "carry identical ids) | exactly_once (Kafka transactions; see docs/decisions.md)",
+    )
+    worker_session_timeout_s: float = Field(
+        15.0, description="a crashed worker's partitions move to the others after this long"
+    )
+    validate_notifications: bool = Field(True, description="validate every Bundle with fhir.resources")
+    default_timezone: str = Field("Europe/Copenhagen", description="for HL7 times without an offset")
+
+    # --- identity and secrets -------------------------------------------------------------
+    patient_key_secret: SecretStr = Field(
+        SecretStr("stafet-local-development-only"),
+        description="HMAC secret for pseudonymous patient keys; set a real one in production",
+    )
+
+    # --- logging ---------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap servers to use (the local broker when none are configured)."""
+        return self.bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()

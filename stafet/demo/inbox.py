@@ -1,0 +1,110 @@
+"""Read what a municipality (or any subscriber) received, the way it would: a Kafka consumer."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    offset: int
+
+    def json(self) -> dict:
+        return json.loads(self.value)
+
+
+def _consumer(bootstrap: str) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"stafet-inbox-{uuid.uuid4()}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    })
+
+
+def end_offsets(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
+    """The current end offset of every partition of ``topics`` (retrying while a new topic's
+    partitions are still electing leaders)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=10)
+            request = {TopicPartition(t, p): OffsetSpec.latest()
+                       for t in topics for p in metadata.topics[t].partitions}
+            result = admin.list_offsets(request, request_timeout=10)
+            return {(tp.topic, tp.partition): f.result().offset for tp, f in result.items()}
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def read_topics(
+    bootstrap: str, start: dict[tuple[str, int], int], *, idle_s: float = 3.0,
+    until: int | None = None, timeout_s: float = 60.0,
+) -> list[Received]:
+    """Records after the ``start`` offsets; stop after ``until`` records, ``idle_s`` quiet, or
+    ``timeout_s`` in all."""
+    consumer = _consumer(bootstrap)
+    consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
+    out: list[Received] = []
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if until is not None and len(out) >= until:
+                break
+            if until is None and time.monotonic() - last > idle_s:
+                break
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            last = time.monotonic()
+            out.append(Received(msg.topic(), msg.key(), msg.value(),
+                                {k: v for k, v in (msg.headers() or [])}, msg.offset()))
+        return out
+    finally:
+        consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str, *, from_beginning: bool = True,
+               idle_s: float = 3.0) -> Iterator[Received]:
+    ends = end_offsets(bootstrap, [topic])
+    start = {tp: (0 if from_beginning else end) for tp, end in ends.items()}
+    yield from read_topics(bootstrap, start, idle_s=idle_s, timeout_s=3600)
+
+
+def masked_cpr(cpr: str) -> str:
+    return f"{cpr[:6]}-****" if len(cpr) == 10 else "****"
+
+
+def summarize(record: Received) -> dict:
+    """What a caseworker would see first: event, patient (CPR masked), message id."""
+    bundle = record.json()
+    resources = {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
+    patient = resources.get("Patient", {})
+    cpr = next((i["value"] for i in patient.get("identifier", [])
+                if i.get("system") == "urn:oid:1.2.208.176.1.2"), "")
+    name = patient.get("name", [{}])[0]
+    encounter = resources.get("Encounter", {})
+    return {
+        "event": record.headers.get("stafet.event_code", b"").decode(),
+        "message_id": resources.get("MessageHeader", {}).get("id"),
+        "patient": " ".join([*name.get("given", []), name.get("family", "")]).strip(),
+        "cpr": masked_cpr(cpr),
+        "encounter": f"{encounter.get('class', {}).get('code')}/{encounter.get('status')}",
+        "deceased": patient.get("deceasedBoolean", False),
+    }

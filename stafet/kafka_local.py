@@ -1,0 +1,213 @@
+"""A real, local, single-node Apache Kafka (KRaft, broker + controller) for development, tests and
+the demo.
+
+The broker jars are resolved from Maven Central by ``deploy/kafka/pom.xml`` once and reused; the
+storage is formatted on first start; ``start`` returns only when the broker answers metadata
+requests. Everything lives under ``Settings.kafka_home`` (config, data, log, pid file).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import string
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from stafet.config import PROJECT_ROOT, Settings
+from stafet.errors import StafetError
+from stafet.logging import get_logger
+
+log = get_logger(__name__)
+
+DEPLOY_DIR = PROJECT_ROOT / "deploy" / "kafka"
+KAFKA_VERSION = "4.1.1"
+
+
+class KafkaToolingError(StafetError):
+    """The local broker could not be resolved, formatted, started or stopped."""
+
+
+@dataclass(frozen=True)
+class LocalKafka:
+    """Paths and ports of one local broker."""
+
+    home: Path
+    libs: Path
+    port: int
+    controller_port: int
+    partitions: int
+    heap: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalKafka:
+        return cls(
+            home=settings.kafka_home,
+            libs=settings.kafka_libs,
+            port=settings.kafka_port,
+            controller_port=settings.kafka_controller_port,
+            partitions=settings.partitions,
+            heap=settings.kafka_heap,
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "broker.log"
+
+    # --- jars ----------------------------------------------------------------------------
+
+    def jars_present(self) -> bool:
+        return (self.libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists() and (
+            self.libs / ".resolved"
+        ).exists()
+
+    def fetch(self) -> None:
+        """Resolve the broker and its runtime dependencies from Maven Central (once)."""
+        if self.jars_present():
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise KafkaToolingError("Maven (mvn) is not installed: run `make install` or "
+                                    "`apt-get install -y maven`")
+        self.libs.mkdir(parents=True, exist_ok=True)
+        log.info("kafka.fetch", version=KAFKA_VERSION, libs=str(self.libs))
+        cmd = [mvn, "-q", "-B", "-f", str(DEPLOY_DIR / "pom.xml"), f"-Dlibs.dir={self.libs}",
+               f"-Dkafka.version={KAFKA_VERSION}", "dependency:copy-dependencies"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise KafkaToolingError(f"resolving Kafka jars failed:\n{result.stdout}{result.stderr}")
+        (self.libs / ".resolved").write_text(KAFKA_VERSION)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def _java(self, *args: str, heap: str = "256m") -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise KafkaToolingError("Java 17+ is not installed: run `make install` or "
+                                    "`apt-get install -y openjdk-17-jre-headless`")
+        return [java, f"-Xmx{heap}",
+                f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.yaml'}",
+                "-cp", f"{self.libs}/*", *args]
+
+    def write_config(self) -> None:
+        template = string.Template((DEPLOY_DIR / "server.properties.template").read_text())
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(template.substitute(
+            port=self.port, controller_port=self.controller_port,
+            data_dir=self.data_dir, partitions=self.partitions,
+        ))
+
+    def format_storage(self) -> None:
+        """Format the KRaft storage once; an already formatted directory is kept."""
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+                         "-c", str(self.config_file))
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise KafkaToolingError(f"formatting storage failed:\n{result.stdout}{result.stderr}")
+
+    def pid(self) -> int | None:
+        """The broker's pid if it is running (a stale pid file is ignored)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            return None
+        return pid
+
+    def answers(self, timeout: float = 2.0) -> bool:
+        """True when a broker on our port answers a metadata request."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
+                             "logger": _SilentLogger()})
+        try:
+            admin.list_topics(timeout=timeout)
+        except Exception:
+            return False
+        return True
+
+    def start(self, wait_s: float = 90.0) -> None:
+        """Start the broker (resolving jars and formatting storage if needed) and wait for it."""
+        if self.pid() is not None and self.answers():
+            log.info("kafka.already_running", bootstrap=self.bootstrap)
+            return
+        self.fetch()
+        self.write_config()
+        self.format_storage()
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.config_file), heap=self.heap),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = self.log_file.read_text(errors="replace")[-3000:]
+                raise KafkaToolingError(f"the broker exited with {proc.returncode}:\n{tail}")
+            if self.answers(timeout=1.0):
+                log.info("kafka.started", bootstrap=self.bootstrap, pid=proc.pid)
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise KafkaToolingError(f"the broker did not answer within {wait_s:.0f}s; see {self.log_file}")
+
+    def stop(self, wait_s: float = 30.0) -> None:
+        """Stop the broker: SIGTERM (a clean shutdown), SIGKILL after ``wait_s``."""
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            _reap(pid)
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+        log.info("kafka.stopped", pid=pid)
+
+
+def _reap(pid: int) -> None:
+    """Collect a child we started ourselves so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+class _SilentLogger:
+    """librdkafka logs 'connection refused' while we poll for the broker: not worth a line."""
+
+    def log(self, *args: object, **kwargs: object) -> None:  # noqa: D401
+        return None

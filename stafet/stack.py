@@ -1,0 +1,114 @@
+"""Run the whole local stack: Kafka, the stream worker and the MLLP listener, each its own
+process (as an integration team would run them), started in order and stopped in reverse."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stafet.config import Settings
+from stafet.errors import StafetError
+from stafet.kafka_local import LocalKafka
+from stafet.logging import get_logger
+from stafet.topics import ensure_topics
+
+log = get_logger(__name__)
+
+
+def wait_for_port(host: str, port: int, timeout_s: float = 30.0) -> None:
+    """Return once something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise StafetError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
+
+
+@dataclass
+class Service:
+    """A stafet child process (``stafet worker`` / ``stafet mllp``) with its log file."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stafet.cli", *self.args], stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env={**os.environ, **self.env}, start_new_session=True,
+        )
+        log.info("service.started", service=self.name, pid=self.process.pid, log=str(self.log_path))
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM (graceful: the worker commits and closes), SIGKILL after ``timeout_s``."""
+        if not self.alive():
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        log.info("service.stopped", service=self.name, returncode=self.process.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests."""
+        if self.alive():
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process the same settings as ours."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"STAFET_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+@contextmanager
+def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True) -> Iterator[dict[str, Service]]:
+    """Kafka + topics + worker + MLLP listener, torn down on exit."""
+    kafka = LocalKafka.from_settings(settings)
+    started_kafka = kafka.pid() is None
+    kafka.start()
+    ensure_topics(settings.bootstrap, settings.partitions)
+    env = settings_env(settings)
+    services = {
+        "worker": Service("worker", ["worker"], log_dir / "worker.log", env),
+        "mllp": Service("mllp", ["mllp"], log_dir / "mllp.log", env),
+    }
+    try:
+        for service in services.values():
+            service.start()
+        wait_for_port(settings.mllp_host, settings.mllp_port)
+        yield services
+    finally:
+        for service in reversed(list(services.values())):
+            service.stop()
+        if stop_kafka and started_kafka:
+            kafka.stop()

@@ -1,0 +1,81 @@
+"""Topic names (one place) and their creation.
+
+Data flows one way: ``ingest.* → events.* → out.*``; each stage's rejects go to ``dlq.<stage>``.
+Every topic is keyed by the pseudonymous patient key, so one child's events stay in order.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stafet.errors import StafetError
+from stafet.schemas.municipalities import municipalities
+
+INGEST_HL7V2 = "ingest.hl7v2"
+EVENTS_ENCOUNTER = "events.encounter"
+DLQ_MLLP = "dlq.mllp"
+DLQ_NORMALIZE = "dlq.normalize"
+DLQ_NOTIFY = "dlq.notify"
+OUT_MUNICIPALITY_PREFIX = "out.municipality."
+DLQ_TOPICS = (DLQ_MLLP, DLQ_NORMALIZE, DLQ_NOTIFY)
+
+#: Headers stafet puts on records (values are UTF-8 bytes).
+H_REASON = "stafet.reason"
+H_STAGE = "stafet.stage"
+H_CHARSET = "stafet.charset"
+H_RECEIVED_AT = "stafet.received_at"
+H_SOURCE = "stafet.source"
+H_EVENT_ID = "stafet.event_id"
+H_MESSAGE_ID = "stafet.message_id"
+H_BUNDLE_ID = "stafet.bundle_id"
+H_EVENT_CODE = "stafet.event_code"
+H_ORIGIN = "stafet.origin"  # topic/partition/offset of the record a DLQ entry came from
+
+
+def municipality_topic(code: str) -> str:
+    """``out.municipality.<code>``: the one topic a municipality reads."""
+    return f"{OUT_MUNICIPALITY_PREFIX}{code}"
+
+
+def all_topics() -> list[str]:
+    return [INGEST_HL7V2, EVENTS_ENCOUNTER, *DLQ_TOPICS,
+            *(municipality_topic(code) for code in municipalities())]
+
+
+def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> list[str]:
+    """Create every stafet topic that does not exist yet; return the ones created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise StafetError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    missing = [name for name in all_topics() if name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing],
+        operation_timeout=timeout,
+    )
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise StafetError(f"creating topic {name} failed: {exc}") from exc
+    _wait_for_leaders(admin, missing, timeout)
+    return missing
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """A new topic answers 'not leader' until its partitions have leaders: wait for that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout).topics
+        if all(name in topics and topics[name].partitions and not topics[name].error
+               and all(p.leader >= 0 for p in topics[name].partitions.values()) for name in names):
+            return
+        time.sleep(0.2)
+    raise StafetError(f"topics have no leader after {timeout:.0f}s")

@@ -1,0 +1,42 @@
+"""normalize: raw HL7 v2 ADT (``ingest.hl7v2``) → canonical Avro events (``events.encounter``)."""
+
+from __future__ import annotations
+
+from faust.types import StreamT
+
+from stafet.hl7v2 import Hl7Error, parse_adt
+from stafet.logging import get_logger
+from stafet.schemas.codec import encode
+from stafet.streams.app import app, settings
+from stafet.streams.dead_letter import dead_letter, topic
+from stafet.topics import (
+    DLQ_NORMALIZE, EVENTS_ENCOUNTER, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT, INGEST_HL7V2,
+)
+
+log = get_logger(__name__)
+SECRET = settings.patient_key_secret.get_secret_value()
+
+
+@app.agent(topic(INGEST_HL7V2))
+async def normalize(stream: StreamT) -> None:
+    async for event in stream.events():
+        headers = event.headers or {}
+        charset = (headers.get(H_CHARSET) or settings.mllp_default_charset.encode()).decode()
+        try:
+            encounter = parse_adt(event.value, secret=SECRET, default_charset=charset,
+                                  timezone=settings.default_timezone)
+            value = encode("encounter_event", encounter.to_record())
+        except Hl7Error as exc:
+            await dead_letter(DLQ_NORMALIZE, "normalize", event, str(exc))
+            log.warning("normalize.rejected", error=str(exc))
+            continue
+        except Exception as exc:  # a bug must not lose the record: DLQ it and go on
+            await dead_letter(DLQ_NORMALIZE, "normalize", event,
+                              f"internal error: {type(exc).__name__}: {exc}")
+            log.exception("normalize.failed")
+            continue
+        out_headers = {H_EVENT_ID: encounter.event_id.encode()}
+        if H_RECEIVED_AT in headers:
+            out_headers[H_RECEIVED_AT] = headers[H_RECEIVED_AT]
+        await topic(EVENTS_ENCOUNTER).send(key=encounter.patient_key.encode(), value=value,
+                                           headers=out_headers)

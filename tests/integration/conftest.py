@@ -1,0 +1,87 @@
+"""One real Kafka broker, one stream worker and one MLLP listener per test session.
+
+Everything runs as separate processes on loopback with free ports and a temporary data
+directory; the broker jars are the ones ``make install`` resolved (``.stafet/kafka-libs``).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from stafet.config import Settings
+from stafet.connectors.mllp_client import MllpClient, ack_fields
+from stafet.demo.inbox import Received, end_offsets, read_topics
+from stafet.kafka_local import LocalKafka
+from stafet.stack import Service, settings_env, wait_for_port
+from stafet.topics import DLQ_TOPICS, OUT_MUNICIPALITY_PREFIX, all_topics, ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    """Handles on the running processes plus helpers to talk to them as a sender would."""
+
+    settings: Settings
+    kafka: LocalKafka
+    services: dict[str, Service]
+    log_dir: Path
+    watched: list[str] = field(default_factory=list)
+
+    def send(self, message: bytes) -> dict[str, str]:
+        with MllpClient(self.settings.mllp_host, self.settings.mllp_port) as client:
+            return ack_fields(client.send(message))
+
+    def marks(self) -> dict[tuple[str, int], int]:
+        """End offsets of every out.* and dlq.* topic: 'now', to read what comes after."""
+        return end_offsets(self.settings.bootstrap, self.watched)
+
+    def read(self, since: dict[tuple[str, int], int], *, until: int | None = None,
+             idle_s: float = 2.0, timeout_s: float = 90.0) -> list[Received]:
+        return read_topics(self.settings.bootstrap, since, until=until, idle_s=idle_s,
+                           timeout_s=timeout_s)
+
+    def restart_worker(self, *, kill: bool) -> None:
+        worker = self.services["worker"]
+        worker.kill() if kill else worker.stop()
+        worker.start()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stafet")
+    settings = Settings(
+        kafka_port=free_port(), kafka_controller_port=free_port(), kafka_home=root / "kafka",
+        worker_data_dir=root / "worker", mllp_port=free_port(), app_id=f"stafet-test-{uuid.uuid4().hex[:6]}",
+        worker_web_port=free_port(), mllp_produce_timeout_s=5.0, log_level="INFO",
+    )
+    kafka = LocalKafka.from_settings(settings)
+    kafka.start()
+    ensure_topics(settings.bootstrap, settings.partitions)
+    env = settings_env(settings)
+    services = {
+        "worker": Service("worker", ["worker"], root / "logs" / "worker.log", env),
+        "mllp": Service("mllp", ["mllp"], root / "logs" / "mllp.log", env),
+    }
+    try:
+        for service in services.values():
+            service.start()
+        wait_for_port(settings.mllp_host, settings.mllp_port)
+        watched = [t for t in all_topics() if t.startswith(OUT_MUNICIPALITY_PREFIX)]
+        yield Stack(settings, kafka, services, root / "logs", [*watched, *DLQ_TOPICS])
+    finally:
+        for service in services.values():
+            service.stop()
+        kafka.stop()
