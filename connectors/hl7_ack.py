@@ -2,7 +2,8 @@
 
 MSA-2 always echoes the received MSH-10 (empty if the message had none we could read). The ACK
 is encoded in the character set the sender used, so an ERR text survives the round trip. Free
-text goes through python-hl7's escaping, so a '|' or '^' in a reason cannot break the segment.
+text has its delimiters escaped, so a '|' or '^' in a reason cannot break the segment; fields
+copied from the received MSH (MSH-3, MSH-4, MSH-10) are already HL7-encoded and go back as sent.
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-import hl7
-from hl7.util import escape
-
 from stafet.hl7v2 import RawHeader
 
-_CONTAINER = hl7.parse("MSH|^~\\&|STAFET\r")  # carries the default separators for escaping
+_ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\",
+            "\r": "\\.br\\", "\n": "\\.br\\"}
 
 
 def _esc(text: str) -> str:
-    return escape(_CONTAINER, text)
+    """Escape the HL7 delimiters in free text. Other characters stay as they are (python-hl7's
+    escape turns æøå into \\Xhh\\ Latin-1 hex, which is wrong for a UTF-8 ACK)."""
+    return "".join(_ESCAPES.get(c, c) for c in text)
+
+
+def _as_sent(value: str) -> str:
+    """A field copied from the received MSH: already encoded, only kept inside its field."""
+    return value.replace("|", "\\F\\").replace("\r", "").replace("\n", "")
 
 
 def build_ack(
@@ -43,12 +49,12 @@ def build_ack(
     segments = [
         "|".join([
             "MSH", "^~\\&", _esc(application), _esc(facility),
-            _esc(header.sending_application) if header else "",
-            _esc(header.sending_facility) if header else "",
+            _as_sent(header.sending_application) if header else "",
+            _as_sent(header.sending_facility) if header else "",
             now, "", f"ACK^{_esc(trigger)}^ACK" if trigger else "ACK",
             uuid.uuid4().hex[:20], "P", "2.5", "", "", "", "", "", charset_field,
         ]),
-        "|".join(["MSA", code, _esc(control_id)]),
+        "|".join(["MSA", code, _as_sent(control_id)]),
     ]
     if error_code is not None:
         severity = "E"

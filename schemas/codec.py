@@ -17,11 +17,18 @@ import fastavro
 FORMAT_VERSION = b"\x01"
 
 
+#: Schemas that reuse named types of another (e.g. PatientInfo) list it here.
+DEPENDS_ON = {"referral_event": ("encounter_event",)}
+_named_types: dict[str, Any] = {}
+
+
 @lru_cache(maxsize=None)
 def load_schema(name: str) -> Any:
-    """The parsed Avro schema ``schemas/<name>.avsc``."""
+    """The parsed Avro schema ``schemas/<name>.avsc`` (its dependencies parsed first)."""
+    for dependency in DEPENDS_ON.get(name, ()):
+        load_schema(dependency)
     text = resources.files(__package__).joinpath(f"{name}.avsc").read_text("utf-8")
-    return fastavro.parse_schema(json.loads(text))
+    return fastavro.parse_schema(json.loads(text), named_schemas=_named_types)
 
 
 def encode(name: str, record: dict[str, Any]) -> bytes:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import hl7
 
-from stafet.cpr import is_valid_cpr
+from stafet.cpr import is_valid_cpr, mask_cpr
 from stafet.ids import patient_key, stable_uuid
 from stafet.model import EncounterEvent, EncounterInfo, Organization, PatientInfo
 from stafet.schemas.municipalities import municipality
@@ -41,7 +41,9 @@ _GENDERS = {"M": "male", "F": "female", "O": "other", "U": "unknown", "A": "othe
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen/slotted: Python sets attributes on exceptions (contextlib assigns __traceback__,
+# add_note sets __notes__), which a frozen slots dataclass turns into a TypeError on 3.11.
+@dataclass(eq=False)
 class Hl7Error(Exception):
     """A message stafet will not accept; ``code`` is from HL7 table 0357."""
 
@@ -65,7 +67,9 @@ def _err(code: int, location: str, reason: str) -> Hl7Error:
         200: "Unsupported message type",
         201: "Unsupported event code",
     }
-    return Hl7Error(code, texts[code], location, reason)
+    # A misplaced field (say a CPR in PID-12 or PV1-44) must not carry the CPR into an ACK,
+    # a DLQ header or a log line: every reason is masked here, once.
+    return Hl7Error(code, texts[code], location, mask_cpr(reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +95,16 @@ def read_header(raw: bytes, default_charset: str = "utf-8") -> RawHeader:
         raise _err(100, "MSH", "the message does not start with an MSH segment")
     sep = raw[3:4]
     first = raw.split(b"\r", 1)[0].split(sep)
-    field = lambda n: first[n - 1].decode("latin-1").strip() if len(first) >= n else ""  # noqa: E731
-    declared = field(18).split("~")[0].upper()
+    raw_field = lambda n: first[n - 1] if len(first) >= n else b""  # noqa: E731
+    declared = raw_field(18).decode("latin-1").strip().split("~")[0].upper()
     if declared:
         if declared not in CHARSETS:
             raise _err(103, "MSH^1^18", f"unsupported character set '{declared}' in MSH-18")
         charset = CHARSETS[declared]
     else:
         charset = default_charset
+    # MSH-3/MSH-4 may hold a hospital name with æøå: read them in the message's own charset
+    field = lambda n: raw_field(n).decode(charset, errors="replace").strip()  # noqa: E731
     return RawHeader(charset, declared, field(10), field(3), field(4), field(9))
 
 
@@ -129,6 +135,8 @@ def to_iso(value: str, tz: ZoneInfo, location: str) -> str:
         raise _err(102, location, f"'{value}' is not a valid date/time: {exc}") from exc
     if off:
         sign = 1 if off[0] == "+" else -1
+        if int(off[1:3]) > 23 or int(off[3:5]) > 59:
+            raise _err(102, location, f"'{value}' has an invalid UTC offset '{off}'")
         minutes = sign * (int(off[1:3]) * 60 + int(off[3:5]))
         moment = moment.replace(tzinfo=fixed_offset(timedelta(minutes=minutes)))
     else:
@@ -185,7 +193,9 @@ def _check_structure(seg: _Segments) -> None:
 
 def _cpr(seg: _Segments) -> str:
     reps = seg.repetitions("PID", 3)
-    tagged = [r for r in reps if any(t in ("CPR", "NNDNK") for t in (r + ["", "", "", "", ""])[3:5])]
+    # CX.4 is an HD and may come with subcomponents (CPR&1.2.208.176.1.2&ISO): compare its first
+    tagged = [r for r in reps
+              if any(t.split("&")[0] in ("CPR", "NNDNK") for t in (r + ["", "", "", "", ""])[3:5])]
     candidates = tagged or [r for r in reps if r and len(r[0].replace("-", "")) == 10]
     if not candidates or not candidates[0][0]:
         raise _err(101, "PID^1^3", "no CPR number in PID-3 (CX.4 = CPR or CX.5 = NNDNK, 10 digits)")

@@ -104,7 +104,10 @@ async def notify(stream: StreamT) -> None:
         }
         if H_RECEIVED_AT in (event.headers or {}):
             headers[H_RECEIVED_AT] = event.headers[H_RECEIVED_AT]
-        await topic(out_topic).send(key=event.key, value=body, headers=headers)
+        # Wait until the broker has the message before the table records it as sent: the table
+        # is what suppresses replays, so it must never get ahead of the topic.
+        delivery = await topic(out_topic).send(key=event.key, value=body, headers=headers)
+        await delivery
         visit["sent"] = [*visit["sent"], header_id]
         if encounter.notification_code == "STOR":
             visit["leave_start"] = encounter.encounter.leave_start
