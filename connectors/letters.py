@@ -26,14 +26,13 @@ from stafet.model import Contact, Party, ReferralEvent
 
 LetterKind = Literal["receipt", "status", "rejection", "assessment", "deadline"]
 Audience = Literal["professional", "guardian"]
-LETTER_KINDS: Final[tuple[LetterKind, ...]] = (
-    "receipt", "status", "rejection", "assessment", "deadline")
 
 #: Reasons for returning a referral named in seed 004 §5.2 (DOMAIN.md §5), in Danish.
 REJECTION_REASONS: Final[dict[str, str]] = {
     "missing-ppv": "Der mangler en pædagogisk-psykologisk vurdering (PPV) fra PPR",
     "missing-information": "Der mangler oplysninger om kommunens hidtidige indsats for barnet",
-    "outside-target-group": "Barnet vurderes ikke at være i børne- og ungdomspsykiatriens målgruppe",
+    "outside-target-group": "Barnet vurderes ikke at være i børne- og "
+                            "ungdomspsykiatriens målgruppe",
 }
 #: Next step when the decision names none: a rejection must never end without one.
 DEFAULT_NEXT_STEPS: Final[dict[str, str]] = {
@@ -48,8 +47,9 @@ TEMPLATES: Final[dict[str, dict[str, Any]]] = {
     "receipt": {
         "subject": "Henvisning til børne- og ungdomspsykiatrien er modtaget",
         "decision": "Henvisningen er modtaget og afventer visitation",
-        "professional": ["{unit} har {date} modtaget henvisningen af {child}. Henvisningen bliver "
-                         "visiteret, og alle parter får besked, når der er truffet en afgørelse."],
+        "professional": ["{unit} har {date} modtaget henvisningen af {child}. Henvisningen "
+                         "bliver visiteret, og alle parter får besked, når der er truffet en "
+                         "afgørelse."],
         "guardian": ["Vi har {date} modtaget en henvisning af {child} til {unit}.",
                      "Vi vurderer henvisningen og giver jer besked, når der er truffet en "
                      "afgørelse. Børn og unge har ret til udredning inden for 30 dage, når det "
@@ -68,6 +68,15 @@ TEMPLATES: Final[dict[str, dict[str, Any]]] = {
                          "{forwarded_to}, som nu vurderer den."],
         "guardian": ["Henvisningen af {child} er {date} sendt videre fra {unit} til "
                      "{forwarded_to}, som nu vurderer den og giver jer besked."]},
+    "status-expired": {
+        "subject": "Statusskrivelse: henvisningen er udløbet",
+        "decision": "Henvisningen er udløbet og afsluttet",
+        "professional": ["Henvisningen af {child} til {unit} er udløbet {date} og er afsluttet "
+                         "uden forløb. Skal barnet fortsat udredes, kræver det en ny henvisning.",
+                         "Det er nu {responsible}, der har bolden."],
+        "guardian": ["Henvisningen af {child} til {unit} er udløbet {date} og er derfor "
+                     "afsluttet.",
+                     "Det er nu {responsible}, der har ansvaret for det videre forløb."]},
     "rejection": {
         "subject": "Henvisning til børne- og ungdomspsykiatrien er afvist",
         "decision": "Henvisningen er afvist",
@@ -85,8 +94,8 @@ TEMPLATES: Final[dict[str, dict[str, Any]]] = {
         "subject": "Statusskrivelse efter udredning i børne- og ungdomspsykiatrien",
         "decision": "Udredningen er afsluttet",
         "professional": ["Udredningen af {child} i {unit} er afsluttet {date}. Resultat og "
-                         "behandlingsplan står ovenfor, så kommunen rettidigt kan sætte "
-                         "relevante indsatser i gang."],
+                         "behandlingsplan fremgår af oversigten, så kommunen rettidigt kan "
+                         "sætte relevante indsatser i gang."],
         "guardian": ["Udredningen af {child} i {unit} er afsluttet {date}. Her er en skriftlig "
                      "opsummering af resultatet og behandlingsplanen."]},
     "deadline": {
@@ -102,6 +111,8 @@ TEMPLATES: Final[dict[str, dict[str, Any]]] = {
 }
 _MONTHS: Final = ("januar", "februar", "marts", "april", "maj", "juni", "juli", "august",
                   "september", "oktober", "november", "december")
+CPR_SYSTEM: Final = "urn:oid:1.2.208.176.1.2"
+SOR_SYSTEM: Final = "urn:oid:1.2.208.176.1.1"
 _PHONE: Final = re.compile(r"^\+?[0-9][0-9 -]{6,}[0-9]$")
 
 
@@ -161,9 +172,9 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
     audience: Audience = "guardian" if recipient.kind == "guardian" else "professional"
     key, status = str(kind), decision.status if decision else None
     if kind == "status":
-        if status not in ("accepted", "forwarded"):
-            raise LetterError(f"a status letter needs an accepted or forwarded "
-                                         f"decision, not {status}")
+        if status not in ("accepted", "forwarded", "expired"):
+            raise LetterError(f"a status letter needs an accepted, forwarded or expired "
+                              f"decision, not {status}")
         key = f"status-{status}"
     elif kind == "rejection" and status != "rejected":
         raise LetterError(f"a rejection letter needs a rejected decision, not {status}")
@@ -173,13 +184,18 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
         or contact
     if who is None or not who.phone or not _PHONE.match(who.phone):
         raise LetterError(f"a {kind} letter needs a contact with a phone number "
-                                     "(MedCom payload authorContact)")
+                          "(MedCom payload authorContact)")
     m = mask_cpr
     child_name = m(" ".join((*child.given, child.family)))
     unit_name = m(unit.name or "Børne- og ungdomspsykiatrien")
     date_text = danish_datetime(event.event_time)
     reason_code = reason_text = None
     responsible = m(decision.responsible) if decision and decision.responsible else unit_name
+    if key in ("rejection", "status-expired") and not (decision and decision.responsible):
+        if event.referrer is None or not event.referrer.name:  # the ball goes back to them
+            raise LetterError(f"a {key} letter needs decision.responsible (who picks up the "
+                              "ball) or a named referrer")
+        responsible = f"henviser, {m(event.referrer.name)}"
     forwarded_to = decision.forwarded_to if decision else None
     fields = {"child": child_name, "unit": unit_name, "date": f"den {date_text}",
               "responsible": responsible,
@@ -189,8 +205,9 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
     facts: list[tuple[str, str]] = [("Henvisning", m(event.referral_id)), ("Barn", child_name)]
     if audience == "professional" and child.birth_date:
         facts.append(("Født", _danish_date(child.birth_date)))
+    unit_id = f"SOR {unit.identifier}" if unit.identifier_system == SOR_SYSTEM else unit.identifier
     facts += [("Afgørelse", template["decision"].format(**fields)),
-              ("Afvist af" if kind == "rejection" else "Afsender", f"{unit_name} (SOR {unit.identifier})"),
+              ("Afvist af" if kind == "rejection" else "Afsender", f"{unit_name} ({unit_id})"),
               ("Tidspunkt", date_text)]
     if kind == "rejection":
         assert decision is not None
@@ -199,12 +216,6 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
         if not reason_text:
             raise LetterError("a rejection needs a reason (reason_code or reason_text)")
         reason_text = m(reason_text)
-        if not decision.responsible:
-            referrer = event.referrer
-            if referrer is None or not referrer.name:
-                raise LetterError("a rejection needs decision.responsible (who picks "
-                                             "up the ball) or a named referrer")
-            fields["responsible"] = responsible = f"henviser, {m(referrer.name)}"
         alternative = decision.alternative or DEFAULT_NEXT_STEPS.get(reason_code or "")
         if not alternative:
             raise LetterError("a rejection needs a suggested alternative")
@@ -258,7 +269,6 @@ def _informed(event: ReferralEvent) -> list[str]:
     return [mask_cpr(n) for n in names]
 
 
-
 #: The letter's frame around the shared facts, per audience ({name}, {child}, {unit} fields).
 FRAMES: Final[dict[str, dict[str, str]]] = {
     "guardian": {
@@ -267,12 +277,11 @@ FRAMES: Final[dict[str, dict[str, str]]] = {
                   "indeholder ikke personnumre; spørgsmål kan stilles til kontaktpersonen.",
     },
     "professional": {
-        "salutation": "Til {name}",
+        "salutation": "Kære samarbejdspartner",
         "footer": "Brevet er sendt som brev, fordi modtageren ikke modtager "
-                  "MedCom-korrespondance. Det samme er sendt digitalt til de øvrige parter.",
+                  "MedCom-korrespondance.",
     },
 }
-CPR_SYSTEM: Final = "urn:oid:1.2.208.176.1.2"
 RELATIONSHIPS: Final[dict[str, str]] = {"MTH": "mor", "FTH": "far",
                                         "GUARD": "forældremyndighedsindehaver"}
 
@@ -308,6 +317,7 @@ def _render(text: LetterText, recipient: Party) -> bytes:
     small = ParagraphStyle("stafet-small", parent=normal, fontSize=8.5, leading=11,
                            textColor=colors.HexColor("#444444"))
     bold = ParagraphStyle("stafet-bold", parent=normal, fontName="Helvetica-Bold")
+    right = ParagraphStyle("stafet-right", parent=normal, alignment=2)  # TA_RIGHT
     heading = ParagraphStyle("stafet-heading", parent=bold, fontSize=14, leading=18,
                              spaceBefore=6, spaceAfter=6)
 
@@ -319,14 +329,14 @@ def _render(text: LetterText, recipient: Party) -> bytes:
     addressee = text.recipient_name
     if recipient.kind == "guardian" and recipient.relationship in RELATIONSHIPS:
         addressee += f" ({RELATIONSHIPS[recipient.relationship]} til {text.child_name})"
-    header = Table([[para(text.sender_name, bold), para(text.date_text.split(" kl.")[0])],
+    header = Table([[para(text.sender_name, bold), para(text.date_text.split(" kl.")[0], right)],
                     [para(f"SOR {text.sender_sor}", small), ""]],
-                   colWidths=[120 * mm, 50 * mm])
-    header.setStyle(TableStyle([("ALIGN", (1, 0), (1, 0), "RIGHT"),
+                   colWidths=[116 * mm, 50 * mm], hAlign="LEFT")
+    header.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"),
                                 ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
     facts = Table([[para(label, bold), para(value)] for label, value in text.facts
                    if label != "Kontakt"],  # the contact gets its own box below
-                  colWidths=[45 * mm, 125 * mm])
+                  colWidths=[43 * mm, 123 * mm], hAlign="LEFT")
     facts.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"),
                                ("LEFTPADDING", (0, 0), (-1, -1), 0),
                                ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey)]))
@@ -334,7 +344,7 @@ def _render(text: LetterText, recipient: Party) -> bytes:
                [para(f"Telefon: {text.contact.phone}")]]
     if text.contact.email:
         contact.append([para(f"E-mail: {text.contact.email}")])
-    box = Table(contact, colWidths=[170 * mm])
+    box = Table(contact, colWidths=[166 * mm], hAlign="LEFT")
     box.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 0.8, colors.black),
                              ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#F2F2F2"))]))
     story: list[Any] = [header, Spacer(1, 8 * mm), para(f"Til: {addressee}"),

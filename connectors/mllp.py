@@ -1,6 +1,7 @@
 """MLLP source connector: HL7 v2 ADT over TCP → ``ingest.hl7v2``.
 
-For each framed message: validate it with the same :func:`stafet.hl7v2.parse_adt` the stream
+For each framed message: validate it with the same :func:`stafet.hl7v2_referral.parse_hl7v2` (ADT
+and REF/RRI) the stream
 uses, write the raw bytes durably to ``ingest.hl7v2`` (idempotent, ``acks=all``) keyed by the
 pseudonymous patient key, and only then answer AA. A message that will never be accepted gets
 AR with an ERR segment and goes to ``dlq.mllp`` with the reason; a broker that does not confirm
@@ -19,7 +20,8 @@ from stafet.config import Settings
 from stafet.connectors.hl7_ack import build_ack
 from stafet.connectors.producer import DurableProducer
 from stafet.errors import DeliveryError
-from stafet.hl7v2 import Hl7Error, RawHeader, decode, parse_adt, read_header
+from stafet.hl7v2 import Hl7Error, RawHeader, decode, read_header
+from stafet.hl7v2_referral import parse_hl7v2
 from stafet.logging import get_logger
 from stafet.topics import (
     DLQ_MLLP, H_CHARSET, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INGEST_HL7V2,
@@ -123,7 +125,7 @@ class MllpListener:
         received_at = datetime.now(timezone.utc).isoformat()
         header: RawHeader | None = _try_header(block, s.mllp_default_charset)
         try:
-            event = parse_adt(block, secret=self._secret, default_charset=s.mllp_default_charset,
+            event = parse_hl7v2(block, secret=self._secret, default_charset=s.mllp_default_charset,
                               timezone=s.default_timezone)
         except Hl7Error as exc:
             await self._dead_letter(block, str(exc))
@@ -145,7 +147,7 @@ class MllpListener:
                              facility=s.receiving_facility, error_code=207,
                              error_text="Application internal error",
                              reason=f"not stored, please retry: {exc}")
-        log.info("mllp.accepted", control_id=header.control_id, trigger=event.hl7_trigger,
+        log.info("mllp.accepted", control_id=header.control_id, message_type=header.message_type,
                  event_id=event.event_id)
         return build_ack("AA", header, application=s.receiving_application,
                          facility=s.receiving_facility)

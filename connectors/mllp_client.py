@@ -48,15 +48,27 @@ class MllpClient:
 
 
 def ack_fields(ack: bytes) -> dict[str, str]:
-    """MSA-1, MSA-2 and the ERR text of an ACK, for callers that only need the outcome."""
-    text = ack.decode("latin-1")
+    """MSA-1, MSA-2 and the ERR details of an ACK (decoded in its MSH-18 charset, unescaped)."""
+    from stafet.hl7v2 import CHARSETS
+
+    first = ack.split(b"\r", 1)[0].split(b"|")
+    declared = first[17].decode("latin-1").upper() if len(first) > 17 else ""
+    text = ack.decode(CHARSETS.get(declared, "utf-8"), errors="replace")
     segments = {seg.split("|", 1)[0]: seg.split("|") for seg in text.split("\r") if seg}
     msa = segments.get("MSA", [])
     err = segments.get("ERR", [])
     return {
         "code": msa[1] if len(msa) > 1 else "",
-        "control_id": msa[2] if len(msa) > 2 else "",
+        "control_id": msa[2] if len(msa) > 2 else "",  # as on the wire, like MSH-10
         "error_location": err[2] if len(err) > 2 else "",
         "error_code": err[3].split("^")[0] if len(err) > 3 else "",
-        "error_text": err[8] if len(err) > 8 else "",
+        "error_text": _unescape(err[8]) if len(err) > 8 else "",
     }
+
+
+def _unescape(value: str) -> str:
+    """HL7 escape sequences for the default delimiters back to characters."""
+    for seq, char in (("\\F\\", "|"), ("\\S\\", "^"), ("\\T\\", "&"), ("\\R\\", "~"),
+                      ("\\E\\", "\\")):
+        value = value.replace(seq, char)
+    return value

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     receiving_application: str = "STAFET"
     receiving_facility: str = "STAFET"
 
+    # --- FHIR HTTP source connector -------------------------------------------------------
+    fhir_host: str = "127.0.0.1"
+    fhir_port: int = 8080
+    fhir_max_body_bytes: int = Field(1_048_576, description="larger bodies get 413")
+    fhir_produce_timeout_s: float = Field(10.0, description="then 503, the client retries")
+
     # --- stream worker -------------------------------------------------------------------
     app_id: str = "stafet"
     worker_data_dir: Path = Field(PROJECT_ROOT / ".stafet" / "worker", description="RocksDB state")
@@ -56,6 +62,15 @@ class Settings(BaseSettings):
     )
     worker_session_timeout_s: float = Field(
         15.0, description="a crashed worker's partitions move to the others after this long"
+    )
+    referral_decision_deadline_days: float = Field(
+        30.0, description="alert referrer and municipality when a referral has no decision by then"
+    )
+    referral_timer_interval_s: float = Field(
+        30.0, description="how often deadlines and parked decisions are checked"
+    )
+    pending_decision_max_age_s: float = Field(
+        3600.0, description="a decision whose referral never arrives goes to dlq.referral after this"
     )
     validate_notifications: bool = Field(True, description="validate every Bundle with fhir.resources")
     default_timezone: str = Field("Europe/Copenhagen", description="for HL7 times without an offset")

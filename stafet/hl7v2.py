@@ -151,7 +151,7 @@ def _date(value: str) -> str | None:
     return None
 
 
-class _Segments:
+class Segments:
     """Field access on a python-hl7 message by (segment, field, repetition, component)."""
 
     def __init__(self, message: hl7.Message) -> None:
@@ -180,18 +180,19 @@ class _Segments:
         return out
 
 
-def _check_structure(seg: _Segments) -> None:
-    required = ("MSH", "EVN", "PID", "PV1")
+def check_structure(seg: Segments, required: tuple[str, ...] = ("MSH", "EVN", "PID", "PV1")) -> None:
+    """The required segments are present, MSH first, and in this order."""
     for name in required:
         if name not in seg.order:
-            raise _err(100 if name != "MSH" else 100, name, f"required segment {name} is missing")
+            raise _err(100, name, f"required segment {name} is missing")
     positions = [seg.order.index(name) for name in required]
     if positions != sorted(positions) or positions[0] != 0:
         found = " ".join(s for s in seg.order if s in required)
-        raise _err(100, "", f"segments must come in the order MSH EVN PID PV1; found {found}")
+        raise _err(100, "", f"segments must come in the order {' '.join(required)}; found {found}")
 
 
-def _cpr(seg: _Segments) -> str:
+def patient_cpr(seg: Segments) -> str:
+    """The CPR in PID-3 (validated)."""
     reps = seg.repetitions("PID", 3)
     # CX.4 is an HD and may come with subcomponents (CPR&1.2.208.176.1.2&ISO): compare its first
     tagged = [r for r in reps
@@ -205,7 +206,7 @@ def _cpr(seg: _Segments) -> str:
     return value
 
 
-def _municipality(seg: _Segments) -> tuple[str, str]:
+def residence(seg: Segments) -> tuple[str, str]:
     """Municipality of residence from PID-11.9 (county/parish) of the home address, else PID-12."""
     addresses = seg.repetitions("PID", 11)
     home = [a for a in addresses if len(a) > 6 and a[6] in ("H", "HP")] or addresses
@@ -223,7 +224,8 @@ def _municipality(seg: _Segments) -> tuple[str, str]:
     return found.code, found.region_code
 
 
-def _sender(seg: _Segments) -> Organization:
+def sender(seg: Segments) -> Organization:
+    """The sending unit from MSH-4."""
     namespace, universal, kind = (seg.get("MSH", 4, c) for c in (1, 2, 3))
     if universal and kind.upper() == "SOR":
         return Organization(sor=universal, name=namespace or None)
@@ -261,17 +263,22 @@ def _code(trigger: str, klass: str, deceased: bool, discharged: bool) -> tuple[s
     return "AN_SLOR", "onleave"  # A53
 
 
-def parse_adt(
-    raw: bytes, *, secret: str, default_charset: str = "utf-8", timezone: str = "Europe/Copenhagen"
-) -> EncounterEvent:
-    """Validate and normalise one HL7 v2 ADT message; raise :class:`Hl7Error` if it is unusable."""
+def parse_segments(raw: bytes, default_charset: str = "utf-8") -> tuple[Segments, RawHeader]:
+    """Decode (MSH-18) and parse into segments; any failure is an :class:`Hl7Error`."""
     text, header = decode(raw, default_charset)
     try:
         message = hl7.parse(text)
     except Exception as exc:  # python-hl7 raises several types for broken input
         raise _err(102, "", f"the message cannot be parsed as HL7 v2: {exc}") from exc
-    seg = _Segments(message)
-    _check_structure(seg)
+    return Segments(message), header
+
+
+def parse_adt(
+    raw: bytes, *, secret: str, default_charset: str = "utf-8", timezone: str = "Europe/Copenhagen"
+) -> EncounterEvent:
+    """Validate and normalise one HL7 v2 ADT message; raise :class:`Hl7Error` if it is unusable."""
+    seg, header = parse_segments(raw, default_charset)
+    check_structure(seg)
 
     msg_type, trigger = seg.get("MSH", 9, 1), seg.get("MSH", 9, 2)
     if msg_type != "ADT":
@@ -284,9 +291,9 @@ def parse_adt(
         raise _err(101, "MSH^1^10", "MSH-10 message control id is empty")
 
     tz = ZoneInfo(timezone)
-    cpr = _cpr(seg)
-    municipality_code, region_code = _municipality(seg)
-    sender = _sender(seg)
+    cpr = patient_cpr(seg)
+    municipality_code, region_code = residence(seg)
+    sending_unit = sender(seg)
 
     patient_class = seg.get("PV1", 2).upper()
     if trigger == "A04" or patient_class == "E":
@@ -329,7 +336,7 @@ def parse_adt(
         notification_code=code,  # type: ignore[arg-type]
         event_time=event_time,
         patient_key=patient_key(cpr, secret),
-        sender=sender,
+        sender=sending_unit,
         patient=PatientInfo(
             cpr=cpr,
             family=seg.get("PID", 5, 1) or None,
@@ -342,7 +349,7 @@ def parse_adt(
         ),
         encounter=EncounterInfo(
             visit_number=visit,
-            episode_of_care_id=stable_uuid("episode", sender.sor, visit),
+            episode_of_care_id=stable_uuid("episode", sending_unit.sor, visit),
             class_code=klass,  # type: ignore[arg-type]
             status=status,  # type: ignore[arg-type]
             start=start,

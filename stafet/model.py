@@ -97,7 +97,8 @@ class EncounterEvent:
 
 # --- referrals (child and adolescent psychiatry) ---------------------------------------------
 
-ReferralKind = Literal["submitted", "modified", "cancelled", "decision", "assessment"]
+ReferralKind = Literal["submitted", "modified", "cancelled", "decision", "assessment", "tick"]
+# "tick" is internal: the deadline timer asks the owner of a referral to check its deadlines.
 DecisionStatus = Literal["accepted", "rejected", "forwarded", "expired"]
 PartyKind = Literal[
     "gp", "hospital-unit", "municipality", "ppr", "family-department", "guardian", "other"

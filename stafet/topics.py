@@ -15,12 +15,18 @@ from stafet.errors import StafetError
 from stafet.schemas.municipalities import municipalities
 
 INGEST_HL7V2 = "ingest.hl7v2"
+INGEST_FHIR = "ingest.fhir"
 EVENTS_ENCOUNTER = "events.encounter"
+EVENTS_REFERRAL = "events.referral"
 DLQ_MLLP = "dlq.mllp"
+DLQ_FHIR = "dlq.fhir"
 DLQ_NORMALIZE = "dlq.normalize"
 DLQ_NOTIFY = "dlq.notify"
+DLQ_REFERRAL = "dlq.referral"
 OUT_MUNICIPALITY_PREFIX = "out.municipality."
-DLQ_TOPICS = (DLQ_MLLP, DLQ_NORMALIZE, DLQ_NOTIFY)
+OUT_REFERRER = "out.referrer"  # CareCommunication to referrers with a FHIR endpoint (GP systems)
+OUT_LETTER = "out.letter"  # PDF letters for guardians and referrers without a FHIR endpoint
+DLQ_TOPICS = (DLQ_MLLP, DLQ_FHIR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL)
 
 #: Headers stafet puts on records (values are UTF-8 bytes).
 H_REASON = "stafet.reason"
@@ -41,7 +47,8 @@ def municipality_topic(code: str) -> str:
 
 
 def all_topics() -> list[str]:
-    return [INGEST_HL7V2, EVENTS_ENCOUNTER, *DLQ_TOPICS,
+    return [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL, OUT_REFERRER, OUT_LETTER,
+            *DLQ_TOPICS,
             *(municipality_topic(code) for code in municipalities())]
 
 

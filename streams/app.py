@@ -48,7 +48,7 @@ class StafetWorker(faust.Worker):
 
 def create_worker() -> StafetWorker:
     """The worker with every agent registered."""
-    from stafet.streams import normalize, notify  # noqa: F401  (registers the agents)
+    from stafet.streams import normalize, notify, referrals  # noqa: F401  (registers the agents)
 
     return StafetWorker(app, loglevel=settings.log_level.lower(), quiet=True,
                         redirect_stdouts=False)

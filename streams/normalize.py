@@ -1,16 +1,20 @@
-"""normalize: raw HL7 v2 ADT (``ingest.hl7v2``) → canonical Avro events (``events.encounter``)."""
+"""normalize: raw HL7 v2 (``ingest.hl7v2``) → canonical Avro events: ADT to ``events.encounter``,
+REF/RRI to ``events.referral``."""
 
 from __future__ import annotations
 
 from faust.types import StreamT
 
-from stafet.hl7v2 import Hl7Error, parse_adt
+from stafet.hl7v2 import Hl7Error
+from stafet.hl7v2_referral import parse_hl7v2
+from stafet.model import EncounterEvent
 from stafet.logging import get_logger
 from stafet.schemas.codec import encode
 from stafet.streams.app import app, settings
 from stafet.streams.dead_letter import dead_letter, topic
 from stafet.topics import (
-    DLQ_NORMALIZE, EVENTS_ENCOUNTER, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT, INGEST_HL7V2,
+    DLQ_NORMALIZE, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
+    INGEST_HL7V2,
 )
 
 log = get_logger(__name__)
@@ -23,9 +27,12 @@ async def normalize(stream: StreamT) -> None:
         headers = event.headers or {}
         charset = (headers.get(H_CHARSET) or settings.mllp_default_charset.encode()).decode()
         try:
-            encounter = parse_adt(event.value, secret=SECRET, default_charset=charset,
-                                  timezone=settings.default_timezone)
-            value = encode("encounter_event", encounter.to_record())
+            parsed = parse_hl7v2(event.value, secret=SECRET, default_charset=charset,
+                                 timezone=settings.default_timezone)
+            if isinstance(parsed, EncounterEvent):
+                out_topic, value = EVENTS_ENCOUNTER, encode("encounter_event", parsed.to_record())
+            else:
+                out_topic, value = EVENTS_REFERRAL, encode("referral_event", parsed.to_record())
         except Hl7Error as exc:
             await dead_letter(DLQ_NORMALIZE, "normalize", event, str(exc))
             log.warning("normalize.rejected", error=str(exc))
@@ -35,8 +42,8 @@ async def normalize(stream: StreamT) -> None:
                               f"internal error: {type(exc).__name__}: {exc}")
             log.exception("normalize.failed")
             continue
-        out_headers = {H_EVENT_ID: encounter.event_id.encode()}
+        out_headers = {H_EVENT_ID: parsed.event_id.encode()}
         if H_RECEIVED_AT in headers:
             out_headers[H_RECEIVED_AT] = headers[H_RECEIVED_AT]
-        await topic(EVENTS_ENCOUNTER).send(key=encounter.patient_key.encode(), value=value,
-                                           headers=out_headers)
+        await topic(out_topic).send(key=parsed.patient_key.encode(), value=value,
+                                    headers=out_headers)

@@ -82,3 +82,56 @@ def adt(
     text = "\r".join(segments) + "\r"
     encoding = "iso-8859-1" if charset == "8859/1" else "utf-8"
     return text.encode(encoding)
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A PRD party: role RP (referrer), RT (receiving unit), PPR or FAM (municipal units)."""
+
+    role: str
+    name: str
+    identifier: str
+    kind: str = "SOR"  # or YDER (GP ydernummer)
+
+
+def referral_message(
+    trigger: str,
+    child: SyntheticPatient,
+    *,
+    referral_id: str,
+    control_id: str,
+    event_time: str,
+    providers: list[Provider],
+    guardians: list[tuple[str, SyntheticPatient | None, str]] = (),  # (relationship, person, cpr)
+    status: str = "",  # RF1-1 for RRI: A, R, P, E
+    reason: tuple[str, str] | None = None,  # RF1-10: (code, text)
+    notes: dict[str, str] | None = None,  # NTE-4 type → text: NOTE, ALT, RESP
+    contact: tuple[str, str, str] | None = None,  # CTD: (family, given, phone)
+) -> bytes:
+    """REF^I12/I13/I14 or RRI^I12 (``trigger`` like "REF^I12"), UTF-8."""
+    msg_type, event = trigger.split("^")
+    structure = f"{msg_type}_{event}"
+    sending = next((p for p in providers if p.role == "RT"), providers[0])
+    segments = [
+        f"MSH|^~\\&|EPJ|{sending.name}^{sending.identifier}^SOR|STAFET|STAFET|{event_time}||"
+        f"{msg_type}^{event}^{structure}|{control_id}|P|2.5|||AL|NE|DK|UNICODE UTF-8",
+    ]
+    if msg_type == "RRI":
+        segments.append(f"MSA|AA|{referral_id}")
+    reason_field = f"{reason[0]}^{reason[1]}^STAFET" if reason else ""
+    segments.append(f"RF1|{status}|||||{referral_id}|{event_time}|||{reason_field}")
+    for p in providers:
+        segments.append(f"PRD|{p.role}|{p.name}|||||{p.identifier}^{p.kind}")
+    if contact:
+        segments.append(f"CTD|CP|{contact[0]}^{contact[1]}||||{contact[2]}")
+    code = child.municipality_code or ""
+    segments.append(
+        f"PID|1||{child.cpr}^^^CPR^NNDNK||{child.family}^{child.given[0]}||"
+        f"{child.birth_date.replace('-', '')}|{'F' if child.gender == 'female' else 'M'}|||"
+        f"{child.address_line}^^^^{child.postal_code}^DK^H^^{code}")
+    for i, (relationship, person, cpr) in enumerate(guardians, start=1):
+        name = f"{person.family}^{person.given[0]}" if person else "Værge^Test"
+        segments.append(f"NK1|{i}|{name}|{relationship}" + "|" * 30 + f"{cpr}^^^CPR")
+    for n, (kind, text) in enumerate((notes or {}).items(), start=1):
+        segments.append(f"NTE|{n}||{text}|{kind}")
+    return ("\r".join(segments) + "\r").encode("utf-8")

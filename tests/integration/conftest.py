@@ -19,7 +19,7 @@ from stafet.connectors.mllp_client import MllpClient, ack_fields
 from stafet.demo.inbox import Received, end_offsets, read_topics
 from stafet.kafka_local import LocalKafka
 from stafet.stack import Service, settings_env, wait_for_port
-from stafet.topics import DLQ_TOPICS, OUT_MUNICIPALITY_PREFIX, all_topics, ensure_topics
+from stafet.topics import DLQ_TOPICS, all_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for service in services.values():
             service.start()
         wait_for_port(settings.mllp_host, settings.mllp_port)
-        watched = [t for t in all_topics() if t.startswith(OUT_MUNICIPALITY_PREFIX)]
+        watched = [t for t in all_topics() if t.startswith("out.")]
         yield Stack(settings, kafka, services, root / "logs", [*watched, *DLQ_TOPICS])
     finally:
         for service in services.values():
