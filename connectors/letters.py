@@ -359,7 +359,7 @@ def _render(text: LetterText, recipient: Party) -> bytes:
         buffer, pagesize=A4, invariant=1, leftMargin=20 * mm, rightMargin=20 * mm,
         topMargin=20 * mm, bottomMargin=20 * mm, title=_winansi(text.subject),
         author=_winansi(text.sender_name), subject=f"Henvisning {text.referral_id}",
-        creator="stafet", lang="da",
+        creator="stafet",
     ).build(story)
     return buffer.getvalue()
 

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     pending_decision_max_age_s: float = Field(
         3600.0, description="a decision whose referral never arrives goes to dlq.referral after this"
     )
+    unit_contact_name: str = Field(
+        "Visitationssekretariatet", description="contact in receipts/deadline letters when the "
+        "event names none (MedCom requires one)",
+    )
+    unit_contact_phone: str = Field("00 00 00 00", description="set the unit's real number")
     validate_notifications: bool = Field(True, description="validate every Bundle with fhir.resources")
     default_timezone: str = Field("Europe/Copenhagen", description="for HL7 times without an offset")
 

@@ -22,7 +22,7 @@ from faust.types import StreamT
 from stafet.connectors.letters import render_letter_pdf
 from stafet.ids import stable_uuid
 from stafet.logging import get_logger
-from stafet.model import PatientInfo, ReferralEvent
+from stafet.model import Contact, PatientInfo, ReferralEvent
 from stafet.schemas.codec import decode, encode
 from stafet.streams.app import app, settings
 from stafet.streams.carecommunication import (
@@ -39,6 +39,7 @@ from stafet.topics import (
 log = get_logger(__name__)
 DEADLINE = timedelta(days=settings.referral_decision_deadline_days)
 MUNICIPAL = ("municipality", "ppr", "family-department")
+UNIT_CONTACT = Contact(name=settings.unit_contact_name, phone=settings.unit_contact_phone)
 
 #: patient key → {"referrals": {referral id: state}, "pending": {referral id: [parked]}}
 referral_book = app.Table("referrals", default=dict, partitions=settings.partitions, key_type=str)
@@ -60,13 +61,16 @@ def render(outcome: Outcome, delivery: Delivery) -> tuple[str, bytes, dict[str, 
         # the letter service / subscriber routes on this; for a guardian it is their CPR
         "stafet.recipient": f"{recipient.identifier_system}|{recipient.identifier}".encode(),
     }
+    contact = (event.decision.contact if event.decision else None) or (
+        event.assessment.contact if event.assessment else None) or UNIT_CONTACT
     if delivery_channel(recipient) == "letter":
-        text = letter_text(event, recipient, delivery.kind)  # type: ignore[arg-type]
+        text = letter_text(event, recipient, delivery.kind, contact=contact)  # type: ignore[arg-type]
         headers["content-type"] = b"application/pdf"
         return OUT_LETTER, render_letter_pdf(text, recipient=recipient), headers
     sender = event.receiver
     assert sender is not None, "a referral without a receiving unit cannot send messages"
-    bundle = build_care_communication(event, recipient, delivery.kind, sender=sender)  # type: ignore[arg-type]
+    bundle = build_care_communication(event, recipient, delivery.kind, sender=sender,  # type: ignore[arg-type]
+                                      contact=contact)
     validate_care_communication(bundle)
     headers["content-type"] = b"application/fhir+json; fhirVersion=4.0"
     out = (municipality_topic(event.child.municipality_code) if recipient.kind in MUNICIPAL
