@@ -202,7 +202,11 @@ def _valid(resource: dict[str, Any], path: str, ctx: Ctx) -> bool:
             kind = str(err["type"])
             code = ("required" if kind == "missing" or kind.endswith(".missing")
                     else "structure" if kind in _STRUCTURE_ERRORS else "value")
-            ctx.add(path + _loc(err["loc"]), code, " ".join(str(err["msg"]).split())[:240])
+            message = " ".join(str(err["msg"]).split())[:200]
+            given = err.get("input")
+            if code == "value" and isinstance(given, str) and len(given) <= 60:
+                message += f" (got {given!r})"  # masked by ctx.add should it hold a CPR
+            ctx.add(path + _loc(err["loc"]), code, message)
     except Exception as exc:  # noqa: BLE001 - an unknown resourceType raises KeyError/ValueError
         contained = resource.get("contained") if rtype != "Bundle" else None
         unknown = [(n, c.get("resourceType") if isinstance(c, dict) else None)

@@ -10,7 +10,7 @@ import click
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.connectors.mllp_client import MllpClient, ack_fields
 from stafet.demo.inbox import end_offsets, read_topics, summarize
-from stafet.demo.scenario import synthetic_day
+from stafet.demo.scenario import ReferralStep, referral_day, synthetic_day
 from stafet.schemas.municipalities import municipalities
 from stafet.stack import running_stack
 from stafet.topics import DLQ_MLLP, DLQ_TOPICS, H_REASON, OUT_MUNICIPALITY_PREFIX, all_topics
@@ -20,7 +20,8 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
     """0 when every municipality got exactly what the script says, 1 otherwise."""
     run_id = time.strftime("D%H%M%S")
     steps = synthetic_day(run_id)
-    watched = [t for t in all_topics() if t.startswith(OUT_MUNICIPALITY_PREFIX)] + list(DLQ_TOPICS)
+    referrals = referral_day(run_id)
+    watched = [t for t in all_topics() if t.startswith("out.")] + list(DLQ_TOPICS)
     click.echo("Starting Kafka, the stream worker and the MLLP listener …")
     with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs"):
         start = end_offsets(settings.bootstrap, watched)
@@ -31,14 +32,40 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
                 ack = ack_fields(client.send(step.message))
                 note = f"  ({ack['error_text']})" if ack["error_text"] else ""
                 click.echo(f"  {ack['code']}  {step.description}{note}")
-        expected = [s for s in steps if s.expected] + [s for s in steps if not s.expected]
-        click.echo("\nWaiting for the worker to build and route the notifications …")
-        received = read_topics(settings.bootstrap, start, until=len(expected),
-                               timeout_s=timeout_s)
+            click.echo(f"\nReferrals to child and adolescent psychiatry ({len(referrals)} HL7 "
+                       "v2 REF/RRI messages, two of six rejected):")
+            for ref in referrals:
+                ack = ack_fields(client.send(ref.message))
+                click.echo(f"  {ack['code']}  {ref.description}")
+        expected = len(steps) + sum(len(r.expected) for r in referrals)
+        click.echo("\nWaiting for the worker to build and route the messages …")
+        received = read_topics(settings.bootstrap, start, until=expected, timeout_s=timeout_s)
         received += read_topics(settings.bootstrap,
                                  {tp: o for tp, o in end_offsets(settings.bootstrap, watched).items()},
                                  idle_s=0.5, timeout_s=2)  # anything extra would show here
-    return _report(steps, received)
+    return min(1, _report(steps, received) + _report_referrals(referrals, received))
+
+
+def _report_referrals(referrals: list[ReferralStep], received: list) -> int:  # type: ignore[type-arg]
+    """Who was told what about each referral; 0 if exactly the expected deliveries arrived."""
+    click.echo("\nWho was told about each referral (one message per recipient, no cc):")
+    by_referral: dict[str, list] = defaultdict(list)  # type: ignore[type-arg]
+    for record in received:
+        ref_id = record.headers.get("stafet.referral_id")
+        if ref_id:
+            by_referral[ref_id.decode()].append(record)
+    got = []
+    for ref_id in sorted(by_referral):
+        click.echo(f"\n  referral {ref_id}")
+        for r in sorted(by_referral[ref_id], key=lambda r: r.headers["stafet.kind"]):
+            kind, who = r.headers["stafet.kind"].decode(), r.headers["stafet.recipient_kind"].decode()
+            form = "PDF letter" if r.topic == "out.letter" else "CareCommunication"
+            click.echo(f"    {kind:<10} → {who:<18} on {r.topic:<22} ({form})")
+            got.append((r.topic, who, kind))
+    want = sorted(e for ref in referrals for e in ref.expected)
+    ok = sorted(got) == want
+    click.echo(f"\n{len(got)} referral messages (expected {len(want)}): {'OK' if ok else 'MISMATCH'}")
+    return 0 if ok else 1
 
 
 def _report(steps: list, received: list) -> int:  # type: ignore[type-arg]
@@ -50,8 +77,11 @@ def _report(steps: list, received: list) -> int:  # type: ignore[type-arg]
     for topic in sorted(t for t in by_topic if t.startswith(OUT_MUNICIPALITY_PREFIX)):
         code = topic.removeprefix(OUT_MUNICIPALITY_PREFIX)
         m = names[code]
+        notifications = [r for r in by_topic[topic] if "stafet.event_code" in r.headers]
+        if not notifications:
+            continue
         click.echo(f"\n  {code} {m.name} ({m.region_name}) — topic {topic}")
-        for record in by_topic[topic]:
+        for record in notifications:
             s = summarize(record)
             dead = "  deceased" if s["deceased"] else ""
             click.echo(f"    {s['event']:<8} {s['patient']:<24} {s['cpr']}  {s['encounter']:<22}"
@@ -63,7 +93,8 @@ def _report(steps: list, received: list) -> int:  # type: ignore[type-arg]
     want = sorted((f"{OUT_MUNICIPALITY_PREFIX}{s.municipality_code}", s.expected)
                   for s in steps if s.expected)
     got = sorted((r.topic, r.headers.get("stafet.event_code", b"").decode())
-                 for r in received if r.topic.startswith(OUT_MUNICIPALITY_PREFIX))
+                 for r in received if r.topic.startswith(OUT_MUNICIPALITY_PREFIX)
+                 and "stafet.event_code" in r.headers)
     rejected = sum(1 for s in steps if not s.expected)
     dlq = len(by_topic.get(DLQ_MLLP, []))
     unexpected = sum(len(by_topic.get(t, [])) for t in DLQ_TOPICS if t != DLQ_MLLP)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from stafet.demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
 
 BUC_AARHUS = Hospital("BUC Aarhus (demo)", "600000000000001")
 BUC_ODENSE = Hospital("BUA Odense (demo)", "600000000000002")
@@ -72,4 +72,87 @@ def synthetic_day(run_id: str, day: str = "20261123") -> list[Step]:
         municipality_code="0999")
     add("Pia back from leave", "A22", "PiaBerggren", BUC_ODENSE, "V5", "1800", "SLOR",
         admit_time=f"{day}0925", charset="8859/1")
+    return steps
+
+
+# --- referrals to child and adolescent psychiatry -----------------------------------------------
+
+GP_VESTERGADE = Provider("RP", "Lægerne i Vestergade (demo)", "100001", "YDER")
+GP_HAVNEN = Provider("RP", "Lægehuset ved Havnen (demo)", "100002", "YDER")
+BUC_AARHUS_RT = Provider("RT", BUC_AARHUS.name, BUC_AARHUS.sor)
+BUA_ROSKILDE_RT = Provider("RT", BUA_ROSKILDE.name, BUA_ROSKILDE.sor)
+BUC_HOVEDSTADEN_RT = Provider("RT", BUC_HOVEDSTADEN.name, BUC_HOVEDSTADEN.sor)
+PPR_AARHUS = Provider("PPR", "PPR Aarhus Kommune (demo)", "600000000000011")
+FAM_AARHUS = Provider("FAM", "Familieafdelingen Aarhus Kommune (demo)", "600000000000012")
+PPR_NAESTVED = Provider("PPR", "PPR Næstved Kommune (demo)", "600000000000021")
+CONTACT = ("Holm", "Hanne", "00 00 00 01")
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralStep:
+    """One referral message and the deliveries it should cause: (topic suffix, recipient kind)."""
+
+    description: str
+    message: bytes
+    expected: tuple[tuple[str, str, str], ...]  # (topic, recipient kind, letter kind)
+
+
+def referral_day(run_id: str, day: str = "20261123") -> list[ReferralStep]:
+    """Six referrals: two rejected (a third), three accepted, one forwarded."""
+    p = medcom_test_patients()
+    steps: list[ReferralStep] = []
+    mun = lambda code: f"out.municipality.{code}"  # noqa: E731
+
+    def ref(desc, child_id, ref_no, gp, unit, units, guardians, time, expected):  # type: ignore[no-untyped-def]
+        msg = referral_message("REF^I12", p[child_id], referral_id=f"{run_id}-HEN{ref_no}",
+                               control_id=f"{run_id}-R{ref_no}", event_time=f"{day}{time}",
+                               providers=[gp, unit, *units], guardians=guardians,
+                               notes={"NOTE": "Mistrivsel, angst og skolefravær"})
+        steps.append(ReferralStep(desc, msg, expected))
+
+    def rri(desc, child_id, ref_no, unit, status, time, expected, reason=None, alt=None,  # type: ignore[no-untyped-def]
+            resp=None, forward_to=None):
+        providers = [unit] + ([forward_to] if forward_to else [])
+        notes = {k: v for k, v in (("NOTE", "Vurderet på visitationskonference"), ("ALT", alt),
+                                   ("RESP", resp)) if v}
+        msg = referral_message("RRI^I12", p[child_id], referral_id=f"{run_id}-HEN{ref_no}",
+                               control_id=f"{run_id}-D{ref_no}", event_time=f"{day}{time}",
+                               providers=providers, status=status, reason=reason, notes=notes,
+                               contact=CONTACT)
+        steps.append(ReferralStep(desc, msg, expected))
+
+    rikke_guardians = [("GUARD", None, "1502779995"), ("MTH", None, "2911829996")]
+    receipt = (("out.referrer", "gp", "receipt"),)
+    status = (("out.referrer", "gp", "status"),)
+    ref("GP refers Rikke (Aarhus) to BUC Aarhus", "RikkeBerggren", 1, GP_VESTERGADE,
+        BUC_AARHUS_RT, [PPR_AARHUS, FAM_AARHUS], rikke_guardians, "0900", receipt)
+    ref("GP refers Ali (Næstved) to BUA Roskilde", "AliJensen", 2, GP_HAVNEN, BUA_ROSKILDE_RT,
+        [PPR_NAESTVED], [("FTH", None, "3103979995")], "0915", receipt)
+    ref("GP refers Lars (Hillerød) to BUC Hovedstaden", "LarsBerggren", 3, GP_HAVNEN,
+        BUC_HOVEDSTADEN_RT, [], [("MTH", None, "2911829996")], "0930", receipt)
+    ref("GP refers Gitte (Hillerød) to BUC Hovedstaden", "GitteNancy", 4, GP_VESTERGADE,
+        BUC_HOVEDSTADEN_RT, [], [("MTH", None, "2911829996")], "0945", receipt)
+    ref("GP refers Pia (Odense) to BUC Aarhus", "PiaBerggren", 5, GP_VESTERGADE, BUC_AARHUS_RT,
+        [], [("MTH", None, "2911829996")], "1000", receipt)
+    ref("GP refers Aya (Hillerød) to BUC Hovedstaden", "AyaBerggren", 6, GP_HAVNEN,
+        BUC_HOVEDSTADEN_RT, [], [("MTH", None, "2911829996")], "1015", receipt)
+    rri("BUC Aarhus REJECTS Rikke's referral: no PPV", "RikkeBerggren", 1, BUC_AARHUS_RT, "R",
+        "1400", (("out.referrer", "gp", "rejection"), (mun("0751"), "municipality", "rejection"),
+                 (mun("0751"), "ppr", "rejection"), (mun("0751"), "family-department", "rejection"),
+                 ("out.letter", "guardian", "rejection"), ("out.letter", "guardian", "rejection")),
+        reason=("missing-ppv", "Der mangler en pædagogisk-psykologisk vurdering (PPV)"),
+        alt="PPR i Aarhus Kommune udarbejder en PPV; henvis derefter igen",
+        resp="Aarhus Kommune, PPR")
+    rri("BUA Roskilde REJECTS Ali's referral: outside the target group", "AliJensen", 2,
+        BUA_ROSKILDE_RT, "R", "1410",
+        (("out.referrer", "gp", "rejection"), (mun("0370"), "municipality", "rejection"),
+         (mun("0370"), "ppr", "rejection"), ("out.letter", "guardian", "rejection")),
+        reason=("outside-target-group", "Barnet er ikke i børne- og ungdomspsykiatriens målgruppe"),
+        alt="Familieafdelingen i Næstved Kommune vurderer støtte efter serviceloven",
+        resp="Næstved Kommune, Familieafdelingen")
+    rri("BUC Hovedstaden accepts Lars", "LarsBerggren", 3, BUC_HOVEDSTADEN_RT, "A", "1420", status)
+    rri("BUC Hovedstaden accepts Gitte", "GitteNancy", 4, BUC_HOVEDSTADEN_RT, "A", "1430", status)
+    rri("BUC Aarhus forwards Pia to BUA Odense", "PiaBerggren", 5, BUC_AARHUS_RT, "P", "1440",
+        status, forward_to=Provider("RT", BUC_ODENSE.name, BUC_ODENSE.sor))
+    rri("BUC Hovedstaden accepts Aya", "AyaBerggren", 6, BUC_HOVEDSTADEN_RT, "A", "1450", status)
     return steps

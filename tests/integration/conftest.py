@@ -24,6 +24,9 @@ from stafet.topics import DLQ_TOPICS, all_topics, ensure_topics
 pytestmark = pytest.mark.integration
 
 
+DEADLINE_S = 45.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,6 +69,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         kafka_port=free_port(), kafka_controller_port=free_port(), kafka_home=root / "kafka",
         worker_data_dir=root / "worker", mllp_port=free_port(), app_id=f"stafet-test-{uuid.uuid4().hex[:6]}",
         worker_web_port=free_port(), mllp_produce_timeout_s=5.0, log_level="INFO",
+        # the 30-day assessment guarantee, shrunk to 45 s so the deadline test can watch it pass
+        referral_decision_deadline_days=DEADLINE_S / 86400, referral_timer_interval_s=2.0,
     )
     kafka = LocalKafka.from_settings(settings)
     kafka.start()

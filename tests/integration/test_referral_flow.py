@@ -5,12 +5,16 @@ handled; the state survives a worker restart."""
 from __future__ import annotations
 
 import io
+import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from pypdf import PdfReader
 
 from stafet.demo.hl7_builder import Provider, medcom_test_patients, referral_message
 from stafet.topics import DLQ_REFERRAL, H_REASON, OUT_LETTER, OUT_REFERRER, municipality_topic
+
+from .conftest import DEADLINE_S
 
 CHILD = medcom_test_patients()["RikkeBerggren"]  # Aarhus (0751), two guardians
 GUARDIANS = [("GUARD", None, "1502779995"), ("MTH", None, "2911829996")]
@@ -23,9 +27,9 @@ ALTERNATIVE = "Kontakt PPR i Aarhus Kommune for en PPV"
 RESPONSIBLE = "Aarhus Kommune, PPR"
 
 
-def referral(ref_id: str, n: int = 0) -> bytes:
+def referral(ref_id: str, n: int = 0, at: str = "202611231000") -> bytes:
     return referral_message("REF^I12", CHILD, referral_id=ref_id, control_id=f"{ref_id}-ref{n}",
-                            event_time="202611231000", providers=[GP, BUC, PPR, FAM],
+                            event_time=at, providers=[GP, BUC, PPR, FAM],
                             guardians=GUARDIANS, notes={"NOTE": "Angst og skolevægring"})
 
 
@@ -135,3 +139,24 @@ def test_worker_restart_between_referral_and_decision_fans_out_once(stack):
     kinds = sorted(r.headers["stafet.kind"].decode() for r in records)
     assert kinds == ["receipt"] + ["rejection"] * 6
     assert len({r.headers["stafet.message_id"] for r in records}) == 7
+
+
+def test_no_decision_within_the_guarantee_alerts_referrer_and_municipality_once(stack):
+    """The deadline (shrunk to DEADLINE_S for the test session) survives a worker restart."""
+    ref_id = f"HEN-{uuid.uuid4().hex[:8]}"
+    since = stack.marks()
+    received = datetime.now(timezone.utc)
+    assert stack.send(referral(ref_id, at=received.strftime("%Y%m%d%H%M%S+0000")))["code"] == "AA"
+    assert mine(stack.read(since, until=1), ref_id, "receipt")
+    stack.restart_worker(kill=False)  # the timer's state must come back from the changelog
+    assert not mine(stack.read(since, idle_s=1.0), ref_id, "deadline"), "not before the deadline"
+    deadline = time.monotonic() + DEADLINE_S + 60
+    alerts = []
+    while time.monotonic() < deadline and len(alerts) < 2:
+        alerts = mine(stack.read(since, idle_s=2.0, timeout_s=10), ref_id, "deadline")
+    assert datetime.now(timezone.utc) - received >= timedelta(seconds=DEADLINE_S)
+    time.sleep(6)  # a few more timer rounds: a second alert would show now
+    alerts = mine(stack.read(since, idle_s=2.0), ref_id, "deadline")
+    assert sorted((r.topic, r.headers["stafet.recipient_kind"].decode()) for r in alerts) == [
+        (municipality_topic("0751"), "municipality"), (OUT_REFERRER, "gp")]
+    assert "30" in text_of(alerts[0]) or "frist" in text_of(alerts[0]).lower()
