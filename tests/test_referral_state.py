@@ -1,0 +1,102 @@
+"""The referral state machine: transitions, fan-out recipients, parking, refusals, deadlines."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from stafet.demo.hl7_builder import Provider, medcom_test_patients, referral_message
+from stafet.hl7v2_referral import parse_hl7v2
+from stafet.streams.referral_state import Park, Refuse, apply, due, rejection_recipients, seen
+
+CHILD = medcom_test_patients()["RikkeBerggren"]
+GP = Provider("RP", "Lægerne i Vestergade", "123456", "YDER")
+BUC = Provider("RT", "BUC Aarhus", "600000000000001")
+PPR = Provider("PPR", "PPR Aarhus", "600000000000011")
+FAM = Provider("FAM", "Familieafdelingen Aarhus", "600000000000012")
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+DEADLINE = timedelta(days=30)
+
+
+def event(trigger: str, n: int = 0, status: str = "", **kw):
+    guardians = [("GUARD", None, "1502779995"), ("MTH", None, "2911829996")]
+    providers = [GP, BUC, PPR, FAM] if trigger == "REF^I12" else [BUC]
+    raw = referral_message(trigger, CHILD, referral_id="HEN-1", control_id=f"C{trigger}{n}",
+                           event_time=kw.pop("at", "202611231000"), providers=providers,
+                           guardians=guardians if trigger == "REF^I12" else [], status=status,
+                           reason=("missing-ppv", "Mangler PPV") if status == "R" else None,
+                           contact=("Holm", "Hanne", "00000001"), **kw)
+    return parse_hl7v2(raw, secret="test")
+
+
+def submitted():
+    return apply(None, event("REF^I12"), now=NOW, deadline=DEADLINE)
+
+
+def test_submission_creates_state_and_a_receipt_to_the_referrer():
+    outcome = submitted()
+    assert outcome.state["status"] == "submitted"
+    assert [(d.recipient.kind, d.kind) for d in outcome.deliveries] == [("gp", "receipt")]
+    assert seen(outcome.state, outcome.event.event_id)
+
+
+def test_rejection_tells_referrer_municipality_units_and_each_guardian_once():
+    state = submitted().state
+    outcome = apply(state, event("RRI^I12", status="R"), now=NOW, deadline=DEADLINE)
+    assert outcome.state["status"] == "rejected"
+    got = sorted((d.recipient.kind, d.recipient.identifier) for d in outcome.deliveries)
+    assert got == sorted([("gp", "123456"), ("municipality", "0751"),
+                          ("ppr", "600000000000011"), ("family-department", "600000000000012"),
+                          ("guardian", "1502779995"), ("guardian", "2911829996")])
+    assert {d.kind for d in outcome.deliveries} == {"rejection"}
+    # the decision names only the referral: the state supplied the child's municipality
+    assert outcome.event.child.municipality_code == "0751"
+
+
+def test_a_party_named_twice_gets_one_message():
+    outcome = apply(submitted().state, event("RRI^I12", status="R"), now=NOW, deadline=DEADLINE)
+    twice = replace(outcome.event, guardians=outcome.event.guardians + outcome.event.guardians[:1])
+    assert len(rejection_recipients(twice)) == 6
+
+
+@pytest.mark.parametrize(("status", "state_after"), [("A", "accepted"), ("P", "forwarded"),
+                                                      ("E", "expired")])
+def test_other_decisions_send_only_a_status_letter_to_the_referrer(status, state_after):
+    outcome = apply(submitted().state, event("RRI^I12", status=status), now=NOW, deadline=DEADLINE)
+    assert outcome.state["status"] == state_after
+    assert [(d.recipient.kind, d.kind) for d in outcome.deliveries] == [("gp", "status")]
+
+
+def test_decision_for_an_unknown_referral_is_parked():
+    with pytest.raises(Park):
+        apply(None, event("RRI^I12", status="R"), now=NOW, deadline=DEADLINE)
+
+
+def test_a_second_decision_is_refused_with_the_reason():
+    accepted = apply(submitted().state, event("RRI^I12", status="A"), now=NOW,
+                     deadline=DEADLINE).state
+    with pytest.raises(Refuse, match="already accepted"):
+        apply(accepted, event("RRI^I12", 1, status="R"), now=NOW, deadline=DEADLINE)
+
+
+def test_a_forwarded_referral_can_still_be_decided():
+    forwarded = apply(submitted().state, event("RRI^I12", status="P"), now=NOW,
+                      deadline=DEADLINE).state
+    outcome = apply(forwarded, event("RRI^I12", 1, status="R"), now=NOW, deadline=DEADLINE)
+    assert outcome.state["status"] == "rejected"
+
+
+def test_resubmitting_an_open_referral_is_refused():
+    with pytest.raises(Refuse, match="already submitted"):
+        apply(submitted().state, event("REF^I12", 1), now=NOW, deadline=DEADLINE)
+
+
+def test_deadline_is_due_only_after_the_guarantee_and_only_once():
+    state = submitted().state  # submitted 2026-11-23 10:00 local
+    assert not due(state, now=NOW, deadline=DEADLINE)
+    later = NOW + timedelta(days=31)
+    assert due(state, now=later, deadline=DEADLINE)
+    decided = apply(state, event("RRI^I12", status="A"), now=NOW, deadline=DEADLINE).state
+    assert not due(decided, now=later, deadline=DEADLINE)
