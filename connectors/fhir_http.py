@@ -34,6 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from stafet.config import Settings
 from stafet.connectors.fhir_openapi import openapi
 from stafet.connectors.producer import DurableProducer
+from stafet.cpr import mask_cpr
 from stafet.errors import DeliveryError, StafetError
 from stafet.fhir_referral import FhirInputError, Issue, parse_fhir_referral
 from stafet.logging import get_logger
@@ -142,10 +143,11 @@ class ReferralIndex:
                     continue
                 last = time.monotonic()
                 count += 1
-                for referral_id in self.extractors[msg.topic()](msg.value() or b""):
+                topic, offset = msg.topic() or "", msg.offset() or 0
+                for referral_id in self.extractors[topic](msg.value() or b""):
                     self.add(referral_id)
-                tp = (msg.topic(), msg.partition())
-                if tp in pending and msg.offset() >= pending[tp] - 1:
+                tp = (topic, msg.partition() or 0)
+                if tp in pending and offset >= pending[tp] - 1:
                     del pending[tp]
             self._ready.set()
             log.info("fhir.index_loaded", topics=topics, records=count, referrals=len(self))
@@ -284,23 +286,25 @@ class FhirListener:
                 ("content-type", media.encode()), (H_SOURCE, b"fhir"),
                 (H_RECEIVED_AT, received_at.encode()), (H_EVENT_ID, first.event_id.encode())])
         except DeliveryError as exc:
-            pass
+            log.error("fhir.store_failed", event_id=first.event_id, error=str(exc))
+            return _transient(f"not stored, please retry: {exc}")
         for event in events:
             if event.kind in REFERRAL_KINDS:
                 self.index.add(event.referral_id)
         log.info("fhir.accepted", event_ids=[e.event_id for e in events],
                  kinds=[e.kind for e in events])
         issues = [{"severity": "information", "code": "informational",
-                   "diagnostics": f"stored as event {e.event_id} ({e.kind}, referral "
-                                  f"{e.referral_id})"} for e in events]
+                   "diagnostics": mask_cpr(f"stored as event {e.event_id} ({e.kind}, "
+                                           f"referral {e.referral_id})")} for e in events]
         return _outcome(202, issues, headers={EVENT_ID_HEADER: first.event_id})
 
     async def _reject(self, status: int, issues: list[Issue], body: bytes,
                       received_at: str) -> web.Response:
+        issues = [Issue(mask_cpr(i.path), mask_cpr(i.reason), i.code) for i in issues]
         reason = f"HTTP {status}: " + "; ".join(
             f"{i.path}: {i.reason}" if i.path else i.reason for i in issues)
         try:
-            if False: await self.producer.send(DLQ_FHIR, body[:DLQ_SAMPLE_BYTES], headers=[
+            await self.producer.send(DLQ_FHIR, body[:DLQ_SAMPLE_BYTES], headers=[
                 (H_REASON, reason[:8192].encode()), (H_STAGE, b"fhir"),
                 (H_RECEIVED_AT, received_at.encode())])
         except DeliveryError as exc:

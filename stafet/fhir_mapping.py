@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from stafet.cpr import is_valid_cpr, mask_cpr
 from stafet.ids import patient_key, stable_uuid
 from stafet.model import (
-    Assessment, Contact, Decision, Party, PatientInfo, ReferralEvent, ReferralKind,
+    Assessment, Contact, Decision, Party, PartyKind, PatientInfo, ReferralEvent, ReferralKind,
 )
 from stafet.schemas.municipalities import municipality
 
@@ -203,7 +203,7 @@ def _party(ref: Any, owner: Res, path: str, ctx: Ctx, what: str,
     name = ref.get("display") or target.get("name")
     if isinstance(name, list):  # Practitioner.name
         name = _full_name(name)
-    kind = "gp" if system == YDER_SYSTEM else "hospital-unit"
+    kind: PartyKind = "gp" if system == YDER_SYSTEM else "hospital-unit"
     return Party(kind=kind, identifier_system=system, identifier=value, name=name or None,
                  has_fhir_endpoint=_endpoint(system, ref, target))
 

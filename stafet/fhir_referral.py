@@ -19,7 +19,8 @@ later message; must be unique, e.g. a UUID; ``system`` is recommended but not co
 residence in its home (else first) address: the DK-core extension
 ``http://hl7.dk/fhir/core/StructureDefinition/dk-core-municipalityCodes`` (valueCodeableConcept,
 code from ``dk-core-municipality-codes``) or ``address.district`` = the 4-digit code (required
-for ``submitted``; one of the 98). ``requester`` → the referrer: ``identifier`` (GP ydernummer
+for ``submitted``; one of the 98; a 3-digit code is zero-padded; extension and district must
+agree). ``requester`` → the referrer: ``identifier`` (GP ydernummer
 ``urn:oid:1.2.208.176.1.4`` → party ``gp``, or SOR ``urn:oid:1.2.208.176.1.1`` → ``hospital-unit``)
 + ``display``, or a reference to a contained/entry Organization or Practitioner carrying one.
 ``performer[0]`` → the receiving psychiatry unit (SOR). ``supportingInfo`` → contained (or entry)
@@ -33,7 +34,8 @@ referral. Event time: ``authoredOn``.
 
 ``Task`` — a triage decision (kind ``decision``). ``focus`` → the referral: ``focus.identifier.value``
 or a reference to a ServiceRequest in the same Bundle. ``for`` → the child: ``for.identifier``
-(CPR) or a reference to a Patient. ``owner`` → the deciding unit (SOR), on a forward the new unit.
+(CPR) or a reference to a Patient (then its name too; the municipality stays "" unless given —
+the stream takes it from the referral). ``owner`` → the deciding unit (SOR), on a forward the new unit.
 ``requester`` (optional) → the referrer. ``status``: ``accepted`` → accepted; ``rejected`` →
 rejected (**requires** ``statusReason``); ``code.coding.code = forward`` or
 ``businessStatus`` ``forwarded`` (status ready | in-progress | accepted | completed) → forwarded to
@@ -66,7 +68,10 @@ Europe/Copenhagen. ``event_id`` = UUIDv5("fhir" | resourceType | id or identifie
 ``meta.versionId`` or the SHA-256 of the resource's canonical JSON): identical input, identical id.
 A Task or Communication whose referral is neither in the same body nor ``known_referral(id)``
 gives ``not-found``. Issue codes: structure, required, value, invalid, not-supported, not-found,
-code-invalid (a municipality code outside the 98), too-long.
+code-invalid (a municipality code outside the 98), too-long (the connector's size limit).
+:attr:`FhirInputError.business_rule` is True when every issue is not-found / code-invalid (the
+connector answers 422; otherwise 400). Paths are FHIRPath-like (``Task.focus``,
+``ServiceRequest.contained[0].identifier[0].value``, ``Bundle.entry[1].resource.statusReason``).
 """
 
 from __future__ import annotations

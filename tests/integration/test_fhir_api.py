@@ -151,6 +151,9 @@ BAD = [  # name, path, body, content type, status, issue code, expression, reaso
      400, "not-supported", "resourceType", "resourceType 'Patient'"),
     ("resourceType does not match path", "/fhir/Task", lambda: s.to_bytes(s.referral(new_id())),
      FHIR_JSON, 400, "invalid", "resourceType", "posted to /fhir/Task"),
+    ("a CPR as resourceType is not echoed", "/fhir/Task",
+     lambda: s.to_bytes({"resourceType": RIKKE}), FHIR_JSON, 400, "invalid", "resourceType",
+     "a <cpr> was posted to /fhir/Task"),
     ("missing focus", "/fhir/Task", lambda: s.to_bytes(
         {k: v for k, v in s.rejection_task(new_id()).items() if k != "focus"}), FHIR_JSON,
      400, "required", "Task.focus", "Task.focus (the referral) is required"),
