@@ -37,10 +37,11 @@ from stafet.connectors.producer import DurableProducer
 from stafet.cpr import mask_cpr
 from stafet.errors import DeliveryError, StafetError
 from stafet.fhir_referral import FhirInputError, Issue, parse_fhir_referral
+from stafet.hl7v2 import Hl7Error, normalise_segments, parse_segments, read_header
 from stafet.logging import get_logger
 from stafet.model import ReferralEvent
 from stafet.topics import (
-    DLQ_FHIR, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INGEST_FHIR,
+    DLQ_FHIR, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INGEST_FHIR, INGEST_HL7V2,
 )
 
 log = get_logger(__name__)
@@ -59,11 +60,23 @@ EVENT_ID_HEADER = "X-Stafet-Event-Id"
 Extractor = Callable[[bytes], Iterable[str]]
 
 
+def hl7_referral_ids(value: bytes) -> list[str]:
+    """RF1-6 of an HL7 v2 REF^I12 on ``ingest.hl7v2`` (ADT and the rest are skipped cheaply)."""
+    try:
+        header = read_header(normalise_segments(value))
+        if not header.message_type.startswith("REF^I12"):
+            return []
+        seg, _ = parse_segments(value, header.charset)
+        return [rid] if (rid := seg.get("RF1", 6)) else []
+    except Hl7Error:
+        return []
+
+
 class ReferralIndex:
     """The referral ids stafet knows: read from Kafka at start, plus what the connector accepts.
 
     ``extractors`` maps a topic to a function from a record value to the referral ids it defines;
-    ``ingest.fhir`` is registered, other sources (HL7 v2 REF on ``ingest.hl7v2``) are added with
+    ``ingest.fhir`` and ``ingest.hl7v2`` (REF^I12) are registered; other sources are added with
     ``index.extractors[topic] = fn`` before :meth:`load_from` runs.
     """
 
@@ -73,7 +86,8 @@ class ReferralIndex:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
-        self.extractors: dict[str, Extractor] = {INGEST_FHIR: self.fhir_referral_ids}
+        self.extractors: dict[str, Extractor] = {INGEST_FHIR: self.fhir_referral_ids,
+                                                 INGEST_HL7V2: hl7_referral_ids}
 
     def add(self, referral_id: str) -> None:
         with self._lock:

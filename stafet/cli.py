@@ -104,14 +104,30 @@ def mllp(port: int | None) -> None:
 
 
 @main.command()
+@click.option("--port", type=int, default=None, help="listen port (default STAFET_FHIR_PORT, 8080)")
+def fhir(port: int | None) -> None:
+    """Run the FHIR R4 HTTP source connector until SIGTERM / Ctrl-C."""
+    from stafet.connectors.fhir_http import run
+
+    settings = get_settings()
+    if port is not None:
+        settings = settings.model_copy(update={"fhir_port": port})
+    try:
+        asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
 def up() -> None:
     """Kafka, the worker and the MLLP listener, for real senders on loopback, until Ctrl-C."""
     from stafet.stack import running_stack
 
     settings = get_settings()
     with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs") as services:
-        click.echo(f"stafet is up: MLLP on {settings.mllp_host}:{settings.mllp_port}, "
-                   f"Kafka on {settings.bootstrap}. Logs in .stafet/logs. Ctrl-C stops.")
+        click.echo(f"stafet is up: MLLP on {settings.mllp_host}:{settings.mllp_port}, FHIR on "
+                   f"http://{settings.fhir_host}:{settings.fhir_port}/fhir, Kafka on "
+                   f"{settings.bootstrap}. Logs in .stafet/logs. Ctrl-C stops.")
         try:
             while all(s.alive() for s in services.values()):
                 time.sleep(1)

@@ -164,12 +164,16 @@ def _cpr(identifiers: Any, path: str, ctx: Ctx, who: str) -> str:
     return value
 
 
+UNIT_SYSTEM = "https://stafet.dk/fhir/NamingSystem/municipal-unit"
+
+
 def _endpoint(system: str, *elements: Any) -> bool:
-    """Whether a party reads FHIR: the stafet extension, else True only for a GP (ydernummer)."""
+    """Whether a party reads FHIR: the stafet extension, else True for organisations (GP by
+    ydernummer, units by SOR: MedCom reaches them) and False for citizens (CPR: letters)."""
     for element in elements:
         if (ext := _ext(element, FHIR_ENDPOINT_EXT)) and isinstance(ext.get("valueBoolean"), bool):
             return bool(ext["valueBoolean"])
-    return system == YDER_SYSTEM
+    return system != CPR_SYSTEM
 
 
 def _party(ref: Any, owner: Res, path: str, ctx: Ctx, what: str,
@@ -365,9 +369,11 @@ def _unit(org: Res, ctx: Ctx, child: PatientInfo | None) -> Party | None:
     if sor is not None:
         return Party(kind=kind, identifier_system=SOR_SYSTEM, identifier=sor, name=name,
                      has_fhir_endpoint=_endpoint(SOR_SYSTEM, org.data))
+    # Without SOR the unit is named by municipality + kind, so it stays a recipient of its own
+    # (the municipality's central mailbox is the municipality code itself).
     code = child.municipality_code if child else ""
-    return Party(kind=kind, identifier_system=MUNICIPALITY_SYSTEM, identifier=code, name=name,
-                 has_fhir_endpoint=False) if code else None
+    return Party(kind=kind, identifier_system=UNIT_SYSTEM, identifier=f"{code}/{kind}",
+                 name=name) if code else None
 
 
 def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:

@@ -1,4 +1,4 @@
-"""Run the whole local stack: Kafka, the stream worker and the MLLP listener, each its own
+"""Run the whole local stack: Kafka, the stream worker, the MLLP and FHIR listeners, each its own
 process (as an integration team would run them), started in order and stopped in reverse."""
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True) -> Iterator[dict[str, Service]]:
-    """Kafka + topics + worker + MLLP listener, torn down on exit."""
+    """Kafka + topics + worker + MLLP and FHIR listeners, torn down on exit."""
     kafka = LocalKafka.from_settings(settings)
     started_kafka = kafka.pid() is None
     kafka.start()
@@ -101,11 +101,13 @@ def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True)
     services = {
         "worker": Service("worker", ["worker"], log_dir / "worker.log", env),
         "mllp": Service("mllp", ["mllp"], log_dir / "mllp.log", env),
+        "fhir": Service("fhir", ["fhir"], log_dir / "fhir.log", env),
     }
     try:
         for service in services.values():
             service.start()
         wait_for_port(settings.mllp_host, settings.mllp_port)
+        wait_for_port(settings.fhir_host, settings.fhir_port)
         yield services
     finally:
         for service in reversed(list(services.values())):

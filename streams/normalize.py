@@ -1,10 +1,13 @@
-"""normalize: raw HL7 v2 (``ingest.hl7v2``) → canonical Avro events: ADT to ``events.encounter``,
-REF/RRI to ``events.referral``."""
+"""normalize: raw input → canonical Avro events. HL7 v2 (``ingest.hl7v2``): ADT to
+``events.encounter``, REF/RRI to ``events.referral``; FHIR (``ingest.fhir``) to ``events.referral``.
+The parse functions are the ones the connectors used before they answered, so what was accepted
+can be normalised."""
 
 from __future__ import annotations
 
 from faust.types import StreamT
 
+from stafet.fhir_referral import FhirInputError, parse_fhir_referral
 from stafet.hl7v2 import Hl7Error
 from stafet.hl7v2_referral import parse_hl7v2
 from stafet.model import EncounterEvent
@@ -14,7 +17,7 @@ from stafet.streams.app import app, settings
 from stafet.streams.dead_letter import dead_letter, topic
 from stafet.topics import (
     DLQ_NORMALIZE, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
-    INGEST_HL7V2,
+    INGEST_FHIR, INGEST_HL7V2,
 )
 
 log = get_logger(__name__)
@@ -47,3 +50,28 @@ async def normalize(stream: StreamT) -> None:
             out_headers[H_RECEIVED_AT] = headers[H_RECEIVED_AT]
         await topic(out_topic).send(key=parsed.patient_key.encode(), value=value,
                                     headers=out_headers)
+
+
+@app.agent(topic(INGEST_FHIR))
+async def normalize_fhir(stream: StreamT) -> None:
+    """FHIR referral resources (``ingest.fhir``) → canonical events on ``events.referral``."""
+    async for event in stream.events():
+        try:
+            parsed = parse_fhir_referral(event.value, secret=SECRET)
+            records = [(p, encode("referral_event", p.to_record())) for p in parsed]
+        except FhirInputError as exc:
+            await dead_letter(DLQ_NORMALIZE, "normalize", event, str(exc))
+            log.warning("normalize.rejected", error=str(exc))
+            continue
+        except Exception as exc:  # a bug must not lose the record: DLQ it and go on
+            await dead_letter(DLQ_NORMALIZE, "normalize", event,
+                              f"internal error: {type(exc).__name__}: {exc}")
+            log.exception("normalize.failed")
+            continue
+        received = (event.headers or {}).get(H_RECEIVED_AT)
+        for referral, value in records:
+            headers = {H_EVENT_ID: referral.event_id.encode()}
+            if received:
+                headers[H_RECEIVED_AT] = received
+            await topic(EVENTS_REFERRAL).send(key=referral.patient_key.encode(), value=value,
+                                              headers=headers)

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from stafet.fhir_mapping import UNIT_SYSTEM
+
 from stafet.connectors.fhir_openapi import openapi
 from stafet.demo import fhir_samples as s
 from stafet.fhir_referral import (
@@ -62,8 +64,10 @@ def test_gp_referral_maps_child_parties_and_reason():
     ppr, family = event.municipal_units
     assert (ppr.kind, ppr.identifier_system, ppr.identifier) == ("ppr", SOR_SYSTEM,
                                                                  "600000000000021")
+    # no SOR: named by municipality + kind, so it is not merged with the central mailbox
     assert (family.kind, family.identifier_system, family.identifier,
-            family.has_fhir_endpoint) == ("family-department", MUNICIPALITY_SYSTEM, "0751", False)
+            family.has_fhir_endpoint) == ("family-department", UNIT_SYSTEM,
+                                          "0751/family-department", True)
     assert event.reason_for_referral and "ADHD" in event.reason_for_referral
     assert event.decision is None and event.assessment is None
 

@@ -1,4 +1,4 @@
-"""One real Kafka broker, one stream worker and one MLLP listener per test session.
+"""One real Kafka broker, one stream worker, one MLLP and one FHIR listener per test session.
 
 Everything runs as separate processes on loopback with free ports and a temporary data
 directory; the broker jars are the ones ``make install`` resolved (``.stafet/kafka-libs``).
@@ -67,8 +67,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stafet")
     settings = Settings(
         kafka_port=free_port(), kafka_controller_port=free_port(), kafka_home=root / "kafka",
-        worker_data_dir=root / "worker", mllp_port=free_port(), app_id=f"stafet-test-{uuid.uuid4().hex[:6]}",
-        worker_web_port=free_port(), mllp_produce_timeout_s=5.0, log_level="INFO",
+        worker_data_dir=root / "worker", mllp_port=free_port(), fhir_port=free_port(),
+        app_id=f"stafet-test-{uuid.uuid4().hex[:6]}", worker_web_port=free_port(), mllp_produce_timeout_s=5.0, log_level="INFO",
         # the 30-day assessment guarantee, shrunk to 45 s so the deadline test can watch it pass
         referral_decision_deadline_days=DEADLINE_S / 86400, referral_timer_interval_s=2.0,
     )
@@ -79,11 +79,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     services = {
         "worker": Service("worker", ["worker"], root / "logs" / "worker.log", env),
         "mllp": Service("mllp", ["mllp"], root / "logs" / "mllp.log", env),
+        "fhir": Service("fhir", ["fhir"], root / "logs" / "fhir.log", env),
     }
     try:
         for service in services.values():
             service.start()
         wait_for_port(settings.mllp_host, settings.mllp_port)
+        wait_for_port(settings.fhir_host, settings.fhir_port)
         watched = [t for t in all_topics() if t.startswith("out.")]
         yield Stack(settings, kafka, services, root / "logs", [*watched, *DLQ_TOPICS])
     finally:

@@ -5,12 +5,15 @@ handled; the state survives a worker restart."""
 from __future__ import annotations
 
 import io
+import json
+import urllib.request
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
 from pypdf import PdfReader
 
+from stafet.demo import fhir_samples
 from stafet.demo.hl7_builder import Provider, medcom_test_patients, referral_message
 from stafet.topics import DLQ_REFERRAL, H_REASON, OUT_LETTER, OUT_REFERRER, municipality_topic
 
@@ -160,3 +163,36 @@ def test_no_decision_within_the_guarantee_alerts_referrer_and_municipality_once(
     assert sorted((r.topic, r.headers["stafet.recipient_kind"].decode()) for r in alerts) == [
         (municipality_topic("0751"), "municipality"), (OUT_REFERRER, "gp")]
     assert "30" in text_of(alerts[0]) or "frist" in text_of(alerts[0]).lower()
+
+
+def post_fhir(stack, path: str, resource: dict) -> int:
+    request = urllib.request.Request(
+        f"http://{stack.settings.fhir_host}:{stack.settings.fhir_port}/fhir/{path}",
+        data=json.dumps(resource).encode(), method="POST",
+        headers={"Content-Type": "application/fhir+json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status
+
+
+def test_the_same_rejection_over_fhir_reaches_the_same_parties(stack):
+    """GP referral as a FHIR ServiceRequest, rejection as a Task: the HL7 fan-out, over HTTP."""
+    ref_id = f"HEN-{uuid.uuid4().hex[:8]}"
+    since = stack.marks()
+    assert post_fhir(stack, "ServiceRequest", fhir_samples.referral(ref_id)) == 202
+    assert mine(stack.read(since, until=1), ref_id, "receipt")
+    assert post_fhir(stack, "Task", fhir_samples.rejection_task(ref_id)) == 202
+    stack.read(since, until=7)
+    alerts = mine(stack.read(since, idle_s=2.0), ref_id, "rejection")
+    assert sorted((r.topic, r.headers["stafet.recipient_kind"].decode()) for r in alerts) == sorted([
+        (OUT_REFERRER, "gp"),
+        (municipality_topic("0751"), "municipality"),
+        (municipality_topic("0751"), "ppr"),
+        (municipality_topic("0751"), "family-department"),
+        (OUT_LETTER, "guardian"),
+        (OUT_LETTER, "guardian"),
+    ])
+    for record in alerts:
+        text = " ".join(text_of(record).split())
+        for fact in ("PPV", fhir_samples.REJECTION_ALTERNATIVE, fhir_samples.REJECTION_RESPONSIBLE,
+                     "Hanne Holm"):
+            assert fact in text, (record.headers["stafet.recipient_kind"], fact)
