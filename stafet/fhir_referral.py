@@ -28,7 +28,8 @@ agree). ``requester`` → the referrer: ``identifier`` (GP ydernummer
 ``http://terminology.hl7.org/CodeSystem/v3-RoleCode``, CPR identifier, ``name``) and
 ``Organization`` s = municipal units (``type`` coding ``ppr`` | ``family-department`` from
 ``https://stafet.dk/fhir/CodeSystem/municipal-unit-type``, SOR identifier when known — without
-one the unit is identified by the child's municipality code and is written to by letter);
+one the unit is named ``<municipality code>/<kind>`` in ``https://stafet.dk/fhir/NamingSystem/municipal-unit``
+and still receives its own message on the municipality's topic);
 other supportingInfo is ignored. ``reasonCode[0].text`` (else its coding display) = the reason for
 referral. Event time: ``authoredOn``.
 
@@ -60,8 +61,9 @@ Organization, …) may be referenced by ``fullUrl`` or ``Type/id``. All events o
 about the same child (one Kafka key keeps them in order).
 
 Who reads FHIR: extension ``https://stafet.dk/fhir/StructureDefinition/has-fhir-endpoint``
-(valueBoolean) on a party reference or resource; by default a GP (ydernummer) does (its EHR takes
-MedCom messages) and a SOR unit does not — the same default as the HL7 v2 REF mapping.
+(valueBoolean) on a party reference or resource; by default every organisation does (GP by
+ydernummer, units by SOR — MedCom reaches them) and a citizen (CPR) does not — the same default as
+the HL7 v2 REF mapping, where PRD-5 ``LETTER`` marks a letter-only party.
 
 Times: a dateTime with a time must have an offset (FHIR); a bare date means 00:00
 Europe/Copenhagen. ``event_id`` = UUIDv5("fhir" | resourceType | id or identifier |

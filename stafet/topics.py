@@ -54,7 +54,7 @@ def all_topics() -> list[str]:
 
 def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> list[str]:
     """Create every stafet topic that does not exist yet; return the ones created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})  # tools: no retry noise
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:

@@ -31,13 +31,14 @@ def _consumer(bootstrap: str) -> Consumer:
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
+        "log_level": 2,  # a reading tool: no connection-retry noise when the broker stops
     })
 
 
 def end_offsets(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
     """The current end offset of every partition of ``topics`` (retrying while a new topic's
     partitions are still electing leaders)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})  # tools: no retry noise
     deadline = time.monotonic() + timeout_s
     while True:
         try:
