@@ -73,7 +73,7 @@ def topics() -> None:
     from stafet.topics import ensure_topics
 
     settings = get_settings()
-    created = ensure_topics(settings.bootstrap, settings.partitions)
+    created = ensure_topics(settings.bootstrap, settings.partitions, app_id=settings.app_id)
     click.echo(f"created {len(created)} topics" if created else "all topics exist")
 
 
@@ -82,9 +82,12 @@ def topics() -> None:
 
 @main.command()
 def worker() -> None:
-    """Run the stream worker (normalize → notify) until SIGTERM / Ctrl-C."""
+    """Run the stream worker (normalize → notify, referrals) until SIGTERM / Ctrl-C."""
     from stafet.streams.app import create_worker
+    from stafet.topics import ensure_topics
 
+    settings = get_settings()
+    ensure_topics(settings.bootstrap, settings.partitions, app_id=settings.app_id)
     create_worker().execute_from_commandline()
 
 

@@ -124,7 +124,7 @@ class LocalKafka:
         """Format the KRaft storage once; an already formatted directory is kept."""
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
                          "-c", str(self.config_file))
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -196,6 +196,15 @@ class LocalKafka:
             _reap(pid)
         self.pid_file.unlink(missing_ok=True)
         log.info("kafka.stopped", pid=pid)
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: base64url of a random UUID. Like Kafka's own Uuid.randomUuid, never one
+    that starts with '-', which the storage tool's argument parser would take for an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _reap(pid: int) -> None:

@@ -52,18 +52,42 @@ def all_topics() -> list[str]:
             *(municipality_topic(code) for code in municipalities())]
 
 
-def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0) -> list[str]:
-    """Create every stafet topic that does not exist yet; return the ones created."""
+#: The worker's tables; Faust names their changelogs ``<app id>-<table>-changelog``.
+TABLES = ("hospital-notifications", "referrals")
+
+
+def worker_topics(app_id: str) -> dict[str, tuple[int | None, dict[str, str]]]:
+    """Faust's own topics for ``app_id``: {name: (partitions or None = default, config)}.
+
+    Created before the worker starts: a table changelog that Faust creates itself on a fresh
+    broker may be missing from its metadata on the first write, and the agent then crashes
+    (PartitionsMismatch) after its messages went out but before its state was kept.
+    """
+    topics: dict[str, tuple[int | None, dict[str, str]]] = {
+        f"{app_id}-{table}-changelog": (None, {"cleanup.policy": "compact"}) for table in TABLES
+    }
+    topics[f"{app_id}-__assignor-__leader"] = (1, {})
+    return topics
+
+
+def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0,
+                  app_id: str | None = None) -> list[str]:
+    """Create every stafet topic (and the worker's, given its app id) that does not exist yet;
+    return the ones created."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})  # tools: no retry noise
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
         raise StafetError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
-    missing = [name for name in all_topics() if name not in existing]
+    wanted: dict[str, tuple[int | None, dict[str, str]]] = {t: (None, {}) for t in all_topics()}
+    if app_id:
+        wanted.update(worker_topics(app_id))
+    missing = [name for name in wanted if name not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing],
+        [NewTopic(name, num_partitions=wanted[name][0] or partitions, replication_factor=1,
+                  config=wanted[name][1]) for name in missing],
         operation_timeout=timeout,
     )
     for name, future in futures.items():

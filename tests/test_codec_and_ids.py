@@ -168,3 +168,16 @@ def test_with_known_leave_leaves_other_events_alone():
     assert with_known_leave(slor(), "") == slor()
     stin = replace(event(), encounter=replace(event().encounter, leave_start=None, status="in-progress"))
     assert with_known_leave(stin, known) is stin  # not a return from leave
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch):
+    """The storage tool's parser reads '-abc…' as an option: 1 in 64 fresh formats failed."""
+    import uuid as uuid_module
+
+    from stafet import kafka_local
+
+    dash_first = uuid_module.UUID(bytes=bytes([0xFB]) + bytes(15))  # base64url starts with '-'
+    ids = iter([dash_first, uuid_module.UUID(int=1)])
+    monkeypatch.setattr(kafka_local.uuid, "uuid4", lambda: next(ids))
+    cluster_id = kafka_local.new_cluster_id()
+    assert not cluster_id.startswith("-") and len(cluster_id) == 22

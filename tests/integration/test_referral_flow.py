@@ -30,16 +30,21 @@ ALTERNATIVE = "Kontakt PPR i Aarhus Kommune for en PPV"
 RESPONSIBLE = "Aarhus Kommune, PPR"
 
 
-def referral(ref_id: str, n: int = 0, at: str = "202611231000") -> bytes:
+def now() -> str:
+    """Event times of now: a referral dated in the past would already be past its deadline."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+
+
+def referral(ref_id: str, n: int = 0, at: str | None = None) -> bytes:
     return referral_message("REF^I12", CHILD, referral_id=ref_id, control_id=f"{ref_id}-ref{n}",
-                            event_time=at, providers=[GP, BUC, PPR, FAM],
+                            event_time=at or now(), providers=[GP, BUC, PPR, FAM],
                             guardians=GUARDIANS, notes={"NOTE": "Angst og skolevægring"})
 
 
 def decision(ref_id: str, status: str, n: int = 0) -> bytes:
     return referral_message(
         "RRI^I12", CHILD, referral_id=ref_id, control_id=f"{ref_id}-rri{n}",
-        event_time="202611241000", providers=[GP, BUC], status=status,
+        event_time=now(), providers=[GP, BUC], status=status,
         reason=REASON if status == "R" else None,
         notes={"NOTE": "Barnet er ikke udredt i PPR", "ALT": ALTERNATIVE, "RESP": RESPONSIBLE}
         if status == "R" else {},
@@ -178,9 +183,11 @@ def test_the_same_rejection_over_fhir_reaches_the_same_parties(stack):
     """GP referral as a FHIR ServiceRequest, rejection as a Task: the HL7 fan-out, over HTTP."""
     ref_id = f"HEN-{uuid.uuid4().hex[:8]}"
     since = stack.marks()
-    assert post_fhir(stack, "ServiceRequest", fhir_samples.referral(ref_id)) == 202
+    authored = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    assert post_fhir(stack, "ServiceRequest",
+                     fhir_samples.referral(ref_id, authored_on=authored)) == 202
     assert mine(stack.read(since, until=1), ref_id, "receipt")
-    assert post_fhir(stack, "Task", fhir_samples.rejection_task(ref_id)) == 202
+    assert post_fhir(stack, "Task", fhir_samples.rejection_task(ref_id, decided_at=authored)) == 202
     stack.read(since, until=7)
     alerts = mine(stack.read(since, idle_s=2.0), ref_id, "rejection")
     assert sorted((r.topic, r.headers["stafet.recipient_kind"].decode()) for r in alerts) == sorted([
