@@ -68,10 +68,13 @@ class DurableProducer:
             raise DeliveryError("no acknowledgement from Kafka in time") from exc
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Flush what is queued, then stop the poll thread."""
+        """Flush what is queued, then stop the poll thread (once; a second call does nothing)."""
+        if self._closed.is_set():
+            return
         self._closed.set()
         self._poller.join()
         self._producer.flush(timeout_s)
+        del self._producer  # destroy the handle now: no reconnect attempts after close
 
 
 def _settle(future: asyncio.Future[tuple[int, int]], outcome: object) -> None:

@@ -132,9 +132,12 @@ def up() -> None:
                    f"http://{settings.fhir_host}:{settings.fhir_port}/fhir, Kafka on "
                    f"{settings.bootstrap}. Logs in .stafet/logs. Ctrl-C stops.")
         try:
-            while all(s.alive() for s in services.values()):
+            while True:  # a supervisor: a worker that stopped for a replay is started again
+                for name, service in services.items():
+                    if not service.alive():
+                        click.echo(f"{name} exited; restarting it (see .stafet/logs)", err=True)
+                        service.start()
                 time.sleep(1)
-            click.echo("a service exited; see .stafet/logs", err=True)
         except KeyboardInterrupt:
             click.echo("stopping…")
 

@@ -1,14 +1,19 @@
-"""Dead-letter helper for agents: Faust acknowledges a record whose agent raised and never
-retries it, so every agent catches its own failures and sends the record here, with the
-reason, before the offset moves on."""
+"""Agent safety: Faust acknowledges a record whose agent raised and never retries it. So every
+agent sends a record it cannot process to a dead-letter topic with the reason (bad data), and
+stops the worker for a replay when the failure is not the record's fault (:func:`stop_on_failure`)."""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 from faust.types import EventT
 
 from stafet.cpr import mask_cpr
+from stafet.logging import get_logger
 from stafet.streams.app import app
 from stafet.topics import H_ORIGIN, H_REASON, H_RECEIVED_AT, H_STAGE
 
@@ -44,3 +49,21 @@ async def dead_letter_value(dlq: str, stage: str, *, key: bytes | None, value: b
         H_STAGE: stage.encode(),
         H_RECEIVED_AT: datetime.now(timezone.utc).isoformat().encode(),
     })
+
+
+log = get_logger(__name__)
+EXIT_REPLAY = 70
+
+
+@asynccontextmanager
+async def stop_on_failure(stage: str) -> AsyncIterator[None]:
+    """Around one record's processing: if anything escapes (a send the broker never confirmed, a
+    table write that failed), stop the process at once instead of letting Faust acknowledge the
+    record and move on. The offset is then not committed, and the supervisor's restart replays
+    the record; deterministic ids and the tables' sent-lists make the replay harmless."""
+    try:
+        yield
+    except Exception:
+        log.critical("worker.stopping_for_replay", stage=stage, exc_info=True)
+        logging.shutdown()
+        os._exit(EXIT_REPLAY)

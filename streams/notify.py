@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from faust.types import StreamT
+from faust.types import EventT, StreamT
 
 from stafet.logging import get_logger
 from stafet.model import EncounterEvent
 from stafet.schemas.codec import decode
 from stafet.schemas.municipalities import municipality
 from stafet.streams.app import app, settings
-from stafet.streams.dead_letter import dead_letter, topic
+from stafet.streams.dead_letter import dead_letter, stop_on_failure, topic
 from stafet.streams.hospitalnotification import (
     NotificationBuildError, build_hospital_notification, message_header_id, validate_bundle,
 )
@@ -70,48 +70,55 @@ def with_known_leave(event: EncounterEvent, leave_start: str | None) -> Encounte
     return replace(event, encounter=replace(event.encounter, leave_start=leave_start))
 
 
+async def notify_one(event: EventT) -> None:
+    try:
+        encounter = EncounterEvent.from_record(decode("encounter_event", event.value))
+        visits = dict(last_notification[encounter.patient_key])
+        visit = dict(visits.get(encounter.encounter.visit_number) or {"sent": []})
+        previous, seen = revision_of(
+            visit["sent"],
+            message_header_id(encounter.event_id, encounter.patient.municipality_code))
+        if seen:  # already sent (a replay, or a duplicate upstream): same id, do not resend
+            log.info("notify.duplicate_skipped", event_id=encounter.event_id)
+            return
+        encounter = with_known_leave(encounter, visit.get("leave_start"))
+        out_topic, bundle, body = render(encounter, previous)
+        header_id = bundle["entry"][0]["resource"]["id"]
+    except (NotificationBuildError, RoutingError, ValueError, KeyError) as exc:
+        await dead_letter(DLQ_NOTIFY, "notify", event, f"{type(exc).__name__}: {exc}")
+        log.warning("notify.rejected", error=str(exc))
+        return
+    except Exception as exc:  # a bug must not lose the record: DLQ it and go on
+        await dead_letter(DLQ_NOTIFY, "notify", event,
+                          f"internal error: {type(exc).__name__}: {exc}")
+        log.exception("notify.failed")
+        return
+    headers = {
+        H_EVENT_ID: encounter.event_id.encode(),
+        H_MESSAGE_ID: header_id.encode(),
+        H_BUNDLE_ID: bundle["id"].encode(),
+        H_EVENT_CODE: encounter.notification_code.encode(),
+        "content-type": b"application/fhir+json; fhirVersion=4.0",
+    }
+    if H_RECEIVED_AT in (event.headers or {}):
+        headers[H_RECEIVED_AT] = event.headers[H_RECEIVED_AT]
+    # Wait until the broker has the message before the table records it as sent: the table
+    # is what suppresses replays, so it must never get ahead of the topic.
+    delivery = await topic(out_topic).send(key=event.key, value=body, headers=headers)
+    await delivery
+    visit["sent"] = [*visit["sent"], header_id]
+    if encounter.notification_code == "STOR":
+        visit["leave_start"] = encounter.encounter.leave_start
+    visits[encounter.encounter.visit_number] = visit
+    last_notification[encounter.patient_key] = visits
+    log.info("notify.sent", topic=out_topic, code=encounter.notification_code,
+             message_id=header_id, event_id=encounter.event_id)
+
+
 @app.agent(topic(EVENTS_ENCOUNTER))
+
+
 async def notify(stream: StreamT) -> None:
     async for event in stream.events():
-        try:
-            encounter = EncounterEvent.from_record(decode("encounter_event", event.value))
-            visits = dict(last_notification[encounter.patient_key])
-            visit = dict(visits.get(encounter.encounter.visit_number) or {"sent": []})
-            previous, seen = revision_of(
-                visit["sent"],
-                message_header_id(encounter.event_id, encounter.patient.municipality_code))
-            if seen:  # already sent (a replay, or a duplicate upstream): same id, do not resend
-                log.info("notify.duplicate_skipped", event_id=encounter.event_id)
-                continue
-            encounter = with_known_leave(encounter, visit.get("leave_start"))
-            out_topic, bundle, body = render(encounter, previous)
-            header_id = bundle["entry"][0]["resource"]["id"]
-        except (NotificationBuildError, RoutingError, ValueError, KeyError) as exc:
-            await dead_letter(DLQ_NOTIFY, "notify", event, f"{type(exc).__name__}: {exc}")
-            log.warning("notify.rejected", error=str(exc))
-            continue
-        except Exception as exc:  # a bug must not lose the record: DLQ it and go on
-            await dead_letter(DLQ_NOTIFY, "notify", event,
-                              f"internal error: {type(exc).__name__}: {exc}")
-            log.exception("notify.failed")
-            continue
-        headers = {
-            H_EVENT_ID: encounter.event_id.encode(),
-            H_MESSAGE_ID: header_id.encode(),
-            H_BUNDLE_ID: bundle["id"].encode(),
-            H_EVENT_CODE: encounter.notification_code.encode(),
-            "content-type": b"application/fhir+json; fhirVersion=4.0",
-        }
-        if H_RECEIVED_AT in (event.headers or {}):
-            headers[H_RECEIVED_AT] = event.headers[H_RECEIVED_AT]
-        # Wait until the broker has the message before the table records it as sent: the table
-        # is what suppresses replays, so it must never get ahead of the topic.
-        delivery = await topic(out_topic).send(key=event.key, value=body, headers=headers)
-        await delivery
-        visit["sent"] = [*visit["sent"], header_id]
-        if encounter.notification_code == "STOR":
-            visit["leave_start"] = encounter.encounter.leave_start
-        visits[encounter.encounter.visit_number] = visit
-        last_notification[encounter.patient_key] = visits
-        log.info("notify.sent", topic=out_topic, code=encounter.notification_code,
-                 message_id=header_id, event_id=encounter.event_id)
+        async with stop_on_failure("notify"):
+            await notify_one(event)

@@ -17,7 +17,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from faust.types import StreamT
+from faust.types import EventT, StreamT
 
 from stafet.connectors.letters import render_letter_pdf
 from stafet.ids import stable_uuid
@@ -29,7 +29,7 @@ from stafet.streams.carecommunication import (
     build_care_communication, delivery_channel, letter_text, message_ids,
     validate_care_communication,
 )
-from stafet.streams.dead_letter import dead_letter, dead_letter_value, topic
+from stafet.streams.dead_letter import dead_letter, dead_letter_value, stop_on_failure, topic
 from stafet.streams.referral_state import Delivery, Outcome, Park, Refuse, apply, due, seen
 from stafet.topics import (
     DLQ_REFERRAL, EVENTS_REFERRAL, H_BUNDLE_ID, H_EVENT_ID, H_MESSAGE_ID, H_RECEIVED_AT,
@@ -154,15 +154,22 @@ async def _expire_parked(referral_id: str, pending: dict[str, list[dict[str, Any
         pending.pop(referral_id, None)
 
 
+async def track_one(event: EventT) -> None:
+    try:
+        referral = ReferralEvent.from_record(decode("referral_event", event.value))
+    except Exception as exc:
+        await dead_letter(DLQ_REFERRAL, "referrals", event, f"undecodable: {exc}")
+        return
+    await handle(referral, (event.headers or {}).get(H_RECEIVED_AT))
+
+
 @app.agent(topic(EVENTS_REFERRAL))
+
+
 async def track_referrals(stream: StreamT) -> None:
     async for event in stream.events():
-        try:
-            referral = ReferralEvent.from_record(decode("referral_event", event.value))
-        except Exception as exc:
-            await dead_letter(DLQ_REFERRAL, "referrals", event, f"undecodable: {exc}")
-            continue
-        await handle(referral, (event.headers or {}).get(H_RECEIVED_AT))
+        async with stop_on_failure("referrals"):
+            await track_one(event)
 
 
 def tick(patient_key: str, referral_id: str, state: dict[str, Any] | None) -> ReferralEvent:
@@ -177,6 +184,8 @@ def tick(patient_key: str, referral_id: str, state: dict[str, Any] | None) -> Re
 
 
 @app.timer(interval=settings.referral_timer_interval_s)
+
+
 async def referral_timers() -> None:
     """Send a tick to every referral whose deadline passed or whose parked decision expired."""
     now, max_age = _now(), timedelta(seconds=settings.pending_decision_max_age_s)
