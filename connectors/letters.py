@@ -180,9 +180,11 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
         raise LetterError(f"a rejection letter needs a rejected decision, not {status}")
     elif kind == "assessment" and event.assessment is None:
         raise LetterError("an assessment letter needs event.assessment")
-    who = (decision and decision.contact) or (event.assessment and event.assessment.contact) \
-        or contact
-    if who is None or not who.phone or not _PHONE.match(who.phone):
+    # the decision's contact first, but only one that can be called (MedCom needs a phone)
+    candidates = (decision and decision.contact, event.assessment and event.assessment.contact,
+                  contact)
+    who = next((c for c in candidates if c and c.phone and _PHONE.match(c.phone)), None)
+    if who is None:
         raise LetterError(f"a {kind} letter needs a contact with a phone number "
                           "(MedCom payload authorContact)")
     m = mask_cpr

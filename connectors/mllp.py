@@ -19,6 +19,7 @@ from hl7.mllp import start_hl7_server
 from stafet.config import Settings
 from stafet.connectors.hl7_ack import build_ack
 from stafet.connectors.producer import DurableProducer
+from stafet.cpr import mask_cpr
 from stafet.errors import DeliveryError
 from stafet.hl7v2 import Hl7Error, RawHeader, decode, read_header
 from stafet.hl7v2_referral import parse_hl7v2
@@ -108,11 +109,7 @@ class MllpListener:
         """A framing error: DLQ what we have, answer AR if the peer still listens."""
         sample = data.lstrip(b"\x0b")[:DLQ_SAMPLE_BYTES]
         header = _try_header(sample, self.settings.mllp_default_charset)
-        await self._dead_letter(sample, reason)
-        log.warning("mllp.rejected", reason=reason, control_id=header.control_id if header else None)
-        ack = build_ack("AR", header, application=self.settings.receiving_application,
-                        facility=self.settings.receiving_facility, error_code=100,
-                        error_text="Segment sequence error", reason=reason)
+        ack = await self._reject(sample, header, 100, "Segment sequence error", "", reason)
         try:
             writer.writeblock(ack)
             await writer.drain()
@@ -128,12 +125,11 @@ class MllpListener:
             event = parse_hl7v2(block, secret=self._secret, default_charset=s.mllp_default_charset,
                               timezone=s.default_timezone)
         except Hl7Error as exc:
-            await self._dead_letter(block, str(exc))
-            log.warning("mllp.rejected", control_id=header.control_id if header else None,
-                        error=str(exc))
-            return build_ack("AR", header, application=s.receiving_application,
-                             facility=s.receiving_facility, error_code=exc.code,
-                             error_text=exc.text, location=exc.location, reason=exc.reason)
+            return await self._reject(block, header, exc.code, exc.text, exc.location, exc.reason)
+        except Exception as exc:  # a bug of ours, not the sender's: keep the message, say so
+            log.exception("mllp.parse_failed", control_id=header.control_id if header else None)
+            return await self._reject(block, header, 207, "Application internal error", "",
+                                      f"stafet could not process the message ({type(exc).__name__})")
         assert header is not None  # parse_adt succeeded, so MSH was readable
         try:
             await self.producer.send(
@@ -152,14 +148,32 @@ class MllpListener:
         return build_ack("AA", header, application=s.receiving_application,
                          facility=s.receiving_facility)
 
-    async def _dead_letter(self, data: bytes, reason: str) -> None:
+    async def _reject(self, block: bytes, header: RawHeader | None, code: int, text: str,
+                      location: str, reason: str) -> bytes:
+        """AR once the message is on the DLQ; AE if even that failed (nothing may be lost)."""
+        s = self.settings
+        if not await self._dead_letter(block, f"{code} {text}"
+                                       + (f" at {location}" if location else "") + f": {reason}"):
+            return build_ack("AE", header, application=s.receiving_application,
+                             facility=s.receiving_facility, error_code=207,
+                             error_text="Application internal error",
+                             reason="the rejection could not be recorded, please retry")
+        log.warning("mllp.rejected", control_id=header.control_id if header else None,
+                    code=code, location=location, reason=reason)
+        return build_ack("AR", header, application=s.receiving_application,
+                         facility=s.receiving_facility, error_code=code, error_text=text,
+                         location=location, reason=reason)
+
+    async def _dead_letter(self, data: bytes, reason: str) -> bool:
         try:
             await self.producer.send(DLQ_MLLP, data, headers=[
-                (H_REASON, reason.encode()), (H_STAGE, b"mllp"),
+                (H_REASON, mask_cpr(reason).encode()), (H_STAGE, b"mllp"),
                 (H_RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode()),
             ])
         except DeliveryError as exc:
             log.error("mllp.dlq_failed", reason=reason, error=str(exc))
+            return False
+        return True
 
 
 def _try_header(data: bytes, default_charset: str) -> RawHeader | None:
@@ -168,7 +182,7 @@ def _try_header(data: bytes, default_charset: str) -> RawHeader | None:
         return decode(data, default_charset)[1]
     except Hl7Error:
         try:
-            return read_header(data.replace(b"\n", b"\r"), default_charset)
+            return read_header(data.replace(b"\n", b"\r"), default_charset, strict=False)
         except Hl7Error:
             return None
 

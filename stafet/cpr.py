@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from datetime import date
 
-#: A CPR number in running text: DDMMYY, optional '-', 4 digits, not inside a longer number.
-CPR_IN_TEXT = re.compile(r"(?<!\d)([0-3]\d[01]\d\d\d)-?(\d{4})(?!\d)")
+#: A CPR number in running text: DDMMYY (or DD.MM.YY), an optional '-', ' ' or '.', 4 digits,
+#: not inside a longer number.
+CPR_IN_TEXT = re.compile(r"(?<!\d)([0-3]\d\.?[01]\d\.?\d\d)[-. ]?(\d{4})(?!\d)")
 MASK = "<cpr>"
 
 

@@ -89,8 +89,11 @@ def normalise_segments(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r")
 
 
-def read_header(raw: bytes, default_charset: str = "utf-8") -> RawHeader:
-    """Read MSH (ASCII-safe fields only) and resolve the character set from MSH-18."""
+def read_header(raw: bytes, default_charset: str = "utf-8", *, strict: bool = True) -> RawHeader:
+    """Read MSH (ASCII-safe fields only) and resolve the character set from MSH-18.
+
+    ``strict=False`` reads an unsupported MSH-18 as ASCII instead of raising, so the AR for it
+    can still echo MSH-10 and address the sender."""
     if not raw.startswith(b"MSH") or len(raw) < 8:
         raise _err(100, "MSH", "the message does not start with an MSH segment")
     sep = raw[3:4]
@@ -98,9 +101,9 @@ def read_header(raw: bytes, default_charset: str = "utf-8") -> RawHeader:
     raw_field = lambda n: first[n - 1] if len(first) >= n else b""  # noqa: E731
     declared = raw_field(18).decode("latin-1").strip().split("~")[0].upper()
     if declared:
-        if declared not in CHARSETS:
+        if declared not in CHARSETS and strict:
             raise _err(103, "MSH^1^18", f"unsupported character set '{declared}' in MSH-18")
-        charset = CHARSETS[declared]
+        charset = CHARSETS.get(declared, "ascii")
     else:
         charset = default_charset
     # MSH-3/MSH-4 may hold a hospital name with æøå: read them in the message's own charset
@@ -167,7 +170,10 @@ class Segments:
 
     def repetitions(self, segment: str, field: int) -> list[list[str]]:
         """Each repetition of a field as its list of component strings."""
-        seg = self.message.segment(segment)
+        try:
+            seg = self.message.segment(segment)
+        except KeyError:
+            return []
         if len(seg) <= field:
             return []
         value = seg[field]
@@ -211,11 +217,11 @@ def residence(seg: Segments) -> tuple[str, str]:
     addresses = seg.repetitions("PID", 11)
     home = [a for a in addresses if len(a) > 6 and a[6] in ("H", "HP")] or addresses
     code = home[0][8].strip() if home and len(home[0]) > 8 else ""
-    location = "PID^1^11.9"
+    location = "PID^1^11^1^9"
     if not code:
         code, location = seg.get("PID", 12), "PID^1^12"
     if not code:
-        raise _err(101, "PID^1^11.9", "no municipality code in PID-11.9 (home address) or PID-12")
+        raise _err(101, "PID^1^11^1^9", "no municipality code in PID-11.9 (home address) or PID-12")
     if code.isdigit() and len(code) < 4:
         code = code.zfill(4)
     found = municipality(code)
@@ -326,7 +332,7 @@ def parse_adt(
     code, status = _code(trigger, klass, deceased, end is not None)
 
     leave_start = event_time if code in ("STOR", "AN_STOR") else None
-    leave_end = event_time if code in ("SLOR", "AN_SLOR") else None
+    leave_end = event_time if code == "SLOR" else None  # AN_SLOR: back on leave, no end
     source_system = f"{header.sending_application}^{header.sending_facility}"
     return EncounterEvent(
         event_id=stable_uuid("hl7v2", header.sending_application, header.sending_facility, control_id),

@@ -163,6 +163,8 @@ def parse_referral(
         )
 
     family, given = seg.get("PID", 5, 1), seg.get("PID", 5, 2)
+    if kind == "submitted" and not family:  # every letter and MedCom Patient names the child
+        raise _err(101, "PID^1^5", "the child's family name (PID-5.1) is required")
     return ReferralEvent(
         event_id=stable_uuid("hl7v2", header.sending_application, header.sending_facility,
                              control_id),

@@ -38,17 +38,19 @@ async def dead_letter(dlq: str, stage: str, event: EventT, reason: str) -> None:
         H_ORIGIN: f"{message.topic}/{message.partition}/{message.offset}".encode(),
         H_RECEIVED_AT: datetime.now(timezone.utc).isoformat().encode(),
     })
-    await topic(dlq).send(key=message.key, value=message.value, headers=headers)
+    sent = await topic(dlq).send(key=message.key, value=message.value, headers=headers)
+    await sent  # the DLQ copy is on the broker before the original's offset moves on
 
 
 async def dead_letter_value(dlq: str, stage: str, *, key: bytes | None, value: bytes,
                             reason: str) -> None:
     """Like :func:`dead_letter` for a record that is not the current event (a parked one)."""
-    await topic(dlq).send(key=key, value=value, headers={
+    sent = await topic(dlq).send(key=key, value=value, headers={
         H_REASON: mask_cpr(reason).encode(),
         H_STAGE: stage.encode(),
         H_RECEIVED_AT: datetime.now(timezone.utc).isoformat().encode(),
     })
+    await sent
 
 
 log = get_logger(__name__)

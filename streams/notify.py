@@ -64,8 +64,10 @@ def render(event: EncounterEvent, previous_header_id: str | None) -> tuple[str, 
 
 
 def with_known_leave(event: EncounterEvent, leave_start: str | None) -> EncounterEvent:
-    """A return from leave (SLOR) carries no leave start in HL7; take it from the STOR we saw."""
-    if event.encounter.leave_start or not leave_start or event.encounter.leave_end is None:
+    """A return from leave (SLOR) or its cancellation (AN_SLOR) carries no leave start in HL7;
+    take it from the STOR we saw."""
+    if (event.encounter.leave_start or not leave_start
+            or event.notification_code not in ("SLOR", "AN_SLOR")):
         return event
     return replace(event, encounter=replace(event.encounter, leave_start=leave_start))
 
@@ -109,6 +111,8 @@ async def notify_one(event: EventT) -> None:
     visit["sent"] = [*visit["sent"], header_id]
     if encounter.notification_code == "STOR":
         visit["leave_start"] = encounter.encounter.leave_start
+    elif encounter.notification_code == "AN_STOR":  # the leave never happened
+        visit.pop("leave_start", None)
     visits[encounter.encounter.visit_number] = visit
     last_notification[encounter.patient_key] = visits
     log.info("notify.sent", topic=out_topic, code=encounter.notification_code,

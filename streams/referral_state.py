@@ -148,6 +148,8 @@ def apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
     new = _with_history(state, event, decided)
     if decided == "forwarded" and event.decision.forwarded_to is not None:
         new["receiver"] = asdict(event.decision.forwarded_to)
+        # the forwarding unit writes the letter; the new unit is the receiver from now on
+        enriched = replace(enriched, receiver=_party(state.get("receiver")))
     if decided != "rejected":
         return Outcome(new, _to_referrer(new, "status"), enriched)
     return Outcome(new, rejection_recipients(enriched), enriched)

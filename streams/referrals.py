@@ -62,7 +62,9 @@ def render(outcome: Outcome, delivery: Delivery) -> tuple[str, bytes, dict[str, 
         "stafet.recipient": f"{recipient.identifier_system}|{recipient.identifier}".encode(),
     }
     contact = (event.decision.contact if event.decision else None) or (
-        event.assessment.contact if event.assessment else None) or UNIT_CONTACT
+        event.assessment.contact if event.assessment else None)
+    if contact is None or not contact.phone:  # MedCom needs a phone: the unit's, then
+        contact = Contact(name=contact.name, phone=UNIT_CONTACT.phone) if contact else UNIT_CONTACT
     if delivery_channel(recipient) == "letter":
         text = letter_text(event, recipient, delivery.kind, contact=contact)  # type: ignore[arg-type]
         headers["content-type"] = b"application/pdf"

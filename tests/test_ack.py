@@ -100,7 +100,7 @@ def test_ack_uses_the_senders_charset_8859_1():
     h = header("8859/1")
     assert h.charset == "iso-8859-1"
     raw = build_ack("AR", h, error_code=103, error_text="Table value not found",
-                    location="PID^1^11.9", reason="ukendt kommune for Allé, Ærø og Århus")
+                    location="PID^1^11^1^9", reason="ukendt kommune for Allé, Ærø og Århus")
     assert "Ærø og Århus".encode("latin-1") in raw
     with pytest.raises(UnicodeDecodeError):
         raw.decode("utf-8")
