@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps demo up test test-unit bench clean
+.PHONY: install system-deps demo up test test-unit bench bench-quick clean
 
 install: system-deps $(VENV)/.installed .stafet/kafka-libs/.resolved
 
@@ -32,6 +32,16 @@ test: install
 
 test-unit: install
 	$(BIN)/pytest -q -m "not integration"
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: install $(VENV)/.bench-installed
+	$(BIN)/python -m bench.run
+
+bench-quick: install $(VENV)/.bench-installed
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	-$(BIN)/stafet kafka stop
