@@ -7,7 +7,7 @@ schema ``schemas/encounter_event.avsc`` is the wire form of the same fields.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 NotificationCode = Literal[

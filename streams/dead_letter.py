@@ -57,6 +57,18 @@ log = get_logger(__name__)
 EXIT_REPLAY = 70
 
 
+async def reject(dlq: str, stage: str, event: EventT, exc: Exception, *, bad_input: bool,
+                 reason: str | None = None) -> None:
+    """Dead-letter a record that cannot be processed and say why: bad input (a warning) or a bug
+    of ours (logged with its traceback). Either way the record is kept and the pipeline goes on."""
+    if bad_input:
+        await dead_letter(dlq, stage, event, reason or str(exc))
+        log.warning(f"{stage}.rejected", error=str(exc))
+    else:
+        await dead_letter(dlq, stage, event, f"internal error: {type(exc).__name__}: {exc}")
+        log.error(f"{stage}.failed", exc_info=exc)
+
+
 @asynccontextmanager
 async def stop_on_failure(stage: str) -> AsyncIterator[None]:
     """Around one record's processing: if anything escapes (a send the broker never confirmed, a

@@ -14,7 +14,7 @@ from stafet.model import EncounterEvent
 from stafet.logging import get_logger
 from stafet.schemas.codec import encode
 from stafet.streams.app import app, settings
-from stafet.streams.dead_letter import dead_letter, stop_on_failure, topic
+from stafet.streams.dead_letter import reject, stop_on_failure, topic
 from stafet.topics import (
     DLQ_NORMALIZE, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
     INGEST_FHIR, INGEST_HL7V2,
@@ -35,14 +35,9 @@ async def normalize_one(event: EventT) -> None:
         else:
             out_topic, value = EVENTS_REFERRAL, encode("referral_event", parsed.to_record())
     except Hl7Error as exc:
-        await dead_letter(DLQ_NORMALIZE, "normalize", event, str(exc))
-        log.warning("normalize.rejected", error=str(exc))
-        return
+        return await reject(DLQ_NORMALIZE, "normalize", event, exc, bad_input=True)
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on
-        await dead_letter(DLQ_NORMALIZE, "normalize", event,
-                          f"internal error: {type(exc).__name__}: {exc}")
-        log.exception("normalize.failed")
-        return
+        return await reject(DLQ_NORMALIZE, "normalize", event, exc, bad_input=False)
     out_headers = {H_EVENT_ID: parsed.event_id.encode()}
     if H_RECEIVED_AT in headers:
         out_headers[H_RECEIVED_AT] = headers[H_RECEIVED_AT]
@@ -66,14 +61,9 @@ async def normalize_fhir_one(event: EventT) -> None:
         parsed = parse_fhir_referral(event.value, secret=SECRET)
         records = [(p, encode("referral_event", p.to_record())) for p in parsed]
     except FhirInputError as exc:
-        await dead_letter(DLQ_NORMALIZE, "normalize", event, str(exc))
-        log.warning("normalize.rejected", error=str(exc))
-        return
+        return await reject(DLQ_NORMALIZE, "normalize", event, exc, bad_input=True)
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on
-        await dead_letter(DLQ_NORMALIZE, "normalize", event,
-                          f"internal error: {type(exc).__name__}: {exc}")
-        log.exception("normalize.failed")
-        return
+        return await reject(DLQ_NORMALIZE, "normalize", event, exc, bad_input=False)
     received = (event.headers or {}).get(H_RECEIVED_AT)
     for referral, value in records:
         headers = {H_EVENT_ID: referral.event_id.encode()}

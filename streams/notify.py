@@ -17,7 +17,7 @@ from stafet.model import EncounterEvent
 from stafet.schemas.codec import decode
 from stafet.schemas.municipalities import municipality
 from stafet.streams.app import app, settings
-from stafet.streams.dead_letter import dead_letter, stop_on_failure, topic
+from stafet.streams.dead_letter import reject, stop_on_failure, topic
 from stafet.streams.hospitalnotification import (
     NotificationBuildError, build_hospital_notification, message_header_id, validate_bundle,
 )
@@ -87,14 +87,10 @@ async def notify_one(event: EventT) -> None:
         out_topic, bundle, body = render(encounter, previous)
         header_id = bundle["entry"][0]["resource"]["id"]
     except (NotificationBuildError, RoutingError, ValueError, KeyError) as exc:
-        await dead_letter(DLQ_NOTIFY, "notify", event, f"{type(exc).__name__}: {exc}")
-        log.warning("notify.rejected", error=str(exc))
-        return
+        return await reject(DLQ_NOTIFY, "notify", event, exc, bad_input=True,
+                            reason=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on
-        await dead_letter(DLQ_NOTIFY, "notify", event,
-                          f"internal error: {type(exc).__name__}: {exc}")
-        log.exception("notify.failed")
-        return
+        return await reject(DLQ_NOTIFY, "notify", event, exc, bad_input=False)
     headers = {
         H_EVENT_ID: encounter.event_id.encode(),
         H_MESSAGE_ID: header_id.encode(),
