@@ -224,6 +224,8 @@ def consume_outputs(bootstrap: str, start: dict[tuple[str, int], int], out_path:
                 topic = m.topic()
                 if topic == "dlq.mllp":  # answered AR at the door: not an end-to-end completion
                     kind = 4
+                    reason = headers.get("stafet.reason", b"").decode(errors="replace")
+                    dlq_reasons[f"{topic}: {reason[:110]}"] += 1
                 elif topic.startswith("dlq."):
                     kind = 2
                     reason = headers.get("stafet.reason", b"").decode(errors="replace")
