@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,27 @@ class Settings(BaseSettings):
     )
     kafka_heap: str = "512m"
     partitions: int = Field(3, ge=1, description="partitions of every stafet topic")
+    kafka_security: Literal["plaintext", "sasl_ssl"] = Field(
+        "plaintext", description="sasl_ssl: SCRAM-SHA-512 over TLS and ACLs (see README, Access "
+        "control); the local broker is started in the same mode",
+    )
+    kafka_username: str = Field(
+        "admin", description="this process's SCRAM principal (sasl_ssl); `stafet up` gives each "
+        "service its own",
+    )
+    kafka_password: SecretStr | None = Field(
+        None, description="its password; unset: read from kafka_secrets_dir/<username>.password",
+    )
+    kafka_admin_password: SecretStr | None = Field(
+        None, description="the local broker's super user 'admin'; unset: generated once into "
+        "kafka_secrets_dir/admin.password",
+    )
+    kafka_ca_file: Path | None = Field(
+        None, description="CA that signed the broker's certificate; unset: the local broker's CA",
+    )
+    kafka_secrets_dir: Path | None = Field(
+        None, description="generated passwords (mode 0600); unset: <kafka_home>/secrets",
+    )
 
     # --- MLLP source connector -----------------------------------------------------------
     mllp_host: str = "127.0.0.1"
@@ -94,6 +116,21 @@ class Settings(BaseSettings):
     def bootstrap(self) -> str:
         """The bootstrap servers to use (the local broker when none are configured)."""
         return self.bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Where generated SCRAM passwords live (0600 files, never in the repository)."""
+        return self.kafka_secrets_dir or self.kafka_home / "secrets"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The local broker's CA and certificate."""
+        return self.kafka_home / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA file clients trust in sasl_ssl mode."""
+        return self.kafka_ca_file or self.tls_dir / "ca.pem"
 
 
 @lru_cache(maxsize=1)

@@ -6,11 +6,78 @@ apply to every producer, consumer and admin client alike.
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from typing import Any
 
+from pydantic import SecretStr
+
 from stafet.config import Settings
+from stafet.kafka_credentials import stored_password
+
+#: The local broker's super user (bootstrapped at storage-format time; provisions the rest).
+ADMIN = "admin"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+#: What a helper accepts as "the Kafka to talk to": settings (this process's principal), a
+#: ready client_config() dict, or a bare bootstrap string (plaintext only).
+KafkaTarget = Settings | Mapping[str, Any] | str
+
+
+def password_for(settings: Settings, principal: str) -> SecretStr:
+    """``principal``'s SCRAM password: from the settings when given, else the generated file."""
+    if principal == ADMIN and settings.kafka_admin_password is not None:
+        return settings.kafka_admin_password
+    if principal == settings.kafka_username and settings.kafka_password is not None:
+        return settings.kafka_password
+    return stored_password(settings.secrets_dir, principal)
 
 
 def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """confluent-kafka configuration for this process's principal, plus ``extra``."""
-    return {"bootstrap.servers": settings.bootstrap, **extra}
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap}
+    if settings.kafka_security == "sasl_ssl":
+        config.update({
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanisms": SCRAM_MECHANISM,
+            "sasl.username": settings.kafka_username,
+            "sasl.password": password_for(settings, settings.kafka_username).get_secret_value(),
+            "ssl.ca.location": str(settings.ca_file),
+        })
+    return {**config, **extra}
+
+
+def as_admin(settings: Settings) -> Settings:
+    """The same settings as the local broker's super user (tooling: start, provision, topics)."""
+    return settings.model_copy(update={"kafka_username": ADMIN,
+                                       "kafka_password": password_for(settings, ADMIN)})
+
+
+def as_principal(settings: Settings, principal: str) -> Settings:
+    """The same settings as another principal (``stafet up`` gives each service its own)."""
+    return settings.model_copy(update={"kafka_username": principal,
+                                       "kafka_password": password_for(settings, principal)})
+
+
+def resolve_config(target: KafkaTarget, **extra: Any) -> dict[str, Any]:
+    """A confluent-kafka config from settings, a config dict or a plaintext bootstrap string."""
+    if isinstance(target, Settings):
+        return client_config(target, **extra)
+    if isinstance(target, str):
+        return {"bootstrap.servers": target, **extra}
+    return {**target, **extra}
+
+
+def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
+    """``faust.App`` keyword arguments that make its aiokafka clients authenticate like ours."""
+    if settings.kafka_security != "sasl_ssl":
+        return {}
+    import faust
+
+    context = ssl.create_default_context(cafile=str(settings.ca_file))
+    credentials = faust.SASLCredentials(
+        username=settings.kafka_username,
+        password=password_for(settings, settings.kafka_username).get_secret_value(),
+        ssl_context=context, mechanism=SCRAM_MECHANISM,
+    )
+    return {"broker_credentials": credentials}

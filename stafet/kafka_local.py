@@ -16,13 +16,15 @@ import string
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.errors import StafetError
+from stafet.kafka_client import ADMIN, SCRAM_MECHANISM, as_admin, client_config, password_for
+from stafet.kafka_credentials import ensure_tls, write_private
 from stafet.logging import get_logger
 
 log = get_logger(__name__)
@@ -45,6 +47,7 @@ class LocalKafka:
     controller_port: int
     partitions: int
     heap: str
+    settings: Settings = field(compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalKafka:
@@ -55,7 +58,12 @@ class LocalKafka:
             controller_port=settings.kafka_controller_port,
             partitions=settings.partitions,
             heap=settings.kafka_heap,
+            settings=settings.model_copy(update={"bootstrap_servers": ""}),
         )
+
+    @property
+    def secure(self) -> bool:
+        return self.settings.kafka_security == "sasl_ssl"
 
     @property
     def bootstrap(self) -> str:
@@ -76,6 +84,15 @@ class LocalKafka:
     @property
     def log_file(self) -> Path:
         return self.home / "broker.log"
+
+    @property
+    def mode_file(self) -> Path:
+        """The security mode the storage was formatted for (plaintext / sasl_ssl)."""
+        return self.home / "security-mode"
+
+    def admin_config(self, **extra: object) -> dict[str, object]:
+        """confluent-kafka config of the broker's super user (plaintext: no credentials)."""
+        return client_config(as_admin(self.settings), **extra)
 
     # --- jars ----------------------------------------------------------------------------
 
@@ -112,24 +129,50 @@ class LocalKafka:
                 f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.yaml'}",
                 "-cp", f"{self.libs}/*", *args]
 
-    def write_config(self) -> None:
+    def render_config(self) -> str:
+        """server.properties for this broker; in sasl_ssl mode it holds the admin password."""
         template = string.Template((DEPLOY_DIR / "server.properties.template").read_text())
+        values: dict[str, object] = dict(
+            port=self.port, controller_port=self.controller_port, data_dir=self.data_dir,
+            partitions=self.partitions, client_listener="PLAINTEXT",
+            controller_protocol="PLAINTEXT", security="",
+        )
+        if self.secure:
+            tls = ensure_tls(self.settings.tls_dir)
+            secure = string.Template((DEPLOY_DIR / "sasl_ssl.properties.template").read_text())
+            values.update(client_listener="SASL_SSL", controller_protocol="SASL_SSL",
+                          security=secure.substitute(
+                              admin_password=password_for(self.settings, ADMIN).get_secret_value(),
+                              keystore=tls.keystore, ca_file=tls.ca))
+        return template.substitute(values)
+
+    def write_config(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(template.substitute(
-            port=self.port, controller_port=self.controller_port,
-            data_dir=self.data_dir, partitions=self.partitions,
-        ))
+        write_private(self.config_file, self.render_config().encode())
 
     def format_storage(self) -> None:
-        """Format the KRaft storage once; an already formatted directory is kept."""
+        """Format the KRaft storage once; an already formatted directory is kept. In sasl_ssl
+        mode the admin's SCRAM credential is written into the metadata log here, so the broker
+        never runs without a super user who can provision the others."""
+        mode = self.settings.kafka_security
         if (self.data_dir / "meta.properties").exists():
+            formatted = (self.mode_file.read_text().strip() if self.mode_file.exists()
+                         else "plaintext")
+            if formatted != mode:
+                raise KafkaToolingError(
+                    f"the storage in {self.data_dir} was formatted for {formatted}, not {mode}: "
+                    "run `make clean` or choose another STAFET_KAFKA_HOME")
             return
         cluster_id = new_cluster_id()
         cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
                          "-c", str(self.config_file))
+        if self.secure:
+            password = password_for(self.settings, ADMIN).get_secret_value()
+            cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN},password={password}]"]
         result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
+        if result.returncode != 0:  # the tool's output, never the command line (a password)
             raise KafkaToolingError(f"formatting storage failed:\n{result.stdout}{result.stderr}")
+        self.mode_file.write_text(mode)
 
     def pid(self) -> int | None:
         """The broker's pid if it is running (a stale pid file is ignored)."""
@@ -142,8 +185,7 @@ class LocalKafka:
 
     def answers(self, timeout: float = 2.0) -> bool:
         """True when a broker on our port answers a metadata request."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
-                             "logger": _SilentLogger()})
+        admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
         try:
             admin.list_topics(timeout=timeout)
         except Exception:
