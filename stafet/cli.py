@@ -67,6 +67,20 @@ def kafka_stop() -> None:
     click.echo("Kafka stopped")
 
 
+@kafka.command("provision")
+def kafka_provision() -> None:
+    """Create the SCRAM users and ACLs (sasl_ssl; run as admin; safe to run again)."""
+    from stafet.kafka_security import provision
+    from stafet.schemas.municipalities import municipalities
+
+    settings = get_settings()
+    report = provision(settings, list(municipalities()))
+    click.echo(f"users: {len(report.users)} created or updated ({', '.join(report.users[:4])}, "
+               f"municipality-<code> ×{len(report.users) - 4}); passwords in "
+               f"{settings.secrets_dir} (mode 0600)")
+    click.echo(f"ACLs: {report.acls_created} created, {report.acls_existing} already there")
+
+
 @main.command()
 def topics() -> None:
     """Create every stafet topic that does not exist yet."""
