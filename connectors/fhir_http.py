@@ -36,6 +36,7 @@ from stafet.connectors.fhir_openapi import openapi
 from stafet.connectors.producer import DurableProducer
 from stafet.cpr import mask_cpr
 from stafet.errors import DeliveryError, StafetError
+from stafet.kafka_client import KafkaTarget, resolve_config
 from stafet.fhir_referral import FhirInputError, Issue, parse_fhir_referral
 from stafet.hl7v2 import Hl7Error, normalise_segments, parse_segments, read_header
 from stafet.logging import get_logger
@@ -124,7 +125,7 @@ class ReferralIndex:
             return []
         return [e.referral_id for e in events if e.kind in REFERRAL_KINDS]
 
-    def load_from(self, bootstrap: str, topics: Sequence[str] | None = None, *,
+    def load_from(self, kafka: KafkaTarget, topics: Sequence[str] | None = None, *,
                   idle_timeout_s: float = 30.0, follow: bool = False) -> int:
         """Read ``topics`` (default: every registered one) from the beginning to their end
         offsets now; with ``follow``, keep reading new records until :meth:`stop`. Blocking (run
@@ -134,10 +135,10 @@ class ReferralIndex:
         missing = [t for t in topics if t not in self.extractors]
         if missing:
             raise ValueError(f"no extractor registered for {missing}")
-        consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"stafet-referral-index-{uuid.uuid4()}",
+        consumer = Consumer(resolve_config(kafka, **{
+            "group.id": f"stafet-referral-index-{uuid.uuid4()}",
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        })  # assign() only: the group id is never joined nor committed to
+        }))  # assign() only: the group id is never joined nor committed to
         try:
             pending = self._assign(consumer, topics, idle_timeout_s)
             count, last = 0, time.monotonic()
@@ -210,7 +211,7 @@ class FhirListener:
                  index: ReferralIndex | None = None, *, index_wait_s: float = 30.0) -> None:
         self.settings = settings
         self.producer = producer or DurableProducer(
-            settings.bootstrap, timeout_s=settings.fhir_produce_timeout_s)
+            settings, timeout_s=settings.fhir_produce_timeout_s)
         self._secret = settings.patient_key_secret.get_secret_value()
         self.index = index or ReferralIndex(self._secret)
         self._index_wait_s = index_wait_s
@@ -261,7 +262,7 @@ class FhirListener:
         """Load (then follow) the index in a thread; retry while Kafka is unreachable."""
         while not self.index.stopped:
             try:
-                await asyncio.to_thread(self.index.load_from, self.settings.bootstrap, follow=True)
+                await asyncio.to_thread(self.index.load_from, self.settings, follow=True)
                 return
             except (StafetError, KafkaException) as exc:
                 log.warning("fhir.index_retry", error=str(exc))

@@ -42,7 +42,7 @@ class MllpListener:
     def __init__(self, settings: Settings, producer: DurableProducer | None = None) -> None:
         self.settings = settings
         self.producer = producer or DurableProducer(
-            settings.bootstrap, timeout_s=settings.mllp_produce_timeout_s
+            settings, timeout_s=settings.mllp_produce_timeout_s
         )
         self._server: asyncio.AbstractServer | None = None
         self._secret = settings.patient_key_secret.get_secret_value()

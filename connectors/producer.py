@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, Message, Producer
 
 from stafet.errors import DeliveryError
+from stafet.kafka_client import KafkaTarget, resolve_config
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -21,10 +22,10 @@ Headers = Sequence[tuple[str, bytes]]
 class DurableProducer:
     """Idempotent producer with a poll thread that resolves one future per record."""
 
-    def __init__(self, bootstrap: str, *, timeout_s: float = 10.0, **extra: object) -> None:
+    def __init__(self, kafka: KafkaTarget, *, timeout_s: float = 10.0, **extra: object) -> None:
+        """``kafka``: settings (this process's principal and security), or a client config."""
         self._timeout_s = timeout_s
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
+        self._producer = Producer(resolve_config(kafka, **{
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 2,
@@ -32,7 +33,7 @@ class DurableProducer:
             "message.max.bytes": 2_000_000,
             "compression.type": "lz4",
             **extra,
-        })
+        }))
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()

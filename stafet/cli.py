@@ -87,7 +87,7 @@ def topics() -> None:
     from stafet.topics import ensure_topics
 
     settings = get_settings()
-    created = ensure_topics(settings.bootstrap, settings.partitions, app_id=settings.app_id)
+    created = ensure_topics(settings, settings.partitions, app_id=settings.app_id)
     click.echo(f"created {len(created)} topics" if created else "all topics exist")
 
 
@@ -101,7 +101,7 @@ def worker() -> None:
     from stafet.topics import ensure_topics
 
     settings = get_settings()
-    ensure_topics(settings.bootstrap, settings.partitions, app_id=settings.app_id)
+    ensure_topics(settings, settings.partitions, app_id=settings.app_id)
     create_worker().execute_from_commandline()
 
 
@@ -191,7 +191,7 @@ def inbox(municipality_code: str, from_beginning: bool, idle: float) -> None:
     from stafet.topics import municipality_topic
 
     settings = get_settings()
-    for record in read_topic(settings.bootstrap, municipality_topic(municipality_code),
+    for record in read_topic(settings, municipality_topic(municipality_code),
                              from_beginning=from_beginning, idle_s=idle):
         click.echo(json.dumps(summarize(record), ensure_ascii=False))
 

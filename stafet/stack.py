@@ -16,7 +16,9 @@ from pathlib import Path
 
 from stafet.config import Settings
 from stafet.errors import StafetError
+from stafet.kafka_client import as_admin, password_for
 from stafet.kafka_local import LocalKafka
+from stafet.kafka_security import FHIR, MLLP, WORKER, provision
 from stafet.logging import get_logger
 from stafet.topics import ensure_topics
 
@@ -90,18 +92,39 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def service_env(settings: Settings, principal: str) -> dict[str, str]:
+    """``settings_env`` for a child that connects as ``principal`` (sasl_ssl): its own password,
+    never the admin's."""
+    env = settings_env(settings)
+    env.pop("STAFET_KAFKA_ADMIN_PASSWORD", None)
+    if settings.kafka_security == "sasl_ssl":
+        env["STAFET_KAFKA_USERNAME"] = principal
+        env["STAFET_KAFKA_PASSWORD"] = password_for(settings, principal).get_secret_value()
+    return env
+
+
+def prepare_kafka(settings: Settings) -> None:
+    """As the super user: every topic and, on a secure broker, every principal and ACL."""
+    admin = as_admin(settings) if settings.kafka_security == "sasl_ssl" else settings
+    ensure_topics(admin, settings.partitions, app_id=settings.app_id)
+    if settings.kafka_security == "sasl_ssl":
+        from stafet.schemas.municipalities import municipalities
+
+        provision(admin, list(municipalities()))
+
+
 @contextmanager
 def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True) -> Iterator[dict[str, Service]]:
     """Kafka + topics + worker + MLLP and FHIR listeners, torn down on exit."""
     kafka = LocalKafka.from_settings(settings)
     started_kafka = kafka.pid() is None
     kafka.start()
-    ensure_topics(settings.bootstrap, settings.partitions)
-    env = settings_env(settings)
+    prepare_kafka(settings)
     services = {
-        "worker": Service("worker", ["worker"], log_dir / "worker.log", env),
-        "mllp": Service("mllp", ["mllp"], log_dir / "mllp.log", env),
-        "fhir": Service("fhir", ["fhir"], log_dir / "fhir.log", env),
+        "worker": Service("worker", ["worker"], log_dir / "worker.log",
+                          service_env(settings, WORKER)),
+        "mllp": Service("mllp", ["mllp"], log_dir / "mllp.log", service_env(settings, MLLP)),
+        "fhir": Service("fhir", ["fhir"], log_dir / "fhir.log", service_env(settings, FHIR)),
     }
     try:
         for service in services.values():

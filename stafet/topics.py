@@ -12,6 +12,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stafet.errors import StafetError
+from stafet.kafka_client import KafkaTarget, resolve_config
 from stafet.schemas.municipalities import municipalities
 
 INGEST_HL7V2 = "ingest.hl7v2"
@@ -70,15 +71,22 @@ def worker_topics(app_id: str) -> dict[str, tuple[int | None, dict[str, str]]]:
     return topics
 
 
-def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0,
+def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0,
                   app_id: str | None = None) -> list[str]:
     """Create every stafet topic (and the worker's, given its app id) that does not exist yet;
-    return the ones created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})  # tools: no retry noise
+    return the ones created.
+
+    ``kafka``: settings (this process's principal), a client config or a bootstrap string. With
+    ACLs a principal sees only the topics it may describe and creates only its own (the worker:
+    its changelogs); the others are the provisioner's (`stafet topics` as admin), so a denied
+    create is skipped here, not an error.
+    """
+    config = resolve_config(kafka, log_level=2)  # tools: no retry noise
+    admin = AdminClient(config)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise StafetError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        raise StafetError(f"cannot reach Kafka at {config['bootstrap.servers']}: {exc}") from exc
     wanted: dict[str, tuple[int | None, dict[str, str]]] = {t: (None, {}) for t in all_topics()}
     if app_id:
         wanted.update(worker_topics(app_id))
@@ -90,14 +98,18 @@ def ensure_topics(bootstrap: str, partitions: int, timeout: float = 30.0,
                   config=wanted[name][1]) for name in missing],
         operation_timeout=timeout,
     )
+    denied = set()
     for name, future in futures.items():
         try:
             future.result()
         except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            if "AUTHORIZATION_FAILED" in str(exc):
+                denied.add(name)
+            elif "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise StafetError(f"creating topic {name} failed: {exc}") from exc
-    _wait_for_leaders(admin, missing, timeout)
-    return missing
+    created = [name for name in missing if name not in denied]
+    _wait_for_leaders(admin, created, timeout)
+    return created
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import faust
 
 from stafet.config import get_settings
+from stafet.kafka_client import faust_broker_kwargs
 from stafet.logging import configure_logging
 
 settings = get_settings()
@@ -35,6 +36,7 @@ app = faust.App(
     stream_wait_empty=False,
     broker_session_timeout=settings.worker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+    **faust_broker_kwargs(settings),  # SASL_SSL + SCRAM as this process's principal, if secure
 )
 
 

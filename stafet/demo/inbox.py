@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from stafet.kafka_client import KafkaTarget, resolve_config
+
 
 @dataclass(frozen=True, slots=True)
 class Received:
@@ -24,21 +26,20 @@ class Received:
         return json.loads(self.value)
 
 
-def _consumer(bootstrap: str) -> Consumer:
-    return Consumer({
-        "bootstrap.servers": bootstrap,
+def _consumer(kafka: KafkaTarget) -> Consumer:
+    return Consumer(resolve_config(kafka, **{
         "group.id": f"stafet-inbox-{uuid.uuid4()}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "log_level": 2,  # a reading tool: no connection-retry noise when the broker stops
-    })
+    }))
 
 
-def end_offsets(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
+def end_offsets(kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
     """The current end offset of every partition of ``topics`` (retrying while a new topic's
     partitions are still electing leaders)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})  # tools: no retry noise
+    admin = AdminClient(resolve_config(kafka, log_level=2))  # tools: no retry noise
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -54,12 +55,12 @@ def end_offsets(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> d
 
 
 def read_topics(
-    bootstrap: str, start: dict[tuple[str, int], int], *, idle_s: float = 3.0,
+    kafka: KafkaTarget, start: dict[tuple[str, int], int], *, idle_s: float = 3.0,
     until: int | None = None, timeout_s: float = 60.0,
 ) -> list[Received]:
     """Records after the ``start`` offsets; stop after ``until`` records, ``idle_s`` quiet, or
     ``timeout_s`` in all."""
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(kafka)
     consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
     out: list[Received] = []
     deadline = time.monotonic() + timeout_s
@@ -81,11 +82,11 @@ def read_topics(
         consumer.close()
 
 
-def read_topic(bootstrap: str, topic: str, *, from_beginning: bool = True,
+def read_topic(kafka: KafkaTarget, topic: str, *, from_beginning: bool = True,
                idle_s: float = 3.0) -> Iterator[Received]:
-    ends = end_offsets(bootstrap, [topic])
+    ends = end_offsets(kafka, [topic])
     start = {tp: (0 if from_beginning else end) for tp, end in ends.items()}
-    yield from read_topics(bootstrap, start, idle_s=idle_s, timeout_s=3600)
+    yield from read_topics(kafka, start, idle_s=idle_s, timeout_s=3600)
 
 
 def masked_cpr(cpr: str) -> str:

@@ -24,7 +24,7 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
     watched = [t for t in all_topics() if t.startswith("out.")] + list(DLQ_TOPICS)
     click.echo("Starting Kafka, the stream worker and the MLLP listener …")
     with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs"):
-        start = end_offsets(settings.bootstrap, watched)
+        start = end_offsets(settings, watched)
         click.echo(f"\nA day in child psychiatry ({len(steps)} HL7 v2 messages over MLLP, "
                    f"{settings.mllp_host}:{settings.mllp_port}):")
         with MllpClient(settings.mllp_host, settings.mllp_port) as client:
@@ -39,9 +39,9 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
                 click.echo(f"  {ack['code']}  {ref.description}")
         expected = len(steps) + sum(len(r.expected) for r in referrals)
         click.echo("\nWaiting for the worker to build and route the messages …")
-        received = read_topics(settings.bootstrap, start, until=expected, timeout_s=timeout_s)
-        received += read_topics(settings.bootstrap,
-                                 {tp: o for tp, o in end_offsets(settings.bootstrap, watched).items()},
+        received = read_topics(settings, start, until=expected, timeout_s=timeout_s)
+        received += read_topics(settings,
+                                 {tp: o for tp, o in end_offsets(settings, watched).items()},
                                  idle_s=0.5, timeout_s=2)  # anything extra would show here
     return min(1, _report(steps, received) + _report_referrals(referrals, received))
 
