@@ -1,0 +1,237 @@
+"""Access control against a real secure broker (SASL_SSL, SCRAM-SHA-512, StandardAuthorizer).
+
+This module starts its OWN broker in sasl_ssl mode (free ports, its own home under a temporary
+directory, the jars `make install` resolved), provisions it with `stafet kafka provision`, and
+shows what each principal can and cannot do: a municipality reads only its own topic and joins
+only its own groups, cannot write, and a client without valid credentials gets nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from stafet.config import Settings
+from stafet.kafka_client import as_admin, as_principal, client_config
+from stafet.kafka_local import LocalKafka
+from stafet.kafka_security import FHIR, MLLP, WORKER, municipality_principal
+from stafet.stack import Service, service_env, settings_env, wait_for_port
+from stafet.topics import ensure_topics, municipality_topic
+from tests.integration.conftest import free_port
+
+A, B = "0751", "0101"  # Aarhus, København
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A broker in sasl_ssl mode with every topic; provisioned by the tests (CLI) below."""
+    root = tmp_path_factory.mktemp("stafet-secure")
+    settings = Settings(
+        kafka_security="sasl_ssl", kafka_port=free_port(), kafka_controller_port=free_port(),
+        kafka_home=root / "kafka", worker_data_dir=root / "worker", mllp_port=free_port(),
+        fhir_port=free_port(), worker_web_port=free_port(),
+        app_id=f"stafet-acl-{uuid.uuid4().hex[:6]}", log_level="INFO",
+    )
+    kafka = LocalKafka.from_settings(settings)
+    kafka.start()
+    try:
+        ensure_topics(as_admin(settings), settings.partitions, app_id=settings.app_id)
+        yield settings
+    finally:
+        kafka.stop()
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings_env(as_admin(settings))}
+    return subprocess.run([sys.executable, "-m", "stafet.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def provisioned(secure: Settings) -> Settings:
+    first = _cli(secure, "kafka", "provision")
+    assert first.returncode == 0, first.stderr
+    assert "ACLs: 0 created" not in first.stdout
+    return secure
+
+
+def _poll_until(consumer: Consumer, timeout_s: float = 20.0) -> KafkaError | bytes:
+    """The first record's value or the first error the consumer reports."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error():
+            return msg.error()
+        return msg.value() or b""
+    raise AssertionError("neither a record nor an error")
+
+
+def _consumer(settings: Settings, principal: str, group: str) -> Consumer:
+    return Consumer(client_config(as_principal(settings, principal), **{
+        "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "log_level": 0}))
+
+
+def _produce_as_admin(settings: Settings, topic: str, value: bytes) -> None:
+    producer = Producer(client_config(as_admin(settings)))
+    producer.produce(topic, value=value)
+    assert producer.flush(20) == 0
+
+
+def test_provision_twice_is_idempotent_and_prints_no_password(provisioned: Settings) -> None:
+    again = _cli(provisioned, "kafka", "provision")
+    assert again.returncode == 0, again.stderr
+    assert "ACLs: 0 created" in again.stdout
+    secrets = [p.read_text().strip() for p in provisioned.secrets_dir.glob("*.password")]
+    assert len(secrets) == 103  # admin, four services, 98 municipalities
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600"
+               for p in provisioned.secrets_dir.glob("*.password"))
+    assert not any(s in again.stdout + again.stderr for s in secrets)
+
+
+def test_municipality_reads_its_own_topic(provisioned: Settings) -> None:
+    value = f"for-{A}-{uuid.uuid4()}".encode()
+    _produce_as_admin(provisioned, municipality_topic(A), value)
+    consumer = _consumer(provisioned, municipality_principal(A), f"municipality-{A}-inbox")
+    consumer.subscribe([municipality_topic(A)])
+    try:
+        seen = []
+        deadline = time.monotonic() + 30
+        while value not in seen and time.monotonic() < deadline:
+            got = _poll_until(consumer)
+            assert not isinstance(got, KafkaError), got
+            seen.append(got)
+        assert value in seen
+        consumer.commit(asynchronous=False)  # its own group: may commit
+    finally:
+        consumer.close()
+
+
+def test_municipality_cannot_read_another_municipalitys_topic(provisioned: Settings) -> None:
+    _produce_as_admin(provisioned, municipality_topic(B), b"for B only")
+    consumer = _consumer(provisioned, municipality_principal(A), f"municipality-{A}-snoop")
+    consumer.subscribe([municipality_topic(B)])
+    try:
+        got = _poll_until(consumer)
+        assert isinstance(got, KafkaError)
+        assert got.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    finally:
+        consumer.close()
+    # assign() without a group: B's topic has no metadata for A and no record ever comes
+    consumer = _consumer(provisioned, municipality_principal(A), f"municipality-{A}-assign")
+    try:
+        error = consumer.list_topics(municipality_topic(B), timeout=10).topics[
+            municipality_topic(B)].error
+        assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        consumer.assign([TopicPartition(municipality_topic(B), p, 0) for p in range(3)])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            assert msg is None or msg.error() is not None
+    finally:
+        consumer.close()
+
+
+def test_municipality_cannot_join_another_municipalitys_group(provisioned: Settings) -> None:
+    consumer = _consumer(provisioned, municipality_principal(A), f"municipality-{B}-inbox")
+    consumer.subscribe([municipality_topic(A)])
+    try:
+        got = _poll_until(consumer)
+        assert isinstance(got, KafkaError)
+        assert got.code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+    finally:
+        consumer.close()
+
+
+def test_municipality_cannot_write_even_to_its_own_topic(provisioned: Settings) -> None:
+    errors: list[KafkaError] = []
+    producer = Producer(client_config(as_principal(provisioned, municipality_principal(A)),
+                                      **{"message.timeout.ms": 15000, "log_level": 0}))
+    producer.produce(municipality_topic(A), value=b"forged",
+                     on_delivery=lambda err, _msg: errors.append(err))
+    producer.flush(20)
+    assert errors and errors[0] is not None
+    assert errors[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+@pytest.mark.parametrize("extra", [
+    pytest.param({}, id="plaintext"),
+    pytest.param({"security.protocol": "SSL"}, id="tls-without-sasl"),
+    pytest.param({"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512",
+                  "sasl.username": "municipality-0751", "sasl.password": "not-the-password"},
+                 id="wrong-password"),
+    pytest.param({"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512",
+                  "sasl.username": "nobody", "sasl.password": "nothing"}, id="unknown-user"),
+])
+@pytest.mark.parametrize("listener", ["client", "controller"])
+def test_client_without_valid_credentials_gets_nothing(provisioned: Settings, extra: dict,
+                                                       listener: str) -> None:
+    port = provisioned.kafka_port if listener == "client" else provisioned.kafka_controller_port
+    errors: list[KafkaError] = []
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}",
+                         "ssl.ca.location": str(provisioned.ca_file), "log_level": 0,
+                         "error_cb": errors.append, **extra})
+    with pytest.raises(Exception):
+        admin.list_topics(timeout=3)
+    if "sasl.password" in extra and listener == "client":
+        deadline = time.monotonic() + 5
+        while not errors and time.monotonic() < deadline:
+            admin.poll(0.5)  # serves error_cb
+        assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+
+
+def test_services_see_only_their_topics(provisioned: Settings) -> None:
+    """The MLLP listener may write ingest.hl7v2 but sees no municipality topic."""
+    admin = AdminClient(client_config(as_principal(provisioned, MLLP), log_level=0))
+    visible = set(admin.list_topics(timeout=10).topics)
+    assert visible == {"ingest.hl7v2", "dlq.mllp"}
+
+
+def test_hl7_message_flows_end_to_end_on_the_secure_broker(provisioned: Settings,
+                                                           tmp_path: Path) -> None:
+    """worker, mllp and fhir each as their own principal; the municipality reads the result."""
+    from stafet.connectors.mllp_client import MllpClient, ack_fields
+    from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+
+    patient = medcom_test_patients()["RikkeBerggren"]  # lives in 0751 (A)
+    assert patient.municipality_code == A
+    services = [Service(name, [name], tmp_path / f"{name}.log", service_env(provisioned, who))
+                for name, who in (("worker", WORKER), ("mllp", MLLP), ("fhir", FHIR))]
+    consumer = _consumer(provisioned, municipality_principal(A), f"municipality-{A}-e2e")
+    try:
+        for service in services:
+            service.start()
+        wait_for_port(provisioned.mllp_host, provisioned.mllp_port)
+        wait_for_port(provisioned.fhir_host, provisioned.fhir_port)
+        control_id = f"ACL-{uuid.uuid4().hex[:8]}"
+        message = adt("A01", patient, hospital=Hospital("BUC Test", "600000000000099"),
+                      control_id=control_id, visit=f"V-{control_id}",
+                      event_time="202611231000", admit_time="202611230800")
+        with MllpClient(provisioned.mllp_host, provisioned.mllp_port) as client:
+            assert ack_fields(client.send(message))["code"] == "AA"
+        consumer.subscribe([municipality_topic(A)])
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            got = _poll_until(consumer, timeout_s=90)
+            assert not isinstance(got, KafkaError), got
+            if b"STIN" in got and control_id.encode() not in got:  # ids are derived, not copied
+                break
+        else:
+            raise AssertionError("no notification for the municipality")
+        for service in services:
+            assert service.alive(), service.log_path.read_text()[-3000:]
+    finally:
+        consumer.close()
+        for service in reversed(services):
+            service.stop()
