@@ -32,6 +32,7 @@ from aiohttp import web
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from stafet.config import Settings
+from stafet.connectors.fhir_messaging import SeenMessages, process_message
 from stafet.connectors.fhir_openapi import openapi
 from stafet.connectors.producer import DurableProducer
 from stafet.cpr import mask_cpr
@@ -216,6 +217,7 @@ class FhirListener:
         self.index = index or ReferralIndex(self._secret)
         self._index_wait_s = index_wait_s
         self._index_task: asyncio.Task[None] | None = None
+        self.seen = SeenMessages()  # inbound MedCom message ids (reliable messaging)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -223,6 +225,7 @@ class FhirListener:
         app = web.Application(middlewares=[_outcome_middleware])
         for path in ROUTES:
             app.router.add_post(path, self.handle)
+        app.router.add_post("/fhir/$process-message", self.handle)
         app.router.add_get("/openapi.json", self._openapi)
         app.router.add_get("/healthz", self._health)
         return app
@@ -234,6 +237,11 @@ class FhirListener:
             await asyncio.sleep(0.05)
         if not self.index.ready:
             log.warning("fhir.index_not_ready", waited_s=self._index_wait_s)
+        try:
+            seen = await asyncio.to_thread(self.seen.load, self.settings)
+            log.info("fhir.seen_messages_loaded", messages=seen)
+        except (StafetError, KafkaException) as exc:  # serve anyway; duplicates stay harmless
+            log.error("fhir.seen_messages_not_loaded", error=str(exc))
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.settings.fhir_host, self.settings.fhir_port)
@@ -282,11 +290,19 @@ class FhirListener:
         if media not in MEDIA_TYPES or charset not in ("utf-8", "utf8"):
             return await reject(415, [Issue("", f"Content-Type must be {FHIR_JSON} or "
                                         "application/json in UTF-8", "not-supported")])
-        expected = ROUTES[request.path]
+        if request.path == "/fhir/$process-message":
+            return await process_message(self, self.seen, body, media, received_at)
+        return await self.accept(body, media, ROUTES[request.path], received_at)
+
+    async def accept(self, body: bytes, media: str, expected: str | None, received_at: str,
+                     extra_headers: Sequence[tuple[str, bytes]] = ()) -> web.Response:
+        """Validate and store a referral body whose size and media type were checked."""
+        reject = lambda status, issues: self._reject(status, issues, body, received_at)  # noqa: E731
+        path = f"/fhir/{expected}" if expected else "/fhir"
         posted = _resource_type(body)
         if expected is not None and posted is not None and posted != expected:
             return await reject(400, [Issue("resourceType", f"a {posted} was posted to "
-                                        f"{request.path}, which takes a {expected}", "invalid")])
+                                        f"{path}, which takes a {expected}", "invalid")])
         try:
             events = parse_fhir_referral(body, secret=self._secret,
                                          known_referral=self.index.known if self.index.ready else None)
@@ -299,7 +315,8 @@ class FhirListener:
         try:
             await self.producer.send(INGEST_FHIR, body, key=first.patient_key.encode(), headers=[
                 ("content-type", media.encode()), (H_SOURCE, b"fhir"),
-                (H_RECEIVED_AT, received_at.encode()), (H_EVENT_ID, first.event_id.encode())])
+                (H_RECEIVED_AT, received_at.encode()), (H_EVENT_ID, first.event_id.encode()),
+                *extra_headers])
         except DeliveryError as exc:
             log.error("fhir.store_failed", event_id=first.event_id, error=str(exc))
             return _transient(f"not stored, please retry: {exc}")

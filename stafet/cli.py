@@ -196,5 +196,9 @@ def inbox(municipality_code: str, from_beginning: bool, idle: float) -> None:
         click.echo(json.dumps(summarize(record), ensure_ascii=False))
 
 
+from stafet.cli_delivery import register as _register_delivery  # noqa: E402
+
+_register_delivery(main)
+
 if __name__ == "__main__":
     main()

@@ -102,6 +102,24 @@ class Settings(BaseSettings):
     validate_notifications: bool = Field(True, description="validate every Bundle with fhir.resources")
     default_timezone: str = Field("Europe/Copenhagen", description="for HL7 times without an offset")
 
+    # --- delivery to subscribers (connectors/delivery.py) ------------------------------------
+    subscribers_file: Path = Field(
+        PROJECT_ROOT / "deploy" / "subscribers.toml",
+        description="the subscriber registry: who receives what, and how (see README)",
+    )
+    outbox_dir: Path = Field(PROJECT_ROOT / ".stafet" / "outbox", description="letter outbox root")
+    delivery_timeout_s: float = Field(10.0, description="one HTTP POST to a subscriber")
+    delivery_backoff_initial_s: float = Field(1.0, description="first retry after about this long")
+    delivery_backoff_max_s: float = Field(300.0, description="retries are at most this far apart")
+    delivery_retry_budget_s: float = Field(
+        86400.0, description="keep retrying a message this long, then dlq.delivery + alert"
+    )
+    ack_timeout_s: float = Field(
+        1800.0, description="resend when no MedCom Acknowledgement came in this long (MedCom: 30 min)"
+    )
+    ack_max_resends: int = Field(2, ge=0, description="then dlq.delivery + alert (MedCom: 2)")
+    ack_check_interval_s: float = Field(5.0, description="how often overdue acknowledgements are checked")
+
     # --- identity and secrets -------------------------------------------------------------
     patient_key_secret: SecretStr = Field(
         SecretStr("stafet-local-development-only"),

@@ -18,7 +18,7 @@ from stafet.config import Settings
 from stafet.errors import StafetError
 from stafet.kafka_client import as_admin, password_for
 from stafet.kafka_local import LocalKafka
-from stafet.kafka_security import FHIR, MLLP, WORKER, provision
+from stafet.kafka_security import DELIVERY, FHIR, MLLP, WORKER, provision
 from stafet.logging import get_logger
 from stafet.topics import ensure_topics
 
@@ -115,7 +115,7 @@ def prepare_kafka(settings: Settings) -> None:
 
 @contextmanager
 def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True) -> Iterator[dict[str, Service]]:
-    """Kafka + topics + worker + MLLP and FHIR listeners, torn down on exit."""
+    """Kafka + topics + worker + MLLP and FHIR listeners + delivery, torn down on exit."""
     kafka = LocalKafka.from_settings(settings)
     started_kafka = kafka.pid() is None
     kafka.start()
@@ -125,6 +125,9 @@ def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True)
                           service_env(settings, WORKER)),
         "mllp": Service("mllp", ["mllp"], log_dir / "mllp.log", service_env(settings, MLLP)),
         "fhir": Service("fhir", ["fhir"], log_dir / "fhir.log", service_env(settings, FHIR)),
+        # REST hooks, the letter outbox, acknowledgements and the audit trail
+        "deliver": Service("deliver", ["deliver"], log_dir / "deliver.log",
+                           service_env(settings, DELIVERY)),
     }
     try:
         for service in services.values():

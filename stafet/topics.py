@@ -27,7 +27,11 @@ DLQ_REFERRAL = "dlq.referral"
 OUT_MUNICIPALITY_PREFIX = "out.municipality."
 OUT_REFERRER = "out.referrer"  # CareCommunication to referrers with a FHIR endpoint (GP systems)
 OUT_LETTER = "out.letter"  # PDF letters for guardians and referrers without a FHIR endpoint
-DLQ_TOPICS = (DLQ_MLLP, DLQ_FHIR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL)
+ACKS_INBOUND = "acks.inbound"  # MedCom Acknowledgements from receivers, keyed by acknowledged id
+AUDIT_DELIVERY = "audit.delivery"  # every delivery attempt, acknowledgement and failure
+ALERTS_OPERATOR = "alerts.operator"  # what a person must look at: unknown recipients, DLQ'd sends
+DLQ_DELIVERY = "dlq.delivery"  # messages a subscriber could not be given within the budget
+DLQ_TOPICS = (DLQ_MLLP, DLQ_FHIR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, DLQ_DELIVERY)
 
 #: Headers stafet puts on records (values are UTF-8 bytes).
 H_REASON = "stafet.reason"
@@ -40,6 +44,9 @@ H_MESSAGE_ID = "stafet.message_id"
 H_BUNDLE_ID = "stafet.bundle_id"
 H_EVENT_CODE = "stafet.event_code"
 H_ORIGIN = "stafet.origin"  # topic/partition/offset of the record a DLQ entry came from
+H_RECIPIENT = "stafet.recipient"  # "<identifier system>|<identifier>" of the addressee
+H_REFERRAL_ID = "stafet.referral_id"
+H_KIND = "stafet.kind"
 
 
 def municipality_topic(code: str) -> str:
@@ -49,7 +56,7 @@ def municipality_topic(code: str) -> str:
 
 def all_topics() -> list[str]:
     return [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL, OUT_REFERRER, OUT_LETTER,
-            *DLQ_TOPICS,
+            ACKS_INBOUND, AUDIT_DELIVERY, ALERTS_OPERATOR, *DLQ_TOPICS,
             *(municipality_topic(code) for code in municipalities())]
 
 
@@ -88,6 +95,7 @@ def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0,
     except KafkaException as exc:
         raise StafetError(f"cannot reach Kafka at {config['bootstrap.servers']}: {exc}") from exc
     wanted: dict[str, tuple[int | None, dict[str, str]]] = {t: (None, {}) for t in all_topics()}
+    wanted[AUDIT_DELIVERY] = (None, {"retention.ms": "-1"})  # the record of who got what: kept
     if app_id:
         wanted.update(worker_topics(app_id))
     missing = [name for name in wanted if name not in existing]

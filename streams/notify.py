@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from faust.types import EventT, StreamT
 
+from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
 from stafet.logging import get_logger
 from stafet.model import EncounterEvent
 from stafet.schemas.codec import decode
@@ -23,7 +24,7 @@ from stafet.streams.hospitalnotification import (
 )
 from stafet.topics import (
     DLQ_NOTIFY, EVENTS_ENCOUNTER, H_BUNDLE_ID, H_EVENT_CODE, H_EVENT_ID, H_MESSAGE_ID,
-    H_RECEIVED_AT, municipality_topic,
+    H_KIND, H_RECEIVED_AT, H_RECIPIENT, municipality_topic,
 )
 
 log = get_logger(__name__)
@@ -96,6 +97,8 @@ async def notify_one(event: EventT) -> None:
         H_MESSAGE_ID: header_id.encode(),
         H_BUNDLE_ID: bundle["id"].encode(),
         H_EVENT_CODE: encounter.notification_code.encode(),
+        H_KIND: b"hospital-notification",
+        H_RECIPIENT: f"{MUNICIPALITY_SYSTEM}|{encounter.patient.municipality_code}".encode(),
         "content-type": b"application/fhir+json; fhirVersion=4.0",
     }
     if H_RECEIVED_AT in (event.headers or {}):

@@ -13,3 +13,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if INTEGRATION_DIR in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+    # tests that restart the session's broker run last, so nothing else sees the disruption
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

@@ -1,0 +1,314 @@
+"""Delivery: out.* topics → each subscriber, reliably, audited (``stafet deliver``).
+
+One process runs, side by side and independent of each other:
+
+- a :class:`SubscriberSink` per REST / letter subscriber, with **its own consumer group**
+  (``stafet-delivery-<id>``), so a slow or dead endpoint holds back only its own queue. It
+  delivers its records one at a time in topic order (one patient's messages stay in order),
+  retries with exponential backoff and jitter, dead-letters after the retry budget (or at once on
+  a 4xx refusal), writes every attempt to ``audit.delivery``, and commits its offset only after
+  the outcome is recorded — a crash means a redelivery with the same ids, never a loss;
+- the :class:`Watcher`, which audits records that Kafka subscribers read themselves and raises
+  an operator alert for any record no subscriber takes;
+- the acknowledgement listener on ``acks.inbound`` and the :class:`AckTracker` clock.
+
+More ``stafet deliver`` processes share the work: each group's partitions are split among them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime, timezone
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+from confluent_kafka import Consumer, KafkaException, Message
+
+from stafet.audit import AuditRecord
+from stafet.config import Settings
+from stafet.connectors.ack_tracker import AckTracker, Pending
+from stafet.connectors.delivery_sinks import (
+    LetterOutbox, OutRecord, Outcome, Recorder, RestHook,
+)
+from stafet.connectors.medcom_ack import MessageError, parse_ack, resend_copy
+from stafet.connectors.producer import DurableProducer
+from stafet.errors import DeliveryError, StafetError
+from stafet.kafka_client import client_config
+from stafet.logging import get_logger
+from stafet.subscribers import Registry, Subscriber
+from stafet.topic_reader import fetch_record, read_to_end
+from stafet.topics import ACKS_INBOUND, AUDIT_DELIVERY
+
+log = get_logger(__name__)
+
+WATCH_GROUP = "stafet-delivery-watch"
+ACK_GROUP = "stafet-delivery-acks"
+OUT_PATTERN = "^out\\..*"
+
+
+class GroupConsumer:
+    """A confluent-kafka consumer driven from asyncio through its own thread (manual commits)."""
+
+    def __init__(self, config: dict[str, Any], group: str, topics: list[str]) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"consumer-{group}")
+        self._consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False,
+                                   "auto.offset.reset": "earliest", "log_level": 3,
+                                   "topic.metadata.refresh.interval.ms": 5000})
+        self._consumer.subscribe(topics)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: fn(*args, **kwargs))
+
+    async def poll(self, max_records: int = 100, timeout_s: float = 0.5) -> list[Message]:
+        messages = await self._call(self._consumer.consume, max_records, timeout_s)
+        for m in messages:
+            if m.error() and not m.error().retriable():
+                log.warning("delivery.consumer_error", error=str(m.error()))
+        return [m for m in messages if not m.error()]
+
+    async def commit(self, msg: Message | None = None) -> None:
+        """Commit after ``msg`` (its partition), or every position consumed so far."""
+        try:
+            if msg is None:
+                await self._call(self._consumer.commit, asynchronous=False)
+            else:
+                await self._call(self._consumer.commit, message=msg, asynchronous=False)
+        except KafkaException as exc:
+            if "NO_OFFSET" not in str(exc):  # nothing consumed since the last commit
+                raise
+
+    async def close(self) -> None:
+        await self._call(self._consumer.close)
+        self._pool.shutdown(wait=False)
+
+
+def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: about initial·2^(attempt−1), capped, times 0.5–1."""
+    return min(max_s, initial_s * 2 ** min(attempt - 1, 30)) * rng.uniform(0.5, 1.0)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep; True if ``stop`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+class SubscriberSink:
+    """One REST or letter subscriber's queue (see the module docstring)."""
+
+    def __init__(self, subscriber: Subscriber, settings: Settings, recorder: Recorder,
+                 tracker: AckTracker | None, session: aiohttp.ClientSession) -> None:
+        self.subscriber, self.settings, self.recorder = subscriber, settings, recorder
+        self.tracker = tracker
+        self.channel: RestHook | LetterOutbox = (
+            RestHook(subscriber, session, settings.delivery_timeout_s)
+            if subscriber.delivery == "rest" else LetterOutbox(subscriber, settings.outbox_dir))
+        self._rng = random.Random()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = GroupConsumer(client_config(self.settings), self.subscriber.group_id,
+                                 [self.subscriber.out_topic])
+        try:
+            while not stop.is_set():
+                messages = await consumer.poll(max_records=50)
+                for msg in messages:
+                    record = OutRecord.from_message(msg)
+                    if self.subscriber.takes(record.topic, record.recipient):
+                        if not await self.deliver(record, stop):
+                            return  # stopping mid-retry: not committed, redelivered next time
+                        await consumer.commit(msg)
+                if messages:
+                    await consumer.commit()  # records for other recipients, skipped
+        finally:
+            await consumer.close()
+
+    async def deliver(self, record: OutRecord, stop: asyncio.Event) -> bool:
+        """Deliver with retries until delivered or dead-lettered (True), or stopping (False)."""
+        sid, started = self.subscriber.id, asyncio.get_running_loop().time()
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = await self.channel.send(record.value, record, attempt)
+            if outcome.delivered:
+                await self.recorder.audit(record.audit("delivered", sid, attempt=attempt,
+                                                       detail=outcome.detail), record.key)
+                if self.tracker is not None:
+                    self.tracker.expect(sid, record)
+                log.info("delivery.delivered", subscriber=sid, message_id=record.message_id,
+                         attempt=attempt)
+                return True
+            elapsed = asyncio.get_running_loop().time() - started
+            if not outcome.retry or elapsed >= self.settings.delivery_retry_budget_s:
+                why = ("refused: " if not outcome.retry else
+                       f"no success in {elapsed:.0f} s ({attempt} attempts): ") + outcome.detail
+                await self.recorder.dead_letter(record, sid, why, attempt=attempt)
+                return True
+            await self.recorder.audit(record.audit("attempt-failed", sid, attempt=attempt,
+                                                   detail=outcome.detail), record.key)
+            log.warning("delivery.retry", subscriber=sid, message_id=record.message_id,
+                        attempt=attempt, detail=outcome.detail)
+            wait = backoff_s(attempt, self.settings.delivery_backoff_initial_s,
+                             self.settings.delivery_backoff_max_s, self._rng)
+            if await _sleep_unless(stop, wait):
+                return False
+
+    async def send_again(self, record: OutRecord, number: int, *, replay: bool = False) -> Outcome:
+        """One more send of a delivered record: a resend gets a new Bundle.id (MedCom MR7), a
+        replay is byte-identical."""
+        body = record.value
+        if not replay and self.subscriber.delivery == "rest":
+            body = resend_copy(record.value, number)
+        return await self.channel.send(body, record, number + 1)
+
+
+class Watcher:
+    """Audits what Kafka subscribers read themselves; alerts on records nobody takes."""
+
+    def __init__(self, registry: Registry, settings: Settings, recorder: Recorder) -> None:
+        self.registry, self.settings, self.recorder = registry, settings, recorder
+
+    async def handle(self, record: OutRecord) -> None:
+        takers = self.registry.takers(record.topic, record.recipient)
+        if not takers:
+            await self.recorder.audit(record.audit("unrouted", "", detail="no subscriber takes "
+                                                   f"{record.recipient} on {record.topic}"),
+                                      record.key)
+            await self.recorder.alert(
+                f"no subscriber for recipient {record.recipient} on {record.topic}: message "
+                f"{record.message_id} is not delivered; add the party to the subscriber registry",
+                topic=record.topic, message_id=record.message_id)
+        for s in takers:
+            if s.delivery == "kafka":
+                at = _iso_ms(record.timestamp_ms)
+                await self.recorder.audit(record.audit("published", s.id, at=at), record.key)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = GroupConsumer(client_config(self.settings), WATCH_GROUP, [OUT_PATTERN])
+        try:
+            while not stop.is_set():
+                messages = await consumer.poll()
+                await asyncio.gather(*(self.handle(OutRecord.from_message(m)) for m in messages))
+                if messages:
+                    await consumer.commit()  # every partition of the batch
+        finally:
+            await consumer.close()
+
+
+def _iso_ms(timestamp_ms: int) -> str:
+    return datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc).isoformat(
+        timespec="milliseconds")
+
+
+class DeliveryService:
+    """Every sink, the watcher and the acknowledgement handling of one registry."""
+
+    def __init__(self, settings: Settings, registry: Registry,
+                 producer: DurableProducer | None = None) -> None:
+        problems = registry.problems()
+        if problems:
+            raise StafetError("the subscriber registry is not ready: " + "; ".join(problems))
+        self.settings, self.registry = settings, registry
+        self.producer = producer or DurableProducer(settings, timeout_s=10.0)
+        self.recorder = Recorder(self.producer)
+        self.sinks: dict[str, SubscriberSink] = {}
+        tracked = {s.id for s in registry.pushed() if s.tracks_acks}
+        self.tracker = AckTracker(self.recorder, tracked, timeout_s=settings.ack_timeout_s,
+                                  max_resends=settings.ack_max_resends, resend=self._resend,
+                                  fetch=self._fetch)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._rebuild)
+        self._session = aiohttp.ClientSession()
+        for s in self.registry.pushed():
+            self.sinks[s.id] = SubscriberSink(s, self.settings, self.recorder, self.tracker,
+                                              self._session)
+        coros = [*(self._guard(f"sink {sid}", sink.run) for sid, sink in self.sinks.items()),
+                 self._guard("watcher", Watcher(self.registry, self.settings, self.recorder).run),
+                 self._guard("acks", self._listen_acks),
+                 self._guard("ack clock", lambda stop: self.tracker.run(
+                     stop, self.settings.ack_check_interval_s))]
+        self._tasks = [asyncio.create_task(c) for c in coros]
+        log.info("delivery.started", sinks=sorted(self.sinks), tracked=sorted(self.tracker.tracked),
+                 pending_acks=len(self.tracker.pending))
+
+    def _rebuild(self) -> None:
+        """The tracker's state from the audit trail (everything written before this start)."""
+        n = 0
+        for msg in read_to_end(client_config(self.settings), AUDIT_DELIVERY):
+            self.tracker.replay(AuditRecord.decode(msg.value()), msg.key())
+            n += 1
+        log.info("delivery.audit_replayed", records=n, pending_acks=len(self.tracker.pending))
+
+    async def _guard(self, name: str, run: Any) -> None:
+        """Run a part; if it fails, log, wait, and start it again (the others go on)."""
+        while not self._stop.is_set():
+            try:
+                await run(self._stop)
+                return
+            except (StafetError, DeliveryError, KafkaException, OSError) as exc:
+                log.error("delivery.part_failed", part=name, error=str(exc))
+                await _sleep_unless(self._stop, 5.0)
+
+    async def _listen_acks(self, stop: asyncio.Event) -> None:
+        consumer = GroupConsumer(client_config(self.settings), ACK_GROUP, [ACKS_INBOUND])
+        try:
+            while not stop.is_set():
+                for msg in await consumer.poll():
+                    try:
+                        ack = parse_ack(msg.value() or b"")
+                    except MessageError as exc:  # the FHIR connector checked it; be safe
+                        log.error("delivery.bad_ack", error=str(exc))
+                    else:
+                        await self.tracker.on_ack(ack)
+                    await consumer.commit(msg)
+        finally:
+            await consumer.close()
+
+    async def _fetch(self, pending: Pending) -> OutRecord:
+        msg = await asyncio.to_thread(fetch_record, client_config(self.settings), pending.topic,
+                                      pending.partition, pending.offset)
+        return OutRecord.from_message(msg)
+
+    async def _resend(self, subscriber_id: str, record: OutRecord, number: int) -> str:
+        outcome = await self.sinks[subscriber_id].send_again(record, number)
+        log.warning("delivery.resent", subscriber=subscriber_id, message_id=record.message_id,
+                    resend=number, outcome=outcome.detail)
+        return outcome.detail
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        self.producer.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+
+async def run(settings: Settings, registry: Registry) -> None:
+    """``stafet deliver``: until SIGTERM / Ctrl-C."""
+    import signal
+
+    service = DeliveryService(settings, registry)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.stop()
+

@@ -1,0 +1,132 @@
+"""``POST /fhir/$process-message``: MedCom message Bundles, deduplicated as MedCom prescribes.
+
+- An **Acknowledgement** from a receiver of our messages is stored on ``acks.inbound`` (keyed by
+  the acknowledged MessageHeader.id) for the delivery tracker; the answer is 200.
+- Any other message Bundle (a referral from a hospital system) goes the way of ``POST /fhir``
+  and is answered with a MedCom Acknowledgement (ok) once it is stored.
+
+Reliable messaging (MedCom): both Bundle.id and MessageHeader.id seen → the original answer is
+sent again and nothing is stored twice; MessageHeader.id seen with a new Bundle.id → a resend of
+a message already processed: the original answer again; Bundle.id seen with a new
+MessageHeader.id → 400, Bundle ids are never reused. The memory of seen ids is rebuilt at start
+from the ids stored on ``acks.inbound`` and ``ingest.fhir``, so a restart does not forget them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from stafet.connectors.medcom_ack import MessageError, MessageIds, build_ack, message_ids, parse_ack
+from stafet.errors import DeliveryError
+from stafet.kafka_client import client_config
+from stafet.logging import get_logger
+from stafet.topic_reader import read_to_end
+from stafet.topics import ACKS_INBOUND, H_RECEIVED_AT, INGEST_FHIR
+
+if TYPE_CHECKING:
+    from stafet.connectors.fhir_http import FhirListener
+
+log = get_logger(__name__)
+
+H_IN_BUNDLE = "stafet.in_bundle_id"
+H_IN_HEADER = "stafet.in_message_id"
+H_IN_EVENT = "stafet.in_event"
+STAFET_ENDPOINT = "https://stafet.dk/fhir/$process-message"
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    ids: MessageIds
+    received_at: str
+
+
+class SeenMessages:
+    """Which inbound (Bundle.id, MessageHeader.id) pairs were stored, and when."""
+
+    def __init__(self) -> None:
+        self.by_header: dict[str, Seen] = {}
+        self.header_of_bundle: dict[str, str] = {}
+
+    def add(self, ids: MessageIds, received_at: str) -> None:
+        self.by_header.setdefault(ids.header_id, Seen(ids, received_at))
+        self.header_of_bundle.setdefault(ids.bundle_id, ids.header_id)
+
+    def load(self, settings: Any) -> int:
+        """Rebuild from the ids stored with each accepted message (blocking)."""
+        n = 0
+        for topic in (ACKS_INBOUND, INGEST_FHIR):
+            for msg in read_to_end(client_config(settings), topic):
+                h = {k: (v or b"").decode() for k, v in (msg.headers() or [])}
+                if H_IN_HEADER in h:
+                    self.add(MessageIds(h[H_IN_BUNDLE], h[H_IN_HEADER], h.get(H_IN_EVENT, "")),
+                             h.get(H_RECEIVED_AT, ""))
+                    n += 1
+        return n
+
+
+def _answer(seen: Seen, duplicate: bool) -> web.Response:
+    """The answer to a message: the same for the first time and every duplicate."""
+    headers = {"X-Stafet-Duplicate": "true"} if duplicate else {}
+    if seen.ids.event == "acknowledgement-message":
+        body: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "information", "code": "informational",
+            "diagnostics": f"acknowledgement {seen.ids.header_id} recorded"}]}
+    else:
+        at = datetime.fromisoformat(seen.received_at) if seen.received_at else \
+            datetime.now(timezone.utc)
+        body = build_ack(seen.ids, "ok", sender_endpoint=STAFET_ENDPOINT,
+                         receiver_endpoint="urn:unknown", at=at)
+    return web.Response(status=200, body=json.dumps(body, ensure_ascii=False).encode(),
+                        content_type="application/fhir+json", charset="utf-8", headers=headers)
+
+
+def _error(status: int, path: str, reason: str, code: str = "invalid") -> web.Response:
+    body = {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": code, "diagnostics": reason,
+        **({"expression": [path]} if path else {})}]}
+    return web.Response(status=status, body=json.dumps(body).encode(),
+                        content_type="application/fhir+json", charset="utf-8")
+
+
+async def process_message(listener: FhirListener, seen: SeenMessages, body: bytes, media: str,
+                          received_at: str) -> web.Response:
+    """Dedupe, then store an Acknowledgement or hand a referral message to the referral path."""
+    try:
+        ids = message_ids(json.loads(body))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _error(400, "", f"not JSON: {exc}", "structure")
+    except MessageError as exc:
+        return _error(400, exc.path, exc.reason)
+    known = seen.by_header.get(ids.header_id)
+    if known is not None:  # both seen, or a resend with a new Bundle.id: the original answer
+        log.info("fhir.duplicate_message", header_id=ids.header_id,
+                 same_bundle=known.ids.bundle_id == ids.bundle_id)
+        return _answer(known, duplicate=True)
+    if ids.bundle_id in seen.header_of_bundle:
+        return _error(400, "Bundle.id", f"Bundle.id {ids.bundle_id} was already used with "
+                      "another MessageHeader.id; Bundle ids must never be reused")
+    ours = [(H_IN_BUNDLE, ids.bundle_id.encode()), (H_IN_HEADER, ids.header_id.encode()),
+            (H_IN_EVENT, ids.event.encode())]
+    if ids.event == "acknowledgement-message":
+        try:
+            ack = parse_ack(body)
+        except MessageError as exc:
+            return _error(422, exc.path, exc.reason, "business-rule")
+        try:
+            await listener.producer.send(ACKS_INBOUND, body, key=ack.acknowledged_id.encode(),
+                                         headers=[*ours, (H_RECEIVED_AT, received_at.encode())])
+        except DeliveryError as exc:
+            return _error(503, "", f"not stored, please retry: {exc}", "transient")
+        log.info("fhir.ack_received", acknowledged=ack.acknowledged_id, code=ack.code)
+    else:
+        response = await listener.accept(body, media, None, received_at, extra_headers=ours)
+        if response.status != 202:
+            return response
+    entry = Seen(ids, received_at)
+    seen.add(ids, received_at)
+    return _answer(entry, duplicate=False)

@@ -1,0 +1,220 @@
+"""The subscriber registry: who receives which out.* messages, and how.
+
+A TOML file (``STAFET_SUBSCRIBERS_FILE``, default ``deploy/subscribers.toml``) lists each party
+that receives messages and its channel:
+
+- ``kafka``: the party reads its own ``out.municipality.<code>`` topic with its own principal
+  (stafet only audits that the message is there);
+- ``rest``: stafet POSTs each FHIR message Bundle to ``url``, signed with HMAC-SHA256 under the
+  secret in the environment variable ``secret_env``, retries, and tracks MedCom Acknowledgements;
+- ``letter``: stafet writes each PDF letter into ``outbox`` for the letter / Digital Post service.
+
+A subscriber takes the records on ``topic`` (derived from ``municipality`` for municipalities)
+whose ``stafet.recipient`` header is one of ``recipients`` (empty: all of them). Municipalities
+without an entry read their topic over Kafka when ``[defaults] municipalities = "kafka"``.
+A record no subscriber takes is an *unrouted* message: an operator alert, never a silent drop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from stafet.errors import StafetError
+from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
+from stafet.schemas.municipalities import municipalities
+from stafet.topics import OUT_LETTER, OUT_MUNICIPALITY_PREFIX, OUT_REFERRER, municipality_topic
+
+Channel = Literal["kafka", "rest", "letter"]
+PartyKind = Literal["municipality", "ppr", "family-department", "referrer", "letter-service",
+                    "other"]
+SHARED_TOPICS = (OUT_REFERRER, OUT_LETTER)
+
+
+class RegistryError(StafetError):
+    """The subscriber registry is missing, unreadable or inconsistent."""
+
+
+class Subscriber(BaseModel):
+    """One receiving party and its channel."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
+    name: str
+    party: PartyKind
+    delivery: Channel
+    municipality: str | None = Field(None, pattern=r"^\d{4}$")
+    topic: str | None = None
+    recipients: tuple[str, ...] = ()
+    url: str | None = Field(None, pattern=r"^https?://")
+    secret_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    outbox: Path | None = None
+    expects_ack: bool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Subscriber:
+        if self.municipality is not None and self.municipality not in municipalities():
+            raise ValueError(f"municipality {self.municipality} is not one of the 98 codes")
+        if self.topic is None and self.municipality is None:
+            raise ValueError("give municipality (its topic is derived) or topic")
+        topic = self.out_topic
+        if not topic.startswith("out."):
+            raise ValueError(f"topic {topic} is not an out.* topic")
+        if self.delivery == "kafka" and not topic.startswith(OUT_MUNICIPALITY_PREFIX):
+            raise ValueError(f"{topic} is shared by many parties: a subscriber reads only its own "
+                             "out.municipality.<code> topic over Kafka; use rest or letter")
+        if self.delivery == "rest" and (self.url is None or self.secret_env is None):
+            raise ValueError("a rest subscriber needs url and secret_env")
+        if self.delivery == "letter" and topic != OUT_LETTER:
+            raise ValueError(f"letters are on {OUT_LETTER}, not {topic}")
+        if self.delivery != "rest" and self.expects_ack:
+            raise ValueError("only rest subscribers are tracked for acknowledgements")
+        for recipient in self.recipients:
+            if "|" not in recipient:
+                raise ValueError(f"recipient {recipient!r} must be '<identifier system>|<id>'")
+        return self
+
+    @property
+    def out_topic(self) -> str:
+        return self.topic or municipality_topic(self.municipality or "")
+
+    @property
+    def tracks_acks(self) -> bool:
+        """REST subscribers acknowledge every message (MedCom) unless configured otherwise."""
+        return self.delivery == "rest" and self.expects_ack is not False
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group that holds this subscriber's delivery progress."""
+        return f"stafet-delivery-{self.id}"
+
+    def takes(self, topic: str, recipient: str | None) -> bool:
+        if topic != self.out_topic:
+            return False
+        return not self.recipients or recipient in self.recipients
+
+    def secret(self) -> SecretStr:
+        """The HMAC secret, read from the environment when needed (never stored in the file)."""
+        if self.secret_env is None:
+            raise RegistryError(f"subscriber {self.id} has no secret_env")
+        value = os.environ.get(self.secret_env)
+        if not value:
+            raise RegistryError(f"subscriber {self.id}: environment variable {self.secret_env} "
+                                "(its HMAC secret) is not set")
+        return SecretStr(value)
+
+
+class Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    municipalities: Literal["kafka", "none"] = "kafka"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The validated registry."""
+
+    subscribers: tuple[Subscriber, ...]
+    defaults: Defaults
+
+    def __post_init__(self) -> None:
+        ids = [s.id for s in self.subscribers]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise RegistryError(f"subscriber ids used twice: {', '.join(dupes)}")
+
+    def all(self) -> list[Subscriber]:
+        """Every subscriber, including the implicit Kafka readers of unlisted municipalities."""
+        listed = list(self.subscribers)
+        if self.defaults.municipalities == "kafka":
+            covered = {s.municipality for s in listed if s.party == "municipality"}
+            listed += [Subscriber(id=f"municipality-{code}", name=m.name, party="municipality",
+                                  delivery="kafka", municipality=code)
+                       for code, m in sorted(municipalities().items()) if code not in covered]
+        return listed
+
+    def by_id(self, subscriber_id: str) -> Subscriber:
+        for s in self.all():
+            if s.id == subscriber_id:
+                return s
+        raise RegistryError(f"no subscriber {subscriber_id!r} in the registry")
+
+    def takers(self, topic: str, recipient: str | None) -> list[Subscriber]:
+        """The subscribers that take a record on ``topic`` addressed to ``recipient``."""
+        return [s for s in self.all() if s.takes(topic, recipient)]
+
+    def pushed(self) -> list[Subscriber]:
+        """Subscribers stafet delivers to itself (rest and letter)."""
+        return [s for s in self.all() if s.delivery != "kafka"]
+
+    def problems(self) -> list[str]:
+        """What an operator must fix before delivery can work (missing secrets, outboxes)."""
+        found = []
+        for s in self.pushed():
+            if s.delivery == "rest":
+                try:
+                    s.secret()
+                except RegistryError as exc:
+                    found.append(str(exc))
+        return found
+
+
+def load_registry(path: Path) -> Registry:
+    """Read and validate the registry file; every problem is named in the error."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RegistryError(f"subscriber registry {path} does not exist") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"subscriber registry {path} is not valid TOML: {exc}") from exc
+    return parse_registry(data, source=str(path))
+
+
+def parse_registry(data: dict, *, source: str = "registry") -> Registry:  # type: ignore[type-arg]
+    unknown = set(data) - {"defaults", "subscriber"}
+    if unknown:
+        raise RegistryError(f"{source}: unknown sections {sorted(unknown)}; expected [defaults] "
+                            "and [[subscriber]]")
+    errors: list[str] = []
+    subscribers = []
+    for n, entry in enumerate(data.get("subscriber", []), start=1):
+        try:
+            subscribers.append(Subscriber.model_validate(entry))
+        except ValidationError as exc:
+            name = entry.get("id", f"#{n}") if isinstance(entry, dict) else f"#{n}"
+            errors += [f"subscriber {name}: {'.'.join(map(str, e['loc'])) or 'entry'}: "
+                       f"{e['msg']}" for e in exc.errors()]
+    try:
+        defaults = Defaults.model_validate(data.get("defaults", {}))
+    except ValidationError as exc:
+        errors += [f"defaults: {e['msg']}" for e in exc.errors()]
+        defaults = Defaults()
+    if errors:
+        raise RegistryError(f"{source}: " + "; ".join(errors))
+    return Registry(tuple(subscribers), defaults)
+
+
+def municipality_recipient(code: str) -> str:
+    """The ``stafet.recipient`` value of a municipality's hospital notifications."""
+    return f"{MUNICIPALITY_SYSTEM}|{code}"
+
+
+def describe(subscribers: Iterable[Subscriber]) -> list[dict[str, str]]:
+    """One row per subscriber for ``stafet subscribers list`` (no secrets, only their names)."""
+    rows = []
+    for s in subscribers:
+        target = {"kafka": f"reads {s.out_topic}", "rest": f"POST {s.url}",
+                  "letter": f"outbox {s.outbox or '(default)'}"}[s.delivery]
+        rows.append({"id": s.id, "party": s.party, "delivery": s.delivery, "topic": s.out_topic,
+                     "recipients": ",".join(re.sub(r"\|(\d{6})\d{4}$", r"|\1-xxxx", r)
+                                            for r in s.recipients) or "*",
+                     "target": target})
+    return rows

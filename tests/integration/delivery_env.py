@@ -1,0 +1,88 @@
+"""A ``stafet deliver`` process with its own registry and real HTTP receivers, for tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stafet.config import Settings
+from stafet.connectors.replay import rewind_group
+from stafet.stack import Service, settings_env
+from stafet.subscribers import load_registry
+
+from .conftest import free_port
+from stafet.demo.receiver import Receiver
+
+GP_RECIPIENT = "urn:oid:1.2.208.176.1.4|123456"
+
+
+@dataclass(frozen=True)
+class Rest:
+    """A REST subscriber to run: a municipality (code) or a GP (ydernummer recipient)."""
+
+    municipality: str | None = None
+    recipient: str | None = None
+    acknowledges: bool = True
+    starts_down: bool = False
+
+
+@dataclass
+class DeliveryEnv:
+    settings: Settings
+    receivers: dict[str, Receiver]
+    service: Service
+    env: dict[str, str]
+    root: Path
+
+
+def _env_name(sid: str) -> str:
+    return f"STAFET_SECRET_{sid.upper().replace('-', '_')}"
+
+
+def _registry_toml(rest: dict[str, Rest], receivers: dict[str, Receiver], outbox: Path) -> str:
+    parts = ['[defaults]\nmunicipalities = "kafka"\n']
+    for sid, spec in rest.items():
+        where = (f'party = "municipality"\nmunicipality = "{spec.municipality}"\n'
+                 if spec.municipality else
+                 f'party = "referrer"\ntopic = "out.referrer"\nrecipients = ["{spec.recipient}"]\n')
+        parts.append(f'[[subscriber]]\nid = "{sid}"\nname = "{sid}"\n{where}delivery = "rest"\n'
+                     f'url = "{receivers[sid].url}"\nsecret_env = "{_env_name(sid)}"\n')
+    parts.append(f'[[subscriber]]\nid = "letters"\nname = "Brevservice"\nparty = "letter-service"\n'
+                 f'delivery = "letter"\ntopic = "out.letter"\noutbox = "{outbox}"\n')
+    return "\n".join(parts)
+
+
+@contextmanager
+def running_delivery(stack: Any, root: Path, rest: dict[str, Rest],
+                     **overrides: Any) -> Iterator[DeliveryEnv]:
+    """Receivers + registry + ``stafet deliver``; each subscriber starts at the topics' end."""
+    ack_url = f"http://127.0.0.1:{stack.settings.fhir_port}/fhir/$process-message"
+    receivers = {sid: Receiver(free_port(), f"secret-{sid}", ack_url if spec.acknowledges
+                               else None) for sid, spec in rest.items()}
+    registry_file = root / "subscribers.toml"
+    registry_file.write_text(_registry_toml(rest, receivers, root / "outbox"), encoding="utf-8")
+    settings = stack.settings.model_copy(update={
+        "subscribers_file": registry_file, "outbox_dir": root / "outbox",
+        "delivery_backoff_initial_s": 0.3, "delivery_backoff_max_s": 2.0,
+        "delivery_retry_budget_s": 300.0, "ack_check_interval_s": 0.5, **overrides})
+    now_ms = int(time.time() * 1000)
+    for s in load_registry(registry_file).pushed():  # from now on, not the session's history
+        rewind_group(settings, s, s.group_id, now_ms)
+    env = {**settings_env(settings), **{_env_name(sid): r.secret for sid, r in receivers.items()}}
+    for sid, r in receivers.items():
+        if not rest[sid].starts_down:
+            r.start()
+    service = Service("deliver", ["deliver"], root / "deliver.log", env)
+    service.start()
+    time.sleep(3.0)  # it replays the audit trail and joins its groups
+    assert service.alive(), (root / "deliver.log").read_text()
+    try:
+        yield DeliveryEnv(settings, receivers, service, env, root)
+    finally:
+        service.stop()
+        for r in receivers.values():
+            r.stop()

@@ -1,0 +1,101 @@
+"""``POST /fhir/$process-message`` against a real broker: MedCom Acknowledgements are stored once
+for the delivery tracker, referral messages are answered with an Acknowledgement, and MedCom's
+reliable-messaging rule holds — a duplicate (Bundle.id, MessageHeader.id) gets the original answer
+and is not stored again, also by a listener started later (the memory is rebuilt from Kafka)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from stafet.connectors.fhir_http import FhirListener
+from stafet.connectors.medcom_ack import build_ack, MessageIds, parse_ack
+from stafet.demo import fhir_samples as s
+from stafet.topics import ACKS_INBOUND, INGEST_FHIR
+
+from .test_fhir_api import Running, api, http  # noqa: F401  (the module's listener fixture)
+from stafet.demo.inbox import end_offsets, read_topics
+
+
+def _ack(acknowledged: str, code: str = "ok", bundle_id: str | None = None) -> dict:
+    ack = build_ack(MessageIds(f"b-{acknowledged}", acknowledged, "care-communication-message"),
+                    code, sender_endpoint="https://kommune.example/fhir",
+                    receiver_endpoint="https://stafet.dk/fhir")
+    if bundle_id:
+        ack["id"] = bundle_id
+    return ack
+
+
+def _stored(stack, since, topic: str, header_id: str) -> list:
+    records = read_topics(stack.settings.bootstrap, since, idle_s=1.5, timeout_s=20)
+    return [r for r in records if r.topic == topic
+            and r.headers.get("stafet.in_message_id", b"").decode() == header_id]
+
+
+def _marks(stack):
+    return end_offsets(stack.settings.bootstrap, [ACKS_INBOUND, INGEST_FHIR])
+
+
+def test_an_acknowledgement_is_stored_once_and_a_duplicate_gets_the_same_answer(api, stack):
+    acknowledged = str(uuid.uuid4())
+    ack = _ack(acknowledged)
+    body = json.dumps(ack).encode()
+    since = _marks(stack)
+    first = http("POST", f"{api.url}/fhir/$process-message", body)
+    assert first.status == 200, first.text
+    again = http("POST", f"{api.url}/fhir/$process-message", body)
+    assert (again.status, again.text) == (200, first.text)
+    assert again.headers.get("X-Stafet-Duplicate") == "true"
+    resent = dict(ack, id=str(uuid.uuid4()))  # MedCom MR7: a resend has a new Bundle.id
+    assert http("POST", f"{api.url}/fhir/$process-message", json.dumps(resent).encode()).text \
+        == first.text
+    [record] = _stored(stack, since, ACKS_INBOUND, ack["entry"][0]["resource"]["id"])
+    assert record.key == acknowledged.encode()
+    assert parse_ack(record.value).acknowledged_id == acknowledged
+
+    reused = _ack(str(uuid.uuid4()), bundle_id=ack["id"])  # same Bundle.id, new header: an error
+    answer = http("POST", f"{api.url}/fhir/$process-message", json.dumps(reused).encode())
+    assert answer.status == 400 and "never be reused" in answer.text
+
+
+def test_a_bad_acknowledgement_is_refused_with_the_reason(api):
+    ack = _ack(str(uuid.uuid4()))
+    ack["entry"][0]["resource"]["response"]["code"] = "fine"
+    answer = http("POST", f"{api.url}/fhir/$process-message", json.dumps(ack).encode())
+    assert answer.status == 422
+    assert "MessageHeader.response.code" in answer.text
+    not_a_message = json.dumps({"resourceType": "Bundle", "type": "collection", "id": "x"})
+    answer = http("POST", f"{api.url}/fhir/$process-message", not_a_message.encode())
+    assert answer.status == 400 and "Bundle.type" in answer.text
+
+
+def _referral_message(referral_id: str) -> dict:
+    header = {"resourceType": "MessageHeader", "id": str(uuid.uuid4()),
+              "eventCoding": {"system": "http://medcomfhir.dk/ig/terminology/CodeSystem/"
+                              "medcom-messaging-eventCodes", "code": "referral-message"},
+              "source": {"endpoint": "https://ehr.example/fhir"}}
+    message = s.bundle(header, s.referral(referral_id), type_="message")
+    message["id"] = str(uuid.uuid4())
+    return message
+
+
+def test_a_referral_message_is_acknowledged_and_a_later_listener_knows_it(api, stack):
+    message = _referral_message(f"HEN-{uuid.uuid4().hex[:10]}")
+    header_id = message["entry"][0]["resource"]["id"]
+    body = json.dumps(message).encode()
+    since = _marks(stack)
+    first = http("POST", f"{api.url}/fhir/$process-message", body)
+    assert first.status == 200, first.text
+    ack = json.loads(first.text)
+    assert ack["entry"][0]["resource"]["response"] == {"identifier": header_id, "code": "ok"}
+    assert len(_stored(stack, since, INGEST_FHIR, header_id)) == 1
+
+    settings = stack.settings.model_copy(update={"fhir_port": 0})
+    later = Running(FhirListener(settings))  # a restart: memory rebuilt from the topics
+    try:
+        since = _marks(stack)
+        again = http("POST", f"{later.url}/fhir/$process-message", body)
+        assert again.status == 200 and json.loads(again.text) == ack, "the original answer"
+        assert _stored(stack, since, INGEST_FHIR, header_id) == [], "not stored twice"
+    finally:
+        later.close()
