@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from stafet.errors import StafetError
 from stafet.kafka_client import KafkaTarget, resolve_config
 
 
@@ -27,8 +28,12 @@ class Received:
 
 
 def _consumer(kafka: KafkaTarget) -> Consumer:
-    return Consumer(resolve_config(kafka, **{
-        "group.id": f"stafet-inbox-{uuid.uuid4()}",
+    config = resolve_config(kafka)
+    # assign() only, never committed; still under the principal's own group prefix, because
+    # librdkafka looks the group's coordinator up (a municipality may use municipality-<code>*)
+    prefix = config.get("sasl.username", "stafet")
+    return Consumer(resolve_config(config, **{
+        "group.id": f"{prefix}-inbox-{uuid.uuid4()}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
@@ -44,6 +49,12 @@ def end_offsets(kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0) 
     while True:
         try:
             metadata = admin.list_topics(timeout=10)
+            hidden = [t for t in topics if t not in metadata.topics]
+            if hidden:  # not created yet, or this principal may not describe it (ACLs)
+                if time.monotonic() > deadline:
+                    raise StafetError(f"no such topic, or no access to it: {', '.join(hidden)}")
+                time.sleep(0.5)
+                continue
             request = {TopicPartition(t, p): OffsetSpec.latest()
                        for t in topics for p in metadata.topics[t].partitions}
             result = admin.list_offsets(request, request_timeout=10)

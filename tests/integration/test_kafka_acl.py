@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from stafet.config import Settings
+from stafet.errors import StafetError
 from stafet.kafka_client import as_admin, as_principal, client_config
 from stafet.kafka_local import LocalKafka
 from stafet.kafka_security import FHIR, MLLP, WORKER, municipality_principal
@@ -116,6 +117,18 @@ def test_municipality_reads_its_own_topic(provisioned: Settings) -> None:
         consumer.commit(asynchronous=False)  # its own group: may commit
     finally:
         consumer.close()
+
+
+def test_stafet_inbox_reads_as_the_municipality(provisioned: Settings) -> None:
+    """The inbox reader (`stafet inbox <code>`) works with only a municipality's rights."""
+    from stafet.demo.inbox import end_offsets, read_topic
+
+    value = f"inbox-{uuid.uuid4()}".encode()
+    _produce_as_admin(provisioned, municipality_topic(A), value)
+    as_a = as_principal(provisioned, municipality_principal(A))
+    assert value in [r.value for r in read_topic(as_a, municipality_topic(A), idle_s=1.0)]
+    with pytest.raises(StafetError, match="no access"):
+        end_offsets(as_a, [municipality_topic(B)], timeout_s=2.0)
 
 
 def test_municipality_cannot_read_another_municipalitys_topic(provisioned: Settings) -> None:
