@@ -225,8 +225,19 @@ class DeliveryService:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> None:
-        await asyncio.to_thread(self._rebuild)
+    async def start(self, rebuild_timeout_s: float = 120.0) -> None:
+        deadline = asyncio.get_running_loop().time() + rebuild_timeout_s
+        while True:  # Kafka may still be starting (or electing the audit topic's leader)
+            try:
+                await asyncio.to_thread(self._rebuild)
+                break
+            except (StafetError, KafkaException) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("delivery.audit_replay_retry", error=str(exc))
+                self.tracker.pending.clear()
+                self.tracker.finished.clear()
+                await asyncio.sleep(2.0)
         self._session = aiohttp.ClientSession()
         for s in self.registry.pushed():
             self.sinks[s.id] = SubscriberSink(s, self.settings, self.recorder, self.tracker,

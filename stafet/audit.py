@@ -91,7 +91,7 @@ def summarize(records: Iterable[AuditRecord]) -> list[dict[str, Any]]:
                 r.action == "published" and row["sends"] == 0):
             row["sends"] += 1
             row["delivered_at"] = row["delivered_at"] or r.at
-            row["status"] = "delivered"
+            row["status"] = "published" if r.action == "published" else "delivered"
         elif r.action in ("dead-lettered", "unrouted"):
             ended[(r.subscriber, r.message_id)] = r.action
     for (subscriber, mid), row in rows.items():

@@ -41,8 +41,8 @@ def read_to_end(config: dict[str, Any], topic: str, *, since_ms: int | None = No
             partitions = consumer.offsets_for_times(
                 [TopicPartition(topic, tp.partition, since_ms) for tp in partitions],
                 timeout=timeout_s)
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout_s)[1]
-                for tp in partitions}
+        ends = {tp.partition: _high_watermark(consumer, TopicPartition(topic, tp.partition),
+                                              timeout_s) for tp in partitions}
         todo = {tp.partition for tp in partitions if tp.offset >= 0 and tp.offset < ends[tp.partition]
                 or tp.offset == OFFSET_BEGINNING and ends[tp.partition] > 0}
         consumer.assign([tp for tp in partitions if tp.partition in todo])
@@ -64,6 +64,19 @@ def read_to_end(config: dict[str, Any], topic: str, *, since_ms: int | None = No
         raise StafetError(f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
+
+
+def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> int:
+    """The partition's end offset, waiting out a leader election (a topic created a moment ago
+    answers 'not leader' until its partitions have one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=timeout_s)[1])
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def fetch_record(config: dict[str, Any], topic: str, partition: int, offset: int,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
 from collections import defaultdict
 
@@ -10,10 +13,38 @@ import click
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.connectors.mllp_client import MllpClient, ack_fields
 from stafet.demo.inbox import end_offsets, read_topics, summarize
+from stafet.demo.receiver import Receiver
 from stafet.demo.scenario import ReferralStep, referral_day, synthetic_day
 from stafet.schemas.municipalities import municipalities
 from stafet.stack import running_stack
 from stafet.topics import DLQ_MLLP, DLQ_TOPICS, H_REASON, OUT_MUNICIPALITY_PREFIX, all_topics
+
+
+DEMO_GPS = ("100001", "100002")  # the scenario's GPs (ydernumre), one GP system for both
+GP_SECRET_ENV = "STAFET_SECRET_DEMO_GP"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _demo_registry(settings: Settings, gp: Receiver) -> Settings:
+    """Municipalities read Kafka (the default), the GPs' system takes REST, letters go to the
+    outbox: the registry a region would start with."""
+    path = PROJECT_ROOT / ".stafet" / "demo" / "subscribers.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gps = "".join(
+        f'[[subscriber]]\nid = "gp-{y}"\nname = "GP {y} (demo)"\nparty = "referrer"\n'
+        f'topic = "out.referrer"\nrecipients = ["urn:oid:1.2.208.176.1.4|{y}"]\n'
+        f'delivery = "rest"\nurl = "{gp.url}"\nsecret_env = "{GP_SECRET_ENV}"\n\n'
+        for y in DEMO_GPS)
+    path.write_text('[defaults]\nmunicipalities = "kafka"\n\n' + gps +
+                    '[[subscriber]]\nid = "letters"\nname = "Brevservice (demo)"\n'
+                    'party = "letter-service"\ndelivery = "letter"\ntopic = "out.letter"\n',
+                    encoding="utf-8")
+    return settings.model_copy(update={"subscribers_file": path})
 
 
 def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
@@ -22,28 +53,75 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
     steps = synthetic_day(run_id)
     referrals = referral_day(run_id)
     watched = [t for t in all_topics() if t.startswith("out.")] + list(DLQ_TOPICS)
-    click.echo("Starting Kafka, the stream worker and the MLLP listener …")
-    with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs"):
-        start = end_offsets(settings, watched)
-        click.echo(f"\nA day in child psychiatry ({len(steps)} HL7 v2 messages over MLLP, "
-                   f"{settings.mllp_host}:{settings.mllp_port}):")
-        with MllpClient(settings.mllp_host, settings.mllp_port) as client:
-            for step in steps:
-                ack = ack_fields(client.send(step.message))
-                note = f"  ({ack['error_text']})" if ack["error_text"] else ""
-                click.echo(f"  {ack['code']}  {step.description}{note}")
-            click.echo(f"\nReferrals to child and adolescent psychiatry ({len(referrals)} HL7 "
-                       "v2 REF/RRI messages, two of six rejected):")
-            for ref in referrals:
-                ack = ack_fields(client.send(ref.message))
-                click.echo(f"  {ack['code']}  {ref.description}")
-        expected = len(steps) + sum(len(r.expected) for r in referrals)
-        click.echo("\nWaiting for the worker to build and route the messages …")
-        received = read_topics(settings, start, until=expected, timeout_s=timeout_s)
-        received += read_topics(settings,
-                                 {tp: o for tp, o in end_offsets(settings, watched).items()},
-                                 idle_s=0.5, timeout_s=2)  # anything extra would show here
-    return min(1, _report(steps, received) + _report_referrals(referrals, received))
+    os.environ[GP_SECRET_ENV] = secrets.token_hex(16)  # inherited by `stafet deliver`
+    gp = Receiver(_free_port(), os.environ[GP_SECRET_ENV],
+                  f"http://{settings.fhir_host}:{settings.fhir_port}/fhir/$process-message")
+    settings = _demo_registry(settings, gp)
+    gp.start()
+    click.echo("Starting Kafka, the stream worker, the MLLP and FHIR listeners and delivery …")
+    try:
+        with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs"):
+            start = end_offsets(settings, watched)
+            click.echo(f"\nA day in child psychiatry ({len(steps)} HL7 v2 messages over MLLP, "
+                       f"{settings.mllp_host}:{settings.mllp_port}):")
+            with MllpClient(settings.mllp_host, settings.mllp_port) as client:
+                for step in steps:
+                    ack = ack_fields(client.send(step.message))
+                    note = f"  ({ack['error_text']})" if ack["error_text"] else ""
+                    click.echo(f"  {ack['code']}  {step.description}{note}")
+                click.echo(f"\nReferrals to child and adolescent psychiatry ({len(referrals)} "
+                           "HL7 v2 REF/RRI messages, two of six rejected):")
+                for ref in referrals:
+                    ack = ack_fields(client.send(ref.message))
+                    click.echo(f"  {ack['code']}  {ref.description}")
+            expected = len(steps) + sum(len(r.expected) for r in referrals)
+            click.echo("\nWaiting for the worker to build and route the messages …")
+            received = read_topics(settings, start, until=expected, timeout_s=timeout_s)
+            received += read_topics(settings,
+                                     {tp: o for tp, o in end_offsets(settings, watched).items()},
+                                     idle_s=0.5, timeout_s=2)  # anything extra would show here
+            failed = _report(steps, received) + _report_referrals(referrals, received)
+            failed += _report_delivery(settings, referrals, timeout_s=90.0)
+    finally:
+        gp.stop()
+    return min(1, failed)
+
+
+def _report_delivery(settings: Settings, referrals: list[ReferralStep],
+                     timeout_s: float) -> int:
+    """The audit trail of each rejection: every recipient, delivered when, acknowledged when."""
+    from stafet.audit import query, summarize as audit_rows
+
+    rejected = sorted({r.referral_id for r in referrals if r.rejections})
+    want = {ref: sum(r.rejections for r in referrals if r.referral_id == ref) for ref in rejected}
+    rows: dict[str, list] = {}  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = {ref: [r for r in audit_rows(query(settings, referral_id=ref))
+                      if r["kind"] == "rejection"] for ref in rejected}
+        if all(len(rows[ref]) == want[ref] and all(_settled(r) for r in rows[ref])
+               for ref in rejected):
+            break
+        time.sleep(1.0)
+    click.echo("\nDelivery audit of the rejections (`stafet audit --referral <id>`):")
+    ok = True
+    for ref in rejected:
+        click.echo(f"\n  referral {ref}")
+        for r in sorted(rows[ref], key=lambda r: (r["subscriber"], r["recipient_kind"])):
+            click.echo(f"    {r['subscriber']:<20} {r['recipient_kind']:<18} {r['status']:<13} "
+                       f"sent {r['delivered_at'] or '-':<29} ack {r['ack'] or '-'} "
+                       f"{r['ack_at'] or ''}")
+        ok &= len(rows[ref]) == want[ref] and all(_settled(r) for r in rows[ref])
+    click.echo(f"\nevery recipient of every rejection delivered (REST: acknowledged): "
+               f"{'OK' if ok else 'MISSING'}")
+    return 0 if ok else 1
+
+
+def _settled(row: dict) -> bool:  # type: ignore[type-arg]
+    """REST rows must be acknowledged, the letter outbox delivered, Kafka readers' topics have it."""
+    if row["subscriber"].startswith("gp-"):
+        return row["status"] == "acknowledged"
+    return row["status"] == ("delivered" if row["subscriber"] == "letters" else "published")
 
 
 def _report_referrals(referrals: list[ReferralStep], received: list) -> int:  # type: ignore[type-arg]

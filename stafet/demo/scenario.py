@@ -95,6 +95,12 @@ class ReferralStep:
     description: str
     message: bytes
     expected: tuple[tuple[str, str, str], ...]  # (topic, recipient kind, letter kind)
+    referral_id: str = ""
+
+    @property
+    def rejections(self) -> int:
+        """How many rejection alerts this step should cause (one per recipient)."""
+        return sum(1 for e in self.expected if e[2] == "rejection")
 
 
 def referral_day(run_id: str, day: str = "20261123") -> list[ReferralStep]:
@@ -108,7 +114,7 @@ def referral_day(run_id: str, day: str = "20261123") -> list[ReferralStep]:
                                control_id=f"{run_id}-R{ref_no}", event_time=f"{day}{time}",
                                providers=[gp, unit, *units], guardians=guardians,
                                notes={"NOTE": "Mistrivsel, angst og skolefravær"})
-        steps.append(ReferralStep(desc, msg, expected))
+        steps.append(ReferralStep(desc, msg, expected, f"{run_id}-HEN{ref_no}"))
 
     def rri(desc, child_id, ref_no, unit, status, time, expected, reason=None, alt=None,  # type: ignore[no-untyped-def]
             resp=None, forward_to=None):
@@ -119,7 +125,7 @@ def referral_day(run_id: str, day: str = "20261123") -> list[ReferralStep]:
                                control_id=f"{run_id}-D{ref_no}", event_time=f"{day}{time}",
                                providers=providers, status=status, reason=reason, notes=notes,
                                contact=CONTACT)
-        steps.append(ReferralStep(desc, msg, expected))
+        steps.append(ReferralStep(desc, msg, expected, f"{run_id}-HEN{ref_no}"))
 
     rikke_guardians = [("GUARD", None, "1502779995"), ("MTH", None, "2911829996")]
     receipt = (("out.referrer", "gp", "receipt"),)

@@ -11,7 +11,9 @@ from typing import Any
 
 from stafet.config import Settings
 from stafet.connectors.replay import rewind_group
-from stafet.stack import Service, settings_env
+from stafet.kafka_client import as_admin
+from stafet.kafka_security import DELIVERY
+from stafet.stack import Service, service_env, settings_env
 from stafet.subscribers import load_registry
 
 from .conftest import free_port
@@ -35,7 +37,7 @@ class DeliveryEnv:
     settings: Settings
     receivers: dict[str, Receiver]
     service: Service
-    env: dict[str, str]
+    env: dict[str, str]  # for `stafet` commands an operator runs (the admin principal)
     root: Path
 
 
@@ -71,12 +73,14 @@ def running_delivery(stack: Any, root: Path, rest: dict[str, Rest],
         "delivery_retry_budget_s": 300.0, "ack_check_interval_s": 0.5, **overrides})
     now_ms = int(time.time() * 1000)
     for s in load_registry(registry_file).pushed():  # from now on, not the session's history
-        rewind_group(settings, s, s.group_id, now_ms)
-    env = {**settings_env(settings), **{_env_name(sid): r.secret for sid, r in receivers.items()}}
+        rewind_group(as_admin(settings), s, s.group_id, now_ms)
+    secrets = {_env_name(sid): r.secret for sid, r in receivers.items()}
+    env = {**settings_env(as_admin(settings)), **secrets}
     for sid, r in receivers.items():
         if not rest[sid].starts_down:
             r.start()
-    service = Service("deliver", ["deliver"], root / "deliver.log", env)
+    service = Service("deliver", ["deliver"], root / "deliver.log",
+                      {**service_env(settings, DELIVERY), **secrets})
     service.start()
     time.sleep(3.0)  # it replays the audit trail and joins its groups
     assert service.alive(), (root / "deliver.log").read_text()

@@ -99,10 +99,10 @@ def test_a_dead_endpoint_delays_only_its_own_subscriber_then_catches_up_in_order
 
 
 def _read_all(settings, topic: str) -> list:
-    from stafet.kafka_client import client_config
+    from stafet.kafka_client import as_admin, client_config
     from stafet.topic_reader import read_to_end
 
-    return list(read_to_end(client_config(settings), topic))
+    return list(read_to_end(client_config(as_admin(settings)), topic))
 
 
 def test_an_acknowledgement_that_never_comes_means_two_resends_then_dlq_and_alert(stack, delivery):
@@ -222,6 +222,8 @@ def test_replay_since_a_time_resends_the_same_messages_with_the_same_ids(stack, 
 def test_a_kafka_subscriber_group_is_rewound_to_a_time(stack, delivery):
     from confluent_kafka import Consumer
 
+    from stafet.kafka_client import as_admin, client_config
+
     settings, _, _, env, _ = delivery
     group = f"municipality-0461-{uuid.uuid4().hex[:6]}"  # PiaBerggren lives in Odense (0461)
     t0 = datetime.now(timezone.utc).isoformat()
@@ -230,8 +232,8 @@ def test_a_kafka_subscriber_group_is_rewound_to_a_time(stack, delivery):
         assert stack.send(m)["code"] == "AA"
 
     def read_ids() -> list[str]:
-        consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group,
-                             "auto.offset.reset": "latest", "enable.auto.commit": False})
+        consumer = Consumer(client_config(as_admin(settings), **{
+            "group.id": group, "auto.offset.reset": "latest", "enable.auto.commit": False}))
         consumer.subscribe(["out.municipality.0461"])
         seen, deadline = [], time.monotonic() + 30
         try:

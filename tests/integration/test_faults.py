@@ -18,7 +18,8 @@ import pytest
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.hl7v2 import parse_adt
-from stafet.stack import Service, settings_env
+from stafet.kafka_security import WORKER
+from stafet.stack import Service, service_env
 from stafet.streams.hospitalnotification import message_header_id
 
 from .delivery_env import Rest, running_delivery
@@ -71,7 +72,7 @@ def test_every_admission_arrives_through_kills_a_rebalance_and_a_broker_restart(
     with running_delivery(stack, tmp_path, {"hilleroed": Rest(municipality="0219")},
                           ack_timeout_s=20.0) as delivery:
         second = Service("worker2", ["worker"], tmp_path / "worker2.log", {
-            **settings_env(stack.settings), "STAFET_WORKER_DATA_DIR": str(tmp_path / "w2")})
+            **service_env(stack.settings, WORKER), "STAFET_WORKER_DATA_DIR": str(tmp_path / "w2")})
         stack.services["worker2"] = second
         n = len(messages)
         try:

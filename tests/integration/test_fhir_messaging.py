@@ -15,6 +15,7 @@ from stafet.topics import ACKS_INBOUND, INGEST_FHIR
 
 from .test_fhir_api import Running, api, http  # noqa: F401  (the module's listener fixture)
 from stafet.demo.inbox import end_offsets, read_topics
+from stafet.kafka_client import as_admin
 
 
 def _ack(acknowledged: str, code: str = "ok", bundle_id: str | None = None) -> dict:
@@ -27,13 +28,13 @@ def _ack(acknowledged: str, code: str = "ok", bundle_id: str | None = None) -> d
 
 
 def _stored(stack, since, topic: str, header_id: str) -> list:
-    records = read_topics(stack.settings.bootstrap, since, idle_s=1.5, timeout_s=20)
+    records = read_topics(as_admin(stack.settings), since, idle_s=1.5, timeout_s=20)
     return [r for r in records if r.topic == topic
             and r.headers.get("stafet.in_message_id", b"").decode() == header_id]
 
 
 def _marks(stack):
-    return end_offsets(stack.settings.bootstrap, [ACKS_INBOUND, INGEST_FHIR])
+    return end_offsets(as_admin(stack.settings), [ACKS_INBOUND, INGEST_FHIR])
 
 
 def test_an_acknowledgement_is_stored_once_and_a_duplicate_gets_the_same_answer(api, stack):
