@@ -7,6 +7,8 @@ single ``recv`` and can return half an ACK, so this one reads until the end bloc
 from __future__ import annotations
 
 import socket
+import ssl
+from pathlib import Path
 
 START, END = b"\x0b", b"\x1c\x0d"
 
@@ -14,8 +16,22 @@ START, END = b"\x0b", b"\x1c\x0d"
 class MllpClient:
     """One TCP connection to an MLLP listener; usable as a context manager."""
 
-    def __init__(self, host: str, port: int, timeout_s: float = 30.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+    def __init__(self, host: str, port: int, timeout_s: float = 30.0, *,
+                 tls_ca: Path | None = None, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> None:
+        """``tls_ca``: speak TLS and trust this CA; ``tls_cert``/``tls_key``: present a client
+        certificate (for a listener that requires mutual TLS)."""
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+        if tls_ca is not None:
+            context = ssl.create_default_context(cafile=str(tls_ca))
+            if tls_cert is not None:
+                context.load_cert_chain(tls_cert, tls_key)
+            try:
+                sock = context.wrap_socket(sock, server_hostname=host)
+            except (ssl.SSLError, OSError):
+                sock.close()
+                raise
+        self.sock = sock
         self._buffer = b""
 
     def __enter__(self) -> MllpClient:

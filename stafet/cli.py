@@ -169,12 +169,19 @@ def demo(timeout: float) -> None:
 @click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
-def send(files: tuple[Path, ...], host: str | None, port: int | None) -> None:
+@click.option("--tls-ca", type=click.Path(exists=True, path_type=Path), default=None,
+              help="MLLP over TLS: trust this CA (PEM)")
+@click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), default=None,
+              help="client certificate (PEM, may hold the key) for mutual TLS")
+@click.option("--tls-key", type=click.Path(exists=True, path_type=Path), default=None)
+def send(files: tuple[Path, ...], host: str | None, port: int | None, tls_ca: Path | None,
+         tls_cert: Path | None, tls_key: Path | None) -> None:
     """Send HL7 v2 files over MLLP (one message per file, segments on lines) and print each ACK."""
     from stafet.connectors.mllp_client import MllpClient, ack_fields
 
     settings = get_settings()
-    with MllpClient(host or settings.mllp_host, port or settings.mllp_port) as client:
+    with MllpClient(host or settings.mllp_host, port or settings.mllp_port, tls_ca=tls_ca,
+                    tls_cert=tls_cert, tls_key=tls_key) as client:
         for path in files:
             raw = path.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r")
             ack = ack_fields(client.send(raw + b"\r"))

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     mllp_produce_timeout_s: float = Field(
         10.0, description="wait this long for the broker's ack before answering AE"
     )
+    mllp_tls_cert: Path | None = Field(
+        None, description="PEM certificate chain (and key, unless mllp_tls_key): MLLP over TLS"
+    )
+    mllp_tls_key: Path | None = Field(None, description="PEM private key of mllp_tls_cert")
+    mllp_tls_client_ca: Path | None = Field(
+        None, description="require client certificates signed by this CA (mutual TLS)"
+    )
     receiving_application: str = "STAFET"
     receiving_facility: str = "STAFET"
 

@@ -1,0 +1,87 @@
+"""MLLP over TLS (optional, ``STAFET_MLLP_TLS_CERT``): a sender that trusts the CA gets its AA
+over an encrypted socket; with ``STAFET_MLLP_TLS_CLIENT_CA`` a sender without a client
+certificate is turned away at the handshake; plaintext on a TLS port gets no ACK."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import uuid
+
+import pytest
+
+from stafet.connectors.mllp import MllpListener
+from stafet.connectors.mllp_client import MllpClient, ack_fields
+from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from stafet.kafka_client import as_admin
+from stafet.kafka_credentials import ensure_tls
+
+from .conftest import free_port
+
+HOSPITAL = Hospital("BUC Test", "600000000000099")
+
+
+def _message() -> bytes:
+    cid = f"TLS-{uuid.uuid4().hex[:10]}"
+    return adt("A01", medcom_test_patients()["RikkeBerggren"], hospital=HOSPITAL, control_id=cid,
+               visit=f"V-{cid}", event_time="202612011000", admit_time="202612010800")
+
+
+class Serving:
+    """An MllpListener on its own event loop in a thread."""
+
+    def __init__(self, settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.listener = MllpListener(settings)
+        asyncio.run_coroutine_threadsafe(self.listener.start(), self.loop).result(30)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.listener.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    return ensure_tls(tmp_path_factory.mktemp("mllp-tls"))
+
+
+def test_mllp_over_tls_and_plaintext_is_refused(stack, tls):
+    settings = as_admin(stack.settings).model_copy(update={
+        "mllp_port": free_port(), "mllp_tls_cert": tls.keystore})
+    serving = Serving(settings)
+    try:
+        with MllpClient("127.0.0.1", settings.mllp_port, tls_ca=tls.ca) as client:
+            assert isinstance(client.sock, ssl.SSLSocket)
+            ack = ack_fields(client.send(_message()))
+        assert ack["code"] == "AA", ack
+
+        with pytest.raises((ConnectionError, OSError)):  # no TLS: the handshake never happens
+            with MllpClient("127.0.0.1", settings.mllp_port, timeout_s=5.0) as plain:
+                plain.send(_message())
+        with pytest.raises(ssl.SSLError):  # a CA we do not trust: refused by the client
+            other = ensure_tls(tls.ca.parent / "other")
+            MllpClient("127.0.0.1", settings.mllp_port, tls_ca=other.ca)
+    finally:
+        serving.close()
+
+
+def test_mutual_tls_turns_away_a_sender_without_a_certificate(stack, tls):
+    settings = as_admin(stack.settings).model_copy(update={
+        "mllp_port": free_port(), "mllp_tls_cert": tls.keystore, "mllp_tls_client_ca": tls.ca})
+    serving = Serving(settings)
+    try:
+        # the local CA's certificate is also a client certificate (clientAuth usage)
+        with MllpClient("127.0.0.1", settings.mllp_port, tls_ca=tls.ca,
+                        tls_cert=tls.keystore) as client:
+            assert ack_fields(client.send(_message()))["code"] == "AA"
+        with pytest.raises((ssl.SSLError, ConnectionError, socket.timeout, OSError)):
+            with MllpClient("127.0.0.1", settings.mllp_port, tls_ca=tls.ca,
+                            timeout_s=5.0) as anonymous:
+                anonymous.send(_message())  # TLS 1.3: the refusal arrives on first use
+    finally:
+        serving.close()
