@@ -35,6 +35,7 @@ from stafet.config import Settings
 from stafet.connectors.fhir_messaging import SeenMessages, process_message
 from stafet.connectors.fhir_openapi import openapi
 from stafet.connectors.producer import DurableProducer
+from stafet.connectors.tls import server_context
 from stafet.cpr import mask_cpr
 from stafet.errors import DeliveryError, StafetError
 from stafet.kafka_client import KafkaTarget, resolve_config
@@ -244,7 +245,10 @@ class FhirListener:
             log.error("fhir.seen_messages_not_loaded", error=str(exc))
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.settings.fhir_host, self.settings.fhir_port)
+        tls = server_context(self.settings.fhir_tls_cert, self.settings.fhir_tls_key,
+                             self.settings.fhir_tls_client_ca)
+        self._site = web.TCPSite(self._runner, self.settings.fhir_host, self.settings.fhir_port,
+                                 ssl_context=tls)
         await self._site.start()
         log.info("fhir.listening", host=self.settings.fhir_host, port=self.port)
 

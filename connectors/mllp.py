@@ -12,7 +12,6 @@ sender may pipeline; many connections are served concurrently.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from datetime import datetime, timezone
 
 from hl7.mllp import start_hl7_server
@@ -20,6 +19,7 @@ from hl7.mllp import start_hl7_server
 from stafet.config import Settings
 from stafet.connectors.hl7_ack import build_ack
 from stafet.connectors.producer import DurableProducer
+from stafet.connectors.tls import server_context
 from stafet.cpr import mask_cpr
 from stafet.errors import DeliveryError
 from stafet.hl7v2 import Hl7Error, RawHeader, decode, read_header
@@ -49,7 +49,8 @@ class MllpListener:
         self._secret = settings.patient_key_secret.get_secret_value()
 
     async def start(self) -> None:
-        tls = server_tls_context(self.settings)
+        tls = server_context(self.settings.mllp_tls_cert, self.settings.mllp_tls_key,
+                             self.settings.mllp_tls_client_ca)
         self._server = await start_hl7_server(
             self._serve, host=self.settings.mllp_host, port=self.settings.mllp_port,
             limit=self.settings.mllp_max_message_bytes, ssl=tls,
@@ -188,20 +189,6 @@ def _try_header(data: bytes, default_charset: str) -> RawHeader | None:
             return read_header(data.replace(b"\n", b"\r"), default_charset, strict=False)
         except Hl7Error:
             return None
-
-
-def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """TLS for the listener when a certificate is configured (TLS 1.2+); with a client CA,
-    senders must present a certificate it signed (mutual TLS)."""
-    if settings.mllp_tls_cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.mllp_tls_cert, settings.mllp_tls_key)
-    if settings.mllp_tls_client_ca is not None:
-        context.load_verify_locations(settings.mllp_tls_client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 async def run(settings: Settings) -> None:

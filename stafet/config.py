@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     fhir_port: int = 8080
     fhir_max_body_bytes: int = Field(1_048_576, description="larger bodies get 413")
     fhir_produce_timeout_s: float = Field(10.0, description="then 503, the client retries")
+    fhir_tls_cert: Path | None = Field(None, description="PEM certificate chain (+ key): HTTPS")
+    fhir_tls_key: Path | None = Field(None, description="PEM private key of fhir_tls_cert")
+    fhir_tls_client_ca: Path | None = Field(
+        None, description="require client certificates signed by this CA (mutual TLS)"
+    )
 
     # --- stream worker -------------------------------------------------------------------
     app_id: str = "stafet"

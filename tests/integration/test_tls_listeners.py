@@ -1,6 +1,7 @@
-"""MLLP over TLS (optional, ``STAFET_MLLP_TLS_CERT``): a sender that trusts the CA gets its AA
-over an encrypted socket; with ``STAFET_MLLP_TLS_CLIENT_CA`` a sender without a client
-certificate is turned away at the handshake; plaintext on a TLS port gets no ACK."""
+"""TLS on the listeners (optional). MLLP (``STAFET_MLLP_TLS_CERT``): a sender that trusts the CA
+gets its AA over an encrypted socket; with ``STAFET_MLLP_TLS_CLIENT_CA`` a sender without a
+client certificate is turned away at the handshake; plaintext on a TLS port gets no ACK. FHIR
+(``STAFET_FHIR_TLS_*``): the same over HTTPS — only a client with a certificate gets in."""
 
 from __future__ import annotations
 
@@ -85,3 +86,38 @@ def test_mutual_tls_turns_away_a_sender_without_a_certificate(stack, tls):
                 anonymous.send(_message())  # TLS 1.3: the refusal arrives on first use
     finally:
         serving.close()
+
+
+def _post(url: str, body: bytes, context: ssl.SSLContext) -> int:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body,
+                                     headers={"Content-Type": "application/fhir+json"})
+    with urllib.request.urlopen(request, timeout=30, context=context) as response:
+        return response.status
+
+
+def test_fhir_over_mutual_tls(stack, tls):
+    import json
+
+    from stafet.connectors.fhir_http import FhirListener
+    from stafet.connectors.medcom_ack import MessageIds, build_ack
+
+    from .test_fhir_api import Running
+
+    settings = as_admin(stack.settings).model_copy(update={
+        "fhir_port": 0, "fhir_tls_cert": tls.keystore, "fhir_tls_client_ca": tls.ca})
+    running = Running(FhirListener(settings))
+    url = f"https://127.0.0.1:{running.listener.port}/fhir/$process-message"
+    ack = build_ack(MessageIds(str(uuid.uuid4()), str(uuid.uuid4()), "x"), "ok",
+                    sender_endpoint="https://kommune.example", receiver_endpoint="https://stafet")
+    body = json.dumps(ack).encode()
+    try:
+        with_cert = ssl.create_default_context(cafile=str(tls.ca))
+        with_cert.load_cert_chain(tls.keystore)
+        assert _post(url, body, with_cert) == 200
+        without = ssl.create_default_context(cafile=str(tls.ca))
+        with pytest.raises(OSError):  # URLError / SSLError / reset: no certificate, no entry
+            _post(url, body, without)
+    finally:
+        running.close()
