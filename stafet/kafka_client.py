@@ -48,7 +48,10 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 
 def as_admin(settings: Settings) -> Settings:
-    """The same settings as the local broker's super user (tooling: start, provision, topics)."""
+    """The same settings as the local broker's super user (tooling: start, provision, topics);
+    plaintext settings are returned as they are."""
+    if settings.kafka_security != "sasl_ssl":
+        return settings
     return settings.model_copy(update={"kafka_username": ADMIN,
                                        "kafka_password": password_for(settings, ADMIN)})
 

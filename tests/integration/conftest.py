@@ -17,9 +17,11 @@ import pytest
 from stafet.config import Settings
 from stafet.connectors.mllp_client import MllpClient, ack_fields
 from stafet.demo.inbox import Received, end_offsets, read_topics
+from stafet.kafka_client import as_admin
 from stafet.kafka_local import LocalKafka
-from stafet.stack import Service, settings_env, wait_for_port
-from stafet.topics import DLQ_TOPICS, all_topics, ensure_topics
+from stafet.kafka_security import FHIR, MLLP, WORKER
+from stafet.stack import Service, prepare_kafka, service_env, wait_for_port
+from stafet.topics import DLQ_TOPICS, all_topics
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +51,11 @@ class Stack:
 
     def marks(self) -> dict[tuple[str, int], int]:
         """End offsets of every out.* and dlq.* topic: 'now', to read what comes after."""
-        return end_offsets(self.settings.bootstrap, self.watched)
+        return end_offsets(as_admin(self.settings), self.watched)
 
     def read(self, since: dict[tuple[str, int], int], *, until: int | None = None,
              idle_s: float = 2.0, timeout_s: float = 90.0) -> list[Received]:
-        return read_topics(self.settings.bootstrap, since, until=until, idle_s=idle_s,
+        return read_topics(as_admin(self.settings), since, until=until, idle_s=idle_s,
                            timeout_s=timeout_s)
 
     def restart_worker(self, *, kill: bool) -> None:
@@ -74,12 +76,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     kafka = LocalKafka.from_settings(settings)
     kafka.start()
-    ensure_topics(settings.bootstrap, settings.partitions)
-    env = settings_env(settings)
+    prepare_kafka(settings)  # topics; with STAFET_KAFKA_SECURITY=sasl_ssl also users and ACLs
     services = {
-        "worker": Service("worker", ["worker"], root / "logs" / "worker.log", env),
-        "mllp": Service("mllp", ["mllp"], root / "logs" / "mllp.log", env),
-        "fhir": Service("fhir", ["fhir"], root / "logs" / "fhir.log", env),
+        "worker": Service("worker", ["worker"], root / "logs" / "worker.log",
+                          service_env(settings, WORKER)),
+        "mllp": Service("mllp", ["mllp"], root / "logs" / "mllp.log", service_env(settings, MLLP)),
+        "fhir": Service("fhir", ["fhir"], root / "logs" / "fhir.log", service_env(settings, FHIR)),
     }
     try:
         for service in services.values():

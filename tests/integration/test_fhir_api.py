@@ -22,6 +22,7 @@ from stafet.demo import fhir_samples as s
 from stafet.demo.inbox import Received, end_offsets, read_topics
 from stafet.fhir_referral import parse_fhir_referral
 from stafet.ids import patient_key
+from stafet.kafka_client import as_admin
 from stafet.topics import DLQ_FHIR, H_EVENT_ID, H_REASON, H_SOURCE, H_STAGE, INGEST_FHIR
 
 from .conftest import free_port
@@ -81,11 +82,11 @@ def api(stack) -> Iterator[Running]:
 
 
 def marks(stack) -> dict[tuple[str, int], int]:
-    return end_offsets(stack.settings.bootstrap, [INGEST_FHIR, DLQ_FHIR])
+    return end_offsets(as_admin(stack.settings), [INGEST_FHIR, DLQ_FHIR])
 
 
 def records(stack, since, *, until: int) -> list[Received]:
-    return read_topics(stack.settings.bootstrap, since, until=until, timeout_s=30)
+    return read_topics(as_admin(stack.settings), since, until=until, timeout_s=30)
 
 
 def new_id() -> str:
