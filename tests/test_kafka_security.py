@@ -81,7 +81,9 @@ def _secure(tmp_path: Path, **kw: object) -> Settings:
 
 
 def test_plaintext_broker_config_has_no_security_block(tmp_path: Path) -> None:
-    text = LocalKafka.from_settings(Settings(kafka_home=tmp_path)).render_config()
+    settings = Settings(kafka_security="plaintext", kafka_home=tmp_path, kafka_port=9092,
+                        kafka_controller_port=9093)
+    text = LocalKafka.from_settings(settings).render_config()
     assert "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093" in text
     assert "authorizer" not in text and "${" not in text
 
@@ -104,7 +106,7 @@ def test_secure_broker_config_authenticates_every_listener(tmp_path: Path) -> No
 
 
 def test_client_config_plaintext_and_secure(tmp_path: Path) -> None:
-    assert client_config(Settings(kafka_port=1234), acks="all") == {
+    assert client_config(Settings(kafka_security="plaintext", kafka_port=1234), acks="all") == {
         "bootstrap.servers": "127.0.0.1:1234", "acks": "all"}
     settings = _secure(tmp_path, kafka_username="municipality-0751", kafka_password="pw-0751")
     config = client_config(settings)
@@ -120,7 +122,7 @@ def test_client_config_plaintext_and_secure(tmp_path: Path) -> None:
 
 
 def test_faust_gets_scram_over_tls(tmp_path: Path) -> None:
-    assert faust_broker_kwargs(Settings()) == {}
+    assert faust_broker_kwargs(Settings(kafka_security="plaintext")) == {}
     settings = _secure(tmp_path, kafka_username=WORKER, kafka_password="pw-worker-1")
     ensure_tls(settings.tls_dir)
     credentials = faust_broker_kwargs(settings)["broker_credentials"]
@@ -157,4 +159,4 @@ def test_each_service_gets_its_own_principal_never_the_admin_password(tmp_path: 
     assert env["STAFET_KAFKA_PASSWORD"] == stored_password(settings.secrets_dir, MLLP)\
         .get_secret_value()
     assert "admin-secret" not in env.values()
-    assert "STAFET_KAFKA_PASSWORD" not in service_env(Settings(), MLLP)
+    assert "STAFET_KAFKA_PASSWORD" not in service_env(Settings(kafka_security="plaintext"), MLLP)
