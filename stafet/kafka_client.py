@@ -33,6 +33,14 @@ def password_for(settings: Settings, principal: str) -> SecretStr:
     return stored_password(settings.secrets_dir, principal)
 
 
+def ca_location(settings: Settings) -> str | None:
+    """The CA file to trust: the configured one, else the local broker's CA once it exists,
+    else None (the system trust store: a broker with a publicly signed certificate)."""
+    if settings.kafka_ca_file is not None:
+        return str(settings.kafka_ca_file)
+    return str(settings.ca_file) if settings.ca_file.exists() else None
+
+
 def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """confluent-kafka configuration for this process's principal, plus ``extra``."""
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap}
@@ -42,8 +50,9 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
             "sasl.mechanisms": SCRAM_MECHANISM,
             "sasl.username": settings.kafka_username,
             "sasl.password": password_for(settings, settings.kafka_username).get_secret_value(),
-            "ssl.ca.location": str(settings.ca_file),
         })
+        if (ca := ca_location(settings)) is not None:
+            config["ssl.ca.location"] = ca
     return {**config, **extra}
 
 
@@ -77,7 +86,7 @@ def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
         return {}
     import faust
 
-    context = ssl.create_default_context(cafile=str(settings.ca_file))
+    context = ssl.create_default_context(cafile=ca_location(settings))
     credentials = faust.SASLCredentials(
         username=settings.kafka_username,
         password=password_for(settings, settings.kafka_username).get_secret_value(),

@@ -109,6 +109,8 @@ def test_client_config_plaintext_and_secure(tmp_path: Path) -> None:
     assert client_config(Settings(kafka_security="plaintext", kafka_port=1234), acks="all") == {
         "bootstrap.servers": "127.0.0.1:1234", "acks": "all"}
     settings = _secure(tmp_path, kafka_username="municipality-0751", kafka_password="pw-0751")
+    assert "ssl.ca.location" not in client_config(settings)  # no local CA: system trust store
+    ensure_tls(settings.tls_dir)
     config = client_config(settings)
     assert config["security.protocol"] == "SASL_SSL"
     assert config["sasl.mechanisms"] == "SCRAM-SHA-512"
