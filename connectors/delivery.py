@@ -116,32 +116,48 @@ class SubscriberSink:
                                  [self.subscriber.out_topic])
         try:
             while not stop.is_set():
-                messages = await consumer.poll(max_records=50)
+                messages = await consumer.poll(max_records=100)
+                audits: list[asyncio.Future[None]] = []
+                finished = True
                 for msg in messages:
                     record = OutRecord.from_message(msg)
                     if self.subscriber.takes(record.topic, record.recipient):
-                        if not await self.deliver(record, stop):
-                            return  # stopping mid-retry: not committed, redelivered next time
-                        await consumer.commit(msg)
+                        if not await self.deliver(record, stop, audits):
+                            finished = False  # stopping mid-retry: redelivered next time
+                            break
+                # every outcome of the batch is on the audit topic before the offsets move
+                failures = [r for r in await asyncio.gather(*audits, return_exceptions=True)
+                            if isinstance(r, BaseException)]
+                if failures:
+                    raise failures[0]
+                if not finished:
+                    return
                 if messages:
-                    await consumer.commit()  # records for other recipients, skipped
+                    await consumer.commit()
         finally:
             await consumer.close()
 
-    async def deliver(self, record: OutRecord, stop: asyncio.Event) -> bool:
-        """Deliver with retries until delivered or dead-lettered (True), or stopping (False)."""
+    async def deliver(self, record: OutRecord, stop: asyncio.Event,
+                      audits: list[asyncio.Future[None]] | None = None) -> bool:
+        """Deliver with retries until delivered or dead-lettered (True), or stopping (False).
+        The ``delivered`` audit line is written in the background into ``audits`` (the caller
+        awaits them before it commits); failures and dead letters are awaited here."""
         sid, started = self.subscriber.id, asyncio.get_running_loop().time()
         attempt = 0
         while True:
             attempt += 1
             outcome = await self.channel.send(record.value, record, attempt)
             if outcome.delivered:
-                await self.recorder.audit(record.audit("delivered", sid, attempt=attempt,
-                                                       detail=outcome.detail), record.key)
+                line = self.recorder.audit(record.audit("delivered", sid, attempt=attempt,
+                                                        detail=outcome.detail), record.key)
+                if audits is None:
+                    await line
+                else:
+                    audits.append(asyncio.ensure_future(line))
                 if self.tracker is not None:
                     self.tracker.expect(sid, record)
-                log.info("delivery.delivered", subscriber=sid, message_id=record.message_id,
-                         attempt=attempt)
+                log.debug("delivery.delivered", subscriber=sid, message_id=record.message_id,
+                          attempt=attempt)
                 return True
             elapsed = asyncio.get_running_loop().time() - started
             if not outcome.retry or elapsed >= self.settings.delivery_retry_budget_s:

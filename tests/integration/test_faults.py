@@ -48,6 +48,13 @@ def _send_until_accepted(stack, message: bytes, timeout_s: float = 120.0) -> int
     raise AssertionError("the message was never accepted")
 
 
+def _tail(path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])[-6000:]
+    except OSError:
+        return "(no log)"
+
+
 def _supervise(services: dict[str, Service]) -> None:
     """What `stafet up` (or systemd) does: start a service that exited."""
     for service in services.values():
@@ -106,7 +113,11 @@ def test_every_admission_arrives_through_kills_a_rebalance_and_a_broker_restart(
 
         got = [r for r in receiver.received if r.header_id in expected]
         missing = set(expected) - {r.header_id for r in got}
-        assert not missing, f"{len(missing)} of {len(expected)} never arrived"
+        assert not missing, (
+            f"{len(missing)} of {len(expected)} never arrived (first missing: "
+            f"{sorted(expected[m] for m in missing)[:5]}); worker log tail:\n"
+            + _tail(stack.log_dir / "worker.log") + "\ndeliver log tail:\n"
+            + _tail(tmp_path / "deliver.log"))
         everything = {r.header_id for r in receiver.received}  # only this test sends to 0219 now
         assert everything == set(expected), "no message id other than the expected ones"
         repeats = Counter(r.header_id for r in got)
