@@ -32,7 +32,7 @@ from aiohttp import web
 from bench.run import free_port, percentiles
 from stafet.config import Settings
 from stafet.connectors.delivery import DeliveryService
-from stafet.connectors.delivery_sinks import SIGNATURE_HEADER, verify
+from stafet.connectors.delivery_sinks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from stafet.connectors.producer import DurableProducer
 from stafet.kafka_local import LocalKafka
 from stafet.subscribers import parse_registry
@@ -56,7 +56,8 @@ class Endpoint:
         body = await request.read()
         if time.time() < self.down_until:
             return web.Response(status=503)
-        if not verify(self.secret, body, request.headers.get(SIGNATURE_HEADER)):
+        if not verify(self.secret, body, request.headers.get(SIGNATURE_HEADER),
+                      request.headers.get(TIMESTAMP_HEADER)):
             self.bad_signatures += 1
             return web.Response(status=401)
         self.arrived.setdefault(request.headers["X-Stafet-Message-Id"], time.time())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from stafet.audit import AuditRecord
-from stafet.connectors.delivery_sinks import OutRecord, Recorder
+from stafet.connectors.delivery_sinks import OutRecord, Recorder, verify
 from stafet.connectors.medcom_ack import Ack
 from stafet.logging import get_logger
 
@@ -53,32 +53,48 @@ def _epoch(iso: str) -> float:
 
 
 class AckTracker:
-    """Pending acknowledgements of the ack-tracked subscribers."""
+    """Pending acknowledgements of the ack-tracked subscribers.
 
-    def __init__(self, recorder: Recorder, tracked: set[str], *, timeout_s: float,
+    An acknowledgement counts only when it is signed (``X-Stafet-Signature`` over the body, the
+    same scheme stafet signs its POSTs with) by the secret of the subscriber the message went
+    to: nobody else can stop a resend or dead-letter a message. Unsigned acknowledgements (for
+    example from a municipality reading Kafka, which has no secret) are audited as unverified
+    and change nothing.
+    """
+
+    def __init__(self, recorder: Recorder, secrets: dict[str, str], *, timeout_s: float,
                  max_resends: int, resend: Resend, fetch: Fetch,
                  clock: Callable[[], float] = time.time) -> None:
-        self.recorder, self.tracked = recorder, tracked
+        self.recorder, self._secrets = recorder, secrets
+        self.tracked = set(secrets)
         self.timeout_s, self.max_resends = timeout_s, max_resends
         self._resend, self._fetch, self._clock = resend, fetch, clock
         self.pending: dict[str, Pending] = {}
         self.finished: set[str] = set()
+        #: fatal-error acknowledgements that came before our own "delivered" line
+        self.early_fatal: dict[str, str] = {}
 
     # --- state ---------------------------------------------------------------------------
 
     def replay(self, record: AuditRecord, key: bytes | None) -> None:
         """Apply one line of the audit trail (on start, in trail order)."""
         mid = record.message_id
-        if record.action in ("ack-ok", "ack-fatal-error", "dead-lettered"):
+        if record.action in ("ack-ok", "dead-lettered"):
             self.finished.add(mid)
             self.pending.pop(mid, None)
+            self.early_fatal.pop(mid, None)
+        elif record.action == "ack-fatal-error" and mid not in self.finished:
+            # dead-lettered first, then this line: without a dead letter it is still owed
+            self.early_fatal[mid] = record.detail
+            if mid in self.pending:
+                self.pending[mid].due_now = True
         elif record.action == "ack-transient-error" and mid in self.pending:
             self.pending[mid].due_now = True
         elif record.action in ("delivered", "replayed") and record.subscriber in self.tracked:
             if mid not in self.finished and mid not in self.pending:
                 self.pending[mid] = Pending(record.subscriber, mid, record.topic,
                                             record.partition, record.offset, key,
-                                            _epoch(record.at))
+                                            _epoch(record.at), due_now=mid in self.early_fatal)
         elif record.action == "resent" and mid in self.pending:
             p = self.pending[mid]
             p.resends, p.sent_at, p.due_now = p.resends + 1, _epoch(record.at), False
@@ -88,28 +104,64 @@ class AckTracker:
         mid = record.message_id
         if subscriber in self.tracked and mid not in self.finished and mid not in self.pending:
             self.pending[mid] = Pending(subscriber, mid, record.topic, record.partition,
-                                        record.offset, record.key, self._clock())
+                                        record.offset, record.key, self._clock(),
+                                        due_now=mid in self.early_fatal)
 
     # --- acknowledgements ------------------------------------------------------------------
 
-    async def on_ack(self, ack: Ack) -> None:
-        """Record the acknowledgement; fatal-error dead-letters, transient-error resends."""
+    def signer(self, body: bytes, signature: str | None, timestamp: str | None,
+               expected: str | None = None) -> str | None:
+        """The tracked subscriber whose secret signed ``body`` (``expected`` first: one system
+        may serve several subscribers with one secret), if any."""
+        order = sorted(self._secrets, key=lambda sid: sid != expected)
+        for sid in order:
+            if verify(self._secrets[sid], body, signature, timestamp, max_age_s=None):
+                return sid
+        return None
+
+    async def on_ack(self, ack: Ack, body: bytes = b"", signature: str | None = None,
+                     timestamp: str | None = None) -> None:
+        """Record a signed acknowledgement; fatal-error dead-letters, transient-error resends."""
         mid = ack.acknowledged_id
         pending = self.pending.get(mid)
-        line = AuditRecord(action=f"ack-{ack.code}", subscriber=pending.subscriber if pending
-                           else "", message_id=mid, detail=ack.diagnostics)  # type: ignore[arg-type]
-        await self.recorder.audit(line, pending.key if pending else None)
-        log.info("delivery.ack", message_id=mid, code=ack.code, pending=pending is not None)
+        signer = self.signer(body, signature, timestamp,
+                             expected=pending.subscriber if pending else None)
+        if signer is None or (pending is not None and signer != pending.subscriber):
+            why = ("unsigned: not verified, changes nothing" if signer is None else
+                   f"signed by {signer}, but the message went to {pending.subscriber}")  # type: ignore[union-attr]
+            await self.recorder.audit(AuditRecord(
+                action="ack-unverified", subscriber=signer or "", message_id=mid,
+                detail=f"{ack.code}: {why}"), pending.key if pending else None)
+            if signer is not None or pending is not None:
+                await self.recorder.alert(f"acknowledgement of {mid} refused: {why}",
+                                          message_id=mid)
+            return
+        log.info("delivery.ack", message_id=mid, code=ack.code, subscriber=signer,
+                 pending=pending is not None)
         if ack.code == "transient-error":
+            await self.recorder.audit(self._ack_line(ack, signer), pending.key if pending else None)
             if pending is not None:
                 pending.due_now = True
             return
-        self.finished.add(mid)
-        self.pending.pop(mid, None)
-        if ack.code == "fatal-error" and pending is not None:
-            record = await self._fetch(pending)
-            await self.recorder.dead_letter(record, pending.subscriber,
-                                            f"the receiver answered fatal-error: {ack.diagnostics}")
+        if ack.code == "fatal-error" and mid not in self.finished:
+            if pending is None:  # it overtook our "delivered" line: dead-letter on expect()
+                self.early_fatal[mid] = ack.diagnostics
+            else:
+                self.pending.pop(mid, None)
+                self.finished.add(mid)
+                record = await self._fetch(pending)
+                await self.recorder.dead_letter(  # first the dead letter, then the ack line
+                    record, pending.subscriber,
+                    f"the receiver answered fatal-error: {ack.diagnostics}")
+        elif ack.code == "ok":
+            self.finished.add(mid)
+            self.pending.pop(mid, None)
+        await self.recorder.audit(self._ack_line(ack, signer), pending.key if pending else None)
+
+    @staticmethod
+    def _ack_line(ack: Ack, signer: str) -> AuditRecord:
+        return AuditRecord(action=f"ack-{ack.code}", subscriber=signer,  # type: ignore[arg-type]
+                           message_id=ack.acknowledged_id, detail=ack.diagnostics)
 
     # --- the clock -------------------------------------------------------------------------
 
@@ -119,23 +171,35 @@ class AckTracker:
                 if p.due_now or now - p.sent_at >= self.timeout_s]
 
     async def check(self) -> int:
-        """Resend or dead-letter every overdue message; return how many were handled."""
+        """Resend or dead-letter every overdue message; return how many were handled.
+
+        Each entry is claimed before anything is awaited, so an acknowledgement handled
+        meanwhile is never followed by a resend or a dead letter of its message."""
         due = self.overdue()
         for p in due:
-            if p.message_id not in self.pending:
-                continue
-            if p.resends >= self.max_resends:
-                record = await self._fetch(p)
+            if self.pending.get(p.message_id) is not p:
+                continue  # acknowledged meanwhile
+            fatal = self.early_fatal.get(p.message_id)
+            if fatal is not None or p.resends >= self.max_resends:
+                self.pending.pop(p.message_id)
                 self.finished.add(p.message_id)
-                self.pending.pop(p.message_id, None)
-                await self.recorder.dead_letter(
-                    record, p.subscriber, f"no acknowledgement after {p.resends} resends "
-                    f"({self.timeout_s:.0f} s apart)", attempt=p.resends + 1)
+                why = (f"the receiver answered fatal-error: {fatal}" if fatal is not None else
+                       f"no acknowledgement after {p.resends} resends "
+                       f"({self.timeout_s:.0f} s apart)")
+                try:
+                    record = await self._fetch(p)
+                    await self.recorder.dead_letter(record, p.subscriber, why,
+                                                    attempt=p.resends + 1)
+                except BaseException:
+                    self.finished.discard(p.message_id)
+                    self.pending[p.message_id] = p  # try again next round
+                    raise
+                self.early_fatal.pop(p.message_id, None)
                 continue
             number = p.resends + 1
+            p.resends, p.sent_at, p.due_now = number, self._clock(), False  # claimed
             record = await self._fetch(p)
             detail = await self._resend(p.subscriber, record, number)
-            p.resends, p.sent_at, p.due_now = number, self._clock(), False
             await self.recorder.audit(record.audit("resent", p.subscriber, attempt=number,
                                                    detail=detail), p.key)
         return len(due)

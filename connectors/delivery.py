@@ -12,7 +12,10 @@ One process runs, side by side and independent of each other:
   an operator alert for any record no subscriber takes;
 - the acknowledgement listener on ``acks.inbound`` and the :class:`AckTracker` clock.
 
-More ``stafet deliver`` processes share the work: each group's partitions are split among them.
+Run **one** ``stafet deliver`` per registry (a standby under the supervisor is fine): the
+acknowledgement state lives in the process that delivered, so two active processes would each
+wait for acknowledgements the other one received. One process delivers ≈ 500 messages/s on 2
+cores (bench/delivery.py) — several times what the pipeline produces.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from stafet.audit import AuditRecord
+from stafet.audit import AuditRecord, headers_of
 from stafet.config import Settings
 from stafet.connectors.ack_tracker import AckTracker, Pending
 from stafet.connectors.delivery_sinks import (
@@ -34,12 +37,12 @@ from stafet.connectors.delivery_sinks import (
 )
 from stafet.connectors.medcom_ack import MessageError, parse_ack, resend_copy
 from stafet.connectors.producer import DurableProducer
-from stafet.errors import DeliveryError, StafetError
+from stafet.errors import StafetError
 from stafet.kafka_client import client_config
 from stafet.logging import get_logger
 from stafet.subscribers import Registry, Subscriber
 from stafet.topic_reader import fetch_record, read_to_end
-from stafet.topics import ACKS_INBOUND, AUDIT_DELIVERY
+from stafet.topics import ACKS_INBOUND, AUDIT_DELIVERY, H_SIGNATURE, H_SIGNATURE_TS
 
 log = get_logger(__name__)
 
@@ -51,11 +54,15 @@ OUT_PATTERN = "^out\\..*"
 class GroupConsumer:
     """A confluent-kafka consumer driven from asyncio through its own thread (manual commits)."""
 
-    def __init__(self, config: dict[str, Any], group: str, topics: list[str]) -> None:
+    def __init__(self, config: dict[str, Any], group: str, topics: list[str], *,
+                 max_poll_interval_ms: int = 300_000) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"consumer-{group}")
         self._consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False,
                                    "auto.offset.reset": "earliest", "log_level": 3,
-                                   "topic.metadata.refresh.interval.ms": 5000})
+                                   "topic.metadata.refresh.interval.ms": 5000,
+                                   # a sink retries one record for as long as its endpoint is
+                                   # down without polling: keep its partitions meanwhile
+                                   "max.poll.interval.ms": max_poll_interval_ms})
         self._consumer.subscribe(topics)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -69,10 +76,17 @@ class GroupConsumer:
                 log.warning("delivery.consumer_error", error=str(m.error()))
         return [m for m in messages if not m.error()]
 
-    async def commit(self, msg: Message | None = None) -> None:
-        """Commit after ``msg`` (its partition), or every position consumed so far."""
+    async def commit(self, msg: Message | None = None,
+                     offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Commit after ``msg`` (its partition), the given next ``offsets``, or every position
+        consumed so far."""
         try:
-            if msg is None:
+            if offsets is not None:
+                if offsets:
+                    await self._call(self._consumer.commit, offsets=[
+                        TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                        asynchronous=False)
+            elif msg is None:
                 await self._call(self._consumer.commit, asynchronous=False)
             else:
                 await self._call(self._consumer.commit, message=msg, asynchronous=False)
@@ -112,33 +126,39 @@ class SubscriberSink:
         self._rng = random.Random()
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = GroupConsumer(client_config(self.settings), self.subscriber.group_id,
-                                 [self.subscriber.out_topic])
+        consumer = GroupConsumer(
+            client_config(self.settings), self.subscriber.group_id, [self.subscriber.out_topic],
+            max_poll_interval_ms=int(min(86_400_000, max(
+                300_000, (self.settings.delivery_retry_budget_s + 600) * 1000))))
         try:
             while not stop.is_set():
                 messages = await consumer.poll(max_records=100)
                 audits: list[asyncio.Future[None]] = []
-                finished = True
+                done: dict[tuple[str, int], int] = {}  # next offset per partition, handled
+
+                async def flush() -> None:
+                    """Every outcome so far on the audit topic, then commit exactly those."""
+                    failures = [r for r in await asyncio.gather(*audits, return_exceptions=True)
+                                if isinstance(r, BaseException)]
+                    audits.clear()
+                    if failures:
+                        raise failures[0]
+                    await consumer.commit(offsets=dict(done))
+
                 for msg in messages:
                     record = OutRecord.from_message(msg)
                     if self.subscriber.takes(record.topic, record.recipient):
-                        if not await self.deliver(record, stop, audits):
-                            finished = False  # stopping mid-retry: redelivered next time
-                            break
-                # every outcome of the batch is on the audit topic before the offsets move
-                failures = [r for r in await asyncio.gather(*audits, return_exceptions=True)
-                            if isinstance(r, BaseException)]
-                if failures:
-                    raise failures[0]
-                if not finished:
-                    return
-                if messages:
-                    await consumer.commit()
+                        if not await self.deliver(record, stop, audits, before_retry=flush):
+                            await flush()  # stopping mid-retry: this record comes again
+                            return
+                    done[(msg.topic(), msg.partition())] = msg.offset() + 1
+                await flush()
         finally:
             await consumer.close()
 
     async def deliver(self, record: OutRecord, stop: asyncio.Event,
-                      audits: list[asyncio.Future[None]] | None = None) -> bool:
+                      audits: list[asyncio.Future[None]] | None = None,
+                      before_retry: Any = None) -> bool:
         """Deliver with retries until delivered or dead-lettered (True), or stopping (False).
         The ``delivered`` audit line is written in the background into ``audits`` (the caller
         awaits them before it commits); failures and dead letters are awaited here."""
@@ -165,6 +185,8 @@ class SubscriberSink:
                        f"no success in {elapsed:.0f} s ({attempt} attempts): ") + outcome.detail
                 await self.recorder.dead_letter(record, sid, why, attempt=attempt)
                 return True
+            if attempt == 1 and before_retry is not None:
+                await before_retry()  # what is done before this record is committed first
             await self.recorder.audit(record.audit("attempt-failed", sid, attempt=attempt,
                                                    detail=outcome.detail), record.key)
             log.warning("delivery.retry", subscriber=sid, message_id=record.message_id,
@@ -233,8 +255,9 @@ class DeliveryService:
         self.producer = producer or DurableProducer(settings, timeout_s=10.0)
         self.recorder = Recorder(self.producer)
         self.sinks: dict[str, SubscriberSink] = {}
-        tracked = {s.id for s in registry.pushed() if s.tracks_acks}
-        self.tracker = AckTracker(self.recorder, tracked, timeout_s=settings.ack_timeout_s,
+        secrets = {s.id: s.secret().get_secret_value() for s in registry.pushed()
+                   if s.tracks_acks}
+        self.tracker = AckTracker(self.recorder, secrets, timeout_s=settings.ack_timeout_s,
                                   max_resends=settings.ack_max_resends, resend=self._resend,
                                   fetch=self._fetch)
         self._stop = asyncio.Event()
@@ -281,8 +304,10 @@ class DeliveryService:
             try:
                 await run(self._stop)
                 return
-            except (StafetError, DeliveryError, KafkaException, OSError) as exc:
-                log.error("delivery.part_failed", part=name, error=str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a part must never die silently
+                log.error("delivery.part_failed", part=name, error=f"{type(exc).__name__}: {exc}")
                 await _sleep_unless(self._stop, 5.0)
 
     async def _listen_acks(self, stop: asyncio.Event) -> None:
@@ -290,12 +315,15 @@ class DeliveryService:
         try:
             while not stop.is_set():
                 for msg in await consumer.poll():
+                    body = msg.value() or b""
                     try:
-                        ack = parse_ack(msg.value() or b"")
+                        ack = parse_ack(body)
                     except MessageError as exc:  # the FHIR connector checked it; be safe
                         log.error("delivery.bad_ack", error=str(exc))
                     else:
-                        await self.tracker.on_ack(ack)
+                        headers = headers_of(msg.headers())
+                        await self.tracker.on_ack(ack, body, headers.get(H_SIGNATURE),
+                                                  headers.get(H_SIGNATURE_TS))
                     await consumer.commit(msg)
         finally:
             await consumer.close()

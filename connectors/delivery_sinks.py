@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import json
 import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,20 +35,38 @@ from stafet.topics import (
 log = get_logger(__name__)
 
 SIGNATURE_HEADER = "X-Stafet-Signature"
+TIMESTAMP_HEADER = "X-Stafet-Timestamp"
 MESSAGE_ID_HEADER = "X-Stafet-Message-Id"
 ATTEMPT_HEADER = "X-Stafet-Attempt"
 POSITION_HEADER = "X-Stafet-Position"  # <topic>/<partition>/<offset>: where to replay from
 RETRYABLE_STATUS = (408, 425, 429)
 
 
-def sign(secret: str, body: bytes) -> str:
-    """``sha256=<hex HMAC-SHA256(secret, body)>``: what a subscriber checks before trusting a POST."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """``sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>``: the ``X-Stafet-Signature``
+    of a POST whose ``X-Stafet-Timestamp`` is ``timestamp`` (Unix seconds). Signing the time
+    too lets a receiver refuse an old request replayed at it."""
+    return "sha256=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body,
+                                hashlib.sha256).hexdigest()
 
 
-def verify(secret: str, body: bytes, signature: str | None) -> bool:
-    """Constant-time check of a ``X-Stafet-Signature`` value (for receivers and tests)."""
-    return signature is not None and hmac.compare_digest(sign(secret, body), signature)
+def verify(secret: str, body: bytes, signature: str | None, timestamp: str | None, *,
+           max_age_s: float | None = 300.0, now: float | None = None) -> bool:
+    """Constant-time check of ``X-Stafet-Signature`` / ``X-Stafet-Timestamp`` (for receivers,
+    and for the acknowledgements receivers sign the same way); False for anything malformed."""
+    try:
+        ts = int(timestamp or "")
+        if max_age_s is not None and abs((now or time.time()) - ts) > max_age_s:
+            return False
+        return signature is not None and hmac.compare_digest(sign(secret, body, ts), signature)
+    except (TypeError, ValueError):
+        return False
+
+
+def signed_headers(secret: str, body: bytes) -> dict[str, str]:
+    """The two headers that sign ``body`` now."""
+    ts = int(time.time())
+    return {SIGNATURE_HEADER: sign(secret, body, ts), TIMESTAMP_HEADER: str(ts)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,18 +161,22 @@ class RestHook:
 
     async def send(self, body: bytes, record: OutRecord, attempt: int) -> Outcome:
         headers = {"Content-Type": "application/fhir+json; fhirVersion=4.0",
-                   SIGNATURE_HEADER: sign(self._secret, body),
+                   **signed_headers(self._secret, body),
                    MESSAGE_ID_HEADER: record.message_id, ATTEMPT_HEADER: str(attempt),
                    POSITION_HEADER: f"{record.topic}/{record.partition}/{record.offset}"}
         try:
             async with self.session.post(self.url, data=body, headers=headers,
-                                         timeout=self._timeout) as response:
+                                         timeout=self._timeout,
+                                         allow_redirects=False) as response:  # no 3xx hop
                 await response.read()
                 status = response.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return Outcome(False, True, f"{type(exc).__name__}: {exc}"[:300])
         if 200 <= status < 300:
             return Outcome(True, False, f"HTTP {status}")
+        if 300 <= status < 400:  # a signed body is never forwarded to another address
+            return Outcome(False, False, f"HTTP {status}: redirects are not followed; "
+                           "register the final URL")
         retry = status >= 500 or status in RETRYABLE_STATUS
         return Outcome(False, retry, f"HTTP {status}")
 
@@ -181,10 +205,15 @@ class LetterOutbox:
                     "recipient_kind": record.headers.get("stafet.recipient_kind", "")}
         for name, data in ((f"{record.message_id}.json", json.dumps(envelope).encode()),
                            (f"{record.message_id}.pdf", body)):  # the PDF last: it marks done
-            tmp = self.directory / f".{name}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            tmp = self.directory / f".{name}.{uuid.uuid4().hex}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.directory / name)
+        dir_fd = os.open(self.directory, os.O_RDONLY)  # the renames survive a power loss
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -218,6 +218,7 @@ class FhirListener:
         self.index = index or ReferralIndex(self._secret)
         self._index_wait_s = index_wait_s
         self._index_task: asyncio.Task[None] | None = None
+        self._seen_task: asyncio.Task[None] | None = None
         self.seen = SeenMessages()  # inbound MedCom message ids (reliable messaging)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -233,16 +234,13 @@ class FhirListener:
 
     async def start(self) -> None:
         self._index_task = asyncio.create_task(self._keep_index())
+        self._seen_task = asyncio.create_task(self._load_seen())
         deadline = time.monotonic() + self._index_wait_s
-        while not self.index.ready and time.monotonic() < deadline:
+        while not (self.index.ready and self.seen.ready) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if not self.index.ready:
-            log.warning("fhir.index_not_ready", waited_s=self._index_wait_s)
-        try:
-            seen = await asyncio.to_thread(self.seen.load, self.settings)
-            log.info("fhir.seen_messages_loaded", messages=seen)
-        except (StafetError, KafkaException) as exc:  # serve anyway; duplicates stay harmless
-            log.error("fhir.seen_messages_not_loaded", error=str(exc))
+        if not (self.index.ready and self.seen.ready):  # serve; those paths answer 503 for now
+            log.warning("fhir.index_not_ready", waited_s=self._index_wait_s,
+                        referrals=self.index.ready, messages=self.seen.ready)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         tls = server_context(self.settings.fhir_tls_cert, self.settings.fhir_tls_key,
@@ -261,14 +259,27 @@ class FhirListener:
         self.index.stop()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._index_task is not None:
-            self._index_task.cancel()
-            await asyncio.gather(self._index_task, return_exceptions=True)
+        for task in (self._index_task, self._seen_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self.producer.close()
 
     async def serve_forever(self) -> None:
         await self.start()
         await asyncio.Event().wait()
+
+    async def _load_seen(self) -> None:
+        """The inbound message ids from Kafka (in a thread); retried while Kafka is away.
+        Until then $process-message answers 503: a duplicate must not slip through."""
+        while not self.index.stopped:
+            try:
+                count = await asyncio.to_thread(self.seen.load, self.settings)
+                log.info("fhir.seen_messages_loaded", messages=count)
+                return
+            except (StafetError, KafkaException) as exc:
+                log.warning("fhir.seen_messages_retry", error=str(exc))
+                await asyncio.sleep(5.0)
 
     async def _keep_index(self) -> None:
         """Load (then follow) the index in a thread; retry while Kafka is unreachable."""
@@ -295,7 +306,12 @@ class FhirListener:
             return await reject(415, [Issue("", f"Content-Type must be {FHIR_JSON} or "
                                         "application/json in UTF-8", "not-supported")])
         if request.path == "/fhir/$process-message":
-            return await process_message(self, self.seen, body, media, received_at)
+            if not self.seen.ready:
+                return _transient("the memory of received messages is still loading")
+            sig, ts = request.headers.get("X-Stafet-Signature"), request.headers.get(
+                "X-Stafet-Timestamp")
+            return await process_message(self, self.seen, body, media, received_at,
+                                         (sig[:200], ts[:20]) if sig and ts else None)
         return await self.accept(body, media, ROUTES[request.path], received_at)
 
     async def accept(self, body: bytes, media: str, expected: str | None, received_at: str,

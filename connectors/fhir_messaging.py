@@ -14,6 +14,7 @@ from the ids stored on ``acks.inbound`` and ``ingest.fhir``, so a restart does n
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,7 +27,7 @@ from stafet.errors import DeliveryError
 from stafet.kafka_client import client_config
 from stafet.logging import get_logger
 from stafet.topic_reader import read_to_end
-from stafet.topics import ACKS_INBOUND, H_RECEIVED_AT, INGEST_FHIR
+from stafet.topics import ACKS_INBOUND, H_RECEIVED_AT, H_SIGNATURE, H_SIGNATURE_TS, INGEST_FHIR
 
 if TYPE_CHECKING:
     from stafet.connectors.fhir_http import FhirListener
@@ -36,6 +37,7 @@ log = get_logger(__name__)
 H_IN_BUNDLE = "stafet.in_bundle_id"
 H_IN_HEADER = "stafet.in_message_id"
 H_IN_EVENT = "stafet.in_event"
+
 STAFET_ENDPOINT = "https://stafet.dk/fhir/$process-message"
 
 
@@ -51,6 +53,8 @@ class SeenMessages:
     def __init__(self) -> None:
         self.by_header: dict[str, Seen] = {}
         self.header_of_bundle: dict[str, str] = {}
+        self.inflight: dict[str, asyncio.Future[None]] = {}  # header id → being stored now
+        self.ready = False  # set once load() has read everything stored before this start
 
     def add(self, ids: MessageIds, received_at: str) -> None:
         self.by_header.setdefault(ids.header_id, Seen(ids, received_at))
@@ -66,6 +70,7 @@ class SeenMessages:
                     self.add(MessageIds(h[H_IN_BUNDLE], h[H_IN_HEADER], h.get(H_IN_EVENT, "")),
                              h.get(H_RECEIVED_AT, ""))
                     n += 1
+        self.ready = True
         return n
 
 
@@ -94,7 +99,8 @@ def _error(status: int, path: str, reason: str, code: str = "invalid") -> web.Re
 
 
 async def process_message(listener: FhirListener, seen: SeenMessages, body: bytes, media: str,
-                          received_at: str) -> web.Response:
+                          received_at: str, signature: tuple[str, str] | None = None
+                          ) -> web.Response:
     """Dedupe, then store an Acknowledgement or hand a referral message to the referral path."""
     try:
         ids = message_ids(json.loads(body))
@@ -102,14 +108,30 @@ async def process_message(listener: FhirListener, seen: SeenMessages, body: byte
         return _error(400, "", f"not JSON: {exc}", "structure")
     except MessageError as exc:
         return _error(400, exc.path, exc.reason)
+    inflight = seen.inflight.get(ids.header_id)
+    if inflight is not None:  # the same message, still being stored: wait for that outcome
+        await asyncio.shield(inflight)
     known = seen.by_header.get(ids.header_id)
     if known is not None:  # both seen, or a resend with a new Bundle.id: the original answer
         log.info("fhir.duplicate_message", header_id=ids.header_id,
                  same_bundle=known.ids.bundle_id == ids.bundle_id)
+        seen.header_of_bundle.setdefault(ids.bundle_id, ids.header_id)  # never to be reused
         return _answer(known, duplicate=True)
     if ids.bundle_id in seen.header_of_bundle:
         return _error(400, "Bundle.id", f"Bundle.id {ids.bundle_id} was already used with "
                       "another MessageHeader.id; Bundle ids must never be reused")
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    seen.inflight[ids.header_id] = done
+    try:
+        return await _store(listener, seen, ids, body, media, received_at, signature)
+    finally:
+        del seen.inflight[ids.header_id]
+        done.set_result(None)
+
+
+async def _store(listener: FhirListener, seen: SeenMessages, ids: MessageIds, body: bytes,
+                 media: str, received_at: str, signature: tuple[str, str] | None
+                 ) -> web.Response:
     ours = [(H_IN_BUNDLE, ids.bundle_id.encode()), (H_IN_HEADER, ids.header_id.encode()),
             (H_IN_EVENT, ids.event.encode())]
     if ids.event == "acknowledgement-message":
@@ -118,8 +140,11 @@ async def process_message(listener: FhirListener, seen: SeenMessages, body: byte
         except MessageError as exc:
             return _error(422, exc.path, exc.reason, "business-rule")
         try:
+            signed = [(H_SIGNATURE, signature[0].encode()),
+                      (H_SIGNATURE_TS, signature[1].encode())] if signature else []
             await listener.producer.send(ACKS_INBOUND, body, key=ack.acknowledged_id.encode(),
-                                         headers=[*ours, (H_RECEIVED_AT, received_at.encode())])
+                                         headers=[*ours, *signed,
+                                                  (H_RECEIVED_AT, received_at.encode())])
         except DeliveryError as exc:
             return _error(503, "", f"not stored, please retry: {exc}", "transient")
         log.info("fhir.ack_received", acknowledged=ack.acknowledged_id, code=ack.code)

@@ -99,11 +99,20 @@ def parse_ack(body: bytes) -> Ack:
     for entry in bundle.get("entry", [])[1:]:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
-            for issue in resource.get("issue", []):
-                codes = [c.get("code", "") for c in (issue.get("details") or {}).get("coding", [])]
-                diagnostics.append(" ".join(filter(None, [issue.get("code"), *codes,
-                                                          issue.get("diagnostics")])))
+            for issue in _list(resource.get("issue")):
+                if not isinstance(issue, dict):
+                    continue
+                details = issue.get("details")
+                codes = [str(c.get("code", "")) for c in _list(
+                    details.get("coding") if isinstance(details, dict) else None)
+                    if isinstance(c, dict)]
+                diagnostics.append(" ".join(str(x) for x in filter(None, [
+                    issue.get("code"), *codes, issue.get("diagnostics")])))
     return Ack(ids, str(response["identifier"]), code, "; ".join(diagnostics)[:500])
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def build_ack(acknowledged: MessageIds, code: AckCode, *, sender_endpoint: str,

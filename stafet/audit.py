@@ -26,6 +26,7 @@ Action = Literal[
     "ack-ok", "ack-transient-error", "ack-fatal-error",  # MedCom Acknowledgement received
     "dead-lettered",    # given up: on dlq.delivery, operator alerted
     "unrouted",         # no subscriber takes it: operator alerted
+    "ack-unverified",   # an acknowledgement not signed by the subscriber: recorded, ignored
 ]
 ACK_ACTIONS = ("ack-ok", "ack-transient-error", "ack-fatal-error")
 
@@ -81,6 +82,8 @@ def summarize(records: Iterable[AuditRecord]) -> list[dict[str, Any]]:
     for r in records:
         if r.action in ACK_ACTIONS:
             acks[r.message_id] = r
+            continue
+        if r.action == "ack-unverified":
             continue
         row = rows.setdefault((r.subscriber, r.message_id), {
             "subscriber": r.subscriber, "recipient_kind": r.recipient_kind,

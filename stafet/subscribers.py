@@ -18,15 +18,16 @@ A record no subscriber takes is an *unrouted* message: an operator alert, never 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from stafet.cpr import mask_cpr
 from stafet.errors import StafetError
 from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
 from stafet.schemas.municipalities import municipalities
@@ -36,6 +37,7 @@ Channel = Literal["kafka", "rest", "letter"]
 PartyKind = Literal["municipality", "ppr", "family-department", "referrer", "letter-service",
                     "other"]
 SHARED_TOPICS = (OUT_REFERRER, OUT_LETTER)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class RegistryError(StafetError):
@@ -73,6 +75,10 @@ class Subscriber(BaseModel):
                              "out.municipality.<code> topic over Kafka; use rest or letter")
         if self.delivery == "rest" and (self.url is None or self.secret_env is None):
             raise ValueError("a rest subscriber needs url and secret_env")
+        if self.url is not None and self.url.startswith("http://") and \
+                urlsplit(self.url).hostname not in LOOPBACK:
+            raise ValueError(f"{self.url}: messages carry CPR numbers; use https:// (plain "
+                             "http only on loopback)")
         if self.delivery == "letter" and topic != OUT_LETTER:
             raise ValueError(f"letters are on {OUT_LETTER}, not {topic}")
         if self.delivery != "rest" and self.expects_ack:
@@ -130,6 +136,14 @@ class Registry:
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise RegistryError(f"subscriber ids used twice: {', '.join(dupes)}")
+        pushed = [s for s in self.subscribers if s.delivery != "kafka"]
+        for n, a in enumerate(pushed):  # one pushed subscriber per record: one delivery state
+            for b in pushed[n + 1:]:
+                if a.out_topic == b.out_topic and (not a.recipients or not b.recipients or
+                                                   set(a.recipients) & set(b.recipients)):
+                    raise RegistryError(f"subscribers {a.id} and {b.id} would both be sent the "
+                                        f"same records of {a.out_topic}; give them disjoint "
+                                        "recipients")
 
     def all(self) -> list[Subscriber]:
         """Every subscriber, including the implicit Kafka readers of unlisted municipalities."""
@@ -214,7 +228,6 @@ def describe(subscribers: Iterable[Subscriber]) -> list[dict[str, str]]:
         target = {"kafka": f"reads {s.out_topic}", "rest": f"POST {s.url}",
                   "letter": f"outbox {s.outbox or '(default)'}"}[s.delivery]
         rows.append({"id": s.id, "party": s.party, "delivery": s.delivery, "topic": s.out_topic,
-                     "recipients": ",".join(re.sub(r"\|(\d{6})\d{4}$", r"|\1-xxxx", r)
-                                            for r in s.recipients) or "*",
+                     "recipients": ",".join(mask_cpr(r) for r in s.recipients) or "*",
                      "target": target})
     return rows

@@ -46,13 +46,14 @@ def read_to_end(config: dict[str, Any], topic: str, *, since_ms: int | None = No
         todo = {tp.partition for tp in partitions if tp.offset >= 0 and tp.offset < ends[tp.partition]
                 or tp.offset == OFFSET_BEGINNING and ends[tp.partition] > 0}
         consumer.assign([tp for tp in partitions if tp.partition in todo])
-        deadline = time.monotonic() + timeout_s
-        while todo:
+        deadline = time.monotonic() + timeout_s  # moves on with every record: a long topic
+        while todo:                               # is fine, a stalled read is not
             if time.monotonic() > deadline:
-                raise StafetError(f"reading {topic} did not reach its end in {timeout_s:.0f}s")
+                raise StafetError(f"reading {topic} made no progress for {timeout_s:.0f}s")
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
+            deadline = time.monotonic() + timeout_s
             if msg.error():
                 raise StafetError(f"reading {topic}: {msg.error()}")
             if msg.offset() < ends[msg.partition()]:
@@ -73,7 +74,7 @@ def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float) ->
     while True:
         try:
             return int(consumer.get_watermark_offsets(tp, timeout=timeout_s)[1])
-        except KafkaException as exc:
+        except KafkaException:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)

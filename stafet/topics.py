@@ -47,6 +47,10 @@ H_ORIGIN = "stafet.origin"  # topic/partition/offset of the record a DLQ entry c
 H_RECIPIENT = "stafet.recipient"  # "<identifier system>|<identifier>" of the addressee
 H_REFERRAL_ID = "stafet.referral_id"
 H_KIND = "stafet.kind"
+#: on acks.inbound: the sender's X-Stafet-Signature / X-Stafet-Timestamp, for the delivery
+#: tracker (which knows the subscribers' secrets) to check who acknowledged
+H_SIGNATURE = "stafet.signature"
+H_SIGNATURE_TS = "stafet.signature_timestamp"
 
 
 def municipality_topic(code: str) -> str:

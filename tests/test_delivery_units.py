@@ -14,7 +14,7 @@ import pytest
 from stafet.audit import AuditRecord, select, summarize
 from stafet.connectors.ack_tracker import AckTracker
 from stafet.connectors.delivery import backoff_s
-from stafet.connectors.delivery_sinks import OutRecord, sign, verify
+from stafet.connectors.delivery_sinks import OutRecord, sign, signed_headers, verify
 from stafet.connectors.medcom_ack import (
     MessageError, MessageIds, build_ack, message_ids, parse_ack, resend_copy,
 )
@@ -73,11 +73,19 @@ def test_resend_copy_keeps_every_id_but_the_bundles():
     assert first["timestamp"] != "t0"
 
 
-def test_hmac_signature():
-    sig = sign("secret", b"body")
-    assert sig.startswith("sha256=") and verify("secret", b"body", sig)
-    assert not verify("secret", b"body!", sig) and not verify("other", b"body", sig)
-    assert not verify("secret", b"body", None)
+def test_hmac_signature_covers_body_and_time():
+    ts = 1_800_000_000
+    sig = sign("secret", b"body", ts)
+    assert sig.startswith("sha256=") and verify("secret", b"body", sig, str(ts), now=ts + 10)
+    assert not verify("secret", b"body!", sig, str(ts), now=ts)
+    assert not verify("other", b"body", sig, str(ts), now=ts)
+    assert not verify("secret", b"body", sig, str(ts + 1), now=ts), "the time is signed"
+    assert not verify("secret", b"body", sig, str(ts), now=ts + 301), "too old: a replay"
+    assert verify("secret", b"body", sig, str(ts), max_age_s=None, now=ts + 10**6)
+    for bad_sig, bad_ts in ((None, str(ts)), (sig, None), (sig, "soon"), ("sha256=æøå", str(ts))):
+        assert not verify("secret", b"body", bad_sig, bad_ts, now=ts)
+    headers = signed_headers("secret", b"x")
+    assert verify("secret", b"x", headers["X-Stafet-Signature"], headers["X-Stafet-Timestamp"])
 
 
 def test_backoff_grows_with_jitter_and_a_cap():
@@ -95,9 +103,13 @@ class FakeRecorder:
     def __init__(self) -> None:
         self.audits: list[AuditRecord] = []
         self.dead: list[tuple[str, str, str]] = []
+        self.alerts: list[str] = []
 
     async def audit(self, record, key):
         self.audits.append(record)
+
+    async def alert(self, reason, **fields):
+        self.alerts.append(reason)
 
     async def dead_letter(self, record, subscriber, reason, attempt=0):
         self.dead.append((record.message_id, subscriber, reason))
@@ -117,8 +129,9 @@ def _tracker(clock: list[float], resent: list[tuple[str, int]]):
     async def fetch(pending):
         return _record(pending.message_id)
 
-    tracker = AckTracker(recorder, {"aarhus"}, timeout_s=1800, max_resends=2, resend=resend,
-                         fetch=fetch, clock=lambda: clock[0])
+    tracker = AckTracker(recorder, {"aarhus": "s-aarhus", "odense": "s-odense"},
+                         timeout_s=1800, max_resends=2, resend=resend, fetch=fetch,
+                         clock=lambda: clock[0])
     return tracker, recorder
 
 
@@ -126,6 +139,13 @@ def _ack(mid: str, code: str):
     from stafet.connectors.medcom_ack import Ack
 
     return Ack(MessageIds("ab", "ah", "acknowledgement-message"), mid, code, "")  # type: ignore[arg-type]
+
+
+def _signed(tracker, mid: str, code: str, secret: str = "s-aarhus"):
+    """on_ack as the listener calls it: the body and the sender's signature headers."""
+    body = f"ack of {mid}".encode()
+    h = signed_headers(secret, body)
+    return tracker.on_ack(_ack(mid, code), body, h["X-Stafet-Signature"], h["X-Stafet-Timestamp"])
 
 
 def test_no_ack_means_two_resends_30_minutes_apart_then_dead_letter():
@@ -148,7 +168,7 @@ def test_no_ack_means_two_resends_30_minutes_apart_then_dead_letter():
 def test_ok_ack_stops_the_clock_even_when_it_comes_before_the_delivered_line():
     clock, resent = [0.0], []
     tracker, recorder = _tracker(clock, resent)
-    asyncio.run(tracker.on_ack(_ack("m1", "ok")))  # the receiver was faster than our audit
+    asyncio.run(_signed(tracker, "m1", "ok"))  # the receiver was faster than our audit
     tracker.expect("aarhus", _record("m1"))
     clock[0] = 4000.0
     asyncio.run(tracker.check())
@@ -161,10 +181,10 @@ def test_transient_error_resends_now_and_fatal_error_dead_letters():
     tracker, recorder = _tracker(clock, resent)
     tracker.expect("aarhus", _record("m1"))
     tracker.expect("aarhus", _record("m2"))
-    asyncio.run(tracker.on_ack(_ack("m1", "transient-error")))
+    asyncio.run(_signed(tracker, "m1", "transient-error"))
     asyncio.run(tracker.check())
     assert resent == [("m1", 1)]
-    asyncio.run(tracker.on_ack(_ack("m2", "fatal-error")))
+    asyncio.run(_signed(tracker, "m2", "fatal-error"))
     assert [d[0] for d in recorder.dead] == ["m2"]
     assert "fatal-error" in recorder.dead[0][2]
 
@@ -202,3 +222,68 @@ def test_summary_one_row_per_recipient_with_ack_and_masked_recipient():
         "letters", "t2", "ok", "t3", "acknowledged")
     assert select([(b"k", r) for r in decoded], referral_id="other") == []
     assert len(select([(b"k", r) for r in decoded], patient_key="k")) == 3
+
+
+def test_an_acknowledgement_counts_only_when_the_subscriber_signed_it():
+    clock, resent = [0.0], []
+    tracker, recorder = _tracker(clock, resent)
+    tracker.expect("aarhus", _record("m1"))
+    asyncio.run(tracker.on_ack(_ack("m1", "ok"), b"forged", None, None))  # unsigned
+    asyncio.run(_signed(tracker, "m1", "fatal-error", secret="s-odense"))  # another subscriber
+    asyncio.run(_signed(tracker, "m1", "ok", secret="wrong"))
+    assert "m1" in tracker.pending and recorder.dead == []
+    assert [a.action for a in recorder.audits] == ["ack-unverified"] * 3
+    assert len(recorder.alerts) == 3
+    asyncio.run(_signed(tracker, "m1", "ok"))
+    assert "m1" not in tracker.pending and recorder.audits[-1].action == "ack-ok"
+
+
+def test_a_fatal_error_before_our_delivered_line_still_dead_letters():
+    clock, resent = [0.0], []
+    tracker, recorder = _tracker(clock, resent)
+    asyncio.run(_signed(tracker, "m1", "fatal-error"))
+    assert recorder.dead == []
+    tracker.expect("aarhus", _record("m1"))
+    asyncio.run(tracker.check())
+    assert [d[0] for d in recorder.dead] == ["m1"] and resent == []
+    assert "fatal-error" in recorder.dead[0][2]
+
+
+def test_an_ack_that_arrives_during_a_resend_is_not_followed_by_a_dead_letter():
+    clock, resent = [0.0], []
+    tracker, recorder = _tracker(clock, resent)
+
+    async def scenario():
+        tracker.expect("aarhus", _record("m1"))
+        clock[0] = 1800.0
+        original = tracker._resend
+
+        async def slow_resend(sid, record, n):
+            await _signed(tracker, "m1", "ok")  # acknowledged while the resend is on the wire
+            return await original(sid, record, n)
+
+        tracker._resend = slow_resend
+        await tracker.check()
+        clock[0] = 10_000.0
+        await tracker.check()
+
+    asyncio.run(scenario())
+    assert resent == [("m1", 1)] and recorder.dead == [] and "m1" in tracker.finished
+
+
+
+def test_one_system_may_serve_two_subscribers_with_one_secret():
+    recorder, resent = FakeRecorder(), []
+
+    async def resend(sid, record, n):
+        resent.append(n)
+        return ""
+
+    async def fetch(p):
+        return _record(p.message_id)
+
+    tracker = AckTracker(recorder, {"gp-1": "shared", "gp-2": "shared"}, timeout_s=1800,
+                         max_resends=2, resend=resend, fetch=fetch)
+    tracker.expect("gp-2", _record("m1"))
+    asyncio.run(_signed(tracker, "m1", "ok", secret="shared"))
+    assert "m1" in tracker.finished and recorder.audits[-1].subscriber == "gp-2"

@@ -91,3 +91,19 @@ def test_bad_toml_and_missing_file(tmp_path):
     bad.write_text("[[subscriber]\n", encoding="utf-8")
     with pytest.raises(RegistryError, match="not valid TOML"):
         load_registry(bad)
+
+
+def test_plain_http_only_on_loopback():
+    with pytest.raises(RegistryError, match="use https"):
+        registry({**REST_AARHUS, "url": "http://kommune.example/fhir"})
+    assert registry({**REST_AARHUS, "url": "http://127.0.0.1:8099/fhir"})
+
+
+def test_two_pushed_subscribers_may_not_take_the_same_records():
+    with pytest.raises(RegistryError, match="would both be sent"):
+        registry(GP_REST, {**GP_REST, "id": "gp-copy"})
+    with pytest.raises(RegistryError, match="would both be sent"):
+        registry(REST_AARHUS, {**REST_AARHUS, "id": "aarhus-ppr",
+                               "recipients": ["urn:oid:1.2.208.176.1.1|600000000000011"]})
+    other_gp = {**GP_REST, "id": "gp-654321", "recipients": ["urn:oid:1.2.208.176.1.4|654321"]}
+    assert len(registry(GP_REST, other_gp).subscribers) == 2

@@ -15,7 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from stafet.connectors.delivery_sinks import SIGNATURE_HEADER, verify
+from stafet.connectors.delivery_sinks import (
+    SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify,
+)
 from stafet.connectors.medcom_ack import build_ack, message_ids
 
 
@@ -67,7 +69,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        signed = verify(self.secret, body, request.headers.get(SIGNATURE_HEADER))
+        signed = verify(self.secret, body, request.headers.get(SIGNATURE_HEADER),
+                        request.headers.get(TIMESTAMP_HEADER))
         bundle = json.loads(body)
         self.received.append(Received(time.time(), bundle, signed,
                                       request.headers.get("X-Stafet-Attempt", "")))
@@ -81,8 +84,9 @@ class Receiver:
         """POST the Acknowledgement; a real system retries while stafet is unreachable."""
         ack = build_ack(message_ids(bundle), "ok", sender_endpoint=self.url,
                         receiver_endpoint="https://stafet.dk/fhir")
-        request = urllib.request.Request(self.ack_to or "", data=json.dumps(ack).encode(),
-                                         headers={"Content-Type": "application/fhir+json"})
+        data = json.dumps(ack).encode()
+        request = urllib.request.Request(self.ack_to or "", data=data, headers={
+            "Content-Type": "application/fhir+json", **signed_headers(self.secret, data)})
         for _ in range(30):
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:

@@ -82,8 +82,13 @@ def running_delivery(stack: Any, root: Path, rest: dict[str, Rest],
     service = Service("deliver", ["deliver"], root / "deliver.log",
                       {**service_env(settings, DELIVERY), **secrets})
     service.start()
-    time.sleep(3.0)  # it replays the audit trail and joins its groups
-    assert service.alive(), (root / "deliver.log").read_text()
+    deadline = time.monotonic() + 60  # it replays the audit trail, then starts its parts
+    while time.monotonic() < deadline and service.alive():
+        log = (root / "deliver.log").read_text(errors="replace") if (root / "deliver.log").exists() else ""
+        if '"delivery.started"' in log:
+            break
+        time.sleep(0.2)
+    assert service.alive() and '"delivery.started"' in log, log[-3000:]
     try:
         yield DeliveryEnv(settings, receivers, service, env, root)
     finally:
