@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(
         15.0, description="a crashed worker's partitions move to the others after this long"
     )
+    worker_stall_timeout_s: float = Field(
+        60.0, description="a partition not fetched/processed this long (while it has records) "
+        "stops the worker for a restart (Faust #629)",
+    )
     referral_decision_deadline_days: float = Field(
         30.0, description="alert referrer and municipality when a referral has no decision by then"
     )

@@ -36,6 +36,9 @@ app = faust.App(
     stream_wait_empty=False,
     broker_session_timeout=settings.worker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+    # a partition that stops being fetched or processed for this long stops the worker for a
+    # restart (streams/stall.py); no single record takes anywhere near this long
+    stream_processing_timeout=settings.worker_stall_timeout_s,
     **faust_broker_kwargs(settings),  # SASL_SSL + SCRAM as this process's principal, if secure
 )
 
@@ -44,7 +47,10 @@ class StafetWorker(faust.Worker):
     """A Faust worker whose logs go through stafet's CPR-masking JSON renderer."""
 
     def _setup_logging(self) -> None:
+        from stafet.streams.stall import install
+
         configure_logging(settings.log_level, json=settings.log_json)
+        install()
         self.spinner = None
 
 

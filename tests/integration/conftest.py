@@ -7,6 +7,7 @@ directory; the broker jars are the ones ``make install`` resolved (``.stafet/kaf
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.integration
 
 
 DEADLINE_S = 45.0
+#: held while a process is (re)started: the session's supervisor and the tests never both do it
+SUPERVISION = threading.RLock()
 
 
 def free_port() -> int:
@@ -59,9 +62,10 @@ class Stack:
                            timeout_s=timeout_s)
 
     def restart_worker(self, *, kill: bool) -> None:
-        worker = self.services["worker"]
-        worker.kill() if kill else worker.stop()
-        worker.start()
+        with SUPERVISION:
+            worker = self.services["worker"]
+            worker.kill() if kill else worker.stop()
+            worker.start()
 
 
 @pytest.fixture(scope="session")
@@ -83,14 +87,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "mllp": Service("mllp", ["mllp"], root / "logs" / "mllp.log", service_env(settings, MLLP)),
         "fhir": Service("fhir", ["fhir"], root / "logs" / "fhir.log", service_env(settings, FHIR)),
     }
+    stop = threading.Event()
+    supervisor = threading.Thread(target=_restart_on_replay_exit, args=(services, stop),
+                                  daemon=True)
     try:
         for service in services.values():
             service.start()
+        supervisor.start()
         wait_for_port(settings.mllp_host, settings.mllp_port)
         wait_for_port(settings.fhir_host, settings.fhir_port)
         watched = [t for t in all_topics() if t.startswith("out.")]
         yield Stack(settings, kafka, services, root / "logs", [*watched, *DLQ_TOPICS])
     finally:
+        stop.set()
+        supervisor.join(5)
         for service in services.values():
             service.stop()
         kafka.stop()
+
+
+def _restart_on_replay_exit(services: dict[str, Service], stop: threading.Event) -> None:
+    """What `stafet up` / systemd do: a process that exited with 70 ("replay me": a send the
+    broker never confirmed, a stalled partition) is started again. Deliberate kills by a test
+    (−9, −15) are left to the test."""
+    while not stop.wait(1.0):
+        for service in list(services.values()):
+            with SUPERVISION:
+                process = service.process
+                if process is not None and process.poll() == 70:
+                    service.start()

@@ -22,6 +22,7 @@ from stafet.kafka_security import WORKER
 from stafet.stack import Service, service_env
 from stafet.streams.hospitalnotification import message_header_id
 
+from .conftest import SUPERVISION
 from .delivery_env import Rest, running_delivery
 
 pytestmark = pytest.mark.disruptive
@@ -57,9 +58,10 @@ def _tail(path, lines: int = 25) -> str:
 
 def _supervise(services: dict[str, Service]) -> None:
     """What `stafet up` (or systemd) does: start a service that exited."""
-    for service in services.values():
-        if not service.alive():
-            service.start()
+    with SUPERVISION:
+        for service in services.values():
+            if not service.alive():
+                service.start()
 
 
 def test_every_admission_arrives_through_kills_a_rebalance_and_a_broker_restart(stack, tmp_path):
@@ -92,8 +94,7 @@ def test_every_admission_arrives_through_kills_a_rebalance_and_a_broker_restart(
                 if k == n // 2:
                     second.kill()  # the second worker dies: its partitions move back
                 if k == 2 * n // 3:
-                    stack.services["worker"].kill()
-                    stack.services["worker"].start()
+                    stack.restart_worker(kill=True)
                 if k == 5 * n // 6:
                     stack.kafka.stop()
                     stack.kafka.start()

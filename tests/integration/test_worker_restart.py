@@ -39,8 +39,16 @@ def test_worker_killed_mid_stream_yields_no_new_ids_and_loses_nothing(stack):
             time.sleep(0.5)
             stack.restart_worker(kill=True)
 
-    records = stack.read(since, until=N, timeout_s=180)
-    records = stack.read(since, idle_s=3.0, timeout_s=60)  # and anything after that
+    # a killed worker's partitions wait for its session timeout before they move: the output
+    # pauses for seconds, so wait for the events themselves, not for a quiet moment
+    deadline = time.monotonic() + 180
+    while True:
+        records = stack.read(since, idle_s=3.0, timeout_s=60)
+        seen = {r.headers.get(H_EVENT_ID, b"").decode() for r in records
+                if r.topic.startswith(OUT_MUNICIPALITY_PREFIX)}
+        if expected_events <= seen or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
     out = [r for r in records if r.topic.startswith(OUT_MUNICIPALITY_PREFIX)]
     ids_per_event: dict[str, set[str]] = {}
     for record in out:
