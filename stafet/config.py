@@ -98,8 +98,8 @@ class Settings(BaseSettings):
         15.0, description="a crashed worker's partitions move to the others after this long"
     )
     worker_stall_timeout_s: float = Field(
-        60.0, description="a partition not fetched/processed this long (while it has records) "
-        "stops the worker for a restart (Faust #629)",
+        120.0, description="an input partition with waiting records whose committed offset has "
+        "not moved this long stops the worker (exit 70) for a restart (Faust #629); 0: off",
     )
     referral_decision_deadline_days: float = Field(
         30.0, description="alert referrer and municipality when a referral has no decision by then"

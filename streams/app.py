@@ -9,7 +9,7 @@ from __future__ import annotations
 import faust
 
 from stafet.config import get_settings
-from stafet.kafka_client import faust_broker_kwargs
+from stafet.kafka_client import client_config, faust_broker_kwargs
 from stafet.logging import configure_logging
 
 settings = get_settings()
@@ -36,9 +36,6 @@ app = faust.App(
     stream_wait_empty=False,
     broker_session_timeout=settings.worker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
-    # a partition that stops being fetched or processed for this long stops the worker for a
-    # restart (streams/stall.py); no single record takes anywhere near this long
-    stream_processing_timeout=settings.worker_stall_timeout_s,
     **faust_broker_kwargs(settings),  # SASL_SSL + SCRAM as this process's principal, if secure
 )
 
@@ -47,16 +44,19 @@ class StafetWorker(faust.Worker):
     """A Faust worker whose logs go through stafet's CPR-masking JSON renderer."""
 
     def _setup_logging(self) -> None:
-        from stafet.streams.stall import install
-
         configure_logging(settings.log_level, json=settings.log_json)
-        install()
         self.spinner = None
 
 
 def create_worker() -> StafetWorker:
     """The worker with every agent registered."""
     from stafet.streams import normalize, notify, referrals  # noqa: F401  (registers the agents)
+    from stafet.streams.stall import StallWatchdog
+    from stafet.topics import EVENTS_ENCOUNTER, EVENTS_REFERRAL, INGEST_FHIR, INGEST_HL7V2
 
+    if settings.worker_stall_timeout_s > 0:  # a stalled input partition → exit 70 → restart
+        StallWatchdog(client_config(settings), settings.app_id,
+                      [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL],
+                      settings.worker_stall_timeout_s).start()
     return StafetWorker(app, loglevel=settings.log_level.lower(), quiet=True,
                         redirect_stdouts=False)

@@ -77,6 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         app_id=f"stafet-test-{uuid.uuid4().hex[:6]}", worker_web_port=free_port(), mllp_produce_timeout_s=5.0, log_level="INFO",
         # the 30-day assessment guarantee, shrunk to 45 s so the deadline test can watch it pass
         referral_decision_deadline_days=DEADLINE_S / 86400, referral_timer_interval_s=2.0,
+        worker_stall_timeout_s=30.0,  # a stalled partition is restarted within the tests' waits
     )
     kafka = LocalKafka.from_settings(settings)
     kafka.start()
