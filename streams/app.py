@@ -11,6 +11,7 @@ import faust
 from stafet.config import get_settings
 from stafet.kafka_client import client_config, faust_broker_kwargs
 from stafet.logging import configure_logging
+from stafet.streams.offset_guard import OffsetGuard
 
 settings = get_settings()
 
@@ -38,6 +39,10 @@ app = faust.App(
     broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
     **faust_broker_kwargs(settings),  # SASL_SSL + SCRAM as this process's principal, if secure
 )
+
+
+#: every agent checks each record's offset against the group's commit (streams/offset_guard.py)
+offset_guard = OffsetGuard(client_config(settings), settings.app_id)
 
 
 class StafetWorker(faust.Worker):

@@ -14,6 +14,7 @@ from stafet.model import EncounterEvent
 from stafet.logging import get_logger
 from stafet.schemas.codec import encode
 from stafet.streams.app import app, settings
+from stafet.streams.offset_guard import checked
 from stafet.streams.dead_letter import reject, stop_on_failure, topic
 from stafet.topics import (
     DLQ_NORMALIZE, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
@@ -52,6 +53,7 @@ async def normalize_one(event: EventT) -> None:
 async def normalize(stream: StreamT) -> None:
     async for event in stream.events():
         async with stop_on_failure("normalize"):
+            await checked(event)
             await normalize_one(event)
 
 
@@ -80,4 +82,5 @@ async def normalize_fhir_one(event: EventT) -> None:
 async def normalize_fhir(stream: StreamT) -> None:
     async for event in stream.events():
         async with stop_on_failure("normalize"):
+            await checked(event)
             await normalize_fhir_one(event)

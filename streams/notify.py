@@ -18,6 +18,7 @@ from stafet.model import EncounterEvent
 from stafet.schemas.codec import decode
 from stafet.schemas.municipalities import municipality
 from stafet.streams.app import app, settings
+from stafet.streams.offset_guard import checked
 from stafet.streams.dead_letter import reject, stop_on_failure, topic
 from stafet.streams.hospitalnotification import (
     NotificationBuildError, build_hospital_notification, message_header_id, validate_bundle,
@@ -124,4 +125,5 @@ async def notify_one(event: EventT) -> None:
 async def notify(stream: StreamT) -> None:
     async for event in stream.events():
         async with stop_on_failure("notify"):
+            await checked(event)
             await notify_one(event)

@@ -29,6 +29,7 @@ from stafet.streams.carecommunication import (
     build_care_communication, delivery_channel, letter_text, message_ids,
     validate_care_communication,
 )
+from stafet.streams.offset_guard import checked
 from stafet.streams.dead_letter import dead_letter, dead_letter_value, stop_on_failure, topic
 from stafet.streams.referral_state import Delivery, Outcome, Park, Refuse, apply, due, seen
 from stafet.topics import (
@@ -171,6 +172,7 @@ async def track_one(event: EventT) -> None:
 async def track_referrals(stream: StreamT) -> None:
     async for event in stream.events():
         async with stop_on_failure("referrals"):
+            await checked(event)
             await track_one(event)
 
 
