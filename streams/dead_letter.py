@@ -4,8 +4,6 @@ stops the worker for a replay when the failure is not the record's fault (:func:
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -15,6 +13,7 @@ from faust.types import EventT
 from stafet.cpr import mask_cpr
 from stafet.logging import get_logger
 from stafet.streams.app import app
+from stafet.streams.replay_exit import exit_for_replay
 from stafet.topics import H_ORIGIN, H_REASON, H_RECEIVED_AT, H_STAGE
 
 _topics: dict[str, object] = {}
@@ -54,7 +53,6 @@ async def dead_letter_value(dlq: str, stage: str, *, key: bytes | None, value: b
 
 
 log = get_logger(__name__)
-EXIT_REPLAY = 70
 
 
 async def reject(dlq: str, stage: str, event: EventT, exc: Exception, *, bad_input: bool,
@@ -78,6 +76,4 @@ async def stop_on_failure(stage: str) -> AsyncIterator[None]:
     try:
         yield
     except Exception:
-        log.critical("worker.stopping_for_replay", stage=stage, exc_info=True)
-        logging.shutdown()
-        os._exit(EXIT_REPLAY)
+        exit_for_replay("worker.stopping_for_replay", stage=stage, exc_info=True)

@@ -14,8 +14,6 @@ committed offsets (deterministic ids and the tables make the replay harmless).
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,10 +23,10 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stafet.logging import get_logger
+from stafet.streams.replay_exit import exit_for_replay
 
 log = get_logger(__name__)
 
-EXIT_REPLAY = 70
 TP = tuple[str, int]
 
 
@@ -95,6 +93,4 @@ class StallWatchdog(threading.Thread):
 
 
 def _exit_for_replay(stalled: list[TP]) -> None:
-    log.critical("worker.stalled_restarting", partitions=[f"{t}/{p}" for t, p in stalled])
-    logging.shutdown()
-    os._exit(EXIT_REPLAY)
+    exit_for_replay("worker.stalled_restarting", partitions=[f"{t}/{p}" for t, p in stalled])
