@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps demo up test test-unit bench bench-quick clean
+.PHONY: install system-deps demo up test test-unit soak bench bench-quick clean
 
 install: system-deps $(VENV)/.installed .stafet/kafka-libs/.resolved
 
@@ -32,6 +32,9 @@ test: install
 
 test-unit: install
 	$(BIN)/pytest -q -m "not integration"
+
+soak: install
+	$(BIN)/pytest -q -s -m soak
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'

@@ -59,6 +59,7 @@ from bench.load import FhirLoad, Item, LoadGenerator
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.demo.inbox import end_offsets
 from stafet.ids import patient_key
+from stafet.kafka_client import PARTITIONER
 from stafet.kafka_local import LocalKafka
 from stafet.stack import Service, settings_env, wait_for_port
 from stafet.topics import (
@@ -508,6 +509,7 @@ def group_members(admin: AdminClient, group: str) -> list[int]:
 def preload(bootstrap: str, gen: LoadGenerator, n: int, secret: str) -> dict[str, Any]:
     """Write ``n`` generated messages straight to ingest.hl7v2, as the listener would."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "partitioner": PARTITIONER,
                          "linger.ms": 20, "compression.type": "lz4", "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 500000})
     t0 = time.monotonic()
@@ -551,16 +553,16 @@ CATEGORIES = [  # (label, substring of a frame "function (file:line)"), first ma
     ("HospitalNotification / CareCommunication build", ("hospitalnotification.py", "carecommunication.py")),
     ("PDF letters (reportlab)", ("reportlab", "letters.py")),
     ("Avro encode/decode", ("fastavro", "codec.py")),
-    ("state tables (RocksDB)", ("rocksdict", "faust/stores", "faust/tables")),
-    ("Kafka client (aiokafka / librdkafka)", ("aiokafka", "confluent_kafka", "kafka/")),
-    ("Faust streams / agents machinery", ("faust/", "mode/")),
+    ("state stores (RocksDB)", ("rocksdict", "quixstreams/state")),
+    ("Kafka client (librdkafka)", ("confluent_kafka", "quixstreams/kafka", "quixstreams/internal_")),
+    ("quixstreams engine (dataframe, checkpoint)", ("quixstreams/",)),
     ("asyncio event loop", ("asyncio",)),
 ]
 
 
 OWN_FRAMES = ("streams/", "stafet/", "connectors/", "schemas/", "fastavro", "json/encoder",
-              "structlog/_base", "aiokafka/producer/producer.py", "rocksdict", "faust/tables/table.py",
-              "fhir_core/fhirabstractmodel.py (model_validate", "send (faust/topics.py",
+              "structlog/_base", "rocksdict", "quixstreams/state/rocksdb",
+              "fhir_core/fhirabstractmodel.py (model_validate", "produce (quixstreams",
               "hl7/parser.py", "reportlab/")
 
 
@@ -647,7 +649,7 @@ class Bench:
         self.settings = Settings(
             kafka_port=free_port(), kafka_controller_port=free_port(), kafka_home=self.root / "kafka",
             worker_data_dir=self.root / "worker", mllp_port=free_port(), fhir_port=free_port(),
-            app_id=f"stafet-bench-{uuid.uuid4().hex[:6]}", worker_web_port=free_port(),
+            app_id=f"stafet-bench-{uuid.uuid4().hex[:6]}",
             partitions=args.partitions, log_level=args.log_level,
         )
         self.kafka = LocalKafka.from_settings(self.settings)
@@ -785,8 +787,7 @@ class Bench:
         source = pregenerated(self.gen, n, self.acks)
         if workers == 2:
             w2 = Service("worker2", ["worker"], self.root / "logs" / "worker2.log",
-                         {**self.env, "STAFET_WORKER_DATA_DIR": str(self.root / "worker2"),
-                          "STAFET_WORKER_WEB_PORT": str(free_port())})
+                         {**self.env, "STAFET_WORKER_DATA_DIR": str(self.root / "worker2")})
             self.services["worker2"] = w2
             w2.start()
             self._rebalance(source)
@@ -927,8 +928,7 @@ class Bench:
         set_group_offsets(admin, group, events_base)
         replay = Service("replay", ["worker"], self.root / "logs" / "replay.log",
                          {**self.env, "STAFET_APP_ID": group,
-                          "STAFET_WORKER_DATA_DIR": str(self.root / "replay-worker"),
-                          "STAFET_WORKER_WEB_PORT": str(free_port())})
+                          "STAFET_WORKER_DATA_DIR": str(self.root / "replay-worker")})
         self.services["replay"] = replay
         p = self.phase("replay", **info)
         replay.start()
@@ -1002,7 +1002,7 @@ class Bench:
                 "partitions": self.settings.partitions, "connections": self.args.connections,
                 "window": self.args.window, "rate": self.args.rate, "log_level": self.args.log_level,
                 "processing_guarantee": self.settings.processing_guarantee,
-                "validate_notifications": self.settings.validate_notifications},
+                "validate_every": self.settings.validate_every},
             "load_mix": self.gen.mix(), "sent_by_label": dict(self.acks.sent),
         }
         if out:

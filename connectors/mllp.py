@@ -78,47 +78,72 @@ class MllpListener:
     # --- one connection ----------------------------------------------------------------
 
     async def _serve(self, reader, writer) -> None:  # type: ignore[no-untyped-def]
+        """Read frames and answer them in order. Frames a sender pipelines are handled
+        concurrently — each is validated and handed to the producer as soon as it is read, so
+        their ``acks=all`` writes share batches — while one writer sends the ACKs in frame
+        order. At most ``PIPELINE`` frames of a connection are in flight (then reading waits)."""
         peer = writer.get_extra_info("peername")
+        in_flight: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(self.PIPELINE)
+        answering = asyncio.create_task(self._answer(in_flight, writer))
+
+        def answer(work) -> asyncio.Future[bytes]:  # type: ignore[no-untyped-def]
+            return asyncio.ensure_future(work)  # runs up to its produce() in frame order
+
         try:
-            while True:
+            while not answering.done():
                 try:
                     frame = await reader.readuntil(END_OF_FRAME)
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial.strip():
-                        await self._reject_frame(writer, exc.partial, "truncated frame: the "
-                            f"connection ended after {len(exc.partial)} bytes without the MLLP "
-                            "end block 0x1C 0x0D")
+                        await in_flight.put(answer(self._frame_rejection(
+                            exc.partial, "truncated frame: the connection ended after "
+                            f"{len(exc.partial)} bytes without the MLLP end block 0x1C 0x0D")))
                     return
                 except asyncio.LimitOverrunError:
-                    await self._reject_frame(writer, b"", "frame exceeds the maximum of "
-                        f"{self.settings.mllp_max_message_bytes} bytes (or has no MLLP end block)")
+                    await in_flight.put(answer(self._frame_rejection(
+                        b"", "frame exceeds the maximum of "
+                        f"{self.settings.mllp_max_message_bytes} bytes (or has no MLLP end block)")))
                     return  # the stream cannot be resynchronised: close the connection
                 start = frame.find(START_OF_FRAME)
                 if start < 0:
-                    await self._reject_frame(writer, frame[:-2], "data outside an MLLP frame: "
-                                             "a message must start with the start block 0x0B")
+                    await in_flight.put(answer(self._frame_rejection(
+                        frame[:-2], "data outside an MLLP frame: a message must start with the "
+                        "start block 0x0B")))
                     continue
                 if frame[:start].strip():
                     log.warning("mllp.junk_before_frame", bytes=start)
-                block = frame[start + 1:-2]
-                ack = await self.handle(block, peer)
-                writer.writeblock(ack)
-                await writer.drain()
+                await in_flight.put(answer(self.handle(frame[start + 1:-2], peer)))
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
+            try:
+                in_flight.put_nowait(None)
+            except asyncio.QueueFull:
+                answering.cancel()
+            try:
+                await answering
+            except (ConnectionError, asyncio.CancelledError):
+                pass
             writer.close()
 
-    async def _reject_frame(self, writer, data: bytes, reason: str) -> None:  # type: ignore[no-untyped-def]
-        """A framing error: DLQ what we have, answer AR if the peer still listens."""
-        sample = data.lstrip(b"\x0b")[:DLQ_SAMPLE_BYTES]
-        header = _try_header(sample, self.settings.mllp_default_charset)
-        ack = await self._reject(sample, header, 100, "Segment sequence error", "", reason)
-        try:
+    #: frames of one connection handled at once
+    PIPELINE = 32
+
+    @staticmethod
+    async def _answer(in_flight: asyncio.Queue[asyncio.Future[bytes] | None],
+                      writer) -> None:  # type: ignore[no-untyped-def]
+        """Write each frame's ACK in the order the frames came (a stored message whose ACK
+        cannot be written any more is simply sent again by the sender: same MSH-10, same ids)."""
+        while (work := await in_flight.get()) is not None:
+            ack = await work
             writer.writeblock(ack)
             await writer.drain()
-        except ConnectionError:
-            pass
+
+    async def _frame_rejection(self, data: bytes, reason: str) -> bytes:
+        """A framing error: DLQ what we have, and the AR for it."""
+        sample = data.lstrip(b"\x0b")[:DLQ_SAMPLE_BYTES]
+        header = _try_header(sample, self.settings.mllp_default_charset)
+        return await self._reject(sample, header, 100, "Segment sequence error", "", reason)
 
     async def handle(self, block: bytes, peer: object = None) -> bytes:
         """Validate, store, acknowledge one message; return the ACK bytes."""
@@ -147,8 +172,8 @@ class MllpListener:
                              facility=s.receiving_facility, error_code=207,
                              error_text="Application internal error",
                              reason=f"not stored, please retry: {exc}")
-        log.info("mllp.accepted", control_id=header.control_id, message_type=header.message_type,
-                 event_id=event.event_id)
+        log.debug("mllp.accepted", control_id=header.control_id,
+                  message_type=header.message_type, event_id=event.event_id)
         return build_ack("AA", header, application=s.receiving_application,
                          facility=s.receiving_facility)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, Message, Producer
 
 from stafet.errors import DeliveryError
-from stafet.kafka_client import KafkaTarget, resolve_config
+from stafet.kafka_client import PARTITIONER, KafkaTarget, resolve_config
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -28,6 +28,7 @@ class DurableProducer:
         self._producer = Producer(resolve_config(kafka, **{
             "enable.idempotence": True,
             "acks": "all",
+            "partitioner": PARTITIONER,
             "linger.ms": 2,
             "message.timeout.ms": int(timeout_s * 1000),
             "message.max.bytes": 2_000_000,

@@ -87,7 +87,7 @@ def topics() -> None:
     from stafet.topics import ensure_topics
 
     settings = get_settings()
-    created = ensure_topics(settings, settings.partitions, app_id=settings.app_id)
+    created = ensure_topics(settings, settings.partitions)
     click.echo(f"created {len(created)} topics" if created else "all topics exist")
 
 
@@ -97,12 +97,12 @@ def topics() -> None:
 @main.command()
 def worker() -> None:
     """Run the stream worker (normalize → notify, referrals) until SIGTERM / Ctrl-C."""
-    from stafet.streams.app import create_worker
+    from stafet.streams.app import run_worker
     from stafet.topics import ensure_topics
 
     settings = get_settings()
-    ensure_topics(settings, settings.partitions, app_id=settings.app_id)
-    create_worker().execute_from_commandline()
+    ensure_topics(settings, settings.partitions)
+    run_worker(settings)
 
 
 @main.command()
@@ -146,7 +146,7 @@ def up() -> None:
                    f"http://{settings.fhir_host}:{settings.fhir_port}/fhir, Kafka on "
                    f"{settings.bootstrap}. Logs in .stafet/logs. Ctrl-C stops.")
         try:
-            while True:  # a supervisor: a worker that stopped for a replay is started again
+            while True:  # a supervisor: whatever exited is started again
                 for name, service in services.items():
                     if not service.alive():
                         click.echo(f"{name} exited; restarting it (see .stafet/logs)", err=True)

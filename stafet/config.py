@@ -86,20 +86,34 @@ class Settings(BaseSettings):
     )
 
     # --- stream worker -------------------------------------------------------------------
-    app_id: str = "stafet"
+    app_id: str = Field("stafet", description="the stream stage's consumer group and "
+                        "transactional-id prefix; workers with the same id share the partitions")
     worker_data_dir: Path = Field(PROJECT_ROOT / ".stafet" / "worker", description="RocksDB state")
-    worker_web_port: int = 6066
-    processing_guarantee: str = Field(
-        "at_least_once",
-        description="at_least_once (default; duplicates are suppressed by the notify table and "
-        "carry identical ids) | exactly_once (Kafka transactions; see docs/decisions.md)",
+    processing_guarantee: Literal["exactly-once", "at-least-once"] = Field(
+        "exactly-once",
+        description="exactly-once: outputs, state and input offsets in one Kafka transaction "
+        "(see docs/decisions.md); at-least-once only for measurements",
+    )
+    worker_commit_interval_s: float = Field(
+        0.5, description="how often the stream stage commits its transaction: a downstream "
+        "read_committed consumer sees outputs after at most about this long",
     )
     worker_session_timeout_s: float = Field(
         15.0, description="a crashed worker's partitions move to the others after this long"
     )
-    worker_stall_timeout_s: float = Field(
-        120.0, description="an input partition with waiting records whose committed offset has "
-        "not moved this long stops the worker (exit 70) for a restart (Faust #629); 0: off",
+    worker_transaction_timeout_s: float = Field(
+        30.0, description="a crashed worker's open transaction is aborted by the broker after "
+        "this long; until then read_committed consumers wait at it (keep it well above the "
+        "commit interval)",
+    )
+    state_retention_days: float = Field(
+        90.0, description="state of a finished stay or a closed referral is kept this long "
+        "(late corrections find what they revise), then pruned",
+    )
+    validate_every: int = Field(
+        20, ge=0, description="full fhir.resources validation of 1 HospitalNotification in N "
+        "(deterministic sample; 1 = every one, 0 = none); MedCom's invariants are checked on "
+        "every message by the builder, and every Bundle kind is validated by the tests",
     )
     referral_decision_deadline_days: float = Field(
         30.0, description="alert referrer and municipality when a referral has no decision by then"
@@ -115,7 +129,6 @@ class Settings(BaseSettings):
         "event names none (MedCom requires one)",
     )
     unit_contact_phone: str = Field("00 00 00 00", description="set the unit's real number")
-    validate_notifications: bool = Field(True, description="validate every Bundle with fhir.resources")
     default_timezone: str = Field("Europe/Copenhagen", description="for HL7 times without an offset")
 
     # --- delivery to subscribers (connectors/delivery.py) ------------------------------------

@@ -1,4 +1,4 @@
-"""Client configuration for every Kafka client stafet creates (confluent-kafka and Faust).
+"""Client configuration for every Kafka client stafet creates (confluent-kafka, quixstreams).
 
 One place decides how a process reaches the broker, so that security settings (SASL/SCRAM, TLS)
 apply to every producer, consumer and admin client alike.
@@ -6,7 +6,6 @@ apply to every producer, consumer and admin client alike.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +13,11 @@ from pydantic import SecretStr
 
 from stafet.config import Settings
 from stafet.kafka_credentials import stored_password
+
+#: Every producer partitions keys the way the stream engine (quixstreams) and Java clients do, so
+#: one patient's records land on the same partition number whichever stafet process wrote them
+#: (a referral's timer tick must meet the referral's state).
+PARTITIONER = "murmur2_random"
 
 #: The local broker's super user (bootstrapped at storage-format time; provisions the rest).
 ADMIN = "admin"
@@ -78,18 +82,3 @@ def resolve_config(target: KafkaTarget, **extra: Any) -> dict[str, Any]:
     if isinstance(target, str):
         return {"bootstrap.servers": target, **extra}
     return {**target, **extra}
-
-
-def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
-    """``faust.App`` keyword arguments that make its aiokafka clients authenticate like ours."""
-    if settings.kafka_security != "sasl_ssl":
-        return {}
-    import faust
-
-    context = ssl.create_default_context(cafile=ca_location(settings))
-    credentials = faust.SASLCredentials(
-        username=settings.kafka_username,
-        password=password_for(settings, settings.kafka_username).get_secret_value(),
-        ssl_context=context, mechanism=SCRAM_MECHANISM,
-    )
-    return {"broker_credentials": credentials}

@@ -81,17 +81,24 @@ def municipality_grants(code: str) -> list[Grant]:
 
 
 def worker_grants(app_id: str) -> list[Grant]:
-    """The Faust worker: ingest → events → out/dlq, its own changelog/leader topics (which it
-    creates) and its consumer group; transactional ids for ``processing_guarantee=exactly_once``."""
+    """The stream stage (quixstreams, exactly-once): ingest → events → out/dlq/alerts, the
+    referral timers, its own changelog topics ``changelog__<app id>--…`` (which it creates), its
+    consumer group and its transactional ids ``<app id>-…``; DESCRIBE_CONFIGS because the engine
+    checks each topic's configuration (partitions, max.message.bytes) before it starts."""
     w = WORKER
+    look = ("DESCRIBE", "DESCRIBE_CONFIGS")
     return [
-        *_grants(w, "TOPIC", "ingest.hl7v2", LITERAL, ("READ", "DESCRIBE")),
-        *_grants(w, "TOPIC", "ingest.fhir", LITERAL, ("READ", "DESCRIBE")),
-        *_grants(w, "TOPIC", "events.", PREFIXED, ("READ", "WRITE", "DESCRIBE")),
-        *_grants(w, "TOPIC", "out.", PREFIXED, ("WRITE", "DESCRIBE")),
-        *_grants(w, "TOPIC", "dlq.", PREFIXED, ("WRITE", "DESCRIBE")),
-        *_grants(w, "TOPIC", f"{app_id}-", PREFIXED, ("READ", "WRITE", "DESCRIBE", "CREATE")),
-        *_grants(w, "GROUP", app_id, LITERAL, ("READ",)),
+        *_grants(w, "TOPIC", "ingest.hl7v2", LITERAL, ("READ", *look)),
+        *_grants(w, "TOPIC", "ingest.fhir", LITERAL, ("READ", *look)),
+        *_grants(w, "TOPIC", "events.", PREFIXED, ("READ", "WRITE", *look)),
+        *_grants(w, "TOPIC", "timers.", PREFIXED, ("READ", "WRITE", *look)),
+        *_grants(w, "TOPIC", "out.", PREFIXED, ("WRITE", *look)),
+        *_grants(w, "TOPIC", "dlq.", PREFIXED, ("WRITE", *look)),
+        *_grants(w, "TOPIC", "alerts.operator", LITERAL, ("WRITE", *look)),
+        *_grants(w, "TOPIC", f"changelog__{app_id}--", PREFIXED,
+                 ("READ", "WRITE", "CREATE", *look)),
+        *_grants(w, "GROUP", app_id, LITERAL, ("READ", "DESCRIBE")),
+        *_grants(w, "GROUP", "stafet-reader-", PREFIXED, ("DESCRIBE",)),
         *_grants(w, "TRANSACTIONAL_ID", f"{app_id}-", PREFIXED, ("WRITE", "DESCRIBE")),
     ]
 

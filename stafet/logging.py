@@ -37,7 +37,7 @@ def mask_rendered(_: WrappedLogger, __: str, line: str) -> str:
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
-    """Route structlog and stdlib logging (Faust, aiokafka) through one masking JSON renderer."""
+    """Route structlog and stdlib logging (quixstreams, confluent-kafka) through one masking JSON renderer."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

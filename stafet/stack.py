@@ -106,7 +106,7 @@ def service_env(settings: Settings, principal: str) -> dict[str, str]:
 def prepare_kafka(settings: Settings) -> None:
     """As the super user: every topic and, on a secure broker, every principal and ACL."""
     admin = as_admin(settings) if settings.kafka_security == "sasl_ssl" else settings
-    ensure_topics(admin, settings.partitions, app_id=settings.app_id)
+    ensure_topics(admin, settings.partitions)
     if settings.kafka_security == "sasl_ssl":
         from stafet.schemas.municipalities import municipalities
 

@@ -12,7 +12,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition,
+)
 
 from stafet.errors import StafetError
 
@@ -25,6 +27,9 @@ def read_to_end(config: dict[str, Any], topic: str, *, since_ms: int | None = No
     read from the beginning), if given — partition by partition in offset order."""
     consumer = Consumer({**config, "group.id": f"stafet-reader-{uuid.uuid4()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         # a topic written in transactions ends in a commit marker, which is
+                         # never delivered: the end of a partition is its EOF event
+                         "isolation.level": "read_committed", "enable.partition.eof": True,
                          "log_level": 2})
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)
@@ -54,11 +59,12 @@ def read_to_end(config: dict[str, Any], topic: str, *, since_ms: int | None = No
             if msg is None:
                 continue
             deadline = time.monotonic() + timeout_s
-            if msg.error():
+            eof = msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF
+            if msg.error() and not eof:
                 raise StafetError(f"reading {topic}: {msg.error()}")
-            if msg.offset() < ends[msg.partition()]:
+            if not eof and msg.offset() < ends[msg.partition()]:
                 yield msg
-            if msg.offset() >= ends[msg.partition()] - 1:
+            if msg.partition() in todo and (eof or msg.offset() >= ends[msg.partition()] - 1):
                 todo.discard(msg.partition())
                 consumer.incremental_unassign([TopicPartition(topic, msg.partition())])
     except KafkaException as exc:

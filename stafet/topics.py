@@ -31,6 +31,8 @@ ACKS_INBOUND = "acks.inbound"  # MedCom Acknowledgements from receivers, keyed b
 AUDIT_DELIVERY = "audit.delivery"  # every delivery attempt, acknowledgement and failure
 ALERTS_OPERATOR = "alerts.operator"  # what a person must look at: unknown recipients, DLQ'd sends
 DLQ_DELIVERY = "dlq.delivery"  # messages a subscriber could not be given within the budget
+#: when each open referral next needs a tick (deadline, parked decision); compacted
+TIMERS_REFERRAL = "timers.referral"
 DLQ_TOPICS = (DLQ_MLLP, DLQ_FHIR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, DLQ_DELIVERY)
 
 #: Headers stafet puts on records (values are UTF-8 bytes).
@@ -59,33 +61,15 @@ def municipality_topic(code: str) -> str:
 
 
 def all_topics() -> list[str]:
-    return [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL, OUT_REFERRER, OUT_LETTER,
+    return [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL, TIMERS_REFERRAL,
+            OUT_REFERRER, OUT_LETTER,
             ACKS_INBOUND, AUDIT_DELIVERY, ALERTS_OPERATOR, *DLQ_TOPICS,
             *(municipality_topic(code) for code in municipalities())]
 
 
-#: The worker's tables; Faust names their changelogs ``<app id>-<table>-changelog``.
-TABLES = ("hospital-notifications", "referrals")
-
-
-def worker_topics(app_id: str) -> dict[str, tuple[int | None, dict[str, str]]]:
-    """Faust's own topics for ``app_id``: {name: (partitions or None = default, config)}.
-
-    Created before the worker starts: a table changelog that Faust creates itself on a fresh
-    broker may be missing from its metadata on the first write, and the agent then crashes
-    (PartitionsMismatch) after its messages went out but before its state was kept.
-    """
-    topics: dict[str, tuple[int | None, dict[str, str]]] = {
-        f"{app_id}-{table}-changelog": (None, {"cleanup.policy": "compact"}) for table in TABLES
-    }
-    topics[f"{app_id}-__assignor-__leader"] = (1, {})
-    return topics
-
-
-def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0,
-                  app_id: str | None = None) -> list[str]:
-    """Create every stafet topic (and the worker's, given its app id) that does not exist yet;
-    return the ones created.
+def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0) -> list[str]:
+    """Create every stafet topic that does not exist yet; return the ones created. (The stream
+    stage's changelog topics, ``changelog__<app id>--…``, are created by the worker itself.)
 
     ``kafka``: settings (this process's principal), a client config or a bootstrap string. With
     ACLs a principal sees only the topics it may describe and creates only its own (the worker:
@@ -100,8 +84,8 @@ def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0,
         raise StafetError(f"cannot reach Kafka at {config['bootstrap.servers']}: {exc}") from exc
     wanted: dict[str, tuple[int | None, dict[str, str]]] = {t: (None, {}) for t in all_topics()}
     wanted[AUDIT_DELIVERY] = (None, {"retention.ms": "-1"})  # the record of who got what: kept
-    if app_id:
-        wanted.update(worker_topics(app_id))
+    # the latest due time per referral, for as long as the referral is open
+    wanted[TIMERS_REFERRAL] = (None, {"cleanup.policy": "compact"})
     missing = [name for name in wanted if name not in existing]
     if not missing:
         return []

@@ -1,67 +1,221 @@
-"""The Faust app: one place that knows the broker, the state directory and the guarantees.
+"""The stream engine: quixstreams with ``processing_guarantee="exactly-once"``.
 
-Agents live in their own modules (``normalize``, ``notify``) and register on import; the worker
-(``stafet worker``) imports them through :func:`create_worker`.
+One :class:`~quixstreams.Application` consumes the four input topics. Each record goes through
+its step (:mod:`normalize`, :mod:`notify`, :mod:`referrals`), a pure function that returns the
+records to produce; the engine produces them, writes the step's state (RocksDB, changelog topic)
+and commits the input offset in **one Kafka transaction**. A crash anywhere aborts the
+transaction and the records are processed again from the last commit, so a ``read_committed``
+consumer sees each output exactly once — no guards, no exit-for-replay.
+
+Errors by kind (see docs/decisions.md):
+- the record's own fault (bad HL7, unknown municipality, a second decision): the step returns a
+  dead letter instead, in the same transaction;
+- an output that can never be produced (larger than its topic's ``max.message.bytes``): checked
+  before anything is written — the input goes to its stage's dead-letter topic with the reason,
+  an alert goes to ``alerts.operator``, the step's state is left as it was, and the records
+  behind it flow;
+- a transient broker fault: quixstreams aborts the transaction; :func:`run_worker` backs off and
+  starts the application again in the same process.
 """
 
 from __future__ import annotations
 
-import faust
+import hashlib
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
 
-from stafet.config import get_settings
-from stafet.kafka_client import client_config, faust_broker_kwargs
-from stafet.logging import configure_logging
-from stafet.streams.offset_guard import OffsetGuard
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from quixstreams import Application, message_context
+from quixstreams.kafka.configuration import ConnectionConfig
+from quixstreams.models import Serializer
 
-settings = get_settings()
-
-
-def _broker_url(bootstrap: str) -> str:
-    return "kafka://" + ";".join(bootstrap.split(","))
-
-
-app = faust.App(
-    settings.app_id,
-    broker=_broker_url(settings.bootstrap),
-    store="rocksdb://",
-    datadir=str(settings.worker_data_dir),
-    topic_partitions=settings.partitions,
-    topic_replication_factor=1,
-    processing_guarantee=settings.processing_guarantee,
-    producer_acks=-1,
-    web_enabled=False,
-    web_port=settings.worker_web_port,
-    consumer_auto_offset_reset="earliest",
-    broker_commit_every=100,
-    broker_commit_interval=0.5,
-    stream_wait_empty=False,
-    broker_session_timeout=settings.worker_session_timeout_s,
-    broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
-    **faust_broker_kwargs(settings),  # SASL_SSL + SCRAM as this process's principal, if secure
+from stafet.config import Settings
+from stafet.kafka_client import client_config
+from stafet.logging import get_logger
+from stafet.streams.normalize import normalize_fhir, normalize_hl7
+from stafet.streams.notify import notify
+from stafet.streams.records import Inbound, Output, dead_letter, headers_dict, operator_alert
+from stafet.streams.referrals import ReferralStep
+from stafet.streams.staged_state import StagedState
+from stafet.topics import (
+    ALERTS_OPERATOR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, EVENTS_ENCOUNTER, EVENTS_REFERRAL,
+    INGEST_FHIR, INGEST_HL7V2, OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
 )
+from stafet.schemas.municipalities import municipalities
+
+log = get_logger(__name__)
+
+#: what every step may write (the callable topic in ``to_topic`` must return a declared Topic)
+def output_topics() -> list[str]:
+    return [EVENTS_ENCOUNTER, EVENTS_REFERRAL, TIMERS_REFERRAL, OUT_REFERRER, OUT_LETTER,
+            DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, ALERTS_OPERATOR,
+            *(municipality_topic(code) for code in municipalities())]
 
 
-#: every agent checks each record's offset against the group's commit (streams/offset_guard.py)
-offset_guard = OffsetGuard(client_config(settings), settings.app_id)
+class OutputValue(Serializer):
+    """The step already made the bytes: pass :attr:`Output.value` through."""
+
+    def __call__(self, value: Output, ctx: Any) -> bytes | None:  # type: ignore[override]
+        return value.value
 
 
-class StafetWorker(faust.Worker):
-    """A Faust worker whose logs go through stafet's CPR-masking JSON renderer."""
+class TopicLimits:
+    """Each output topic's ``max.message.bytes`` (read from the broker, refreshed now and
+    then), so a record that the broker would refuse is caught before the transaction."""
 
-    def _setup_logging(self) -> None:
-        configure_logging(settings.log_level, json=settings.log_json)
-        self.spinner = None
+    DEFAULT = 1_048_588  # the broker's default
+
+    def __init__(self, config: dict[str, Any], topics: list[str], refresh_s: float = 60.0) -> None:
+        self._admin = AdminClient({**config, "log_level": 3})
+        self._topics = topics
+        self._refresh_s = refresh_s
+        self._limits: dict[str, int] = {}
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def limit(self, topic: str) -> int:
+        with self._lock:
+            if time.monotonic() - self._read_at > self._refresh_s:
+                self._read()
+            return self._limits.get(topic, self.DEFAULT)
+
+    def _read(self) -> None:
+        resources = [ConfigResource(ResourceType.TOPIC, t) for t in self._topics]
+        try:
+            futures = self._admin.describe_configs(resources, request_timeout=10)
+            for resource, future in futures.items():
+                entry = future.result().get("max.message.bytes")
+                if entry is not None and entry.value:
+                    self._limits[resource.name] = int(entry.value)
+            self._read_at = time.monotonic()
+        except Exception as exc:  # keep the last known limits; try again on the next record
+            log.warning("worker.topic_limits_unavailable", error=str(exc))
 
 
-def create_worker() -> StafetWorker:
-    """The worker with every agent registered."""
-    from stafet.streams import normalize, notify, referrals  # noqa: F401  (registers the agents)
-    from stafet.streams.stall import StallWatchdog
-    from stafet.topics import EVENTS_ENCOUNTER, EVENTS_REFERRAL, INGEST_FHIR, INGEST_HL7V2
+Step = Callable[[Inbound, Any], list[Output]]
 
-    if settings.worker_stall_timeout_s > 0:  # a stalled input partition → exit 70 → restart
-        StallWatchdog(client_config(settings), settings.app_id,
-                      [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL],
-                      settings.worker_stall_timeout_s).start()
-    return StafetWorker(app, loglevel=settings.log_level.lower(), quiet=True,
-                        redirect_stdouts=False)
+
+class Stage:
+    """One input topic's step plus the checks every step gets."""
+
+    def __init__(self, name: str, dlq: str, step: Step, limits: TopicLimits) -> None:
+        self.name, self.dlq, self.step, self.limits = name, dlq, step, limits
+
+    def __call__(self, value: bytes | None, key: bytes | None, headers: Any,
+                 state: Any = None) -> list[Output]:
+        """The quixstreams callback: the record in hand, from the message context."""
+        ctx = message_context()
+        record = Inbound(ctx.topic, ctx.partition, ctx.offset, key, value, headers_dict(headers))
+        return self.process(record, state)
+
+    def process(self, record: Inbound, state: Any = None) -> list[Output]:
+        """The step's outputs, or the record's dead letter + an alert when one of them could
+        never be produced; the step's state writes count only in the first case."""
+        staged = StagedState(state) if state is not None else None
+        outputs = self.step(record, staged)
+        too_large = [(o, self.limits.limit(o.topic)) for o in outputs
+                     if o.size() > self.limits.limit(o.topic)]
+        if too_large:  # would fail the whole transaction forever: dead-letter the input instead
+            reason = "; ".join(f"output for {o.topic} is {o.size()} bytes, over its "
+                               f"max.message.bytes {limit}" for o, limit in too_large)
+            log.error(f"{self.name}.output_too_large", origin=record.origin, reason=reason)
+            return [dead_letter(self.dlq, self.name, record, reason),
+                    operator_alert(self.name, f"{record.origin} dead-lettered: {reason}",
+                                   origin=record.origin, topic=self.dlq)]
+        if staged is not None:
+            staged.commit()
+        return outputs
+
+
+def sampled(every: int) -> Callable[[Inbound], bool]:
+    """Deterministic sampling (a replay decides the same): 1 record in ``every``."""
+    if every <= 1:
+        return lambda record: True
+    return lambda record: zlib.crc32(record.origin.encode()) % every == 0
+
+
+def transactional_id(settings: Settings) -> str:
+    """``<app id>-<host>-<data dir hash>``: the same for a worker that restarts where it ran (its
+    successor then fences a crashed predecessor's open transaction at once instead of waiting
+    for it to time out), different for every other worker (each has its own state directory)."""
+    where = hashlib.sha256(str(settings.worker_data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{settings.app_id}-{socket.gethostname()}-{where}"
+
+
+def build_application(settings: Settings) -> Application:
+    """The application with every stage attached; not started."""
+    config = client_config(settings)
+    app = Application(
+        broker_address=ConnectionConfig.from_librdkafka_dict(config, ignore_extras=True),
+        consumer_group=settings.app_id,
+        processing_guarantee=settings.processing_guarantee,
+        auto_offset_reset="earliest",
+        state_dir=str(settings.worker_data_dir),
+        commit_interval=settings.worker_commit_interval_s,
+        consumer_extra_config={"session.timeout.ms": int(settings.worker_session_timeout_s * 1000),
+                               "heartbeat.interval.ms": int(min(3.0, settings.worker_session_timeout_s / 3) * 1000),
+                               "log_level": 3},
+        producer_extra_config={
+            "transactional.id": transactional_id(settings),
+            "linger.ms": 5, "log_level": 3,
+            "transaction.timeout.ms": int(settings.worker_transaction_timeout_s * 1000)},
+        loglevel=None,  # its loggers go through our CPR-masking handler (stafet.logging)
+        auto_create_topics=True,  # only the changelogs are missing; `stafet topics` made the rest
+    )
+    topic = {name: app.topic(name, key_deserializer="bytes", value_deserializer="bytes",
+                             key_serializer="bytes", value_serializer=OutputValue())
+             for name in {*output_topics(), INGEST_HL7V2, INGEST_FHIR}}
+    limits = TopicLimits(config, output_topics())
+    validate = sampled(settings.validate_every)
+    referrals = ReferralStep(settings)
+    stages = [
+        (INGEST_HL7V2, Stage("normalize", DLQ_NORMALIZE,
+                             lambda r, s: normalize_hl7(r, settings), limits), False),
+        (INGEST_FHIR, Stage("normalize", DLQ_NORMALIZE,
+                            lambda r, s: normalize_fhir(r, settings), limits), False),
+        (EVENTS_ENCOUNTER, Stage("notify", DLQ_NOTIFY,
+                                 lambda r, s: notify(r, s, settings, validate=validate(r)),
+                                 limits), True),
+        (EVENTS_REFERRAL, Stage("referrals", DLQ_REFERRAL, referrals, limits), True),
+    ]
+    for source, stage, stateful in stages:
+        sdf = app.dataframe(topic[source])
+        if stateful:
+            sdf = sdf.apply(lambda v, k, t, h, state, stage=stage: stage(v, k, h, state),
+                            stateful=True, metadata=True, expand=True)
+        else:
+            sdf = sdf.apply(lambda v, k, t, h, stage=stage: stage(v, k, h),
+                            metadata=True, expand=True)
+        sdf = sdf.set_headers(lambda v, k, t, h: list(v.headers.items()))
+        sdf.to_topic(lambda v, k, t, h: topic[v.topic], key=lambda v: v.key)
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the stream stage until SIGTERM / Ctrl-C. A fault that stops the application (the
+    broker away longer than quixstreams waits, a failed commit) aborts its transaction; the
+    application is then started again from the committed offsets, in this process."""
+    from stafet.streams.timers import ReferralScheduler
+
+    scheduler = ReferralScheduler(client_config(settings), settings.referral_timer_interval_s)
+    scheduler.start()
+    backoff = 1.0
+    try:
+        while True:
+            app = build_application(settings)
+            started = time.monotonic()
+            try:
+                app.run()
+                return  # stopped by a signal
+            except Exception:
+                log.exception("worker.application_failed", retry_in_s=backoff)
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+    finally:
+        scheduler.stop()

@@ -1,86 +1,71 @@
 """normalize: raw input → canonical Avro events. HL7 v2 (``ingest.hl7v2``): ADT to
 ``events.encounter``, REF/RRI to ``events.referral``; FHIR (``ingest.fhir``) to ``events.referral``.
 The parse functions are the ones the connectors used before they answered, so what was accepted
-can be normalised."""
+can be normalised. Pure: a record in, the records to produce out."""
 
 from __future__ import annotations
 
-from faust.types import EventT, StreamT
-
+from stafet.config import Settings
 from stafet.fhir_referral import FhirInputError, parse_fhir_referral
 from stafet.hl7v2 import Hl7Error
 from stafet.hl7v2_referral import parse_hl7v2
-from stafet.model import EncounterEvent
 from stafet.logging import get_logger
+from stafet.model import EncounterEvent
 from stafet.schemas.codec import encode
-from stafet.streams.app import app, settings
-from stafet.streams.offset_guard import checked
-from stafet.streams.dead_letter import reject, stop_on_failure, topic
+from stafet.streams.records import Inbound, Output, dead_letter
 from stafet.topics import (
     DLQ_NORMALIZE, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
-    INGEST_FHIR, INGEST_HL7V2,
 )
 
 log = get_logger(__name__)
-SECRET = settings.patient_key_secret.get_secret_value()
 
 
-async def normalize_one(event: EventT) -> None:
-    headers = event.headers or {}
-    charset = (headers.get(H_CHARSET) or settings.mllp_default_charset.encode()).decode()
+def reject(record: Inbound, exc: Exception, *, bad_input: bool) -> list[Output]:
+    """Bad input (a warning) or a bug of ours (logged with its traceback): either way the
+    record is dead-lettered with the reason and the pipeline goes on."""
+    if bad_input:
+        log.warning("normalize.rejected", error=str(exc), origin=record.origin)
+        return [dead_letter(DLQ_NORMALIZE, "normalize", record, str(exc))]
+    log.error("normalize.failed", origin=record.origin, exc_info=exc)
+    return [dead_letter(DLQ_NORMALIZE, "normalize", record,
+                        f"internal error: {type(exc).__name__}: {exc}")]
+
+
+def _event_headers(event_id: str, record: Inbound) -> dict[str, bytes]:
+    headers = {H_EVENT_ID: event_id.encode()}
+    if H_RECEIVED_AT in record.headers:
+        headers[H_RECEIVED_AT] = record.headers[H_RECEIVED_AT]
+    return headers
+
+
+def normalize_hl7(record: Inbound, settings: Settings) -> list[Output]:
+    """One HL7 v2 message → one canonical event (or its dead letter)."""
+    charset = (record.headers.get(H_CHARSET) or settings.mllp_default_charset.encode()).decode()
     try:
-        parsed = parse_hl7v2(event.value, secret=SECRET, default_charset=charset,
-                             timezone=settings.default_timezone)
+        parsed = parse_hl7v2(record.value or b"",
+                             secret=settings.patient_key_secret.get_secret_value(),
+                             default_charset=charset, timezone=settings.default_timezone)
         if isinstance(parsed, EncounterEvent):
-            out_topic, value = EVENTS_ENCOUNTER, encode("encounter_event", parsed.to_record())
+            topic, value = EVENTS_ENCOUNTER, encode("encounter_event", parsed.to_record())
         else:
-            out_topic, value = EVENTS_REFERRAL, encode("referral_event", parsed.to_record())
+            topic, value = EVENTS_REFERRAL, encode("referral_event", parsed.to_record())
     except Hl7Error as exc:
-        return await reject(DLQ_NORMALIZE, "normalize", event, exc, bad_input=True)
+        return reject(record, exc, bad_input=True)
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on
-        return await reject(DLQ_NORMALIZE, "normalize", event, exc, bad_input=False)
-    out_headers = {H_EVENT_ID: parsed.event_id.encode()}
-    if H_RECEIVED_AT in headers:
-        out_headers[H_RECEIVED_AT] = headers[H_RECEIVED_AT]
-    sent = await topic(out_topic).send(key=parsed.patient_key.encode(), value=value,
-                                       headers=out_headers)
-    await sent  # on the broker before this record counts as done (else: exit for a replay)
+        return reject(record, exc, bad_input=False)
+    return [Output(topic, parsed.patient_key.encode(), value,
+                   _event_headers(parsed.event_id, record))]
 
 
-@app.agent(topic(INGEST_HL7V2))
-
-
-async def normalize(stream: StreamT) -> None:
-    async for event in stream.events():
-        async with stop_on_failure("normalize"):
-            await checked(event)
-            await normalize_one(event)
-
-
-async def normalize_fhir_one(event: EventT) -> None:
-    """FHIR referral resources (``ingest.fhir``) → canonical events on ``events.referral``."""
+def normalize_fhir(record: Inbound, settings: Settings) -> list[Output]:
+    """FHIR referral resources (one resource or a Bundle) → canonical events."""
     try:
-        parsed = parse_fhir_referral(event.value, secret=SECRET)
-        records = [(p, encode("referral_event", p.to_record())) for p in parsed]
+        parsed = parse_fhir_referral(record.value or b"",
+                                     secret=settings.patient_key_secret.get_secret_value())
+        return [Output(EVENTS_REFERRAL, p.patient_key.encode(),
+                       encode("referral_event", p.to_record()),
+                       _event_headers(p.event_id, record)) for p in parsed]
     except FhirInputError as exc:
-        return await reject(DLQ_NORMALIZE, "normalize", event, exc, bad_input=True)
+        return reject(record, exc, bad_input=True)
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on
-        return await reject(DLQ_NORMALIZE, "normalize", event, exc, bad_input=False)
-    received = (event.headers or {}).get(H_RECEIVED_AT)
-    for referral, value in records:
-        headers = {H_EVENT_ID: referral.event_id.encode()}
-        if received:
-            headers[H_RECEIVED_AT] = received
-        sent = await topic(EVENTS_REFERRAL).send(key=referral.patient_key.encode(), value=value,
-                                                 headers=headers)
-        await sent
-
-
-@app.agent(topic(INGEST_FHIR))
-
-
-async def normalize_fhir(stream: StreamT) -> None:
-    async for event in stream.events():
-        async with stop_on_failure("normalize"):
-            await checked(event)
-            await normalize_fhir_one(event)
+        return reject(record, exc, bad_input=False)

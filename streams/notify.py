@@ -1,40 +1,48 @@
 """notify: canonical encounter events → MedCom HospitalNotification on the municipality's topic.
 
-The table ``hospital_notifications`` (RocksDB, changelog in Kafka) remembers, per patient and
-visit, the MessageHeader id of the last notification, so a correction (RE_) or cancellation
-(AN_) points at the message it revises, as MedCom's Provenance ``entity`` requires.
+The state (per patient key, RocksDB with a changelog topic, written in the same transaction as
+the notification) remembers, per visit, the MessageHeader ids sent, so a correction (RE_) or
+cancellation (AN_) points at the message it revises, as MedCom's Provenance ``entity`` requires,
+and a replayed event is recognised and not sent again.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
 
-from faust.types import EventT, StreamT
-
+from stafet.config import Settings
 from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
 from stafet.logging import get_logger
 from stafet.model import EncounterEvent
 from stafet.schemas.codec import decode
 from stafet.schemas.municipalities import municipality
-from stafet.streams.app import app, settings
-from stafet.streams.offset_guard import checked
-from stafet.streams.dead_letter import reject, stop_on_failure, topic
 from stafet.streams.hospitalnotification import (
     NotificationBuildError, build_hospital_notification, message_header_id, validate_bundle,
 )
+from stafet.streams.records import Inbound, Output, dead_letter
 from stafet.topics import (
-    DLQ_NOTIFY, EVENTS_ENCOUNTER, H_BUNDLE_ID, H_EVENT_CODE, H_EVENT_ID, H_MESSAGE_ID,
-    H_KIND, H_RECEIVED_AT, H_RECIPIENT, municipality_topic,
+    DLQ_NOTIFY, H_BUNDLE_ID, H_EVENT_CODE, H_EVENT_ID, H_KIND, H_MESSAGE_ID, H_RECEIVED_AT,
+    H_RECIPIENT, municipality_topic,
 )
 
 log = get_logger(__name__)
 
-#: patient key → {visit number: {"sent": [MessageHeader ids, in order], "leave_start": …}}
-last_notification = app.Table(
-    "hospital-notifications", default=dict, partitions=settings.partitions,
-    key_type=str,
-)
+#: notifications after which a stay is over; its history is kept for late corrections
+#: (``STAFET_STATE_RETENTION_DAYS``) and then pruned
+FINAL_CODES = ("SLHJ", "MORS", "AN_STIN", "AN_STAA", "RE_SLHJ", "RE_MORS")
+
+
+class State(Protocol):
+    """What a step needs of its state store (quixstreams' ``State``: scoped to the record key)."""
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def set(self, key: Any, value: Any) -> None: ...
+
+    def delete(self, key: Any) -> None: ...
 
 
 class RoutingError(ValueError):
@@ -53,13 +61,14 @@ def revision_of(history: list[str], header_id: str) -> tuple[str | None, bool]:
     return (history[-1] if history else None), False
 
 
-def render(event: EncounterEvent, previous_header_id: str | None) -> tuple[str, dict, bytes]:
+def render(event: EncounterEvent, previous_header_id: str | None,
+           *, validate: bool) -> tuple[str, dict, bytes]:
     """(topic, bundle, body) for one event; raises on anything that cannot be built."""
     recipient = municipality(event.patient.municipality_code)
     if recipient is None:
         raise RoutingError(f"unknown municipality '{event.patient.municipality_code}'")
     bundle = build_hospital_notification(event, recipient, previous_header_id=previous_header_id)
-    if settings.validate_notifications:
+    if validate:
         validate_bundle(bundle)
     body = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
     return municipality_topic(recipient.code), bundle, body
@@ -74,25 +83,37 @@ def with_known_leave(event: EncounterEvent, leave_start: str | None) -> Encounte
     return replace(event, encounter=replace(event.encounter, leave_start=leave_start))
 
 
-async def notify_one(event: EventT) -> None:
+def prune(visits: dict[str, Any], *, now: datetime, keep: timedelta) -> dict[str, Any]:
+    """Drop the history of stays that ended longer than ``keep`` ago."""
+    return {number: visit for number, visit in visits.items()
+            if not visit.get("ended_at")
+            or now - datetime.fromisoformat(visit["ended_at"]) < keep}
+
+
+def notify(record: Inbound, state: State, settings: Settings,
+           *, validate: bool = True) -> list[Output]:
+    """One encounter event → its HospitalNotification (or a dead letter, or nothing for a
+    replay); updates the visit history in ``state``."""
     try:
-        encounter = EncounterEvent.from_record(decode("encounter_event", event.value))
-        visits = dict(last_notification[encounter.patient_key])
+        encounter = EncounterEvent.from_record(decode("encounter_event", record.value or b""))
+        visits = dict(state.get("visits") or {})
         visit = dict(visits.get(encounter.encounter.visit_number) or {"sent": []})
         previous, seen = revision_of(
             visit["sent"],
             message_header_id(encounter.event_id, encounter.patient.municipality_code))
         if seen:  # already sent (a replay, or a duplicate upstream): same id, do not resend
-            log.info("notify.duplicate_skipped", event_id=encounter.event_id)
-            return
+            log.debug("notify.duplicate_skipped", event_id=encounter.event_id)
+            return []
         encounter = with_known_leave(encounter, visit.get("leave_start"))
-        out_topic, bundle, body = render(encounter, previous)
+        topic, bundle, body = render(encounter, previous, validate=validate)
         header_id = bundle["entry"][0]["resource"]["id"]
     except (NotificationBuildError, RoutingError, ValueError, KeyError) as exc:
-        return await reject(DLQ_NOTIFY, "notify", event, exc, bad_input=True,
-                            reason=f"{type(exc).__name__}: {exc}")
+        log.warning("notify.rejected", error=str(exc), origin=record.origin)
+        return [dead_letter(DLQ_NOTIFY, "notify", record, f"{type(exc).__name__}: {exc}")]
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on
-        return await reject(DLQ_NOTIFY, "notify", event, exc, bad_input=False)
+        log.error("notify.failed", origin=record.origin, exc_info=exc)
+        return [dead_letter(DLQ_NOTIFY, "notify", record,
+                            f"internal error: {type(exc).__name__}: {exc}")]
     headers = {
         H_EVENT_ID: encounter.event_id.encode(),
         H_MESSAGE_ID: header_id.encode(),
@@ -102,28 +123,20 @@ async def notify_one(event: EventT) -> None:
         H_RECIPIENT: f"{MUNICIPALITY_SYSTEM}|{encounter.patient.municipality_code}".encode(),
         "content-type": b"application/fhir+json; fhirVersion=4.0",
     }
-    if H_RECEIVED_AT in (event.headers or {}):
-        headers[H_RECEIVED_AT] = event.headers[H_RECEIVED_AT]
-    # Wait until the broker has the message before the table records it as sent: the table
-    # is what suppresses replays, so it must never get ahead of the topic.
-    delivery = await topic(out_topic).send(key=event.key, value=body, headers=headers)
-    await delivery
+    if H_RECEIVED_AT in record.headers:
+        headers[H_RECEIVED_AT] = record.headers[H_RECEIVED_AT]
+    now = datetime.now(timezone.utc)
     visit["sent"] = [*visit["sent"], header_id]
-    if encounter.notification_code == "STOR":
+    code = encounter.notification_code
+    if code == "STOR":
         visit["leave_start"] = encounter.encounter.leave_start
-    elif encounter.notification_code == "AN_STOR":  # the leave never happened
+    elif code == "AN_STOR":  # the leave never happened
         visit.pop("leave_start", None)
+    if code in FINAL_CODES:
+        visit["ended_at"] = now.isoformat()
+    elif code.startswith("AN_") and code[3:] in ("SLHJ", "MORS"):  # the stay goes on
+        visit.pop("ended_at", None)
     visits[encounter.encounter.visit_number] = visit
-    last_notification[encounter.patient_key] = visits
-    log.info("notify.sent", topic=out_topic, code=encounter.notification_code,
-             message_id=header_id, event_id=encounter.event_id)
-
-
-@app.agent(topic(EVENTS_ENCOUNTER))
-
-
-async def notify(stream: StreamT) -> None:
-    async for event in stream.events():
-        async with stop_on_failure("notify"):
-            await checked(event)
-            await notify_one(event)
+    state.set("visits", prune(visits, now=now,
+                              keep=timedelta(days=settings.state_retention_days)))
+    return [Output(topic, record.key, body, headers)]

@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography import x509
 
 from stafet.config import Settings
-from stafet.kafka_client import as_principal, client_config, faust_broker_kwargs
+from stafet.kafka_client import as_principal, client_config
 from stafet.kafka_credentials import ensure_tls, stored_password
 from stafet.kafka_local import LocalKafka
 from stafet.kafka_security import (
@@ -63,7 +63,8 @@ def test_service_principals_have_only_what_they_use() -> None:
     assert {name for (_, name, _, _) in mllp} == {"ingest.hl7v2", "dlq.mllp"}
     worker = _by(plan, WORKER)
     assert ("GROUP", "stafet-7", "LITERAL", "READ") in worker
-    assert ("TOPIC", "stafet-7-", "PREFIXED", "CREATE") in worker
+    assert ("TOPIC", "changelog__stafet-7--", "PREFIXED", "CREATE") in worker
+    assert ("TRANSACTIONAL_ID", "stafet-7-", "PREFIXED", "WRITE") in worker
     assert not [g for g in worker if g[1].startswith("out.") and g[3] == "READ"]
     assert not [g for g in worker if g[0] == "CLUSTER"]  # idempotence needs no cluster ACL
     fhir = _by(plan, FHIR)
@@ -123,15 +124,18 @@ def test_client_config_plaintext_and_secure(tmp_path: Path) -> None:
         .get_secret_value()
 
 
-def test_faust_gets_scram_over_tls(tmp_path: Path) -> None:
-    assert faust_broker_kwargs(Settings(kafka_security="plaintext")) == {}
+def test_stream_engine_gets_scram_over_tls(tmp_path: Path) -> None:
+    from quixstreams.kafka.configuration import ConnectionConfig
+
     settings = _secure(tmp_path, kafka_username=WORKER, kafka_password="pw-worker-1")
     ensure_tls(settings.tls_dir)
-    credentials = faust_broker_kwargs(settings)["broker_credentials"]
-    assert credentials.protocol.value == "SASL_SSL"
-    assert credentials.mechanism.value == "SCRAM-SHA-512"
-    assert (credentials.username, credentials.password) == (WORKER, "pw-worker-1")
-    assert "pw-worker-1" not in repr(credentials)
+    connection = ConnectionConfig.from_librdkafka_dict(client_config(settings), ignore_extras=True)
+    config = connection.as_librdkafka_dict()
+    assert config["security.protocol"].upper() == "SASL_SSL"
+    assert config["sasl.mechanism"].upper() == "SCRAM-SHA-512"
+    assert (config["sasl.username"], config["sasl.password"]) == (WORKER, "pw-worker-1")
+    assert config["ssl.ca.location"] == str(settings.ca_file)
+    assert "pw-worker-1" not in repr(connection)
 
 
 def test_tls_material_is_made_once_and_names_loopback(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 DEADLINE_S = 45.0
-#: held while a process is (re)started: the session's supervisor and the tests never both do it
+#: held while a process is (re)started by a test
 SUPERVISION = threading.RLock()
 
 
@@ -74,10 +74,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = Settings(
         kafka_port=free_port(), kafka_controller_port=free_port(), kafka_home=root / "kafka",
         worker_data_dir=root / "worker", mllp_port=free_port(), fhir_port=free_port(),
-        app_id=f"stafet-test-{uuid.uuid4().hex[:6]}", worker_web_port=free_port(), mllp_produce_timeout_s=5.0, log_level="INFO",
+        app_id=f"stafet-test-{uuid.uuid4().hex[:6]}", mllp_produce_timeout_s=5.0, log_level="INFO",
         # the 30-day assessment guarantee, shrunk to 45 s so the deadline test can watch it pass
         referral_decision_deadline_days=DEADLINE_S / 86400, referral_timer_interval_s=2.0,
-        worker_stall_timeout_s=30.0,  # a stalled partition is restarted within the tests' waits
+        validate_every=1,  # every HospitalNotification through fhir.resources in the tests
     )
     kafka = LocalKafka.from_settings(settings)
     kafka.start()
@@ -88,32 +88,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "mllp": Service("mllp", ["mllp"], root / "logs" / "mllp.log", service_env(settings, MLLP)),
         "fhir": Service("fhir", ["fhir"], root / "logs" / "fhir.log", service_env(settings, FHIR)),
     }
-    stop = threading.Event()
-    supervisor = threading.Thread(target=_restart_on_replay_exit, args=(services, stop),
-                                  daemon=True)
     try:
         for service in services.values():
             service.start()
-        supervisor.start()
         wait_for_port(settings.mllp_host, settings.mllp_port)
         wait_for_port(settings.fhir_host, settings.fhir_port)
         watched = [t for t in all_topics() if t.startswith("out.")]
         yield Stack(settings, kafka, services, root / "logs", [*watched, *DLQ_TOPICS])
     finally:
-        stop.set()
-        supervisor.join(5)
         for service in services.values():
             service.stop()
         kafka.stop()
-
-
-def _restart_on_replay_exit(services: dict[str, Service], stop: threading.Event) -> None:
-    """What `stafet up` / systemd do: a process that exited with 70 ("replay me": a send the
-    broker never confirmed, a stalled partition) is started again. Deliberate kills by a test
-    (−9, −15) are left to the test."""
-    while not stop.wait(1.0):
-        for service in list(services.values()):
-            with SUPERVISION:
-                process = service.process
-                if process is not None and process.poll() == 70:
-                    service.start()

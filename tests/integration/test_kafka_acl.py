@@ -39,13 +39,13 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     settings = Settings(
         kafka_security="sasl_ssl", kafka_port=free_port(), kafka_controller_port=free_port(),
         kafka_home=root / "kafka", worker_data_dir=root / "worker", mllp_port=free_port(),
-        fhir_port=free_port(), worker_web_port=free_port(),
+        fhir_port=free_port(),
         app_id=f"stafet-acl-{uuid.uuid4().hex[:6]}", log_level="INFO",
     )
     kafka = LocalKafka.from_settings(settings)
     kafka.start()
     try:
-        ensure_topics(as_admin(settings), settings.partitions, app_id=settings.app_id)
+        ensure_topics(as_admin(settings), settings.partitions)
         yield settings
     finally:
         kafka.stop()

@@ -1,0 +1,169 @@
+"""Soak: exactly once through repeated faults under continuous load (``make soak``).
+
+A sender keeps admitting, correcting and discharging children (every message resent until AA,
+as a real MLLP sender does). Meanwhile, ``STAFET_SOAK_CYCLES`` times (20): a second worker joins
+the group, the first is SIGKILLed and started again, the broker is restarted, and the second
+worker is stopped with SIGTERM. Afterwards, read with ``isolation.level=read_committed``:
+
+- every input has exactly one canonical event on ``events.encounter`` and exactly one
+  HospitalNotification on its municipality's topic — no output message id twice, none missing;
+- nothing went to a dead-letter topic;
+- no worker ever exited on its own (every exit was one the test caused).
+
+Marked ``soak`` (not in the default run: it takes about ten minutes) and ``disruptive``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from stafet.demo.inbox import end_offsets
+from stafet.hl7v2 import parse_adt
+from stafet.kafka_client import as_admin
+from stafet.kafka_security import WORKER
+from stafet.stack import Service, service_env
+from stafet.streams.hospitalnotification import message_header_id
+from stafet.topics import (
+    DLQ_TOPICS, EVENTS_ENCOUNTER, H_EVENT_ID, H_MESSAGE_ID, INGEST_HL7V2, municipality_topic,
+)
+
+from .conftest import SUPERVISION
+
+pytestmark = [pytest.mark.soak, pytest.mark.disruptive]
+
+CODE = "0147"  # Frederiksberg: no other test writes to it
+CYCLES = int(os.environ.get("STAFET_SOAK_CYCLES", "20"))
+HOSPITAL = Hospital("Bispebjerg og Frederiksberg Hospital (test)", "600000000000096")
+CHILDREN = ["Einer", "Lonni", "Magnus", "Rasmus", "Sverre", "Torre", "OddHaugen", "KnutOdvar"]
+
+
+class Load(threading.Thread):
+    """Admissions, corrections and discharges at about ``rate`` messages a second, each sent
+    until it is acknowledged with AA."""
+
+    def __init__(self, stack, run: str, rate: float = 20.0) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.run_id, self.pause = stack, run, 1.0 / rate
+        self.stopping = threading.Event()
+        self.sent: list[bytes] = []
+        self.resends = 0
+
+    def run(self) -> None:
+        patients = medcom_test_patients()
+        v = 0
+        while not self.stopping.is_set():
+            child = patients[CHILDREN[v % len(CHILDREN)]]
+            visit = f"S-{self.run_id}-{v}"
+            day = v % 28 + 1
+            for i, trigger in enumerate(("A01", "A08", "A03")):
+                extra = {"discharge_time": f"202612{day:02d}1500"} if trigger == "A03" else {}
+                m = adt(trigger, child, hospital=HOSPITAL, control_id=f"{visit}-{trigger}",
+                        visit=visit, event_time=f"202612{day:02d}1{i}00",
+                        admit_time=f"202612{day:02d}0800", municipality_code=CODE, **extra)
+                self._send(m)
+                self.sent.append(m)
+                time.sleep(self.pause)
+            v += 1
+
+    def _send(self, message: bytes) -> None:
+        while True:
+            try:
+                code = self.stack.send(message)["code"]
+            except OSError:
+                code = "no connection"
+            if code == "AA":
+                return
+            assert code in ("AE", "no connection"), code  # never AR for a good message
+            self.resends += 1
+            time.sleep(0.5)
+
+
+def test_exactly_once_through_repeated_joins_kills_and_broker_restarts(stack, tmp_path):
+    secret = stack.settings.patient_key_secret.get_secret_value()
+    out_topic = municipality_topic(CODE)
+    since = {**stack.marks(), **end_offsets(as_admin(stack.settings), [INGEST_HL7V2,
+                                                                      EVENTS_ENCOUNTER])}
+    first = stack.services["worker"]
+    second = Service("worker2", ["worker"], tmp_path / "worker2.log", {
+        **service_env(stack.settings, WORKER), "STAFET_WORKER_DATA_DIR": str(tmp_path / "w2")})
+    load = Load(stack, uuid.uuid4().hex[:6])
+    load.start()
+    unexpected_exits: list[str] = []
+
+    def check_alive(*services: Service) -> None:
+        for s in services:
+            if not s.alive():
+                unexpected_exits.append(f"{s.name} exited with {s.process.returncode}")
+                s.start()
+
+    started = time.monotonic()
+    try:
+        for cycle in range(CYCLES):
+            with SUPERVISION:
+                second.start()  # joins: a rebalance under load
+                time.sleep(4)
+                check_alive(first, second)
+                first.kill()  # SIGKILL: its open transaction is aborted by the broker
+                first.start()
+                time.sleep(3)
+                check_alive(first, second)
+                stack.kafka.stop()
+                stack.kafka.start()
+                time.sleep(3)
+                check_alive(first, second)
+                second.stop()  # SIGTERM: leaves the group cleanly
+                if second.process.returncode not in (0, -15):
+                    unexpected_exits.append(f"worker2 stopped with {second.process.returncode}")
+            print(f"cycle {cycle + 1}/{CYCLES}: {len(load.sent)} messages sent, "
+                  f"{time.monotonic() - started:.0f}s", flush=True)
+    finally:
+        load.stopping.set()
+        load.join(60)
+        second.kill()
+        check_alive(stack.services["mllp"], stack.services["fhir"])
+
+    event_of = {control_id(m): parse_adt(m, secret=secret).event_id for m in load.sent}
+    expected_events = set(event_of.values())
+    expected_ids = {message_header_id(e, CODE) for e in expected_events}
+    deadline = time.monotonic() + 300
+    while True:
+        records = stack.read(since, idle_s=3.0, timeout_s=120)
+        notified = {r.headers[H_MESSAGE_ID].decode() for r in records if r.topic == out_topic}
+        if expected_ids <= notified or time.monotonic() > deadline:
+            break
+    events = Counter(r.headers.get(H_EVENT_ID, b"").decode() for r in records
+                     if r.topic == EVENTS_ENCOUNTER)
+    notifications = Counter(r.headers[H_MESSAGE_ID].decode() for r in records
+                            if r.topic == out_topic)
+    dead = [r for r in records if r.topic in DLQ_TOPICS
+            and r.headers.get(H_EVENT_ID, b"").decode() in expected_events]
+    mine = {e: n for e, n in events.items() if e in expected_events}
+    # a sender that got AE resends, and the first copy may have been stored after all: an
+    # input twice on ingest.hl7v2 is two inputs (notify recognises the second)
+    copies = Counter(event_of.get(control_id(r.value), "") for r in records
+                     if r.topic == INGEST_HL7V2)
+    print(f"\nsoak: {CYCLES} cycles in {time.monotonic() - started:.0f}s; {len(load.sent)} "
+          f"messages ({load.resends} resends after AE/no connection); events.encounter: "
+          f"{len(mine)} events, {sum(mine.values()) - len(mine)} twice (ingest copies "
+          f"{sum(copies.values()) - len(copies)} twice); {out_topic}: "
+          f"{len(notifications)} message ids, {sum(notifications.values()) - len(notifications)} "
+          f"twice, {len(expected_ids - set(notifications))} missing; dead letters "
+          f"{len(dead)}; unexpected worker exits {len(unexpected_exits)}")
+    assert not unexpected_exits, unexpected_exits
+    assert set(mine) == expected_events, "every input has its canonical event"
+    assert all(n == copies[e] for e, n in mine.items()), "one canonical event per input record"
+    assert set(notifications) == expected_ids, "every event notified, nothing else"
+    assert all(n == 1 for n in notifications.values()), "no notification id twice"
+    assert not dead, "nothing dead-lettered"
+
+
+
+def control_id(raw: bytes) -> str:
+    return raw.split(b"\r", 1)[0].split(b"|")[9].decode()

@@ -1,0 +1,188 @@
+"""The stream steps as pure functions: what one record produces, what the state keeps, when a
+record is dead-lettered instead (an output too large for its topic), and the referral timers."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+from stafet.config import Settings
+from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients, referral_message
+from stafet.streams.app import Stage, sampled
+from stafet.streams.normalize import normalize_hl7
+from stafet.streams.notify import notify, prune
+from stafet.streams.records import Inbound, Output
+from stafet.streams.referrals import ReferralStep
+from stafet.streams.staged_state import StagedState
+from stafet.streams.timers import TimerBook
+from stafet.topics import (
+    ALERTS_OPERATOR, DLQ_NOTIFY, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_REASON, TIMERS_REFERRAL,
+)
+
+from .test_referral_state import BUC, FAM, GP, PPR
+
+SETTINGS = Settings(patient_key_secret="unit-test", validate_every=1)
+CHILD = medcom_test_patients()["RikkeBerggren"]
+HOSPITAL = Hospital("BUC Test", "600000000000099")
+
+
+class DictState:
+    """quixstreams' State, as a dict (a unit test may fake the collaborator)."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def set(self, key, value):
+        self.data[key] = json.loads(json.dumps(value))  # what the store keeps is JSON
+
+    def delete(self, key):
+        self.data.pop(key, None)
+
+    def exists(self, key):
+        return key in self.data
+
+
+class Limits:
+    def __init__(self, **limits: int) -> None:
+        self.limits = limits
+
+    def limit(self, topic: str) -> int:
+        return self.limits.get(topic, 1_048_588)
+
+
+def inbound(topic: str, value: bytes, key: bytes = b"k", offset: int = 7) -> Inbound:
+    return Inbound(topic, 0, offset, key, value, {})
+
+
+def encounter(trigger: str = "A01", control: str = "C1") -> Inbound:
+    raw = adt(trigger, CHILD, hospital=HOSPITAL, control_id=control, visit="V1",
+              event_time="202611231000", admit_time="202611230800")
+    [out] = normalize_hl7(inbound("ingest.hl7v2", raw), SETTINGS)
+    assert out.topic == EVENTS_ENCOUNTER
+    return inbound(EVENTS_ENCOUNTER, out.value, out.key)
+
+
+def test_staged_state_reads_through_and_writes_only_on_commit():
+    real = DictState()
+    real.set("a", 1)
+    staged = StagedState(real)
+    staged.set("b", 2)
+    staged.delete("a")
+    assert (staged.get("a"), staged.get("b"), staged.get("c", 3)) == (None, 2, 3)
+    assert real.data == {"a": 1}
+    staged.commit()
+    assert real.data == {"b": 2}
+
+
+def test_a_notification_and_its_state_are_one_step_and_a_replay_sends_nothing():
+    state, record = DictState(), encounter()
+    stage = Stage("notify", DLQ_NOTIFY, lambda r, s: notify(r, s, SETTINGS), Limits())
+    [out] = stage.process(record, state)
+    assert out.topic == "out.municipality.0751"
+    assert state.data["visits"]["V1"]["sent"] == [json.loads(out.value)["entry"][0]["resource"]["id"]]
+    assert stage.process(record, state) == []  # the same event again: already sent
+
+
+def test_an_output_too_large_for_its_topic_dead_letters_the_input_and_alerts_without_state():
+    state, record = DictState(), encounter()
+    stage = Stage("notify", DLQ_NOTIFY, lambda r, s: notify(r, s, SETTINGS),
+                  Limits(**{"out.municipality.0751": 2000}))
+    dlq, alert = stage.process(record, state)
+    assert dlq.topic == DLQ_NOTIFY and dlq.value == record.value
+    reason = dlq.headers[H_REASON].decode()
+    assert "out.municipality.0751" in reason and "max.message.bytes 2000" in reason
+    assert alert.topic == ALERTS_OPERATOR
+    assert "events.encounter/0/7" in json.loads(alert.value)["reason"]
+    assert state.data == {}  # a replay of the dead letter (after the limit is raised) is sent
+
+
+def test_a_bad_record_is_a_dead_letter_not_an_exception():
+    [out] = notify(inbound(EVENTS_ENCOUNTER, b"\x00garbage"), DictState(), SETTINGS)
+    assert out.topic == DLQ_NOTIFY and out.headers[H_REASON]
+
+
+def test_finished_stays_are_pruned_after_the_retention():
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    visits = {"open": {"sent": ["a"]},
+              "recent": {"sent": ["b"], "ended_at": (now - timedelta(days=1)).isoformat()},
+              "old": {"sent": ["c"], "ended_at": (now - timedelta(days=100)).isoformat()}}
+    assert set(prune(visits, now=now, keep=timedelta(days=90))) == {"open", "recent"}
+
+
+def test_validation_sampling_is_deterministic():
+    pick = sampled(20)
+    records = [inbound("t", b"", offset=i) for i in range(400)]
+    chosen = [r.offset for r in records if pick(r)]
+    assert chosen == [r.offset for r in records if pick(r)]
+    assert 5 <= len(chosen) <= 40
+    assert all(sampled(1)(r) for r in records[:5])
+
+
+# --- referral timers ------------------------------------------------------------------------
+
+
+def referral(trigger: str, n: int = 0, status: str = "", at: str = "202611231000") -> Inbound:
+    providers = [GP, BUC, PPR, FAM] if trigger == "REF^I12" else [BUC]
+    raw = referral_message(trigger, CHILD, referral_id="HEN-T", control_id=f"T{trigger}{n}",
+                           event_time=at, providers=providers, status=status,
+                           guardians=[("MTH", None, "2911829996")] if trigger == "REF^I12" else [],
+                           reason=("missing-ppv", "Mangler PPV") if status == "R" else None,
+                           contact=("Holm", "Hanne", "00000001"))
+    [out] = normalize_hl7(inbound("ingest.hl7v2", raw), SETTINGS)
+    assert out.topic == EVENTS_REFERRAL
+    return inbound(EVENTS_REFERRAL, out.value, out.key)
+
+
+def timers(outputs: list[Output]) -> list[Output]:
+    return [o for o in outputs if o.topic == TIMERS_REFERRAL]
+
+
+def test_a_submitted_referral_sets_its_deadline_timer_and_a_decision_clears_it():
+    step, state = ReferralStep(SETTINGS), DictState()
+    [timer] = timers(step(referral("REF^I12"), state))
+    due = json.loads(timer.value)
+    assert timer.key.decode().endswith("|HEN-T")
+    assert datetime.fromisoformat(due["due_at"]) - datetime.fromisoformat(due["since"]) == \
+        timedelta(days=30)
+    outputs = step(referral("RRI^I12", 1, status="R"), state)
+    assert [t.value for t in timers(outputs)] == [None]  # tombstone: decided, no deadline
+    assert len([o for o in outputs if o.topic != TIMERS_REFERRAL]) == 5  # GP, kommune, PPR, FAM, mother
+
+
+def test_a_tick_after_the_deadline_alerts_once_and_clears_the_timer():
+    step, state = ReferralStep(SETTINGS), DictState()
+    [timer] = timers(step(referral("REF^I12", at="202601011000"), state))  # long overdue
+    due = json.loads(timer.value)
+    from stafet.streams.referrals import tick_output
+
+    tick = tick_output(due["patient_key"], due["referral_id"], due["since"])
+    outputs = step(inbound(EVENTS_REFERRAL, tick.value, tick.key), state)
+    kinds = sorted(o.headers.get("stafet.kind", b"").decode() for o in outputs
+                   if o.topic != TIMERS_REFERRAL)
+    assert kinds == ["deadline", "deadline"]  # the referrer and the municipality
+    assert [t.value for t in timers(outputs)] == [None]
+    assert step(inbound(EVENTS_REFERRAL, tick.value, tick.key), state) == []  # once
+
+
+def test_a_parked_decision_has_an_expiry_timer():
+    step, state = ReferralStep(SETTINGS), DictState()
+    [timer] = timers(step(referral("RRI^I12", 1, status="A"), state))
+    due = json.loads(timer.value)
+    assert due["since"] == "parked"
+    assert state.data["book"]["pending"]["HEN-T"]
+
+
+def test_timer_book_ticks_what_is_due_once_per_retry_and_forgets_cleared_timers():
+    book = TimerBook(retry_s=30)
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    book.update(b"a", json.dumps({"due_at": (now - timedelta(seconds=1)).isoformat()}).encode())
+    book.update(b"b", json.dumps({"due_at": (now + timedelta(days=1)).isoformat()}).encode())
+    assert len(book.due(now, clock=100.0)) == 1
+    assert book.due(now, clock=110.0) == []  # ticked 10 s ago
+    assert len(book.due(now, clock=131.0)) == 1  # still set: tick again
+    book.update(b"a", None)
+    assert book.due(now, clock=1000.0) == []
+
