@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from hl7.mllp import start_hl7_server
 
+from stafet.canonical import carry
 from stafet.config import Settings
 from stafet.connectors.hl7_ack import build_ack
 from stafet.connectors.producer import DurableProducer
@@ -26,7 +27,7 @@ from stafet.hl7v2 import Hl7Error, RawHeader, decode, read_header
 from stafet.hl7v2_referral import parse_hl7v2
 from stafet.logging import get_logger
 from stafet.topics import (
-    DLQ_MLLP, H_CHARSET, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INGEST_HL7V2,
+    DLQ_MLLP, H_CHARSET, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INGEST_HL7V2,
 )
 
 log = get_logger(__name__)
@@ -164,7 +165,8 @@ class MllpListener:
             await self.producer.send(
                 INGEST_HL7V2, block, key=event.patient_key.encode(),
                 headers=[(H_CHARSET, header.charset.encode()), (H_SOURCE, b"mllp"),
-                         (H_RECEIVED_AT, received_at.encode())],
+                         (H_RECEIVED_AT, received_at.encode()),
+                         (H_EVENT_ID, event.event_id.encode()), *carry(event)],
             )
         except DeliveryError as exc:
             log.error("mllp.store_failed", control_id=header.control_id, error=str(exc))

@@ -155,13 +155,66 @@ def _date(value: str) -> str | None:
 
 
 class Segments:
-    """Field access on a python-hl7 message by (segment, field, repetition, component)."""
+    """Field access by (segment, field, repetition, component), with python-hl7's rules.
 
-    def __init__(self, message: hl7.Message) -> None:
-        self.message = message
-        self.order = [str(seg[0]) for seg in message]
+    Reading a field splits only the segment it is in (python-hl7 builds a container for every
+    component of the whole message, about two thirds of the parse time of an ADT message); a
+    value with an escape sequence, and iteration over whole segments (:attr:`message`), go to
+    python-hl7's own parse of the message, made once when first needed."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lines = [line for line in text.split("\r") if line]
+        self.field_sep = text[3:4] or "|"
+        encoding = text[4:8] if len(text) >= 8 else "^~\\&"
+        self.component_sep, self.repetition_sep, self.escape, self.subcomponent_sep = (
+            (encoding + "^~\\&"[len(encoding):])[:4])
+        self.order = [line.split(self.field_sep, 1)[0] for line in self.lines]
+        self._first = {name: i for i, name in reversed(list(enumerate(self.order)))}
+        self._fields: dict[str, list[str]] = {}
+        self._message: hl7.Message | None = None
+
+    @property
+    def message(self) -> hl7.Message:
+        """The whole message as python-hl7 containers (parsed once, on first use)."""
+        if self._message is None:
+            try:
+                self._message = hl7.parse(self.text)
+            except Exception as exc:  # python-hl7 raises several types for broken input
+                raise _err(102, "", f"the message cannot be parsed as HL7 v2: {exc}") from exc
+        return self._message
+
+    def _segment_fields(self, segment: str) -> list[str] | None:
+        if segment not in self._fields:
+            index = self._first.get(segment)
+            if index is None:
+                return None
+            fields = self.lines[index].split(self.field_sep)
+            if segment == "MSH":  # MSH-1 is the separator itself: MSH-n is at n - 1
+                fields = ["MSH", self.field_sep, *fields[1:]]
+            self._fields[segment] = fields
+        return self._fields[segment]
 
     def get(self, segment: str, field: int, component: int = 1, repetition: int = 1) -> str:
+        fields = self._segment_fields(segment)
+        if fields is None or field >= len(fields):
+            return ""
+        value = fields[field]
+        if segment == "MSH" and field in (1, 2):  # the separators themselves: one leaf
+            return value.strip() if component == 1 and repetition == 1 else ""
+        reps = value.split(self.repetition_sep)
+        if repetition > len(reps):
+            return ""
+        components = reps[repetition - 1].split(self.component_sep)
+        if component > len(components):
+            return ""
+        leaf = components[component - 1].split(self.subcomponent_sep)[0]
+        if self.escape in leaf:  # python-hl7 unescapes (\F\, \S\, \X..\, …)
+            return self._get_via_python_hl7(segment, field, component, repetition)
+        return leaf.strip()
+
+    def _get_via_python_hl7(self, segment: str, field: int, component: int,
+                            repetition: int) -> str:
         try:
             seg = self.message.segment(segment)
             return str(seg.extract_field(segment, field, repetition, component)).strip()
@@ -169,21 +222,14 @@ class Segments:
             return ""
 
     def repetitions(self, segment: str, field: int) -> list[list[str]]:
-        """Each repetition of a field as its list of component strings."""
-        try:
-            seg = self.message.segment(segment)
-        except KeyError:
+        """Each repetition of a field as its list of component strings (not unescaped)."""
+        fields = self._segment_fields(segment)
+        if fields is None or len(fields) <= field:
             return []
-        if len(seg) <= field:
-            return []
-        value = seg[field]
-        out = []
-        for rep in value if isinstance(value, hl7.Field) else [value]:
-            if isinstance(rep, hl7.Repetition):
-                out.append([str(c) for c in rep])
-            else:
-                out.append([str(rep)])
-        return out
+        if segment == "MSH" and field in (1, 2):
+            return [[fields[field]]]
+        return [rep.split(self.component_sep)
+                for rep in fields[field].split(self.repetition_sep)]
 
 
 def check_structure(seg: Segments, required: tuple[str, ...] = ("MSH", "EVN", "PID", "PV1")) -> None:
@@ -272,11 +318,7 @@ def _code(trigger: str, klass: str, deceased: bool, discharged: bool) -> tuple[s
 def parse_segments(raw: bytes, default_charset: str = "utf-8") -> tuple[Segments, RawHeader]:
     """Decode (MSH-18) and parse into segments; any failure is an :class:`Hl7Error`."""
     text, header = decode(raw, default_charset)
-    try:
-        message = hl7.parse(text)
-    except Exception as exc:  # python-hl7 raises several types for broken input
-        raise _err(102, "", f"the message cannot be parsed as HL7 v2: {exc}") from exc
-    return Segments(message), header
+    return Segments(text), header
 
 
 def parse_adt(

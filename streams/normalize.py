@@ -5,16 +5,16 @@ can be normalised. Pure: a record in, the records to produce out."""
 
 from __future__ import annotations
 
+from stafet.canonical import carried, encoded
 from stafet.config import Settings
 from stafet.fhir_referral import FhirInputError, parse_fhir_referral
 from stafet.hl7v2 import Hl7Error
 from stafet.hl7v2_referral import parse_hl7v2
 from stafet.logging import get_logger
-from stafet.model import EncounterEvent
 from stafet.schemas.codec import encode
 from stafet.streams.records import Inbound, Output, dead_letter
 from stafet.topics import (
-    DLQ_NORMALIZE, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
+    DLQ_NORMALIZE, EVENTS_REFERRAL, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
 )
 
 log = get_logger(__name__)
@@ -39,16 +39,19 @@ def _event_headers(event_id: str, record: Inbound) -> dict[str, bytes]:
 
 
 def normalize_hl7(record: Inbound, settings: Settings) -> list[Output]:
-    """One HL7 v2 message → one canonical event (or its dead letter)."""
+    """One HL7 v2 message → one canonical event (or its dead letter). The event the listener
+    already made (:mod:`stafet.canonical`) is used as it is: the message is parsed once."""
+    ready = carried(record.headers)
+    event_id = record.headers.get(H_EVENT_ID)
+    if ready is not None and event_id and record.key:
+        topic, value = ready
+        return [Output(topic, record.key, value, _event_headers(event_id.decode(), record))]
     charset = (record.headers.get(H_CHARSET) or settings.mllp_default_charset.encode()).decode()
     try:
         parsed = parse_hl7v2(record.value or b"",
                              secret=settings.patient_key_secret.get_secret_value(),
                              default_charset=charset, timezone=settings.default_timezone)
-        if isinstance(parsed, EncounterEvent):
-            topic, value = EVENTS_ENCOUNTER, encode("encounter_event", parsed.to_record())
-        else:
-            topic, value = EVENTS_REFERRAL, encode("referral_event", parsed.to_record())
+        topic, value = encoded(parsed)
     except Hl7Error as exc:
         return reject(record, exc, bad_input=True)
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on

@@ -186,3 +186,41 @@ def test_timer_book_ticks_what_is_due_once_per_retry_and_forgets_cleared_timers(
     book.update(b"a", None)
     assert book.due(now, clock=1000.0) == []
 
+
+
+# --- the listener's canonical event ---------------------------------------------------------
+
+
+def test_the_carried_event_is_used_as_is_and_equals_what_parsing_would_give():
+    from stafet.canonical import carry
+    from stafet.hl7v2_referral import parse_hl7v2
+    from stafet.topics import H_EVENT_ID
+
+    raw = adt("A03", CHILD, hospital=HOSPITAL, control_id="C9", visit="V9",
+              event_time="202611231000", admit_time="202611230800",
+              discharge_time="202611231500")
+    event = parse_hl7v2(raw, secret="unit-test")
+    headers = {H_EVENT_ID: event.event_id.encode(), **dict(carry(event))}
+    key = event.patient_key.encode()
+    [fast] = normalize_hl7(Inbound("ingest.hl7v2", 0, 1, key, raw, headers), SETTINGS)
+    [parsed] = normalize_hl7(inbound("ingest.hl7v2", raw), SETTINGS)
+    assert (fast.topic, fast.key, fast.value, fast.headers) == \
+        (parsed.topic, parsed.key, parsed.value, parsed.headers)
+    # not parsed again: a carried event wins even over bytes that would not parse
+    [kept] = normalize_hl7(Inbound("ingest.hl7v2", 0, 1, key, b"garbage", headers), SETTINGS)
+    assert kept.value == parsed.value
+
+
+def test_an_event_carried_by_another_mapping_version_is_parsed_again():
+    from stafet.canonical import H_CANONICAL_VERSION, carry
+    from stafet.hl7v2_referral import parse_hl7v2
+    from stafet.topics import H_EVENT_ID
+
+    raw = adt("A01", CHILD, hospital=HOSPITAL, control_id="C8", visit="V8",
+              event_time="202611231000", admit_time="202611230800")
+    event = parse_hl7v2(raw, secret="unit-test")
+    headers = {H_EVENT_ID: event.event_id.encode(), **dict(carry(event)),
+               H_CANONICAL_VERSION: b"an-older-stafet"}
+    [out] = normalize_hl7(Inbound("ingest.hl7v2", 0, 1, event.patient_key.encode(), b"garbage",
+                                  headers), SETTINGS)
+    assert out.topic == "dlq.normalize"  # it parsed the bytes (and they are not HL7)
