@@ -98,11 +98,8 @@ def topics() -> None:
 def worker() -> None:
     """Run the stream worker (normalize → notify, referrals) until SIGTERM / Ctrl-C."""
     from stafet.streams.app import run_worker
-    from stafet.topics import ensure_topics
 
-    settings = get_settings()
-    ensure_topics(settings, settings.partitions)
-    run_worker(settings)
+    run_worker(get_settings())  # creates the topics it needs first (retrying while Kafka is away)
 
 
 @main.command()

@@ -31,7 +31,10 @@ class Settings(BaseSettings):
         PROJECT_ROOT / ".stafet" / "kafka-libs", description="broker jars from Maven Central"
     )
     kafka_heap: str = "512m"
-    partitions: int = Field(3, ge=1, description="partitions of every stafet topic")
+    partitions: int = Field(
+        12, ge=1, description="partitions of every stafet topic: the unit of scale-out (workers "
+        "beyond this number idle); one patient always stays on one partition",
+    )
     kafka_security: Literal["plaintext", "sasl_ssl"] = Field(
         "plaintext", description="sasl_ssl: SCRAM-SHA-512 over TLS and ACLs (see README, Access "
         "control); the local broker is started in the same mode",

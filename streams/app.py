@@ -197,19 +197,21 @@ def build_application(settings: Settings) -> Application:
 
 def run_worker(settings: Settings) -> None:
     """Run the stream stage until SIGTERM / Ctrl-C. A fault that stops the application (the
-    broker away longer than quixstreams waits, a failed commit) aborts its transaction; the
-    application is then started again from the committed offsets, in this process."""
+    broker away at start or longer than quixstreams waits, a failed commit) aborts its
+    transaction; the application is then started again from the committed offsets, in this
+    process, after a backoff (1 s doubling to 30 s)."""
     from stafet.streams.timers import ReferralScheduler
+    from stafet.topics import ensure_topics
 
     scheduler = ReferralScheduler(client_config(settings), settings.referral_timer_interval_s)
     scheduler.start()
     backoff = 1.0
     try:
         while True:
-            app = build_application(settings)
             started = time.monotonic()
             try:
-                app.run()
+                ensure_topics(settings, settings.partitions)
+                build_application(settings).run()
                 return  # stopped by a signal
             except Exception:
                 log.exception("worker.application_failed", retry_in_s=backoff)
