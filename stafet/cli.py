@@ -99,7 +99,10 @@ def worker() -> None:
     """Run the stream worker (normalize → notify, referrals) until SIGTERM / Ctrl-C."""
     from stafet.streams.app import run_worker
 
-    run_worker(get_settings())  # creates the topics it needs first (retrying while Kafka is away)
+    try:
+        run_worker(get_settings())  # creates the topics it needs first (retrying while Kafka is away)
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

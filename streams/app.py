@@ -21,6 +21,7 @@ Errors by kind (see docs/decisions.md):
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import threading
 import time
@@ -195,6 +196,10 @@ def build_application(settings: Settings) -> Application:
     return app
 
 
+def _stop_now(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def run_worker(settings: Settings) -> None:
     """Run the stream stage until SIGTERM / Ctrl-C. A fault that stops the application (the
     broker away at start or longer than quixstreams waits, a failed commit) aborts its
@@ -208,9 +213,14 @@ def run_worker(settings: Settings) -> None:
     backoff = 1.0
     try:
         while True:
+            # quixstreams handles SIGTERM gracefully inside run() (commit, leave the group) but
+            # leaves its handler behind when run() fails: between applications a signal must
+            # stop the process (no transaction is open then)
+            signal.signal(signal.SIGTERM, _stop_now)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             started = time.monotonic()
             try:
-                ensure_topics(settings, settings.partitions)
+                ensure_topics(settings, settings.partitions, timeout=10.0)
                 build_application(settings).run()
                 return  # stopped by a signal
             except Exception:
