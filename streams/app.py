@@ -150,7 +150,7 @@ def transactional_id(settings: Settings) -> str:
 def build_application(settings: Settings) -> Application:
     """The application with every stage attached; not started."""
     config = client_config(settings)
-    app = Application(
+    app = _Application(
         broker_address=ConnectionConfig.from_librdkafka_dict(config, ignore_extras=True),
         consumer_group=settings.app_id,
         processing_guarantee=settings.processing_guarantee,
@@ -196,8 +196,52 @@ def build_application(settings: Settings) -> Application:
     return app
 
 
-def _stop_now(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
+class _Application(Application):
+    """quixstreams' Application, with the process's signals left to :class:`Stopper`."""
+
+    def _setup_signal_handlers(self) -> None:
+        pass
+
+
+class Stopper:
+    """SIGTERM / SIGINT for the worker process: a running application stops gracefully (commits
+    its checkpoint, leaves the group); between applications — after a fault, during the backoff —
+    the process exits at once (no transaction is open then).
+
+    quixstreams' own handler was not enough: it stays installed after ``run()`` fails (a SIGTERM
+    during the retry was ignored), and a ``stop()`` that arrives while ``run()`` starts is lost
+    (its running flag is set after); the soak test found both. So the stop is repeated until the
+    application has returned."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self._app: Application | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping.set()
+        if self._app is None:
+            raise SystemExit(0)
+        self._app.stop()
+
+    def run(self, app: Application) -> None:
+        """``app.run()``, stopped when a signal comes (however early)."""
+        self._app = app
+        keeper = threading.Thread(target=self._keep_stopping, args=(app,), daemon=True)
+        keeper.start()
+        try:
+            app.run()
+        finally:
+            self._app = None
+
+    def _keep_stopping(self, app: Application) -> None:
+        self.stopping.wait()
+        while self._app is app:
+            app.stop()
+            time.sleep(0.5)
 
 
 def run_worker(settings: Settings) -> None:
@@ -211,18 +255,17 @@ def run_worker(settings: Settings) -> None:
     scheduler = ReferralScheduler(client_config(settings), settings.referral_timer_interval_s)
     scheduler.start()
     backoff = 1.0
+    stopper = Stopper()
+    stopper.install()
     try:
-        while True:
-            # quixstreams handles SIGTERM gracefully inside run() (commit, leave the group) but
-            # leaves its handler behind when run() fails: between applications a signal must
-            # stop the process (no transaction is open then)
-            signal.signal(signal.SIGTERM, _stop_now)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        while not stopper.stopping.is_set():
             started = time.monotonic()
             try:
                 ensure_topics(settings, settings.partitions, timeout=10.0)
-                build_application(settings).run()
-                return  # stopped by a signal
+                stopper.run(build_application(settings))
+                if stopper.stopping.is_set():
+                    return
+                log.warning("worker.application_returned")  # not asked to: start it again
             except Exception:
                 log.exception("worker.application_failed", retry_in_s=backoff)
             if time.monotonic() - started > 60:
