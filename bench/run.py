@@ -507,7 +507,13 @@ def group_members(admin: AdminClient, group: str) -> list[int]:
 
 
 def preload(bootstrap: str, gen: LoadGenerator, n: int, secret: str) -> dict[str, Any]:
-    """Write ``n`` generated messages straight to ingest.hl7v2, as the listener would."""
+    """Write ``n`` generated messages straight to ingest.hl7v2, as the listener would (with the
+    canonical event in the headers, see stafet/canonical.py)."""
+    from stafet.canonical import carry
+    from stafet.hl7v2 import Hl7Error
+    from stafet.hl7v2_referral import parse_hl7v2
+    from stafet.topics import H_EVENT_ID
+
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
                          "partitioner": PARTITIONER,
                          "linger.ms": 20, "compression.type": "lz4", "batch.num.messages": 10000,
@@ -521,6 +527,11 @@ def preload(bootstrap: str, gen: LoadGenerator, n: int, secret: str) -> dict[str
             key = keys[item.cpr] = patient_key(item.cpr, secret).encode()
         headers = [(H_CHARSET, item.charset.encode()), (H_SOURCE, b"bench-preload"),
                    (H_RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode())]
+        try:
+            event = parse_hl7v2(item.message, secret=secret, default_charset=item.charset)
+            headers += [(H_EVENT_ID, event.event_id.encode()), *carry(event)]
+        except Hl7Error:
+            pass  # the worker dead-letters it, as it would the listener's AR
         while True:
             try:
                 producer.produce(INGEST_HL7V2, item.message, key=key, headers=headers)

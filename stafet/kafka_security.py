@@ -11,6 +11,7 @@ operations its code performs (found by running each one against a broker that de
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -172,6 +173,17 @@ def _existing(admin: AdminClient, timeout: float) -> set[Grant]:
     return found
 
 
+def _wait_until_enforced(admin: AdminClient, plan: set[Grant], timeout: float) -> None:
+    """The controller has the new ACLs once create_acls returns; the broker's authorizer applies
+    them a moment later. Return when it lists them all, so that a service started right after
+    provisioning (and a second provisioning run) sees them."""
+    deadline = time.monotonic() + timeout
+    while not plan <= _existing(admin, timeout):
+        if time.monotonic() > deadline:
+            raise StafetError(f"the broker does not list the new ACLs after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 def provision(settings: Settings, municipality_codes: Sequence[str], *,
               timeout: float = 30.0) -> ProvisionReport:
     """Create or update the SCRAM users and create the ACLs (run as a super user).
@@ -200,6 +212,7 @@ def provision(settings: Settings, municipality_codes: Sequence[str], *,
             for future in admin.create_acls([g.binding() for g in new],
                                             request_timeout=timeout).values():
                 future.result()
+            _wait_until_enforced(admin, set(plan), timeout)
     except KafkaException as exc:
         raise StafetError(f"provisioning Kafka users and ACLs failed: {exc}") from exc
     return ProvisionReport(users=users, acls_created=len(new), acls_existing=len(plan) - len(new))
