@@ -86,9 +86,9 @@ class MllpListener:
         peer = writer.get_extra_info("peername")
         in_flight: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(self.PIPELINE)
         answering = asyncio.create_task(self._answer(in_flight, writer))
-
-        def answer(work) -> asyncio.Future[bytes]:  # type: ignore[no-untyped-def]
-            return asyncio.ensure_future(work)  # runs up to its produce() in frame order
+        # each frame's work is a task started in frame order: it runs up to its produce() before
+        # the next frame's does, so the records go to Kafka in the order the frames came
+        answer = asyncio.ensure_future
 
         try:
             while not answering.done():

@@ -118,8 +118,8 @@ class Stage:
         never be produced; the step's state writes count only in the first case."""
         staged = StagedState(state) if state is not None else None
         outputs = self.step(record, staged)
-        too_large = [(o, self.limits.limit(o.topic)) for o in outputs
-                     if o.size() > self.limits.limit(o.topic)]
+        too_large = [(o, limit) for o in outputs
+                     if o.size() > (limit := self.limits.limit(o.topic))]
         if too_large:  # would fail the whole transaction forever: dead-letter the input instead
             reason = "; ".join(f"output for {o.topic} is {o.size()} bytes, over its "
                                f"max.message.bytes {limit}" for o, limit in too_large)

@@ -11,10 +11,10 @@ from stafet.fhir_referral import FhirInputError, parse_fhir_referral
 from stafet.hl7v2 import Hl7Error
 from stafet.hl7v2_referral import parse_hl7v2
 from stafet.logging import get_logger
-from stafet.schemas.codec import encode
+from stafet.model import EncounterEvent, ReferralEvent
 from stafet.streams.records import Inbound, Output, dead_letter
 from stafet.topics import (
-    DLQ_NORMALIZE, EVENTS_REFERRAL, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
+    DLQ_NORMALIZE, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
 )
 
 log = get_logger(__name__)
@@ -38,6 +38,12 @@ def _event_headers(event_id: str, record: Inbound) -> dict[str, bytes]:
     return headers
 
 
+def _event_output(event: EncounterEvent | ReferralEvent, record: Inbound) -> Output:
+    """The canonical event on its events topic, keyed by the patient."""
+    topic, value = encoded(event)
+    return Output(topic, event.patient_key.encode(), value, _event_headers(event.event_id, record))
+
+
 def normalize_hl7(record: Inbound, settings: Settings) -> list[Output]:
     """One HL7 v2 message → one canonical event (or its dead letter). The event the listener
     already made (:mod:`stafet.canonical`) is used as it is: the message is parsed once."""
@@ -51,13 +57,11 @@ def normalize_hl7(record: Inbound, settings: Settings) -> list[Output]:
         parsed = parse_hl7v2(record.value or b"",
                              secret=settings.patient_key_secret.get_secret_value(),
                              default_charset=charset, timezone=settings.default_timezone)
-        topic, value = encoded(parsed)
+        return [_event_output(parsed, record)]
     except Hl7Error as exc:
         return reject(record, exc, bad_input=True)
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on
         return reject(record, exc, bad_input=False)
-    return [Output(topic, parsed.patient_key.encode(), value,
-                   _event_headers(parsed.event_id, record))]
 
 
 def normalize_fhir(record: Inbound, settings: Settings) -> list[Output]:
@@ -65,9 +69,7 @@ def normalize_fhir(record: Inbound, settings: Settings) -> list[Output]:
     try:
         parsed = parse_fhir_referral(record.value or b"",
                                      secret=settings.patient_key_secret.get_secret_value())
-        return [Output(EVENTS_REFERRAL, p.patient_key.encode(),
-                       encode("referral_event", p.to_record()),
-                       _event_headers(p.event_id, record)) for p in parsed]
+        return [_event_output(p, record) for p in parsed]
     except FhirInputError as exc:
         return reject(record, exc, bad_input=True)
     except Exception as exc:  # a bug must not lose the record: DLQ it and go on

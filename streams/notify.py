@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
 
 from stafet.config import Settings
 from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
@@ -22,7 +21,7 @@ from stafet.schemas.municipalities import municipality
 from stafet.streams.hospitalnotification import (
     NotificationBuildError, build_hospital_notification, message_header_id, validate_bundle,
 )
-from stafet.streams.records import Inbound, Output, dead_letter
+from stafet.streams.records import Inbound, Output, State, dead_letter
 from stafet.topics import (
     DLQ_NOTIFY, H_BUNDLE_ID, H_EVENT_CODE, H_EVENT_ID, H_KIND, H_MESSAGE_ID, H_RECEIVED_AT,
     H_RECIPIENT, municipality_topic,
@@ -33,16 +32,6 @@ log = get_logger(__name__)
 #: notifications after which a stay is over; its history is kept for late corrections
 #: (``STAFET_STATE_RETENTION_DAYS``) and then pruned
 FINAL_CODES = ("SLHJ", "MORS", "AN_STIN", "AN_STAA", "RE_SLHJ", "RE_MORS")
-
-
-class State(Protocol):
-    """What a step needs of its state store (quixstreams' ``State``: scoped to the record key)."""
-
-    def get(self, key: Any, default: Any = None) -> Any: ...
-
-    def set(self, key: Any, value: Any) -> None: ...
-
-    def delete(self, key: Any) -> None: ...
 
 
 class RoutingError(ValueError):

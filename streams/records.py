@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from stafet.cpr import mask_cpr
 from stafet.topics import ALERTS_OPERATOR, H_ORIGIN, H_REASON, H_RECEIVED_AT, H_STAGE
@@ -38,6 +38,16 @@ class Inbound:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
+class State(Protocol):
+    """What a step needs of its state store (quixstreams' ``State``: scoped to the record key)."""
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def set(self, key: Any, value: Any) -> None: ...
+
+    def delete(self, key: Any) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Output:
     """One record to produce. ``value`` None is a tombstone (a cleared timer)."""
@@ -59,20 +69,15 @@ def now_iso() -> str:
 
 def dead_letter(dlq: str, stage: str, record: Inbound, reason: str) -> Output:
     """The original record, with why it failed (CPR-masked) and where it came from."""
-    headers = dict(record.headers)
-    headers.update({
-        H_REASON: mask_cpr(reason)[:MAX_REASON].encode(),
-        H_STAGE: stage.encode(),
-        H_ORIGIN: record.origin.encode(),
-        H_RECEIVED_AT: now_iso().encode(),
-    })
-    return Output(dlq, record.key, record.value, headers)
+    return dead_letter_value(dlq, stage, key=record.key, value=record.value, reason=reason,
+                             headers={**record.headers, H_ORIGIN: record.origin.encode()})
 
 
-def dead_letter_value(dlq: str, stage: str, *, key: bytes | None, value: bytes,
-                      reason: str) -> Output:
+def dead_letter_value(dlq: str, stage: str, *, key: bytes | None, value: bytes | None,
+                      reason: str, headers: dict[str, bytes] | None = None) -> Output:
     """Like :func:`dead_letter` for a record that is not the one in hand (a parked decision)."""
     return Output(dlq, key, value, {
+        **(headers or {}),
         H_REASON: mask_cpr(reason)[:MAX_REASON].encode(),
         H_STAGE: stage.encode(),
         H_RECEIVED_AT: now_iso().encode(),

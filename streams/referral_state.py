@@ -188,7 +188,14 @@ def _tick(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
     return Outcome(new, recipients, enriched)
 
 
+def deadline_at(state: dict[str, Any], deadline: timedelta) -> datetime | None:
+    """When the referral's deadline alert falls due; None once it is decided or alerted."""
+    if state.get("status") not in OPEN or state.get("deadline_alerted"):
+        return None
+    return datetime.fromisoformat(state["submitted_at"]) + deadline
+
+
 def due(state: dict[str, Any], *, now: datetime, deadline: timedelta) -> bool:
     """Whether the timer should send this referral a tick."""
-    return (state.get("status") in OPEN and not state.get("deadline_alerted")
-            and now - datetime.fromisoformat(state["submitted_at"]) >= deadline)
+    at = deadline_at(state, deadline)
+    return at is not None and now >= at

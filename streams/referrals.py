@@ -32,9 +32,10 @@ from stafet.streams.carecommunication import (
     build_care_communication, delivery_channel, letter_text, message_ids,
     validate_care_communication,
 )
-from stafet.streams.notify import State
-from stafet.streams.records import Inbound, Output, dead_letter, dead_letter_value
-from stafet.streams.referral_state import OPEN, Delivery, Outcome, Park, Refuse, apply, seen
+from stafet.streams.records import Inbound, Output, State, dead_letter, dead_letter_value
+from stafet.streams.referral_state import (
+    Delivery, Outcome, Park, Refuse, apply, deadline_at, seen,
+)
 from stafet.topics import (
     DLQ_REFERRAL, EVENTS_REFERRAL, H_BUNDLE_ID, H_EVENT_ID, H_MESSAGE_ID, H_RECEIVED_AT,
     OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
@@ -198,9 +199,8 @@ class ReferralStep:
         """{referral id: (due at, since)} — when each referral next needs a tick."""
         out: dict[str, tuple[str, str]] = {}
         for rid, state in book.get("referrals", {}).items():
-            if state.get("status") in OPEN and not state.get("deadline_alerted"):
-                submitted = datetime.fromisoformat(state["submitted_at"])
-                out[rid] = ((submitted + self.deadline).isoformat(), state["submitted_at"])
+            if (at := deadline_at(state, self.deadline)) is not None:
+                out[rid] = (at.isoformat(), state["submitted_at"])
         for rid, parked in book.get("pending", {}).items():
             if not parked:
                 continue
