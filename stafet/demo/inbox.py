@@ -27,7 +27,7 @@ class Received:
         return json.loads(self.value)
 
 
-def _consumer(kafka: KafkaTarget) -> Consumer:
+def _consumer(kafka: KafkaTarget, *, partition_eof: bool = False) -> Consumer:
     config = resolve_config(kafka)
     # assign() only, never committed; still under the principal's own group prefix, because
     # librdkafka looks the group's coordinator up (a municipality may use municipality-<code>*)
@@ -38,6 +38,7 @@ def _consumer(kafka: KafkaTarget) -> Consumer:
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "log_level": 2,  # a reading tool: no connection-retry noise when the broker stops
+        "enable.partition.eof": partition_eof,
     }))
 
 
@@ -69,10 +70,12 @@ def read_topics(
     kafka: KafkaTarget, start: dict[tuple[str, int], int], *, idle_s: float = 3.0,
     until: int | None = None, timeout_s: float = 60.0,
 ) -> list[Received]:
-    """Records after the ``start`` offsets; stop after ``until`` records, ``idle_s`` quiet, or
-    ``timeout_s`` in all."""
-    consumer = _consumer(kafka)
+    """Records after the ``start`` offsets; stop after ``until`` records, or ``idle_s`` quiet
+    once every partition has been read to its end (what was there when the read began is
+    always read, however slowly the consumer starts), or ``timeout_s`` in all."""
+    consumer = _consumer(kafka, partition_eof=True)
     consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
+    not_at_end = set(start)
     out: list[Received] = []
     deadline = time.monotonic() + timeout_s
     last = time.monotonic()
@@ -80,10 +83,16 @@ def read_topics(
         while time.monotonic() < deadline:
             if until is not None and len(out) >= until:
                 break
-            if until is None and time.monotonic() - last > idle_s:
+            if until is None and not not_at_end and time.monotonic() - last > idle_s:
                 break
             msg = consumer.poll(0.2)
-            if msg is None or msg.error():
+            if msg is None:
+                continue
+            if msg.error():  # at its end (EOF), or unreadable: nothing more to wait for there
+                if not_at_end and msg.topic() is not None:
+                    not_at_end.discard((msg.topic(), msg.partition()))
+                    if not not_at_end:
+                        last = time.monotonic()
                 continue
             last = time.monotonic()
             out.append(Received(msg.topic(), msg.key(), msg.value(),
