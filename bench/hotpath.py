@@ -90,17 +90,24 @@ def measure(n: int = 2000, seed: int = 11) -> dict[str, Any]:
     from stafet.logging import configure_logging, get_logger
     from stafet.model import EncounterEvent
     from stafet.schemas.codec import decode, encode
-    from stafet.schemas.municipalities import municipality
+    from stafet.config import PROJECT_ROOT
+    from stafet.directory import load_directory
     from stafet.streams.hospitalnotification import build_hospital_notification, validate_bundle
     from stafet.streams.notify import with_known_leave
+
+    directory = load_directory(PROJECT_ROOT / "deploy" / "directory.toml")
+
+    def addressed(e: Any, **kw: Any) -> Any:  # the party directory's entries, as notify does
+        return build_hospital_notification(
+            e, directory.municipal_unit(e.patient.municipality_code),
+            sender=directory.by_sor(e.sender.sor), **kw)
 
     gen = LoadGenerator(seed=seed, run_id="H", referral_share=0.0, invalid_share=0.0)
     items = [next(gen) for _ in range(n)]
     raws = [(i.message, i.charset) for i in items]
     # warm caches (fhir.resources model classes, Avro schemas) outside the clock
     warm = parse_hl7v2(raws[0][0], secret=SECRET, default_charset=raws[0][1])
-    validate_bundle(build_hospital_notification(warm, municipality(warm.patient.municipality_code),
-                                                previous_header_id=str(uuid.uuid4())))
+    validate_bundle(addressed(warm, previous_header_id=str(uuid.uuid4())))
 
     steps: dict[str, float] = {}
     steps["parse_hl7v2 (python-hl7 + checks)"], events = _time(
@@ -114,8 +121,7 @@ def measure(n: int = 2000, seed: int = 11) -> dict[str, Any]:
     prev = str(uuid.uuid4())  # RE_/AN_ messages point at an earlier one
     def build(e: Any) -> Any:
         try:
-            return build_hospital_notification(e, municipality(e.patient.municipality_code),
-                                               previous_header_id=prev)
+            return addressed(e, previous_header_id=prev)
         except ValueError:  # a message the worker would dead-letter without its table state
             return None
 
@@ -170,7 +176,7 @@ def measure(n: int = 2000, seed: int = 11) -> dict[str, Any]:
         e = EncounterEvent.from_record(decode("encounter_event", encode("encounter_event", e.to_record())))
         e = with_known_leave(e, e.encounter.start)
         try:
-            b = build_hospital_notification(e, municipality(e.patient.municipality_code), previous_header_id=prev)
+            b = addressed(e, previous_header_id=prev)
         except ValueError:
             continue
         validate_bundle(b)

@@ -11,10 +11,13 @@ Retry-After (the sender retries; the ids are deterministic, so a retry is harmle
 ``POST /fhir/ServiceRequest | /fhir/Task | /fhir/Communication`` (resourceType must match) and
 ``POST /fhir`` (one of those or a Bundle); ``GET /openapi.json``; ``GET /healthz``.
 
-A Task or Communication must name a referral stafet has seen: :class:`ReferralIndex` reads the
-referral ids on ``ingest.fhir`` at start (and follows the topic, so several connector instances
-agree), adds what this connector accepts, and answers 503 instead of a false 422 while it is
-still loading.
+A Task or Communication must name a referral stafet has seen: :class:`ReferralIndex` reads
+``index.referral`` (compacted: every referral the stream stage holds, from HL7 v2 or FHIR, for
+as long as it holds it, whatever the ingest topics' retention) and ``ingest.fhir`` (what this
+connector accepted and the stream stage has not reached yet) at start, follows both, adds what
+this connector accepts, answers 503 instead of a false 422 while it is still loading, and waits
+``fhir_unknown_referral_wait_s`` for a referral the stream stage is about to index (an HL7 v2
+REF^I12 accepted a moment ago) before it answers 422.
 """
 
 from __future__ import annotations
@@ -40,11 +43,10 @@ from stafet.cpr import mask_cpr
 from stafet.errors import DeliveryError, StafetError
 from stafet.kafka_client import KafkaTarget, resolve_config
 from stafet.fhir_referral import FhirInputError, Issue, parse_fhir_referral
-from stafet.hl7v2 import Hl7Error, normalise_segments, parse_segments, read_header
 from stafet.logging import get_logger
 from stafet.model import ReferralEvent
 from stafet.topics import (
-    DLQ_FHIR, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INGEST_FHIR, INGEST_HL7V2,
+    DLQ_FHIR, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INDEX_REFERRAL, INGEST_FHIR,
 )
 
 log = get_logger(__name__)
@@ -63,24 +65,12 @@ EVENT_ID_HEADER = "X-Stafet-Event-Id"
 Extractor = Callable[[bytes], Iterable[str]]
 
 
-def hl7_referral_ids(value: bytes) -> list[str]:
-    """RF1-6 of an HL7 v2 REF^I12 on ``ingest.hl7v2`` (ADT and the rest are skipped cheaply)."""
-    try:
-        header = read_header(normalise_segments(value))
-        if not header.message_type.startswith("REF^I12"):
-            return []
-        seg, _ = parse_segments(value, header.charset)
-        return [rid] if (rid := seg.get("RF1", 6)) else []
-    except Hl7Error:
-        return []
-
-
 class ReferralIndex:
     """The referral ids stafet knows: read from Kafka at start, plus what the connector accepts.
 
-    ``extractors`` maps a topic to a function from a record value to the referral ids it defines;
-    ``ingest.fhir`` and ``ingest.hl7v2`` (REF^I12) are registered; other sources are added with
-    ``index.extractors[topic] = fn`` before :meth:`load_from` runs.
+    ``index.referral`` records name a referral by their key (a tombstone: pruned by the stream
+    stage, forgotten here too); ``extractors`` maps other topics to a function from a record
+    value to the referral ids it defines (``ingest.fhir``: its ServiceRequests).
     """
 
     def __init__(self, secret: str) -> None:
@@ -89,12 +79,15 @@ class ReferralIndex:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
-        self.extractors: dict[str, Extractor] = {INGEST_FHIR: self.fhir_referral_ids,
-                                                 INGEST_HL7V2: hl7_referral_ids}
+        self.extractors: dict[str, Extractor] = {INGEST_FHIR: self.fhir_referral_ids}
 
     def add(self, referral_id: str) -> None:
         with self._lock:
             self._ids.add(referral_id)
+
+    def discard(self, referral_id: str) -> None:
+        with self._lock:
+            self._ids.discard(referral_id)
 
     def __contains__(self, referral_id: object) -> bool:
         with self._lock:
@@ -133,8 +126,8 @@ class ReferralIndex:
         offsets now; with ``follow``, keep reading new records until :meth:`stop`. Blocking (run
         it in a thread); raises :class:`StafetError` if Kafka does not answer. Returns the count
         of records read."""
-        topics = list(topics or self.extractors)
-        missing = [t for t in topics if t not in self.extractors]
+        topics = list(topics or [INDEX_REFERRAL, *self.extractors])
+        missing = [t for t in topics if t not in self.extractors and t != INDEX_REFERRAL]
         if missing:
             raise ValueError(f"no extractor registered for {missing}")
         consumer = Consumer(resolve_config(kafka, **{
@@ -161,8 +154,12 @@ class ReferralIndex:
                 last = time.monotonic()
                 count += 1
                 topic, offset = msg.topic() or "", msg.offset() or 0
-                for referral_id in self.extractors[topic](msg.value() or b""):
-                    self.add(referral_id)
+                if topic == INDEX_REFERRAL:
+                    rid = (msg.key() or b"").decode("utf-8", "replace")
+                    self.add(rid) if msg.value() is not None else self.discard(rid)
+                else:
+                    for referral_id in self.extractors[topic](msg.value() or b""):
+                        self.add(referral_id)
                 tp = (topic, msg.partition() or 0)
                 if tp in pending and offset >= pending[tp] - 1:
                     del pending[tp]
@@ -323,9 +320,25 @@ class FhirListener:
         if expected is not None and posted is not None and posted != expected:
             return await reject(400, [Issue("resourceType", f"a {posted} was posted to "
                                         f"{path}, which takes a {expected}", "invalid")])
+        unknown: set[str] = set()
+
+        def known(referral_id: str) -> bool:
+            found = self.index.known(referral_id)
+            if not found:
+                unknown.add(referral_id)
+            return found
+
         try:
-            events = parse_fhir_referral(body, secret=self._secret,
-                                         known_referral=self.index.known if self.index.ready else None)
+            try:
+                events = parse_fhir_referral(body, secret=self._secret,
+                                             known_referral=known if self.index.ready else None)
+            except FhirInputError as exc:
+                # a referral accepted a moment ago (HL7 v2, another instance) is indexed by the
+                # stream stage within its commit interval: give it that long before a 422
+                if not (exc.business_rule and unknown and await self._indexed(unknown)):
+                    raise
+                events = parse_fhir_referral(body, secret=self._secret,
+                                             known_referral=self.index.known)
         except FhirInputError as exc:
             return await reject(422 if exc.business_rule else 400, exc.issues)
         if not self.index.ready and _unchecked(events, self.index):
@@ -349,6 +362,15 @@ class FhirListener:
                    "diagnostics": mask_cpr(f"stored as event {e.event_id} ({e.kind}, "
                                            f"referral {e.referral_id})")} for e in events]
         return _outcome(202, issues, headers={EVENT_ID_HEADER: first.event_id})
+
+    async def _indexed(self, referral_ids: set[str]) -> bool:
+        """Wait (up to ``fhir_unknown_referral_wait_s``) until every id is in the index."""
+        deadline = time.monotonic() + self.settings.fhir_unknown_referral_wait_s
+        while not all(rid in self.index for rid in referral_ids):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
 
     async def _reject(self, status: int, issues: list[Issue], body: bytes,
                       received_at: str) -> web.Response:

@@ -24,7 +24,8 @@ from stafet.cpr import mask_cpr
 from stafet.errors import StafetError
 from stafet.model import Contact, Party, ReferralEvent
 
-LetterKind = Literal["receipt", "status", "rejection", "assessment", "deadline"]
+LetterKind = Literal["receipt", "status", "rejection", "assessment", "deadline", "forward",
+                     "modified", "cancelled", "contact"]
 Audience = Literal["professional", "guardian"]
 
 #: Reasons for returning a referral named in seed 004 §5.2 (DOMAIN.md §5), in Danish.
@@ -77,6 +78,37 @@ TEMPLATES: Final[dict[str, dict[str, Any]]] = {
         "guardian": ["Henvisningen af {child} til {unit} er udløbet {date} og er derfor "
                      "afsluttet.",
                      "Det er nu {responsible}, der har ansvaret for det videre forløb."]},
+    "forward": {  # to the unit a referral was forwarded to
+        "subject": "Henvisning videresendt til jer",
+        "decision": "Henvisningen er videresendt til {forwarded_to}",
+        "professional": ["{unit} har {date} videresendt henvisningen af {child} til jer "
+                         "({forwarded_to}). I skal nu visitere henvisningen; henviser har fået "
+                         "besked om, at den er sendt videre til jer."],
+        "guardian": ["Henvisningen af {child} er {date} sendt videre fra {unit} til "
+                     "{forwarded_to}."]},
+    "modified": {  # REF^I13 / ServiceRequest update: to every party already told
+        "subject": "Henvisningen er ændret",
+        "decision": "Henvisningen er ændret af henviser",
+        "professional": ["Henvisningen af {child} til {unit} er ændret {date}. Den ændrede "
+                         "henvisning visiteres, og I får besked om afgørelsen."],
+        "guardian": ["Henvisningen af {child} til {unit} er ændret {date}. Vi giver jer besked, "
+                     "når der er truffet en afgørelse."]},
+    "cancelled": {  # REF^I14 / ServiceRequest revoked: to every party already told
+        "subject": "Henvisningen er trukket tilbage",
+        "decision": "Henvisningen er trukket tilbage",
+        "professional": ["Henvisningen af {child} til {unit} er trukket tilbage {date} og er "
+                         "ikke længere aktiv i børne- og ungdomspsykiatrien.",
+                         "Det er nu {responsible}, der har bolden."],
+        "guardian": ["Henvisningen af {child} til {unit} er trukket tilbage {date}.",
+                     "Det er nu {responsible}, der har ansvaret for det videre forløb."]},
+    "contact": {  # the child's contact person at the unit changed: to every party
+        "subject": "Ny kontaktperson i børne- og ungdomspsykiatrien",
+        "decision": "Kontaktpersonen er skiftet til {contact}",
+        "professional": ["Fra {date} er {contact} kontaktperson for {child} i {unit}. Kontakt "
+                         "fremover {contact} om barnets forløb."],
+        "guardian": ["Fra {date} er {contact} jeres kontaktperson for {child} i {unit}.",
+                     "I behøver ikke selv give de andre parter besked: henviser og kommunen "
+                     "har fået samme besked."]},
     "rejection": {
         "subject": "Henvisning til børne- og ungdomspsykiatrien er afvist",
         "decision": "Henvisningen er afvist",
@@ -180,9 +212,13 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
         raise LetterError(f"a rejection letter needs a rejected decision, not {status}")
     elif kind == "assessment" and event.assessment is None:
         raise LetterError("an assessment letter needs event.assessment")
+    elif kind == "forward" and not (status == "forwarded" and decision and decision.forwarded_to):
+        raise LetterError("a forward letter needs a forwarded decision naming the new unit")
+    elif kind == "contact" and not (event.contact and event.contact.phone):
+        raise LetterError("a contact letter needs event.contact with a phone number")
     # the decision's contact first, but only one that can be called (MedCom needs a phone)
-    candidates = (decision and decision.contact, event.assessment and event.assessment.contact,
-                  contact)
+    candidates = (event.contact, decision and decision.contact,
+                  event.assessment and event.assessment.contact, contact)
     who = next((c for c in candidates if c and c.phone and _PHONE.match(c.phone)), None)
     if who is None:
         raise LetterError(f"a {kind} letter needs a contact with a phone number "
@@ -193,7 +229,10 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
     date_text = danish_datetime(event.event_time)
     reason_code = reason_text = None
     responsible = m(decision.responsible) if decision and decision.responsible else unit_name
-    if key in ("rejection", "status-expired") and not (decision and decision.responsible):
+    if kind == "forward" and decision and decision.forwarded_to:
+        responsible = m(decision.forwarded_to.name or decision.forwarded_to.identifier)
+    if key in ("rejection", "status-expired", "cancelled") and not (
+            decision and decision.responsible):
         if event.referrer is None or not event.referrer.name:  # the ball goes back to them
             raise LetterError(f"a {key} letter needs decision.responsible (who picks up the "
                               "ball) or a named referrer")
@@ -202,7 +241,7 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
     fields = {"child": child_name, "unit": unit_name, "date": f"den {date_text}",
               "responsible": responsible,
               "forwarded_to": m(forwarded_to.name or forwarded_to.identifier) if forwarded_to
-              else ""}
+              else "", "contact": m(who.name)}
     template = TEMPLATES[key]
     facts: list[tuple[str, str]] = [("Henvisning", m(event.referral_id)), ("Barn", child_name)]
     if audience == "professional" and child.birth_date:
@@ -223,6 +262,9 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
             raise LetterError("a rejection needs a suggested alternative")
         facts.append(("Begrundelse", reason_text + (f" (kode {reason_code})" if reason_code
                                                     else "")))
+        own = (decision.reason_text or "").strip()
+        if own and own.casefold() != reason_text.casefold():  # the unit's words, kept as written
+            facts.append(("Afdelingens begrundelse", m(own)))
         if decision.note:
             facts.append(("Bemærkning", m(decision.note)))
         facts += [("Forslag til næste skridt", m(alternative)),

@@ -84,10 +84,11 @@ def kafka_provision() -> None:
 @main.command()
 def topics() -> None:
     """Create every stafet topic that does not exist yet."""
-    from stafet.topics import ensure_topics
+    from stafet.topics import Retention, ensure_topics
 
     settings = get_settings()
-    created = ensure_topics(settings, settings.partitions)
+    created = ensure_topics(settings, settings.partitions,
+                            retention=Retention.from_settings(settings))
     click.echo(f"created {len(created)} topics" if created else "all topics exist")
 
 
@@ -204,8 +205,10 @@ def inbox(municipality_code: str, from_beginning: bool, idle: float) -> None:
 
 
 from stafet.cli_delivery import register as _register_delivery  # noqa: E402
+from stafet.cli_directory import register as _register_directory  # noqa: E402
 
 _register_delivery(main)
+_register_directory(main)
 
 if __name__ == "__main__":
     main()

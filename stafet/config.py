@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         12, ge=1, description="partitions of every stafet topic: the unit of scale-out (workers "
         "beyond this number idle); one patient always stays on one partition",
     )
+    ingest_retention_days: float = Field(
+        60.0, description="ingest.* and events.*: must outlast a referral's wait for triage")
+    out_retention_days: float = Field(30.0, description="out.*: how long subscribers may lag")
+    dlq_retention_days: float = Field(
+        30.0, description="dlq.*, alerts.operator, acks.inbound: time for an operator to act")
     kafka_security: Literal["plaintext", "sasl_ssl"] = Field(
         "plaintext", description="sasl_ssl: SCRAM-SHA-512 over TLS and ACLs (see README, Access "
         "control); the local broker is started in the same mode",
@@ -82,6 +87,9 @@ class Settings(BaseSettings):
     fhir_port: int = 8080
     fhir_max_body_bytes: int = Field(1_048_576, description="larger bodies get 413")
     fhir_produce_timeout_s: float = Field(10.0, description="then 503, the client retries")
+    fhir_unknown_referral_wait_s: float = Field(
+        5.0, description="how long a decision for a referral not yet in index.referral waits for "
+        "the stream stage to index it (an HL7 v2 REF^I12 a moment ago) before it gets 422")
     fhir_tls_cert: Path | None = Field(None, description="PEM certificate chain (+ key): HTTPS")
     fhir_tls_key: Path | None = Field(None, description="PEM private key of fhir_tls_cert")
     fhir_tls_client_ca: Path | None = Field(
@@ -133,6 +141,11 @@ class Settings(BaseSettings):
     )
     unit_contact_phone: str = Field("00 00 00 00", description="set the unit's real number")
     default_timezone: str = Field("Europe/Copenhagen", description="for HL7 times without an offset")
+    directory_file: Path = Field(
+        PROJECT_ROOT / "deploy" / "directory.toml",
+        description="the party directory: SOR + EAN of every municipality unit, hospital unit "
+        "and GP stafet addresses (see README, Party directory)",
+    )
 
     # --- delivery to subscribers (connectors/delivery.py) ------------------------------------
     subscribers_file: Path = Field(

@@ -41,6 +41,9 @@ GUARDIAN_ROLES = ("MTH", "FTH", "GUARD")
 UNIT_TYPES = ("ppr", "family-department")
 REASON_CODES = ("missing-ppv", "missing-information", "outside-target-group", "other")
 OUTPUT_TYPES = ("alternative", "responsible", "contact-name", "contact-phone", "contact-email")
+#: Task.businessStatus of a contact person change (status in-progress or accepted): the new
+#: contact in the outputs contact-name / contact-phone; every party of the referral is told
+CONTACT_CHANGED = "contact-changed"
 PAYLOAD_PARTS = ("summary", "treatment-plan", "contact-name", "contact-phone", "contact-email")
 LOCAL_TZ = ZoneInfo("Europe/Copenhagen")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -164,7 +167,7 @@ def _cpr(identifiers: Any, path: str, ctx: Ctx, who: str) -> str:
     return value
 
 
-UNIT_SYSTEM = "https://stafet.dk/fhir/NamingSystem/municipal-unit"
+UNIT_SYSTEM = "https://stafet.dk/fhir/NamingSystem/municipal-unit"  # = stafet.directory's
 
 
 def _endpoint(system: str, *elements: Any) -> bool:
@@ -381,16 +384,20 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     status = task.get("status")
     business = [*_codes(task.get("businessStatus")), _text(task.get("businessStatus")) or ""]
     forward = "forward" in _codes(task.get("code")) or "forwarded" in business
-    decided = ("rejected" if status == "rejected"
+    contact_change = CONTACT_CHANGED in business and status not in ("rejected", "cancelled",
+                                                                    "failed")
+    decided = (None if contact_change
+               else "rejected" if status == "rejected"
                else "forwarded" if forward and status in ("ready", "in-progress", "accepted",
                                                           "completed")
                else "accepted" if status == "accepted"
                else "expired" if status in ("failed", "cancelled") and "expired" in business
                else None)
-    if decided is None:
+    if decided is None and not contact_change:
         ctx.add(f"{path}.status", "not-supported", f"Task.status '{status}' is not a triage "
                 "decision: accepted, rejected, forward (code 'forward') or expired (failed + "
-                "businessStatus 'expired'); withdraw a referral by revoking its ServiceRequest")
+                "businessStatus 'expired'), nor a contact person change (businessStatus "
+                f"'{CONTACT_CHANGED}'); withdraw a referral by revoking its ServiceRequest")
     rid = _referral_ref(task.get("focus"), res, f"{path}.focus", ctx)
     child = _child(task.get("for"), res, f"{path}.for", ctx, residence=False)
     owner = _party(task.get("owner"), res, f"{path}.owner", ctx, "the deciding unit")
@@ -413,11 +420,20 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
             continue
         outputs[kind] = output["valueString"]
     contact = _contact(outputs, f"{path}.output", ctx)
+    if contact_change and not (contact and contact.phone):
+        ctx.add(f"{path}.output", "required", "a contact person change needs outputs "
+                "contact-name and contact-phone")
     notes = "\n".join(n["text"] for n in task.get("note") or [] if n.get("text")) or None
     when = _time(task.get("lastModified") or task.get("authoredOn"), f"{path}.lastModified", ctx)
-    if len(ctx.issues) > start or child is None or decided is None:
+    if len(ctx.issues) > start or child is None or (decided is None and not contact_change):
         return None
     event_id, source_id = _identity(task, "Task")
+    if contact_change:
+        return ReferralEvent(
+            event_id=event_id, source="fhir", source_message_id=source_id, kind="contact",
+            referral_id=rid, event_time=when, patient_key=patient_key(child.cpr, secret),
+            child=child, referrer=referrer, receiver=owner, contact=contact)
+    assert decided is not None
     decision = Decision(
         status=decided,  # type: ignore[arg-type]
         reason_code=reason_code, reason_text=_text(reason), note=notes,

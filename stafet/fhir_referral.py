@@ -41,6 +41,9 @@ the stream takes it from the referral). ``owner`` → the deciding unit (SOR), o
 rejected (**requires** ``statusReason``); ``code.coding.code = forward`` or
 ``businessStatus`` ``forwarded`` (status ready | in-progress | accepted | completed) → forwarded to
 the owner; ``failed`` or ``cancelled`` with businessStatus ``expired`` → expired.
+``businessStatus`` ``contact-changed`` (status ready | in-progress | accepted | completed) →
+kind ``contact``: the child's contact person at the unit changed (outputs contact-name and
+contact-phone required); every party of the referral is told.
 ``statusReason.coding[0].code`` ∈ missing-ppv | missing-information | outside-target-group | other
 (any system; ``https://stafet.dk/fhir/CodeSystem/referral-rejection-reason`` recommended),
 ``statusReason.text`` = its Danish wording; ``note[*].text`` = free text; ``output[*]``: ``type.text``

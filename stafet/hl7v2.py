@@ -12,6 +12,7 @@ A11 → AN_STIN/AN_STAA, A13 → AN_SLHJ, A52 → AN_STOR, A53 → AN_SLOR.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -109,6 +110,21 @@ def read_header(raw: bytes, default_charset: str = "utf-8", *, strict: bool = Tr
     # MSH-3/MSH-4 may hold a hospital name with æøå: read them in the message's own charset
     field = lambda n: raw_field(n).decode(charset, errors="replace").strip()  # noqa: E731
     return RawHeader(charset, declared, field(10), field(3), field(4), field(9))
+
+
+def message_event_id(raw: bytes, header: RawHeader) -> str:
+    """The event id of an HL7 v2 message: sender + MSH-10 + a digest of everything after MSH.
+
+    A retransmission (the same message again, even with a new MSH-7) gets the same id and is
+    recognised downstream; a *different* message that reuses an MSH-10 (a sender's counter reset
+    after a fail-over) gets its own id and is processed, instead of being taken for a duplicate
+    and silently dropped.
+    """
+    body = normalise_segments(raw)
+    rest = body.split(b"\r", 1)[1] if b"\r" in body else b""
+    digest = hashlib.sha256(rest).hexdigest()[:32]
+    return stable_uuid("hl7v2", header.sending_application, header.sending_facility,
+                       header.control_id, digest)
 
 
 def decode(raw: bytes, default_charset: str = "utf-8") -> tuple[str, RawHeader]:
@@ -377,7 +393,7 @@ def parse_adt(
     leave_end = event_time if code == "SLOR" else None  # AN_SLOR: back on leave, no end
     source_system = f"{header.sending_application}^{header.sending_facility}"
     return EncounterEvent(
-        event_id=stable_uuid("hl7v2", header.sending_application, header.sending_facility, control_id),
+        event_id=message_event_id(raw, header),
         source_message_id=control_id,
         source_system=source_system,
         hl7_trigger=trigger,

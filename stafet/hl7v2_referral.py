@@ -4,7 +4,7 @@
 Mapping (documented in the README):
 
 - RF1-6 originating referral identifier = the referral id; RF1-1 status (table 0283: A accepted,
-  R rejected, P pending/forwarded, E expired); RF1-10 reason (CE: code^text, codes
+  R rejected, P pending/forwarded, E expired; and stafet's local C: contact person changed); RF1-10 reason (CE: code^text, codes
   ``missing-ppv``, ``missing-information``, ``outside-target-group``, ``other``).
 - PRD per party (PRD-5 = ``LETTER``: the party reads letters, not FHIR), PRD-1 role: ``RP`` referring provider (the referrer), ``RT`` referred-to provider
   (the psychiatry unit; on a forward the new unit), ``PPR`` / ``FAM`` the municipal units;
@@ -21,10 +21,10 @@ from zoneinfo import ZoneInfo
 
 from stafet.cpr import is_valid_cpr
 from stafet.hl7v2 import (
-    Hl7Error, Segments, _err, check_structure, normalise_segments, parse_adt, parse_segments,
-    patient_cpr, read_header, residence, to_iso,
+    Hl7Error, Segments, _err, check_structure, message_event_id, normalise_segments, parse_adt,
+    parse_segments, patient_cpr, read_header, residence, to_iso,
 )
-from stafet.ids import patient_key, stable_uuid
+from stafet.ids import patient_key
 from stafet.model import Contact, Decision, EncounterEvent, Party, PatientInfo, ReferralEvent
 
 SOR_SYSTEM = "urn:oid:1.2.208.176.1.1"
@@ -33,6 +33,9 @@ CPR_SYSTEM = "urn:oid:1.2.208.176.1.2"
 REFERRAL_TRIGGERS = {("REF", "I12"): "submitted", ("REF", "I13"): "modified",
                      ("REF", "I14"): "cancelled", ("RRI", "I12"): "decision"}
 DECISIONS = {"A": "accepted", "R": "rejected", "P": "forwarded", "E": "expired"}
+#: RF1-1 = C on an RRI^I12: the child's contact person at the unit changed (a local code beside
+#: table 0283's; the new contact in CTD as for decisions) — every party of the referral is told
+CONTACT_CHANGED = "C"
 PRD_ROLES = {"RP": "referrer", "RT": "receiver", "PPR": "ppr", "FAM": "family-department"}
 REASON_CODES = ("missing-ppv", "missing-information", "outside-target-group", "other")
 
@@ -141,13 +144,18 @@ def parse_referral(
     if kind == "submitted" and (referrer is None or receiver is None):
         raise _err(101, "PRD", "a referral needs PRD with role RP (referrer) and RT (receiving unit)")
 
-    decision = None
+    decision = contact = None
     notes = _notes(seg)
-    if kind == "decision":
+    if kind == "decision" and seg.get("RF1", 1).upper() == CONTACT_CHANGED:
+        kind, contact = "contact", _contact(seg)
+        if contact is None or not contact.phone:
+            raise _err(101, "CTD^1^2", "a contact person change (RF1-1 = C) needs the new "
+                       "contact's name (CTD-2) and phone (CTD-6)")
+    elif kind == "decision":
         status = DECISIONS.get(seg.get("RF1", 1).upper())
         if status is None:
             raise _err(103, "RF1^1^1", f"RF1-1 referral status '{seg.get('RF1', 1)}' is not "
-                       "A, R, P or E")
+                       "A, R, P, E or C")
         reason_code = seg.get("RF1", 10, 1) or None
         if status == "rejected" and not reason_code:
             raise _err(101, "RF1^1^10", "a rejection (RF1-1 = R) needs a reason in RF1-10")
@@ -166,8 +174,7 @@ def parse_referral(
     if kind == "submitted" and not family:  # every letter and MedCom Patient names the child
         raise _err(101, "PID^1^5", "the child's family name (PID-5.1) is required")
     return ReferralEvent(
-        event_id=stable_uuid("hl7v2", header.sending_application, header.sending_facility,
-                             control_id),
+        event_id=message_event_id(raw, header),
         source="hl7v2",
         source_message_id=control_id,
         kind=kind,  # type: ignore[arg-type]
@@ -182,6 +189,7 @@ def parse_referral(
         municipal_units=tuple(parties.get("ppr", []) + parties.get("family-department", [])),
         decision=decision,
         reason_for_referral=notes.get("NOTE") if kind == "submitted" else None,
+        contact=contact,
     )
 
 

@@ -93,6 +93,7 @@ def worker_grants(app_id: str) -> list[Grant]:
         *_grants(w, "TOPIC", "ingest.fhir", LITERAL, ("READ", *look)),
         *_grants(w, "TOPIC", "events.", PREFIXED, ("READ", "WRITE", *look)),
         *_grants(w, "TOPIC", "timers.", PREFIXED, ("READ", "WRITE", *look)),
+        *_grants(w, "TOPIC", "index.", PREFIXED, ("WRITE", *look)),
         *_grants(w, "TOPIC", "out.", PREFIXED, ("WRITE", *look)),
         *_grants(w, "TOPIC", "dlq.", PREFIXED, ("WRITE", *look)),
         *_grants(w, "TOPIC", "alerts.operator", LITERAL, ("WRITE", *look)),
@@ -115,7 +116,7 @@ def fhir_grants() -> list[Grant]:
     commits), the ingest topics for its referral index and acks.inbound + ingest.fhir for its
     memory of inbound MedCom message ids."""
     return [*_grants(FHIR, "TOPIC", "ingest.fhir", LITERAL, ("READ", "WRITE", "DESCRIBE")),
-            *_grants(FHIR, "TOPIC", "ingest.hl7v2", LITERAL, ("READ", "DESCRIBE")),
+            *_grants(FHIR, "TOPIC", "index.referral", LITERAL, ("READ", "DESCRIBE")),
             *_grants(FHIR, "TOPIC", "dlq.fhir", LITERAL, ("WRITE", "DESCRIBE")),
             *_grants(FHIR, "TOPIC", "acks.inbound", LITERAL, ("READ", "WRITE", "DESCRIBE")),
             *(g for prefix in READER_GROUPS

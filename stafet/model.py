@@ -97,7 +97,8 @@ class EncounterEvent:
 
 # --- referrals (child and adolescent psychiatry) ---------------------------------------------
 
-ReferralKind = Literal["submitted", "modified", "cancelled", "decision", "assessment", "tick"]
+ReferralKind = Literal["submitted", "modified", "cancelled", "decision", "assessment", "tick",
+                       "contact"]
 # "tick" is internal: the deadline timer asks the owner of a referral to check its deadlines.
 DecisionStatus = Literal["accepted", "rejected", "forwarded", "expired"]
 PartyKind = Literal[
@@ -173,6 +174,7 @@ class ReferralEvent:
     decision: Decision | None = None
     assessment: Assessment | None = None
     reason_for_referral: str | None = None
+    contact: Contact | None = None  # kind "contact": the child's new contact person at the unit
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
@@ -208,4 +210,5 @@ class ReferralEvent:
             assessment=Assessment(**{**assessment, "contact": contact(assessment.get("contact"))})
             if assessment else None,
             reason_for_referral=record.get("reason_for_referral"),
+            contact=contact(record.get("contact")),
         )

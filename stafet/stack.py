@@ -20,7 +20,7 @@ from stafet.kafka_client import as_admin, password_for
 from stafet.kafka_local import LocalKafka
 from stafet.kafka_security import DELIVERY, FHIR, MLLP, WORKER, provision
 from stafet.logging import get_logger
-from stafet.topics import ensure_topics
+from stafet.topics import Retention, ensure_topics
 
 log = get_logger(__name__)
 
@@ -106,7 +106,7 @@ def service_env(settings: Settings, principal: str) -> dict[str, str]:
 def prepare_kafka(settings: Settings) -> None:
     """As the super user: every topic and, on a secure broker, every principal and ACL."""
     admin = as_admin(settings) if settings.kafka_security == "sasl_ssl" else settings
-    ensure_topics(admin, settings.partitions)
+    ensure_topics(admin, settings.partitions, retention=Retention.from_settings(settings))
     if settings.kafka_security == "sasl_ssl":
         from stafet.schemas.municipalities import municipalities
 

@@ -10,7 +10,9 @@ that receives messages and its channel:
 - ``letter``: stafet writes each PDF letter into ``outbox`` for the letter / Digital Post service.
 
 A subscriber takes the records on ``topic`` (derived from ``municipality`` for municipalities)
-whose ``stafet.recipient`` header is one of ``recipients`` (empty: all of them). Municipalities
+whose ``stafet.recipient`` header is one of ``recipients`` (empty: all of them); ``entries``
+names party directory entries instead (``gp/012345``, ``municipality/0751/ppr``), whose
+recipient values are looked up in the directory when the registry is loaded. Municipalities
 without an entry read their topic over Kafka when ``[defaults] municipalities = "kafka"``.
 A record no subscriber takes is an *unrouted* message: an operator alert, never a silent drop.
 """
@@ -28,6 +30,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from stafet.cpr import mask_cpr
+from stafet.directory import Directory, DirectoryError, Unaddressable, load_directory
 from stafet.errors import StafetError
 from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
 from stafet.schemas.municipalities import municipalities
@@ -56,6 +59,7 @@ class Subscriber(BaseModel):
     municipality: str | None = Field(None, pattern=r"^\d{4}$")
     topic: str | None = None
     recipients: tuple[str, ...] = ()
+    entries: tuple[str, ...] = ()  # party directory entries; resolved into recipients on load
     url: str | None = Field(None, pattern=r"^https?://")
     secret_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     outbox: Path | None = None
@@ -181,18 +185,20 @@ class Registry:
         return found
 
 
-def load_registry(path: Path) -> Registry:
-    """Read and validate the registry file; every problem is named in the error."""
+def load_registry(path: Path, directory: Directory | None = None) -> Registry:
+    """Read and validate the registry file; every problem is named in the error. ``entries``
+    are resolved in ``directory`` (default: the configured party directory)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise RegistryError(f"subscriber registry {path} does not exist") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RegistryError(f"subscriber registry {path} is not valid TOML: {exc}") from exc
-    return parse_registry(data, source=str(path))
+    return parse_registry(data, source=str(path), directory=directory)
 
 
-def parse_registry(data: dict, *, source: str = "registry") -> Registry:  # type: ignore[type-arg]
+def parse_registry(data: dict, *, source: str = "registry",  # type: ignore[type-arg]
+                   directory: Directory | None = None) -> Registry:
     unknown = set(data) - {"defaults", "subscriber"}
     if unknown:
         raise RegistryError(f"{source}: unknown sections {sorted(unknown)}; expected [defaults] "
@@ -211,9 +217,32 @@ def parse_registry(data: dict, *, source: str = "registry") -> Registry:  # type
     except ValidationError as exc:
         errors += [f"defaults: {e['msg']}" for e in exc.errors()]
         defaults = Defaults()
+    if any(s.entries for s in subscribers) and not errors:
+        subscribers = [_resolve_entries(s, directory, errors) for s in subscribers]
     if errors:
         raise RegistryError(f"{source}: " + "; ".join(errors))
     return Registry(tuple(subscribers), defaults)
+
+
+def _resolve_entries(subscriber: Subscriber, directory: Directory | None,
+                     errors: list[str]) -> Subscriber:
+    if not subscriber.entries:
+        return subscriber
+    if directory is None:
+        from stafet.config import get_settings
+
+        try:
+            directory = load_directory(get_settings().directory_file)
+        except DirectoryError as exc:
+            errors.append(f"subscriber {subscriber.id}: entries need the party directory: {exc}")
+            return subscriber
+    resolved = list(subscriber.recipients)
+    for entry in subscriber.entries:
+        try:
+            resolved.append(directory.entry(entry).recipient)
+        except Unaddressable as exc:
+            errors.append(f"subscriber {subscriber.id}: entries: {exc}")
+    return subscriber.model_copy(update={"recipients": tuple(dict.fromkeys(resolved))})
 
 
 def municipality_recipient(code: str) -> str:

@@ -7,6 +7,8 @@ Every topic is keyed by the pseudonymous patient key, so one child's events stay
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -33,6 +35,9 @@ ALERTS_OPERATOR = "alerts.operator"  # what a person must look at: unknown recip
 DLQ_DELIVERY = "dlq.delivery"  # messages a subscriber could not be given within the budget
 #: when each open referral next needs a tick (deadline, parked decision); compacted
 TIMERS_REFERRAL = "timers.referral"
+#: every referral the stream stage knows (key: referral id; value: its status), compacted and
+#: written in the worker's transaction: the FHIR listener checks decisions against it
+INDEX_REFERRAL = "index.referral"
 DLQ_TOPICS = (DLQ_MLLP, DLQ_FHIR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, DLQ_DELIVERY)
 
 #: Headers stafet puts on records (values are UTF-8 bytes).
@@ -47,6 +52,7 @@ H_BUNDLE_ID = "stafet.bundle_id"
 H_EVENT_CODE = "stafet.event_code"
 H_ORIGIN = "stafet.origin"  # topic/partition/offset of the record a DLQ entry came from
 H_RECIPIENT = "stafet.recipient"  # "<identifier system>|<identifier>" of the addressee
+H_RECIPIENT_EAN = "stafet.recipient_ean"  # the addressee's EAN location number (MedCom routing)
 H_REFERRAL_ID = "stafet.referral_id"
 H_KIND = "stafet.kind"
 #: on acks.inbound: the sender's X-Stafet-Signature / X-Stafet-Timestamp, for the delivery
@@ -62,14 +68,50 @@ def municipality_topic(code: str) -> str:
 
 def all_topics() -> list[str]:
     return [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL, TIMERS_REFERRAL,
+            INDEX_REFERRAL,
             OUT_REFERRER, OUT_LETTER,
             ACKS_INBOUND, AUDIT_DELIVERY, ALERTS_OPERATOR, *DLQ_TOPICS,
             *(municipality_topic(code) for code in municipalities())]
 
 
-def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0) -> list[str]:
-    """Create every stafet topic that does not exist yet; return the ones created. (The stream
-    stage's changelog topics, ``changelog__<app id>--…``, are created by the worker itself.)
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long each kind of topic keeps its records (days), set on every topic stafet creates
+    instead of the broker's default (7 days)."""
+
+    ingest_days: float = 60.0  # ingest.*, events.*: longer than a referral can wait for triage
+    out_days: float = 30.0  # out.*: a municipality reading Kafka has this long to catch up
+    dlq_days: float = 30.0  # dlq.*, alerts.operator, acks.inbound: for an operator to act on
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Retention:
+        return cls(settings.ingest_retention_days, settings.out_retention_days,
+                   settings.dlq_retention_days)
+
+    def configs(self) -> dict[str, dict[str, str]]:
+        """The config of every topic: retention.ms, or compaction."""
+        ms = lambda days: {"retention.ms": str(int(days * 86_400_000))}  # noqa: E731
+        out: dict[str, dict[str, str]] = {}
+        for topic in all_topics():
+            if topic in (TIMERS_REFERRAL, INDEX_REFERRAL):  # the latest value per key, kept
+                out[topic] = {"cleanup.policy": "compact"}
+            elif topic == AUDIT_DELIVERY:  # the record of who got what: kept
+                out[topic] = {"retention.ms": "-1"}
+            elif topic.startswith(("ingest.", "events.")):
+                out[topic] = ms(self.ingest_days)
+            elif topic.startswith("out."):
+                out[topic] = ms(self.out_days)
+            else:  # dlq.*, alerts.operator, acks.inbound
+                out[topic] = ms(self.dlq_days)
+        return out
+
+
+def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *,
+                  retention: Retention = Retention()) -> list[str]:
+    """Create every stafet topic that does not exist yet, with its retention (``retention``,
+    see :class:`Retention`); return the ones created. (The stream stage's changelog topics,
+    ``changelog__<app id>--…``, are created by the worker itself.) An existing topic is left
+    as it is.
 
     ``kafka``: settings (this process's principal), a client config or a bootstrap string. With
     ACLs a principal sees only the topics it may describe and creates only its own (the worker:
@@ -82,10 +124,7 @@ def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0) ->
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
         raise StafetError(f"cannot reach Kafka at {config['bootstrap.servers']}: {exc}") from exc
-    wanted: dict[str, tuple[int | None, dict[str, str]]] = {t: (None, {}) for t in all_topics()}
-    wanted[AUDIT_DELIVERY] = (None, {"retention.ms": "-1"})  # the record of who got what: kept
-    # the latest due time per referral, for as long as the referral is open
-    wanted[TIMERS_REFERRAL] = (None, {"cleanup.policy": "compact"})
+    wanted = {topic: (None, config) for topic, config in retention.configs().items()}
     missing = [name for name in wanted if name not in existing]
     if not missing:
         return []

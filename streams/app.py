@@ -44,7 +44,7 @@ from stafet.streams.referrals import ReferralStep
 from stafet.streams.staged_state import StagedState
 from stafet.topics import (
     ALERTS_OPERATOR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, EVENTS_ENCOUNTER, EVENTS_REFERRAL,
-    INGEST_FHIR, INGEST_HL7V2, OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
+    INDEX_REFERRAL, INGEST_FHIR, INGEST_HL7V2, OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
 )
 from stafet.schemas.municipalities import municipalities
 
@@ -52,7 +52,8 @@ log = get_logger(__name__)
 
 #: what every step may write (the callable topic in ``to_topic`` must return a declared Topic)
 def output_topics() -> list[str]:
-    return [EVENTS_ENCOUNTER, EVENTS_REFERRAL, TIMERS_REFERRAL, OUT_REFERRER, OUT_LETTER,
+    return [EVENTS_ENCOUNTER, EVENTS_REFERRAL, TIMERS_REFERRAL, INDEX_REFERRAL, OUT_REFERRER,
+            OUT_LETTER,
             DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, ALERTS_OPERATOR,
             *(municipality_topic(code) for code in municipalities())]
 
@@ -250,7 +251,7 @@ def run_worker(settings: Settings) -> None:
     transaction; the application is then started again from the committed offsets, in this
     process, after a backoff (1 s doubling to 30 s)."""
     from stafet.streams.timers import ReferralScheduler
-    from stafet.topics import ensure_topics
+    from stafet.topics import Retention, ensure_topics
 
     scheduler = ReferralScheduler(client_config(settings), settings.referral_timer_interval_s)
     scheduler.start()
@@ -261,7 +262,8 @@ def run_worker(settings: Settings) -> None:
         while not stopper.stopping.is_set():
             started = time.monotonic()
             try:
-                ensure_topics(settings, settings.partitions, timeout=10.0)
+                ensure_topics(settings, settings.partitions, timeout=10.0,
+                              retention=Retention.from_settings(settings))
                 stopper.run(build_application(settings))
                 if stopper.stopping.is_set():
                     return

@@ -30,15 +30,18 @@ from functools import cache
 from typing import Any, Final, Literal
 
 from stafet.connectors.letters import (
-    REJECTION_REASONS, LetterError, LetterKind, LetterText, default_name, letter_text,
+    REJECTION_REASONS, LetterError, LetterKind, LetterText, letter_text,
 )
 from stafet.cpr import CPR_IN_TEXT, is_cpr_shape
+from stafet.directory import SOR_SYSTEM, Addressee, Unaddressable
 from stafet.ids import stable_uuid
 from stafet.model import Contact, Party, ReferralEvent
 from stafet.streams.hospitalnotification import (
     ACTIVITY_SYSTEM, CPR_SYSTEM, DESTINATION_USE_SYSTEM, EVENT_SYSTEM, EXT_DESTINATION_USE,
-    FULL_URL_BASE, MUNICIPALITY_SYSTEM, SOR_ENDPOINT, SOR_SYSTEM, TOPIC_ENDPOINT,
-    NotificationBuildError,
+    FULL_URL_BASE, NotificationBuildError,
+)
+from stafet.streams.medcom_addressing import (
+    MESSAGING_ORGANIZATION, endpoint, organization, organization_problems,
 )
 
 __all__ = ["REJECTION_REASONS", "CareCommunicationError", "LetterKind", "LetterText",
@@ -56,8 +59,7 @@ PROFILES: Final[dict[str, str]] = {
     "PractitionerRole": _CORE + "medcom-core-practitionerrole",
     "CareTeam": _CORE + "medcom-core-careteam",
     "Encounter": _CORE + "medcom-core-encounter",
-    "Organization": "http://medcomfhir.dk/ig/messaging/StructureDefinition/"
-                    "medcom-messaging-organization",
+    "Organization": MESSAGING_ORGANIZATION,
 }
 EVENT_CODE: Final = "care-communication-message"
 MESSAGE_DEFINITION: Final = ("http://medcomfhir.dk/ig/messagedefinitions/MessageDefinition/"
@@ -77,13 +79,13 @@ MIME_TYPES: Final = frozenset({"application/pdf", "image/gif", "image/jpeg", "im
 #: A rejection or a broken 30-day guarantee needs someone to act soon; the rest is routine.
 PRIORITY: Final[dict[str, str]] = {"receipt": "routine", "status": "routine",
                                    "rejection": "asap", "assessment": "routine",
-                                   "deadline": "asap"}
+                                   "deadline": "asap", "forward": "asap",
+                                   "modified": "routine", "cancelled": "routine",
+                                   "contact": "routine"}
 EXT_DATETIME: Final = _CORE + "medcom-core-datetime-extension"
 EXT_IDENTIFIER: Final = _CORE + "medcom-core-identifier-extension"
 EXT_AUTHOR: Final = _CORE + "medcom-core-practitioner-extension"
 EXT_CONTACT: Final = _CORE + "medcom-core-contact-extension"
-#: Endpoint of a party without SOR (GP by ydernummer, …): stafet delivers it, not VANS.
-PARTY_ENDPOINT: Final = "urn:stafet:party:{}:{}"
 
 _KINDS: Final = {"bundle": "Bundle", "messageheader": "MessageHeader", "patient": "Patient",
                  "communication": "Communication", "practitioner": "Practitioner",
@@ -124,14 +126,17 @@ def build_care_communication(
     recipient: Party,
     kind: LetterKind,
     *,
-    sender: Party,
+    sender: Addressee,
+    to: Addressee,
     previous_header_id: str | None = None,
     attachment_pdf: bytes | None = None,
     contact: Contact | None = None,
 ) -> dict[str, Any]:
     """The CareCommunication message Bundle telling ``recipient`` about ``event``.
 
-    ``sender`` is the psychiatry unit (SOR). ``previous_header_id`` makes the message a reply
+    ``sender`` (the psychiatry unit) and ``to`` (``recipient``'s entry) come from the party
+    directory: both Organizations carry SOR + EAN, and the destination is ``to``'s SOR endpoint;
+    an entry without an EAN raises. ``previous_header_id`` makes the message a reply
     (activity reply-message, Provenance entity role revision). ``attachment_pdf`` is added as a
     payload attachment (the rendered letter). ``contact`` is the fallback for letter_text.
     """
@@ -139,8 +144,6 @@ def build_care_communication(
         raise CareCommunicationError(
             "a guardian cannot be a MedCom destination (receiver must be an Organization): "
             "send the PDF letter from stafet.connectors.letters instead")
-    if sender.identifier_system != SOR_SYSTEM:
-        raise CareCommunicationError("the sender must be identified by SOR (MedCom Organization)")
     if not is_cpr_shape(event.child.cpr):
         raise CareCommunicationError("a CareCommunication needs the child's 10-digit CPR")
     try:
@@ -150,20 +153,23 @@ def build_care_communication(
     ids = {k: _id(event.event_id, recipient, kind, k)
            for k in (*_KINDS, "communication-identifier", "payload", "attachment")}
     ref = {k: f"{rtype}/{ids[k]}" for k, rtype in _KINDS.items()}
-    when, sor_source = event.event_time, SOR_ENDPOINT.format(sender.identifier)
-    endpoint = _endpoint(recipient)
+    try:
+        organizations = [organization(to, ids["recipient"]), organization(sender, ids["sender"])]
+    except Unaddressable as exc:
+        raise CareCommunicationError(str(exc)) from exc
+    when, sor_source, destination = event.event_time, endpoint(sender), endpoint(to)
 
     header = _resource("MessageHeader", ids["messageheader"]) | {
         "text": _div([f"<b>CareCommunication ({html.escape(kind)})</b>, MessageHeader "
                       f"{ids['messageheader']}, event {EVENT_CODE}",
                       f"Sender: {_label(sender)}; acknowledgement to {sor_source}",
-                      f"Receiver: {_label(recipient)} at {endpoint}",
+                      f"Receiver: {_label(to)} at {destination}",
                       f"Focus: Communication/{ids['communication']}"]),
         "eventCoding": {"system": EVENT_SYSTEM, "code": EVENT_CODE},
         "destination": [{
             "extension": [{"url": EXT_DESTINATION_USE,
                            "valueCoding": {"system": DESTINATION_USE_SYSTEM, "code": "primary"}}],
-            "endpoint": endpoint,
+            "endpoint": destination,
             "receiver": {"reference": ref["recipient"]},
         }],
         "sender": {"reference": ref["sender"]},
@@ -228,9 +234,8 @@ def build_care_communication(
         "agent": [{"who": {"reference": ref["sender"]}}],
         "entity": entities,
     }
-    resources = [header, patient, communication, role, practitioner,
-                 _organization(recipient, ids["recipient"]),
-                 _organization(sender, ids["sender"]), provenance]
+    resources = [header, patient, communication, role, practitioner, *organizations,
+                 provenance]
     return _resource("Bundle", ids["bundle"]) | {
         "type": "message",
         "timestamp": when,
@@ -244,22 +249,8 @@ def _resource(resource_type: str, rid: str) -> dict[str, Any]:
             "meta": {"profile": [PROFILES[resource_type]]}}
 
 
-def _endpoint(party: Party) -> str:
-    if party.identifier_system == SOR_SYSTEM:
-        return SOR_ENDPOINT.format(party.identifier)
-    if party.identifier_system == MUNICIPALITY_SYSTEM:
-        return TOPIC_ENDPOINT.format(party.identifier)
-    return PARTY_ENDPOINT.format(party.kind, party.identifier)
-
-
-def _organization(party: Party, rid: str) -> dict[str, Any]:
-    org = _resource("Organization", rid) | {
-        "identifier": [{"system": party.identifier_system, "value": party.identifier}]}
-    return org | ({"name": party.name} if party.name else {})
-
-
-def _label(party: Party) -> str:
-    return html.escape(f"{party.name or default_name(party)} ({party.identifier})")
+def _label(addressee: Addressee) -> str:
+    return html.escape(f"{addressee.name} (SOR {addressee.sor}, EAN {addressee.ean})")
 
 
 def _split_name(name: str) -> tuple[list[str], str]:
@@ -329,6 +320,8 @@ def validate_care_communication(bundle: dict[str, Any], *, privacy: bool = True)
     except Exception as exc:  # e.g. KeyError('R4.FooType') for an unknown resourceType
         raise CareCommunicationError(f"not a valid FHIR Bundle: {exc!r}") from exc
     _check_medcom(bundle)
+    problems = organization_problems(bundle)
+    _require(not problems, "; ".join(problems))
     if privacy:
         _check_no_cpr(bundle)
 

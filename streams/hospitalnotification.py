@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass
 from functools import cache
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from stafet.cpr import is_cpr_shape
+from stafet.directory import SOR_SYSTEM, Addressee, Unaddressable
 from stafet.errors import StafetError
 from stafet.ids import stable_uuid
-from stafet.model import EncounterEvent, Organization
+from stafet.model import EncounterEvent
+from stafet.streams.medcom_addressing import (
+    GLN_SYSTEM, MESSAGING_ORGANIZATION, SOR_ENDPOINT, endpoint, organization,
+    organization_problems,
+)
 
-SOR_SYSTEM: Final = "urn:oid:1.2.208.176.1.1"
-GLN_SYSTEM: Final = "https://www.gs1.org/gln"
+__all__ = ["GLN_SYSTEM", "SOR_ENDPOINT", "SOR_SYSTEM", "NotificationBuildError",
+           "build_hospital_notification", "message_header_id", "validate_bundle"]
 CPR_SYSTEM: Final = "urn:oid:1.2.208.176.1.2"
 MUNICIPALITY_SYSTEM: Final = "http://hl7.dk/fhir/core/CodeSystem/dk-core-municipality-codes"
 ACTCODE_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -35,8 +39,6 @@ EVENT_SYSTEM: Final = _TERMINOLOGY + "medcom-messaging-eventCodes"
 ACTIVITY_SYSTEM: Final = _TERMINOLOGY + "medcom-messaging-activityCodes"
 DESTINATION_USE_SYSTEM: Final = _TERMINOLOGY + "medcom-messaging-destinationUse"
 EVENT_CODE: Final = "hospital-notification-message"
-SOR_ENDPOINT: Final = "https://sor2.sum.dsdn.dk/#id={}"
-TOPIC_ENDPOINT: Final = "urn:stafet:topic:out.municipality.{}"  # = stafet.topics.municipality_topic
 FULL_URL_BASE: Final = "https://stafet.dk/fhir"
 
 _HN: Final = "http://medcomfhir.dk/ig/hospitalnotification/StructureDefinition/"
@@ -46,7 +48,7 @@ PROFILES: Final[dict[str, str]] = {
     "MessageHeader": _HN + "medcom-hospitalNotification-messageHeader",
     "Patient": "http://medcomfhir.dk/ig/core/StructureDefinition/medcom-core-patient",
     "Encounter": _HN + "medcom-hospitalNotification-encounter",
-    "Organization": _MESSAGING + "medcom-messaging-organization",
+    "Organization": MESSAGING_ORGANIZATION,
     "Provenance": _MESSAGING + "medcom-messaging-provenance",
 }
 EXT_REPORT_OF_ADMISSION: Final = _HN + "medcom-messaging-reportOfAdmissionExtension"
@@ -114,30 +116,6 @@ class NotificationBuildError(StafetError, ValueError):
     """The event cannot become, or the dict is not, a valid MedCom HospitalNotification."""
 
 
-class MunicipalityLike(Protocol):
-    """What the builder reads from a recipient (also met by stafet.schemas.municipalities)."""
-
-    @property
-    def code(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def sor(self) -> str | None: ...
-    @property
-    def gln(self) -> str | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Municipality:
-    """The receiving municipality; SOR/GLN only when its MedCom endpoint is configured."""
-
-    code: str  # 4 digits
-    name: str
-    region_code: str  # DK-81 … DK-85
-    sor: str | None = None
-    gln: str | None = None
-
-
 def message_header_id(event_id: str, recipient_code: str) -> str:
     """The MessageHeader.id of a notification: the next one's ``previous_header_id``.
 
@@ -161,37 +139,44 @@ def activity_code(event: EncounterEvent) -> str:
 
 def build_hospital_notification(
     event: EncounterEvent,
-    recipient: MunicipalityLike,
+    recipient: Addressee,
     *,
+    sender: Addressee,
     previous_header_id: str | None = None,
     sent_at: str | None = None,
     report_of_admission: bool = True,
 ) -> dict[str, Any]:
-    """The HospitalNotification message Bundle for ``event``, addressed to ``recipient``.
+    """The HospitalNotification message Bundle for ``event``, addressed to ``recipient`` (the
+    municipality's central unit in the party directory) from ``sender`` (the hospital unit's
+    entry), both with SOR + EAN: MedCom routes on the receiver's EAN.
 
     ``previous_header_id`` is the MessageHeader.id of the latest notification already sent for this
     stay; it becomes Provenance.entity (role ``removal`` for AN_, else ``revision``). ``sent_at``
     (default: the event time) stamps Bundle.timestamp and Provenance.occurred/recorded.
     ``report_of_admission`` asks the municipality for a report of admission (XDIS16) on STIN/STAA.
-
-    The destination endpoint is the municipality's SOR endpoint when a SOR code is configured and
-    otherwise ``urn:stafet:topic:out.municipality.<code>``: stafet delivers on Kafka topics, and
-    such a message (receiver without SOR + GLN) is not routable on MedCom's VANS network.
+    An entry without an EAN raises NotificationBuildError (:class:`Unaddressable`): a Bundle
+    nobody can route is never built.
     """
     code, enc, patient = event.notification_code, event.encounter, event.patient
     if not is_cpr_shape(patient.cpr):
         raise NotificationBuildError("a HospitalNotification needs the patient's 10-digit CPR")
+    if recipient.municipality is None:
+        raise NotificationBuildError(f"{recipient.entry} is not a municipal unit")
     activity = activity_code(event)
     sent_at = sent_at or event.event_time
-    ids = {kind: stable_uuid(event.event_id, recipient.code, kind) for kind in _KINDS}
+    ids = {kind: stable_uuid(event.event_id, recipient.municipality, kind) for kind in _KINDS}
     ref = {kind: f"{resource_type}/{ids[kind]}" for kind, resource_type in _KINDS.items()}
-    endpoint = SOR_ENDPOINT.format(recipient.sor) if recipient.sor else TOPIC_ENDPOINT.format(
-        recipient.code)
-    source = SOR_ENDPOINT.format(event.sender.sor)
+    try:
+        organizations = [organization(recipient, ids["recipient"]),
+                         organization(sender, ids["sender"])]
+    except Unaddressable as exc:
+        raise NotificationBuildError(str(exc)) from exc
+    destination, source = endpoint(recipient), endpoint(sender)
 
     wants_report = report_of_admission and code in ("STIN", "STAA")
     header = _resource("MessageHeader", ids["messageheader"])
-    header["text"] = _header_text(event, activity, recipient, endpoint, source, ids, wants_report)
+    header["text"] = _header_text(event, activity, recipient, sender, destination, ids,
+                                  wants_report)
     if wants_report:  # the report goes back to the sender, as in MedCom's STIN/STAA examples
         header["extension"] = [
             {"url": EXT_REPORT_OF_ADMISSION, "valueBoolean": True},
@@ -203,7 +188,7 @@ def build_hospital_notification(
         "destination": [{
             "extension": [{"url": EXT_DESTINATION_USE,
                            "valueCoding": {"system": DESTINATION_USE_SYSTEM, "code": "primary"}}],
-            "endpoint": endpoint,
+            "endpoint": destination,
             "receiver": {"reference": ref["recipient"]},
         }],
         "sender": {"reference": ref["sender"]},
@@ -245,8 +230,7 @@ def build_hospital_notification(
         provenance["entity"] = [
             {"role": role, "what": {"reference": f"MessageHeader/{previous_header_id}"}}]
 
-    resources = [header, pat, encounter, _recipient_org(recipient, ids["recipient"]),
-                 _sender_org(event.sender, ids["sender"]), provenance]
+    resources = [header, pat, encounter, *organizations, provenance]
     return _resource("Bundle", ids["bundle"]) | {
         "type": "message",
         "timestamp": sent_at,
@@ -272,36 +256,20 @@ def _leave_period(event: EncounterEvent) -> dict[str, str] | None:
     return {"start": enc.leave_start, **({"end": enc.leave_end} if enc.leave_end else {})}
 
 
-def _sender_org(sender: Organization, rid: str) -> dict[str, Any]:
-    org = _resource("Organization", rid) | {"identifier": _sor_gln(sender.sor, sender.gln)}
-    return org | ({"name": sender.name} if sender.name else {})
-
-
-def _recipient_org(recipient: MunicipalityLike, rid: str) -> dict[str, Any]:
-    identifiers = _sor_gln(recipient.sor, recipient.gln) or [
-        {"system": MUNICIPALITY_SYSTEM, "value": recipient.code}]
-    return _resource("Organization", rid) | {"identifier": identifiers, "name": recipient.name}
-
-
-def _sor_gln(sor: str | None, gln: str | None) -> list[dict[str, str]]:
-    """GLN before SOR, as in MedCom's examples."""
-    return ([{"system": GLN_SYSTEM, "value": gln}] if gln else []) + (
-        [{"system": SOR_SYSTEM, "value": sor}] if sor else [])
-
-
-def _header_text(event: EncounterEvent, activity: str, recipient: MunicipalityLike,
-                 endpoint: str, source: str, ids: dict[str, str], report: bool) -> dict[str, str]:
+def _header_text(event: EncounterEvent, activity: str, recipient: Addressee, sender: Addressee,
+                 destination: str, ids: dict[str, str], report: bool) -> dict[str, str]:
     """The MessageHeader narrative (required); no CPR or clinical detail, only routing facts."""
     e = html.escape
-    sender = event.sender
     lines = [
         f"<b>Hospital notification {e(event.notification_code)}</b> ({e(activity)})",
         f"MessageHeader {ids['messageheader']}, event {EVENT_CODE}",
-        f"Sender: {e(sender.name or '')} (SOR {e(sender.sor)}); acknowledgement to {e(source)}",
-        f"Receiver: {e(recipient.name)} (municipality {e(recipient.code)}) at {e(endpoint)}",
+        f"Sender: {e(sender.name)} (SOR {e(sender.sor)}, EAN {e(sender.ean or '')}); "
+        f"acknowledgement to {e(endpoint(sender))}",
+        f"Receiver: {e(recipient.name)} (municipality {e(recipient.municipality or '')}, "
+        f"EAN {e(recipient.ean or '')}) at {e(destination)}",
     ]
     if report:
-        lines.append(f"Report of admission requested, to {e(sender.name or sender.sor)}")
+        lines.append(f"Report of admission requested, to {e(sender.name)}")
     div = "".join(f"<p>{line}</p>" for line in lines)
     return {"status": "extensions" if report else "generated",
             "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{div}</div>'}
@@ -334,6 +302,8 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
     except Exception as exc:  # e.g. KeyError('R4.FooType') for an unknown resourceType
         raise NotificationBuildError(f"not a valid FHIR Bundle: {exc!r}") from exc
     _check_medcom(bundle)
+    problems = organization_problems(bundle)
+    _require(not problems, "; ".join(problems))
 
 
 def _require(ok: object, message: str) -> None:

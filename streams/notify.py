@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from stafet.config import Settings
+from stafet.directory import Directory, Unaddressable, load_directory
 from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
 from stafet.logging import get_logger
 from stafet.model import EncounterEvent
@@ -21,7 +23,7 @@ from stafet.schemas.municipalities import municipality
 from stafet.streams.hospitalnotification import (
     NotificationBuildError, build_hospital_notification, message_header_id, validate_bundle,
 )
-from stafet.streams.records import Inbound, Output, State, dead_letter
+from stafet.streams.records import Inbound, Output, State, dead_letter, operator_alert
 from stafet.topics import (
     DLQ_NOTIFY, H_BUNDLE_ID, H_EVENT_CODE, H_EVENT_ID, H_KIND, H_MESSAGE_ID, H_RECEIVED_AT,
     H_RECIPIENT, municipality_topic,
@@ -50,17 +52,21 @@ def revision_of(history: list[str], header_id: str) -> tuple[str | None, bool]:
     return (history[-1] if history else None), False
 
 
-def render(event: EncounterEvent, previous_header_id: str | None,
+def render(event: EncounterEvent, previous_header_id: str | None, directory: Directory,
            *, validate: bool) -> tuple[str, dict, bytes]:
-    """(topic, bundle, body) for one event; raises on anything that cannot be built."""
-    recipient = municipality(event.patient.municipality_code)
-    if recipient is None:
-        raise RoutingError(f"unknown municipality '{event.patient.municipality_code}'")
-    bundle = build_hospital_notification(event, recipient, previous_header_id=previous_header_id)
+    """(topic, bundle, body) for one event; raises on anything that cannot be built —
+    :class:`Unaddressable` when the directory cannot name both ends with SOR + EAN."""
+    code = event.patient.municipality_code
+    if municipality(code) is None:
+        raise RoutingError(f"unknown municipality '{code}'")
+    recipient = directory.municipal_unit(code, "central").routable()
+    sender = directory.by_sor(event.sender.sor).routable()
+    bundle = build_hospital_notification(event, recipient, sender=sender,
+                                         previous_header_id=previous_header_id)
     if validate:
         validate_bundle(bundle)
     body = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
-    return municipality_topic(recipient.code), bundle, body
+    return municipality_topic(code), bundle, body
 
 
 def with_known_leave(event: EncounterEvent, leave_start: str | None) -> EncounterEvent:
@@ -94,8 +100,14 @@ def notify(record: Inbound, state: State, settings: Settings,
             log.debug("notify.duplicate_skipped", event_id=encounter.event_id)
             return []
         encounter = with_known_leave(encounter, visit.get("leave_start"))
-        topic, bundle, body = render(encounter, previous, validate=validate)
+        topic, bundle, body = render(encounter, previous, load_directory(settings.directory_file),
+                                     validate=validate)
         header_id = bundle["entry"][0]["resource"]["id"]
+    except Unaddressable as exc:  # the directory must be fixed; then resend the dead letter
+        log.warning("notify.unaddressable", error=str(exc), origin=record.origin)
+        return [dead_letter(DLQ_NOTIFY, "notify", record, f"Unaddressable: {exc}"),
+                operator_alert("notify", f"cannot address a hospital notification: {exc}",
+                               origin=record.origin)]
     except (NotificationBuildError, RoutingError, ValueError, KeyError) as exc:
         log.warning("notify.rejected", error=str(exc), origin=record.origin)
         return [dead_letter(DLQ_NOTIFY, "notify", record, f"{type(exc).__name__}: {exc}")]

@@ -1,19 +1,22 @@
 """The referral state machine and who must be told what — pure functions, no Kafka.
 
-State per referral is a JSON-able dict (it lives in a Faust table). :func:`apply` takes the
+State per referral is a JSON-able dict (it lives in the worker's RocksDB state). :func:`apply` takes the
 current state and one canonical event and returns the new state plus the deliveries to make;
 a step that must wait (a decision before its referral) raises :class:`Park`; a step that can
 never be right (a second decision) raises :class:`Refuse` with the reason for the DLQ.
 
-Fan-out (DOMAIN.md §3): submitted → receipt to the referrer; accepted / forwarded / expired →
-status letter to the referrer; **rejected → the referrer, the municipality of residence (its
-central mailbox), PPR and the family department where known, and each guardian**, one message
-each; assessment → results letter to the referrer and the municipality; no decision within the
-assessment guarantee → deadline alert to the referrer and the municipality.
+Fan-out (DOMAIN.md §3): submitted → receipt to the referrer; accepted / expired → status letter
+to the referrer; forwarded → status letter to the referrer and a message to the new unit;
+**rejected → the referrer, the municipality of residence (its central mailbox), PPR and the
+family department (named in the referral, else the party directory's), and each guardian**, one
+message each; a contact person change → the same parties; modified / cancelled → everyone
+already told (``told``); assessment → results letter to the referrer and the municipality; no
+decision within the assessment guarantee → deadline alert to the referrer and the municipality.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +27,7 @@ from stafet.schemas.municipalities import municipality
 MUNICIPALITY_SYSTEM = "http://hl7.dk/fhir/core/CodeSystem/dk-core-municipality-codes"
 OPEN = ("submitted", "forwarded")  # waiting for a decision
 DECIDED = ("accepted", "rejected", "expired")
+ENDED = ("rejected", "expired", "cancelled")  # no contact person at the unit any more
 
 
 class Park(Exception):
@@ -106,8 +110,24 @@ def seen(state: dict[str, Any] | None, event_id: str) -> bool:
 
 
 def apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
-          deadline: timedelta) -> Outcome:
-    """The next state and the deliveries for ``event``; raises :class:`Park` or :class:`Refuse`."""
+          deadline: timedelta,
+          units_of: Callable[[str], tuple[Party, ...]] = lambda code: ()) -> Outcome:
+    """The next state and the deliveries for ``event``; raises :class:`Park` or :class:`Refuse`.
+
+    The state remembers everyone who was sent something (``told``): a modification or a
+    cancellation reaches exactly them."""
+    outcome = _apply(state, event, now=now, deadline=deadline, units_of=units_of)
+    if not outcome.deliveries:
+        return outcome
+    told = {(p["identifier_system"], p["identifier"]): p for p in outcome.state.get("told", [])}
+    for delivery in outcome.deliveries:
+        told.setdefault((delivery.recipient.identifier_system, delivery.recipient.identifier),
+                        asdict(delivery.recipient))
+    return replace(outcome, state={**outcome.state, "told": list(told.values())})
+
+
+def _apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
+           deadline: timedelta, units_of: Callable[[str], tuple[Party, ...]]) -> Outcome:
     if event.kind == "submitted":
         if state is not None and state["status"] != "cancelled":
             raise Refuse(f"referral {event.referral_id} was already submitted "
@@ -125,11 +145,21 @@ def apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
     if event.kind == "modified":
         record = enriched.to_record()
         new = {**state, **{k: record[k] for k in ("referrer", "guardians", "municipal_units")}}
-        return Outcome(_with_history(new, event, status), (), enriched)
+        return Outcome(_with_history(new, event, status), _to_told(state, "modified"), enriched)
     if event.kind == "cancelled":
         if status in DECIDED:
             raise Refuse(f"referral {event.referral_id} is already {status}; it cannot be cancelled")
-        return Outcome(_with_history(state, event, "cancelled"), (), enriched)
+        return Outcome(_with_history(state, event, "cancelled"), _to_told(state, "cancelled"),
+                       enriched)
+    if event.kind == "contact":
+        if event.contact is None:
+            raise Refuse(f"a contact person change for referral {event.referral_id} names no "
+                         "contact")
+        if status in ENDED:
+            raise Refuse(f"a contact person change for referral {event.referral_id}, which is "
+                         f"{status}: nobody is told")
+        new = {**_with_history(state, event, status), "contact": asdict(event.contact)}
+        return Outcome(new, every_party(enriched, units_of, "contact"), enriched)
     if event.kind == "assessment":
         if status not in ("accepted", "assessed"):
             raise Refuse(f"assessment for referral {event.referral_id} which is {status}, "
@@ -148,25 +178,46 @@ def apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
     new = _with_history(state, event, decided)
     if decided == "forwarded" and event.decision.forwarded_to is not None:
         new["receiver"] = asdict(event.decision.forwarded_to)
-        # the forwarding unit writes the letter; the new unit is the receiver from now on
+        # the forwarding unit writes the letters; the new unit is the receiver from now on and
+        # is told itself (it must triage the referral)
         enriched = replace(enriched, receiver=_party(state.get("receiver")))
+        return Outcome(new, (*_to_referrer(new, "status"),
+                             Delivery(event.decision.forwarded_to, "forward")), enriched)
     if decided != "rejected":
         return Outcome(new, _to_referrer(new, "status"), enriched)
-    return Outcome(new, rejection_recipients(enriched), enriched)
+    return Outcome(new, rejection_recipients(enriched, units_of), enriched)
 
 
-def rejection_recipients(event: ReferralEvent) -> tuple[Delivery, ...]:
-    """Everyone who must pick up the ball when a referral is rejected, each once."""
+def rejection_recipients(event: ReferralEvent, units_of: Callable[[str], tuple[Party, ...]] = (
+        lambda code: ())) -> tuple[Delivery, ...]:
+    """Everyone who must pick up the ball when a referral is rejected."""
+    return every_party(event, units_of, "rejection")
+
+
+def every_party(event: ReferralEvent, units_of: Callable[[str], tuple[Party, ...]],
+                kind: str) -> tuple[Delivery, ...]:
+    """The referrer, the municipality, PPR and the family department (from ``units_of``, the
+    party directory, where the referral names none of its own) and each guardian, once each."""
     parties: list[Party] = []
     if event.referrer is not None:
         parties.append(event.referrer)
     parties.append(municipality_party(event.child.municipality_code))
     parties.extend(event.municipal_units)
+    named = {u.kind for u in event.municipal_units}
+    parties.extend(u for u in units_of(event.child.municipality_code) if u.kind not in named)
     parties.extend(event.guardians)
     unique: dict[tuple[str, str], Party] = {}
     for party in parties:
         unique.setdefault((party.identifier_system, party.identifier), party)
-    return tuple(Delivery(p, "rejection") for p in unique.values())
+    return tuple(Delivery(p, kind) for p in unique.values())
+
+
+def _to_told(state: dict[str, Any], kind: str) -> tuple[Delivery, ...]:
+    """Everyone already sent something about the referral, but the unit now holding it."""
+    receiver = state.get("receiver") or {}
+    mine = (receiver.get("identifier_system"), receiver.get("identifier"))
+    return tuple(Delivery(Party(**p), kind) for p in state.get("told", [])
+                 if (p["identifier_system"], p["identifier"]) != mine)
 
 
 def _to_referrer(state: dict[str, Any], kind: str) -> tuple[Delivery, ...]:

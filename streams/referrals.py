@@ -23,21 +23,25 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from stafet.config import Settings
+from stafet.directory import SOR_SYSTEM, Unaddressable, load_directory
 from stafet.connectors.letters import render_letter_pdf
 from stafet.ids import stable_uuid
 from stafet.logging import get_logger
-from stafet.model import Contact, PatientInfo, ReferralEvent
+from stafet.model import Contact, Party, PatientInfo, ReferralEvent
 from stafet.schemas.codec import decode, encode
 from stafet.streams.carecommunication import (
     build_care_communication, delivery_channel, letter_text, message_ids,
     validate_care_communication,
 )
-from stafet.streams.records import Inbound, Output, State, dead_letter, dead_letter_value
+from stafet.streams.records import (
+    Inbound, Output, State, dead_letter, dead_letter_value, operator_alert,
+)
 from stafet.streams.referral_state import (
     Delivery, Outcome, Park, Refuse, apply, deadline_at, seen,
 )
 from stafet.topics import (
     DLQ_REFERRAL, EVENTS_REFERRAL, H_BUNDLE_ID, H_EVENT_ID, H_MESSAGE_ID, H_RECEIVED_AT,
+    H_RECIPIENT, H_RECIPIENT_EAN, INDEX_REFERRAL,
     OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
 )
 
@@ -57,6 +61,7 @@ class ReferralStep:
         self.deadline = timedelta(days=settings.referral_decision_deadline_days)
         self.max_parked = timedelta(seconds=settings.pending_decision_max_age_s)
         self.keep_closed = timedelta(days=settings.state_retention_days)
+        self.directory_file = settings.directory_file
         self.unit_contact = Contact(name=settings.unit_contact_name,
                                     phone=settings.unit_contact_phone)
 
@@ -68,10 +73,11 @@ class ReferralStep:
         except Exception as exc:
             return [dead_letter(DLQ_REFERRAL, "referrals", record, f"undecodable: {exc}")]
         book: dict[str, Any] = dict(state.get("book") or {})
-        before = self.wakeups(book)
+        before, known = self.wakeups(book), self.statuses(book)
         outputs, book = self.handle(first, book, record.headers.get(H_RECEIVED_AT))
         book = self.prune(book)
         outputs += self.timer_changes(first.patient_key, before, self.wakeups(book))
+        outputs += self.index_changes(known, self.statuses(book))
         if book.get("referrals") or book.get("pending"):
             state.set("book", book)
         else:
@@ -94,8 +100,9 @@ class ReferralStep:
             if event.kind == "tick":
                 outputs += self._expire_parked(event.referral_id, pending)
             try:
-                outcome = apply(state, event, now=_now(), deadline=self.deadline)
-                messages = [self.render(outcome, d) for d in outcome.deliveries]  # all or nothing
+                outcome = apply(state, event, now=_now(), deadline=self.deadline,
+                                units_of=self.directory_units)
+                messages = [m for d in outcome.deliveries for m in self.render(outcome, d)]
             except Park as park:
                 parked = pending.setdefault(event.referral_id, [])
                 if all(p["record"]["event_id"] != event.event_id for p in parked):
@@ -120,8 +127,30 @@ class ReferralStep:
                              for p in pending.pop(event.referral_id, []))
         return outputs, {"referrals": states, "pending": pending}
 
-    def render(self, outcome: Outcome, delivery: Delivery) -> Output:
-        """The message of one delivery; raises if it cannot be built."""
+    def directory_units(self, code: str) -> tuple[Party, ...]:
+        """The municipality's PPR and family department as the directory names them."""
+        directory = load_directory(self.directory_file)
+        return tuple(Party(kind=u.role, identifier_system=SOR_SYSTEM, identifier=u.sor,  # type: ignore[arg-type]
+                           name=u.name)
+                     for u in directory.municipal_units(code) if u.role != "central")
+
+    def render(self, outcome: Outcome, delivery: Delivery) -> list[Output]:
+        """The message of one delivery, or — when the directory cannot address its recipient —
+        a dead letter naming it and an operator alert (the other recipients are still sent);
+        raises if it cannot be built for any other reason."""
+        try:
+            return [self._message(outcome, delivery)]
+        except Unaddressable as exc:
+            event = outcome.event
+            reason = (f"Unaddressable: {delivery.kind} for referral {event.referral_id} to "
+                      f"{delivery.recipient.kind} {delivery.recipient.identifier}: {exc}")
+            log.warning("referral.unaddressable", referral_id=event.referral_id, error=str(exc))
+            return [dead_letter_value(DLQ_REFERRAL, "referrals", key=event.patient_key.encode(),
+                                      value=encode("referral_event", event.to_record()),
+                                      reason=reason),
+                    operator_alert("referrals", reason, referral_id=event.referral_id)]
+
+    def _message(self, outcome: Outcome, delivery: Delivery) -> Output:
         event, recipient = outcome.event, delivery.recipient
         bundle_id, header_id = message_ids(event.event_id, recipient, delivery.kind)
         key = event.patient_key.encode()
@@ -131,9 +160,9 @@ class ReferralStep:
             "stafet.referral_id": event.referral_id.encode(),
             "stafet.recipient_kind": recipient.kind.encode(),
             # the letter service / subscriber routes on this; for a guardian it is their CPR
-            "stafet.recipient": f"{recipient.identifier_system}|{recipient.identifier}".encode(),
+            H_RECIPIENT: f"{recipient.identifier_system}|{recipient.identifier}".encode(),
         }
-        contact = (event.decision.contact if event.decision else None) or (
+        contact = event.contact or (event.decision.contact if event.decision else None) or (
             event.assessment.contact if event.assessment else None)
         if contact is None or not contact.phone:  # MedCom needs a phone: the unit's, then
             contact = (Contact(name=contact.name, phone=self.unit_contact.phone) if contact
@@ -142,14 +171,17 @@ class ReferralStep:
             text = letter_text(event, recipient, delivery.kind, contact=contact)  # type: ignore[arg-type]
             headers["content-type"] = b"application/pdf"
             return Output(OUT_LETTER, key, render_letter_pdf(text, recipient=recipient), headers)
-        sender = event.receiver
-        assert sender is not None, "a referral without a receiving unit cannot send messages"
-        bundle = build_care_communication(event, recipient, delivery.kind, sender=sender,  # type: ignore[arg-type]
+        assert event.receiver is not None, "a referral without a receiving unit sends nothing"
+        directory = load_directory(self.directory_file)
+        sender, to = directory.resolve(event.receiver), directory.resolve(recipient)
+        bundle = build_care_communication(event, recipient, delivery.kind, sender=sender, to=to,  # type: ignore[arg-type]
                                           contact=contact)
         validate_care_communication(bundle)
         headers["content-type"] = b"application/fhir+json; fhirVersion=4.0"
-        topic = (municipality_topic(event.child.municipality_code) if recipient.kind in MUNICIPAL
-                 else OUT_REFERRER)
+        headers[H_RECIPIENT] = to.recipient.encode()
+        headers[H_RECIPIENT_EAN] = (to.ean or "").encode()
+        topic = (municipality_topic(to.municipality or event.child.municipality_code)
+                 if recipient.kind in MUNICIPAL else OUT_REFERRER)
         body = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
         return Output(topic, key, body, headers)
 
@@ -208,6 +240,23 @@ class ReferralStep:
             if rid not in out or expiry < datetime.fromisoformat(out[rid][0]):
                 out[rid] = (expiry.isoformat(), out.get(rid, ("", "parked"))[1])
         return out
+
+    @staticmethod
+    def statuses(book: dict[str, Any]) -> dict[str, str]:
+        return {rid: s.get("status", "") for rid, s in book.get("referrals", {}).items()}
+
+    @staticmethod
+    def index_changes(before: dict[str, str], after: dict[str, str]) -> list[Output]:
+        """``index.referral`` records for referrals that appeared, changed status or were pruned
+        (a tombstone): the durable list the FHIR listener checks decisions against."""
+        outputs = []
+        for rid in sorted(set(before) | set(after)):
+            if before.get(rid) == after.get(rid):
+                continue
+            value = (json.dumps({"referral_id": rid, "status": after[rid]}).encode()
+                     if rid in after else None)
+            outputs.append(Output(INDEX_REFERRAL, rid.encode(), value))
+        return outputs
 
     @staticmethod
     def timer_changes(patient_key: str, before: dict[str, tuple[str, str]],

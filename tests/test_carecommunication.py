@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from stafet.directory import Addressee, Directory
 from stafet.ids import stable_uuid
 from stafet.model import Assessment, Contact, Decision, Party, PatientInfo, ReferralEvent
 from stafet.streams.carecommunication import (
@@ -53,6 +54,28 @@ PPR = Party(kind="ppr", identifier_system=SOR, identifier="953741000016009", nam
 FAMILY = Party(kind="family-department", identifier_system=SOR, identifier="1042981000016003",
                name="Familieafdelingen Aarhus")
 PROFESSIONALS = {"gp": GP, "municipality": KOMMUNE, "ppr": PPR, "family-department": FAMILY}
+#: the party directory's entries for them: SOR + EAN (MedCom's example numbers where it has them)
+DIRECTORY = Directory([
+    Addressee("hospital/265161000016000", "hospital", UNIT.name or "", UNIT.identifier,
+              "5790000209354"),
+    Addressee("gp/099999", "gp", "Lægehuset Testvej", "6000000002099999", "5799930999991",
+              ydernummer="099999"),
+    Addressee("municipality/0751/central", "central", "Aarhus Kommune", "6000000007510010",
+              "5799910075103", municipality="0751"),
+    Addressee("municipality/0751/ppr", "ppr", "PPR Aarhus", PPR.identifier, "5790001348120",
+              municipality="0751"),
+    Addressee("municipality/0751/family-department", "family-department",
+              "Familieafdelingen Aarhus", FAMILY.identifier, "5790001348120",
+              municipality="0751"),
+])
+FROM = DIRECTORY.by_sor(UNIT.identifier)
+
+
+def cc(ev: ReferralEvent, recipient: Party, kind: str, **kwargs: Any) -> dict[str, Any]:
+    """build_care_communication addressed through the test directory."""
+    kwargs.setdefault("sender", FROM)
+    to = FROM if recipient.kind == "guardian" else DIRECTORY.resolve(recipient)  # refused anyway
+    return build_care_communication(ev, recipient, kind, to=to, **kwargs)  # type: ignore[arg-type]
 CONTACT = Contact(name="Mette Test Hansen", phone="12345678", email="mette@example.org")
 DECIDED = "2024-03-12T10:15:00+01:00"
 REFERRAL = "HEN-2024-0042"
@@ -91,7 +114,14 @@ DECISIONS: dict[str, tuple[str, Decision | None, Assessment | None]] = {
         summary="Udredningen viser angst; ingen tegn på autisme.",
         treatment_plan="Ambulant forløb med 8 samtaler og forældreinddragelse.", contact=CONTACT)),
     "deadline": ("decision", Decision(status="expired", contact=CONTACT), None),
+    "forward": ("decision", Decision(status="forwarded", contact=CONTACT, forwarded_to=Party(
+        kind="hospital-unit", identifier_system=SOR, identifier="600000000000002",
+        name="BUA Odense")), None),
+    "modified": ("modified", None, None),
+    "cancelled": ("cancelled", None, None),
+    "contact": ("contact", None, None),
 }
+NEW_CONTACT = Contact(name="Jonas Test Kjær", phone="87654321")
 
 
 def event(kind: str, **changes: Any) -> ReferralEvent:
@@ -102,14 +132,14 @@ def event(kind: str, **changes: Any) -> ReferralEvent:
         kind=ref_kind, referral_id=REFERRAL, event_time=DECIDED, patient_key="k" * 32,
         child=child(), referrer=GP, receiver=UNIT, guardians=GUARDIANS,
         municipal_units=(PPR, FAMILY), decision=decision, assessment=assessment,
-        reason_for_referral="Mistrivsel i skolen")
+        reason_for_referral="Mistrivsel i skolen",
+        contact=NEW_CONTACT if ref_kind == "contact" else None)
     return replace(ev, **changes)
 
 
 def build(kind: str, recipient: Party = GP, **kwargs: Any) -> dict[str, Any]:
     kwargs.setdefault("contact", CONTACT)  # receipts name no contact of their own
-    return build_care_communication(event(kind), recipient, kind,  # type: ignore[arg-type]
-                                    sender=UNIT, **kwargs)
+    return cc(event(kind), recipient, kind, **kwargs)
 
 
 def resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
@@ -142,21 +172,20 @@ def test_each_kind_for_each_professional_is_a_valid_message_of_its_own(kind: str
     header = bundle["entry"][0]["resource"]
     (destination,) = header["destination"]
     receiver = by_ref(bundle, destination["receiver"]["reference"])
-    assert receiver["identifier"] == [{"system": party.identifier_system,
-                                       "value": party.identifier}]
-    assert receiver["name"] == party.name
+    entry = DIRECTORY.resolve(party)
+    assert receiver["identifier"] == [{"system": "https://www.gs1.org/gln", "value": entry.ean},
+                                      {"system": SOR, "value": entry.sor}]
+    assert receiver["name"] == entry.name
     assert by_ref(bundle, header["sender"]["reference"])["identifier"] == [
+        {"system": "https://www.gs1.org/gln", "value": "5790000209354"},
         {"system": SOR, "value": UNIT.identifier}]
     assert header["source"]["endpoint"] == f"https://sor2.sum.dsdn.dk/#id={UNIT.identifier}"
-    expected_endpoint = {SOR: f"https://sor2.sum.dsdn.dk/#id={party.identifier}",
-                         MUNICIPALITY: "urn:stafet:topic:out.municipality.0751",
-                         YDERNUMMER: "urn:stafet:party:gp:099999"}[party.identifier_system]
-    assert destination["endpoint"] == expected_endpoint
+    assert destination["endpoint"] == f"https://sor2.sum.dsdn.dk/#id={entry.sor}"
 
     comm = one(bundle, "Communication")
     assert comm["category"] == [{"coding": [{"system": CATEGORY_SYSTEM,
                                              "code": "regarding-referral"}]}]
-    assert comm["priority"] == ("asap" if kind in ("rejection", "deadline") else "routine")
+    assert comm["priority"] == ("asap" if kind in ("rejection", "deadline", "forward") else "routine")
     assert REFERRAL in comm["topic"]["text"]
     assert comm["basedOn"] == [{"type": "ServiceRequest", "identifier": {"value": REFERRAL},
                                 "display": f"Henvisning {REFERRAL}"}]
@@ -177,6 +206,46 @@ def test_guardians_are_not_medcom_destinations_and_get_the_letter_text(kind: str
         assert parent.identifier not in text.plain_text()
     assert delivery_channel(GP) == "medcom"
     assert delivery_channel(replace(GP, has_fhir_endpoint=False)) == "letter"
+
+
+@pytest.mark.parametrize(("kind", "line", "responsible"), [
+    ("forward", "Afgørelse: Henvisningen er videresendt til BUA Odense", "BUA Odense"),
+    ("modified", "Afgørelse: Henvisningen er ændret af henviser", None),
+    ("cancelled", "Afgørelse: Henvisningen er trukket tilbage", "henviser, Lægehuset Testvej"),
+    ("contact", "Afgørelse: Kontaktpersonen er skiftet til Jonas Test Kjær", None),
+])
+def test_forward_modification_cancellation_and_contact_change_letters(
+        kind: str, line: str, responsible: str | None) -> None:
+    payload = one(build(kind), "Communication")["payload"][0]["contentString"]
+    assert line in payload
+    if responsible:
+        assert f"Hvem har bolden nu: {responsible}" in payload
+    if kind == "contact":
+        assert "Kontakt: Jonas Test Kjær, tlf. 87654321" in payload
+        parent = letter_text(event(kind), GUARDIANS[0], "contact")
+        assert "I behøver ikke selv give de andre parter besked" in " ".join(parent.paragraphs)
+
+
+def test_a_contact_change_needs_the_new_contact() -> None:
+    with pytest.raises(CareCommunicationError, match="event.contact"):
+        build_care_communication(event("contact", contact=None), GP, "contact", sender=FROM,
+                                 to=DIRECTORY.resolve(GP))
+    with pytest.raises(CareCommunicationError, match="forwarded decision"):
+        cc(event("status"), GP, "forward")
+
+
+def test_the_units_own_reason_wording_is_kept_beside_the_standard_text() -> None:
+    """RF1-10.2 / statusReason.text: what the unit wrote is not replaced by the code's text."""
+    own = "PPV mangler – skolen har ikke beskrevet trivslen i klassen"
+    worded = replace(REJECTED, reason_text=own)
+    payload = one(cc(event("rejection", decision=worded), GP, "rejection"),
+                  "Communication")["payload"][0]["contentString"]
+    assert f"Begrundelse: {REJECTION_REASONS['missing-ppv']} (kode missing-ppv)" in payload
+    assert f"Afdelingens begrundelse: {own}" in payload
+    same = replace(REJECTED, reason_text=REJECTION_REASONS["missing-ppv"])
+    payload = one(cc(event("rejection", decision=same), GP, "rejection"),
+                  "Communication")["payload"][0]["contentString"]
+    assert "Afdelingens begrundelse" not in payload  # nothing to add when it is the same
 
 
 def test_rejection_message_carries_every_fact_a_party_needs() -> None:
@@ -230,8 +299,7 @@ def test_rejection_defaults_name_the_referrer_and_a_next_step() -> None:
 ])
 def test_status_letter_follows_the_decision(decision: Decision, line: str,
                                             responsible: str) -> None:
-    bundle = build_care_communication(event("status", decision=decision), GP, "status",
-                                      sender=UNIT)
+    bundle = cc(event("status", decision=decision), GP, "status")
     validate_care_communication(bundle)
     payload = one(bundle, "Communication")["payload"][0]["contentString"]
     assert f"Afgørelse: {line}" in payload
@@ -242,8 +310,8 @@ def test_receipts_and_deadlines_take_the_units_contact_from_the_caller() -> None
     """A submitted referral or a timer tick names no contact; MedCom needs a phone number."""
     for kind in ("receipt", "deadline"):
         with pytest.raises(CareCommunicationError, match="phone number"):
-            build_care_communication(event(kind, decision=None), GP, kind, sender=UNIT)
-        bundle = build_care_communication(event(kind, decision=None), GP, kind, sender=UNIT,
+            cc(event(kind, decision=None), GP, kind)
+        bundle = cc(event(kind, decision=None), GP, kind,
                                           contact=CONTACT)
         validate_care_communication(bundle)
 
@@ -357,8 +425,7 @@ def test_the_childs_cpr_is_only_in_the_patient_identifier(kind: str) -> None:
 
 def test_a_cpr_typed_into_a_note_is_masked() -> None:
     careless = replace(REJECTED, note="Se også søster, cpr 0505109990.")
-    bundle = build_care_communication(event("rejection", decision=careless), GP, "rejection",
-                                      sender=UNIT)
+    bundle = cc(event("rejection", decision=careless), GP, "rejection")
     validate_care_communication(bundle)
     payload = one(bundle, "Communication")["payload"][0]["contentString"]
     assert "0505109990" not in json.dumps(bundle) and "cpr <cpr>" in payload
@@ -390,14 +457,18 @@ def test_privacy_rule_catches_medcoms_generated_narratives() -> None:
 def test_builder_refuses_events_a_letter_cannot_be_written_from(
         changes: dict[str, Any], kind: LetterKind, message: str) -> None:
     with pytest.raises(CareCommunicationError, match=message):
-        build_care_communication(event(kind, **changes), GP, kind, sender=UNIT)
+        cc(event(kind, **changes), GP, kind)
     assert issubclass(CareCommunicationError, NotificationBuildError)
     assert issubclass(CareCommunicationError, ValueError)
 
 
-def test_sender_must_be_a_sor_unit() -> None:
-    with pytest.raises(CareCommunicationError, match="SOR"):
-        build_care_communication(event("rejection"), GP, "rejection", sender=KOMMUNE)
+def test_no_message_to_or_from_a_party_without_ean() -> None:
+    """MedCom routes on the receiver's EAN: a Bundle without one is never built."""
+    with pytest.raises(CareCommunicationError, match="no EAN"):
+        cc(event("rejection"), GP, "rejection", sender=replace(FROM, ean=None))
+    with pytest.raises(CareCommunicationError, match="no EAN"):
+        build_care_communication(event("rejection"), GP, "rejection", sender=FROM,
+                                 to=replace(DIRECTORY.resolve(GP), ean=None))
 
 
 def _comm(b: dict[str, Any]) -> dict[str, Any]:

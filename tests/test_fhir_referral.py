@@ -63,7 +63,7 @@ def test_gp_referral_maps_child_parties_and_reason():
     assert all(not g.has_fhir_endpoint for g in event.guardians)
     ppr, family = event.municipal_units
     assert (ppr.kind, ppr.identifier_system, ppr.identifier) == ("ppr", SOR_SYSTEM,
-                                                                 "600000000000021")
+                                                                 "6000000007510011")
     # no SOR: named by municipality + kind, so it is not merged with the central mailbox
     assert (family.kind, family.identifier_system, family.identifier,
             family.has_fhir_endpoint) == ("family-department", UNIT_SYSTEM,
@@ -112,6 +112,19 @@ def test_accepted_forwarded_and_expired_tasks():
     assert forward.decision.forwarded_to.identifier == s.BUC_ODENSE.identifier
     expired = s.acceptance_task() | {"status": "failed", "businessStatus": {"text": "expired"}}
     assert parse(expired)[0].decision.status == "expired"  # type: ignore[union-attr]
+
+
+def test_contact_changed_task_names_the_new_contact():
+    task = s.acceptance_task() | {"status": "in-progress",
+                                  "businessStatus": {"coding": [{"code": "contact-changed"}]},
+                                  "output": [
+        {"type": {"text": "contact-name"}, "valueString": "Jonas Kjær"},
+        {"type": {"text": "contact-phone"}, "valueString": "8765 4321"}]}
+    [event] = parse(task)
+    assert event.kind == "contact" and event.decision is None
+    assert event.contact == Contact(name="Jonas Kjær", phone="8765 4321")
+    no_phone = task | {"output": task["output"][:1]}
+    assert any("contact-phone" in i.reason for i in issues(no_phone))
 
 
 def test_task_for_may_reference_a_contained_patient():

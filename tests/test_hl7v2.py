@@ -207,12 +207,23 @@ def test_bad_times_are_data_type_errors(value):
 def test_event_id_is_deterministic_per_source_message():
     first = parse(message())
     assert parse(message()).event_id == first.event_id
-    assert parse(message(evn={2: "20240115110000"})).event_id == first.event_id  # same MSH-10
+    # a retransmission (same message, new MSH-7) is the same event
+    assert parse(message(msh={7: "20240115113000"})).event_id == first.event_id
     assert uuid.UUID(first.event_id).version == 5
     others = [message(msh={10: "MSG0002"}), message(msh={3: "SP"}),
               message(msh={4: "BUC Test^600000000000098^SOR"})]
     ids = {first.event_id, *(parse(m).event_id for m in others)}
     assert len(ids) == 4
+
+
+def test_a_reused_msh10_with_other_content_is_a_new_event():
+    """A sender whose counter restarted after a fail-over reuses MSH-10 for a new message: it
+    must not be taken for a retransmission (and dropped as a duplicate downstream)."""
+    admitted = parse(message("A01"))
+    discharged = parse(message("A03", pv1={45: "20240120100000"}))
+    assert admitted.source_message_id == discharged.source_message_id
+    assert admitted.event_id != discharged.event_id
+    assert parse(message(evn={2: "20240115110000"})).event_id != admitted.event_id
 
 
 def test_patient_key_is_stable_and_pseudonymous():

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from stafet.directory import Addressee
 from stafet.ids import stable_uuid
 from stafet.model import (
     EncounterClass,
@@ -33,9 +34,7 @@ from stafet.streams.hospitalnotification import (
     EXT_REPORT_OF_ADMISSION,
     EXT_REPORT_OF_ADMISSION_RECIPIENT,
     HOSPITAL_NOTIFICATION_ACTIVITIES,
-    MUNICIPALITY_SYSTEM,
     PROFILES,
-    Municipality,
     NotificationBuildError,
     build_hospital_notification,
     message_header_id,
@@ -45,11 +44,12 @@ from stafet.streams.hospitalnotification import (
 DOMAIN = Path(__file__).resolve().parents[2] / "shared" / "domain"
 EXAMPLES = DOMAIN / "medcom-examples" / "hospitalnotification"
 
-SENDER = Organization(sor="265161000016000", gln="5790000209354",
-                      name="Hjerteafdelingen på Herlev og Gentofte hospital")
-RECIPIENT = Municipality(code="0219", name="Hillerød Kommune", region_code="DK-84",
-                         sor="953741000016009", gln="5790001348120")
-RECIPIENT_TOPIC_ONLY = Municipality(code="0219", name="Hillerød Kommune", region_code="DK-84")
+SENDER = Organization(sor="265161000016000", name="Hjerteafdelingen på Herlev og Gentofte hospital")
+FROM = Addressee(entry="hospital/265161000016000", role="hospital", sor="265161000016000",
+                 ean="5790000209354", name="Hjerteafdelingen på Herlev og Gentofte hospital")
+RECIPIENT = Addressee(entry="municipality/0219/central", role="central", municipality="0219",
+                      name="Hillerød Kommune", sor="953741000016009", ean="5790001348120")
+RECIPIENT_NO_EAN = replace(RECIPIENT, ean=None)
 
 ADMITTED = "2024-03-04T10:00:00+01:00"
 LEAVE_START = "2024-03-08T14:00:00+01:00"
@@ -85,7 +85,7 @@ def event(code: NotificationCode, *, cls: EncounterClass = "IMP",
     )
 
 
-PREVIOUS = message_header_id("previous-event", RECIPIENT.code)
+PREVIOUS = message_header_id("previous-event", RECIPIENT.municipality)
 
 #: name -> (event, previous header?, expected status, class, activity, entity role, deceased)
 CASES: dict[str, tuple[EncounterEvent, bool, str, str, str, str | None, bool | None]] = {
@@ -125,10 +125,10 @@ CASES: dict[str, tuple[EncounterEvent, bool, str, str, str, str | None, bool | N
 }
 
 
-def build(name: str, recipient: Municipality = RECIPIENT, **kwargs: Any) -> dict[str, Any]:
+def build(name: str, recipient: Addressee = RECIPIENT, **kwargs: Any) -> dict[str, Any]:
     ev, has_previous = CASES[name][:2]
     return build_hospital_notification(
-        ev, recipient, previous_header_id=PREVIOUS if has_previous else None, **kwargs)
+        ev, recipient, sender=FROM, previous_header_id=PREVIOUS if has_previous else None, **kwargs)
 
 
 def resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
@@ -195,8 +195,8 @@ def test_build_is_deterministic_and_ids_are_stable_uuids() -> None:
     assert first == second
     assert json.dumps(first, ensure_ascii=False) == json.dumps(second, ensure_ascii=False)
     ev = CASES["STOR"][0]
-    assert first["id"] == stable_uuid(ev.event_id, RECIPIENT.code, "bundle")
-    assert first["entry"][0]["resource"]["id"] == message_header_id(ev.event_id, RECIPIENT.code)
+    assert first["id"] == stable_uuid(ev.event_id, RECIPIENT.municipality, "bundle")
+    assert first["entry"][0]["resource"]["id"] == message_header_id(ev.event_id, RECIPIENT.municipality)
     assert first["timestamp"] == ev.event_time == own_provenance(first)["recorded"]
     ids = [e["resource"]["id"] for e in first["entry"]]
     assert len(set(ids)) == len(ids)
@@ -204,7 +204,7 @@ def test_build_is_deterministic_and_ids_are_stable_uuids() -> None:
                for e in first["entry"])
     later = build("STOR", sent_at="2024-03-08T14:05:00+01:00")
     assert later["timestamp"] == "2024-03-08T14:05:00+01:00" and later["id"] == first["id"]
-    other = build("STOR", recipient=Municipality("0101", "København", "DK-84"))
+    other = build("STOR", recipient=replace(RECIPIENT, municipality="0101", entry="municipality/0101/central"))
     assert other["entry"][0]["resource"]["id"] != first["entry"][0]["resource"]["id"]
 
 
@@ -281,15 +281,39 @@ def test_activity_codes_are_medcom_codes() -> None:
     assert all(any(k[0] == c for k in ACTIVITY_CODES) for c in every)
 
 
-def test_recipient_without_medcom_endpoint_gets_topic_endpoint_and_municipality_code() -> None:
-    bundle = build("STIN", recipient=RECIPIENT_TOPIC_ONLY)
-    validate_bundle(bundle)
-    destination = bundle["entry"][0]["resource"]["destination"][0]
-    assert destination["endpoint"] == "urn:stafet:topic:out.municipality.0219"
-    receiver = next(o for o in resources(bundle, "Organization")
-                    if f"Organization/{o['id']}" == destination["receiver"]["reference"])
-    assert receiver["identifier"] == [{"system": MUNICIPALITY_SYSTEM, "value": "0219"}]
-    assert receiver["name"] == "Hillerød Kommune"
+def test_a_recipient_without_ean_is_never_built() -> None:
+    """MedCom routes on the receiver's EAN: without one there is no Bundle, only an error."""
+    with pytest.raises(NotificationBuildError, match="no EAN"):
+        build("STIN", recipient=RECIPIENT_NO_EAN)
+    with pytest.raises(NotificationBuildError, match="no EAN"):
+        build_hospital_notification(CASES["STIN"][0], RECIPIENT, sender=replace(FROM, ean=None))
+
+
+def test_both_ends_carry_sor_and_ean_and_the_destination_is_the_receivers_sor() -> None:
+    bundle = build("STIN")
+    header = bundle["entry"][0]["resource"]
+    orgs = {f"Organization/{o['id']}": o for o in resources(bundle, "Organization")}
+    receiver = orgs[header["destination"][0]["receiver"]["reference"]]
+    sender = orgs[header["sender"]["reference"]]
+    assert receiver["identifier"] == [{"system": "https://www.gs1.org/gln", "value": "5790001348120"},
+                                      {"system": "urn:oid:1.2.208.176.1.1", "value": "953741000016009"}]
+    assert [i["value"] for i in sender["identifier"]] == ["5790000209354", "265161000016000"]
+    assert header["destination"][0]["endpoint"] == "https://sor2.sum.dsdn.dk/#id=953741000016009"
+    assert header["source"]["endpoint"] == "https://sor2.sum.dsdn.dk/#id=265161000016000"
+
+
+def test_validation_refuses_an_organization_without_ean_or_with_a_bad_check_digit() -> None:
+    bundle = build("STIN")
+    broken = copy.deepcopy(bundle)
+    receiver_ref = broken["entry"][0]["resource"]["destination"][0]["receiver"]["reference"]
+    receiver = next(o for o in resources(broken, "Organization")
+                    if f"Organization/{o['id']}" == receiver_ref)
+    receiver["identifier"] = receiver["identifier"][1:]
+    with pytest.raises(NotificationBuildError, match="EAN-ID"):
+        validate_bundle(broken)
+    receiver["identifier"].insert(0, {"system": "https://www.gs1.org/gln", "value": "5790001348121"})
+    with pytest.raises(NotificationBuildError, match="check digit"):
+        validate_bundle(broken)
 
 
 def test_narrative_names_the_route_but_not_the_child() -> None:
@@ -315,14 +339,14 @@ def test_patient_is_data_minimised() -> None:
 ])
 def test_builder_rejects_events_medcom_cannot_express(ev: EncounterEvent, message: str) -> None:
     with pytest.raises(NotificationBuildError, match=message):
-        build_hospital_notification(ev, RECIPIENT)
+        build_hospital_notification(ev, RECIPIENT, sender=FROM)
 
 
 def test_builder_rejects_a_missing_cpr() -> None:
     ev = CASES["STIN"][0]
     no_cpr = replace(ev, patient=replace(ev.patient, cpr=""))
     with pytest.raises(NotificationBuildError, match="CPR"):
-        build_hospital_notification(no_cpr, RECIPIENT)
+        build_hospital_notification(no_cpr, RECIPIENT, sender=FROM)
     assert issubclass(NotificationBuildError, ValueError)
 
 

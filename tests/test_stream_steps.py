@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from stafet.config import Settings
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients, referral_message
+from stafet.demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
 from stafet.streams.app import Stage, sampled
 from stafet.streams.normalize import normalize_hl7
 from stafet.streams.notify import notify, prune
@@ -16,7 +16,8 @@ from stafet.streams.referrals import ReferralStep
 from stafet.streams.staged_state import StagedState
 from stafet.streams.timers import TimerBook
 from stafet.topics import (
-    ALERTS_OPERATOR, DLQ_NOTIFY, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_REASON, TIMERS_REFERRAL,
+    ALERTS_OPERATOR, DLQ_NOTIFY, DLQ_REFERRAL, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_REASON, INDEX_REFERRAL,
+    TIMERS_REFERRAL,
 )
 
 from .test_referral_state import BUC, FAM, GP, PPR
@@ -142,14 +143,19 @@ def timers(outputs: list[Output]) -> list[Output]:
 
 def test_a_submitted_referral_sets_its_deadline_timer_and_a_decision_clears_it():
     step, state = ReferralStep(SETTINGS), DictState()
-    [timer] = timers(step(referral("REF^I12"), state))
+    submitted = step(referral("REF^I12"), state)
+    [timer] = timers(submitted)
     due = json.loads(timer.value)
     assert timer.key.decode().endswith("|HEN-T")
     assert datetime.fromisoformat(due["due_at"]) - datetime.fromisoformat(due["since"]) == \
         timedelta(days=30)
     outputs = step(referral("RRI^I12", 1, status="R"), state)
     assert [t.value for t in timers(outputs)] == [None]  # tombstone: decided, no deadline
-    assert len([o for o in outputs if o.topic != TIMERS_REFERRAL]) == 5  # GP, kommune, PPR, FAM, mother
+    messages = [o for o in outputs if o.topic not in (TIMERS_REFERRAL, INDEX_REFERRAL)]
+    assert len(messages) == 5  # GP, kommune, PPR, FAM, mother
+    # the durable referral index follows the status, in the same transaction
+    assert [(o.key, json.loads(o.value)["status"]) for o in submitted + outputs
+            if o.topic == INDEX_REFERRAL] == [(b"HEN-T", "submitted"), (b"HEN-T", "rejected")]
 
 
 def test_a_tick_after_the_deadline_alerts_once_and_clears_the_timer():
@@ -224,3 +230,57 @@ def test_an_event_carried_by_another_mapping_version_is_parsed_again():
     [out] = normalize_hl7(Inbound("ingest.hl7v2", 0, 1, event.patient_key.encode(), b"garbage",
                                   headers), SETTINGS)
     assert out.topic == "dlq.normalize"  # it parsed the bytes (and they are not HL7)
+
+
+# --- addressing: the party directory (deploy/directory.toml) ----------------------------------
+
+def test_a_hospital_without_ean_is_a_dead_letter_and_an_alert_not_a_bundle():
+    raw = adt("A01", CHILD, hospital=Hospital("BUP Sydhavn", "600000000000095"),
+              control_id="NOEAN1", visit="V9", event_time="202611231000",
+              admit_time="202611230800")
+    [event] = normalize_hl7(inbound("ingest.hl7v2", raw), SETTINGS)
+    dlq, alert = notify(inbound(EVENTS_ENCOUNTER, event.value, event.key), DictState(), SETTINGS)
+    assert dlq.topic == DLQ_NOTIFY and alert.topic == ALERTS_OPERATOR
+    assert "hospital/600000000000095" in dlq.headers[H_REASON].decode()
+    assert "no EAN location number" in json.loads(alert.value)["reason"]
+
+
+def test_every_notification_carries_sor_and_ean_from_the_directory():
+    [out] = notify(encounter(), DictState(), SETTINGS)
+    bundle = json.loads(out.value)
+    orgs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Organization"]
+    assert sorted(i["value"] for o in orgs for i in o["identifier"]) == sorted([
+        "5799910075103", "6000000007510010",  # Aarhus Kommune's central unit
+        "5799920000997", "600000000000099"])  # BUC Test
+    assert bundle["entry"][0]["resource"]["destination"][0]["endpoint"].endswith(
+        "#id=6000000007510010")
+
+
+def test_an_unaddressable_recipient_is_dead_lettered_and_the_others_are_sent():
+    """The GP without an EAN gets no Bundle (dead letter + alert); everyone else gets theirs."""
+    no_ean_gp = Provider("RP", "Lægehuset Uden Lokationsnummer", "100009", "YDER")
+    step, state = ReferralStep(SETTINGS), DictState()
+
+    def ref(trigger: str, n: int, status: str = "") -> Inbound:
+        raw = referral_message(trigger, CHILD, referral_id="HEN-U", control_id=f"U{n}",
+                               event_time="202611231000", status=status,
+                               providers=[no_ean_gp, BUC] if trigger == "REF^I12" else [BUC],
+                               reason=("missing-ppv", "Mangler PPV") if status == "R" else None,
+                               contact=("Holm", "Hanne", "00000001"))
+        [out] = normalize_hl7(inbound("ingest.hl7v2", raw), SETTINGS)
+        return inbound(EVENTS_REFERRAL, out.value, out.key)
+
+    receipt = [o for o in step(ref("REF^I12", 1), state) if o.topic not in (TIMERS_REFERRAL,
+                                                                              INDEX_REFERRAL)]
+    assert [o.topic for o in receipt] == [DLQ_REFERRAL, ALERTS_OPERATOR]
+    assert "gp/100009" in receipt[0].headers[H_REASON].decode()
+    outputs = [o for o in step(ref("RRI^I12", 2, "R"), state)
+               if o.topic not in (TIMERS_REFERRAL, INDEX_REFERRAL)]
+    topics = sorted(o.topic for o in outputs)
+    # the municipality, and PPR + family department from the directory (the referral names
+    # none), get their rejection; the GP's is a dead letter with an alert
+    assert topics == sorted([DLQ_REFERRAL, ALERTS_OPERATOR, "out.municipality.0751",
+                             "out.municipality.0751", "out.municipality.0751"])
+    eans = sorted(o.headers["stafet.recipient_ean"].decode() for o in outputs
+                  if o.topic.startswith("out."))
+    assert eans == ["5799910075103", "5799910075110", "5799910075127"]

@@ -104,6 +104,6 @@ def test_two_pushed_subscribers_may_not_take_the_same_records():
         registry(GP_REST, {**GP_REST, "id": "gp-copy"})
     with pytest.raises(RegistryError, match="would both be sent"):
         registry(REST_AARHUS, {**REST_AARHUS, "id": "aarhus-ppr",
-                               "recipients": ["urn:oid:1.2.208.176.1.1|600000000000011"]})
+                               "recipients": ["urn:oid:1.2.208.176.1.1|6000000007510011"]})
     other_gp = {**GP_REST, "id": "gp-654321", "recipients": ["urn:oid:1.2.208.176.1.4|654321"]}
     assert len(registry(GP_REST, other_gp).subscribers) == 2

@@ -41,7 +41,7 @@ class Org:
 GP = Org("099999", "Lægehuset Testvej (demo)", YDER_SYSTEM)
 BUC_AARHUS = Org("600000000000001", "BUC Aarhus (demo)")
 BUC_ODENSE = Org("600000000000002", "BUA Odense (demo)")
-PPR_AARHUS = Org("600000000000021", "PPR Aarhus Kommune (demo)")
+PPR_AARHUS = Org("6000000007510011", "PPR Aarhus Kommune (demo)")
 FAMILY_AARHUS_NAME = "Familieafdelingen, Aarhus Kommune (demo)"  # no SOR: named by municipality
 
 REJECTION_ALTERNATIVE = "Kontakt PPR i Aarhus Kommune for en PPV"

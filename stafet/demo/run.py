@@ -37,7 +37,7 @@ def _demo_registry(settings: Settings, gp: Receiver) -> Settings:
     path.parent.mkdir(parents=True, exist_ok=True)
     gps = "".join(
         f'[[subscriber]]\nid = "gp-{y}"\nname = "GP {y} (demo)"\nparty = "referrer"\n'
-        f'topic = "out.referrer"\nrecipients = ["urn:oid:1.2.208.176.1.4|{y}"]\n'
+        f'topic = "out.referrer"\nentries = ["gp/{y}"]\n'  # deploy/directory.toml
         f'delivery = "rest"\nurl = "{gp.url}"\nsecret_env = "{GP_SECRET_ENV}"\n\n'
         for y in DEMO_GPS)
     path.write_text('[defaults]\nmunicipalities = "kafka"\n\n' + gps +

@@ -82,9 +82,9 @@ GP_HAVNEN = Provider("RP", "Lægehuset ved Havnen (demo)", "100002", "YDER")
 BUC_AARHUS_RT = Provider("RT", BUC_AARHUS.name, BUC_AARHUS.sor)
 BUA_ROSKILDE_RT = Provider("RT", BUA_ROSKILDE.name, BUA_ROSKILDE.sor)
 BUC_HOVEDSTADEN_RT = Provider("RT", BUC_HOVEDSTADEN.name, BUC_HOVEDSTADEN.sor)
-PPR_AARHUS = Provider("PPR", "PPR Aarhus Kommune (demo)", "600000000000011")
-FAM_AARHUS = Provider("FAM", "Familieafdelingen Aarhus Kommune (demo)", "600000000000012")
-PPR_NAESTVED = Provider("PPR", "PPR Næstved Kommune (demo)", "600000000000021")
+PPR_AARHUS = Provider("PPR", "PPR Aarhus Kommune (demo)", "6000000007510011")
+FAM_AARHUS = Provider("FAM", "Familieafdelingen Aarhus Kommune (demo)", "6000000007510012")
+PPR_NAESTVED = Provider("PPR", "PPR Næstved Kommune (demo)", "6000000003700011")
 CONTACT = ("Holm", "Hanne", "00 00 00 01")
 
 

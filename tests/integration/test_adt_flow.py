@@ -7,11 +7,14 @@ import uuid
 
 import pytest
 
+from stafet.config import PROJECT_ROOT
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from stafet.directory import load_directory
 from stafet.hl7v2 import parse_adt
 from stafet.topics import H_EVENT_ID, municipality_topic
 
 HOSPITAL = Hospital("BUC Test", "600000000000099")
+DIRECTORY = PROJECT_ROOT / "deploy" / "directory.toml"
 DAY = "20261123"
 
 # trigger, extra builder args, code, Encounter status, class, Provenance activity
@@ -90,4 +93,7 @@ def test_adt_event_becomes_one_notification_on_the_right_topic(
     header = res["MessageHeader"][0]
     receiver_ref = header["destination"][0]["receiver"]["reference"]
     receiver = next(o for o in res["Organization"] if receiver_ref.endswith(o["id"]))
-    assert patient.municipality_code in [i["value"] for i in receiver["identifier"]]
+    # the municipality's central unit in the party directory, by SOR + EAN
+    unit = load_directory(DIRECTORY).municipal_unit(patient.municipality_code)
+    assert [i["value"] for i in receiver["identifier"]] == [unit.ean, unit.sor]
+    assert header["destination"][0]["endpoint"] == f"https://sor2.sum.dsdn.dk/#id={unit.sor}"

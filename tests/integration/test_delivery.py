@@ -185,14 +185,15 @@ def test_a_message_for_an_unregistered_recipient_raises_an_operator_alert(stack,
     from .test_referral_flow import BUC, CHILD, GUARDIANS, now
 
     ref_id = f"HEN-{uuid.uuid4().hex[:8]}"
-    stranger = Provider("RP", "Ukendt lægehus", "654321", "YDER")
+    # in the party directory (so it is addressed), but no subscriber takes its messages
+    stranger = Provider("RP", "Lægehus 42 (bench)", "900042", "YDER")
     message = referral_message("REF^I12", CHILD, referral_id=ref_id, control_id=f"{ref_id}-r",
                                event_time=now(), providers=[stranger, BUC], guardians=GUARDIANS)
     assert stack.send(message)["code"] == "AA"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         alerts = [json.loads(m.value()) for m in _read_all(settings, ALERTS_OPERATOR)]
-        mine = [a for a in alerts if "654321" in a["reason"]]
+        mine = [a for a in alerts if "900042" in a["reason"]]
         if mine:
             assert "no subscriber" in mine[0]["reason"]
             return
