@@ -48,6 +48,7 @@ class MllpListener:
         )
         self._server: asyncio.AbstractServer | None = None
         self._secret = settings.patient_key_secret.get_secret_value()
+        self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         tls = server_context(self.settings.mllp_tls_cert, self.settings.mllp_tls_key,
@@ -64,9 +65,17 @@ class MllpListener:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Stop accepting, stop reading new frames, answer the frames already read (each is
+        stored first: AA, or AE if the broker does not confirm), then flush the producer. A
+        frame whose ACK is not sent in time is simply resent by the sender (same ids)."""
         if self._server is not None:
             self._server.close()
+        for connection in list(self._connections):
+            connection.cancel()  # _serve answers what it holds, then closes the connection
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=drain_s)
+        if self._server is not None:
             await self._server.wait_closed()
         self.producer.close()
 
@@ -84,6 +93,10 @@ class MllpListener:
         their ``acks=all`` writes share batches — while one writer sends the ACKs in frame
         order. At most ``PIPELINE`` frames of a connection are in flight (then reading waits)."""
         peer = writer.get_extra_info("peername")
+        me = asyncio.current_task()
+        if me is not None:
+            self._connections.add(me)
+            me.add_done_callback(self._connections.discard)
         in_flight: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(self.PIPELINE)
         answering = asyncio.create_task(self._answer(in_flight, writer))
         # each frame's work is a task started in frame order: it runs up to its produce() before

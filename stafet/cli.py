@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 import click
@@ -82,13 +83,22 @@ def kafka_provision() -> None:
 
 
 @main.command()
-def topics() -> None:
-    """Create every stafet topic that does not exist yet."""
-    from stafet.topics import Retention, ensure_topics
+@click.option("--check", is_flag=True, help="create nothing; report where the cluster's topics "
+              "differ from the plan (partitions, replication, retention, min.insync.replicas); "
+              "exit 1 if they do")
+def topics(check: bool) -> None:
+    """Create every stafet topic that does not exist yet (or --check them)."""
+    from stafet.topics import TopicPlan, ensure_topics, topic_drift
 
     settings = get_settings()
-    created = ensure_topics(settings, settings.partitions,
-                            retention=Retention.from_settings(settings))
+    plan = TopicPlan.from_settings(settings)
+    if check:
+        drift = topic_drift(settings, settings.partitions, plan)
+        for line in drift:
+            click.echo(f"drift: {line}")
+        click.echo(f"{len(drift)} differences from the plan" if drift else "topics match the plan")
+        sys.exit(1 if drift else 0)
+    created = ensure_topics(settings, settings.partitions, plan=plan)
     click.echo(f"created {len(created)} topics" if created else "all topics exist")
 
 
@@ -115,10 +125,25 @@ def mllp(port: int | None) -> None:
     settings = get_settings()
     if port is not None:
         settings = settings.model_copy(update={"mllp_port": port})
-    try:
-        asyncio.run(run(settings))
-    except KeyboardInterrupt:
-        pass
+    _serve_until_signal(run(settings))
+
+
+def _serve_until_signal(service: Any) -> None:
+    """Run an asyncio service until SIGTERM or SIGINT, then let it stop gracefully (its
+    ``finally`` stops listening, answers what is in flight and flushes the producer)."""
+    import signal
+
+    async def main() -> None:
+        task = asyncio.ensure_future(service)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main())
 
 
 @main.command()
@@ -130,10 +155,7 @@ def fhir(port: int | None) -> None:
     settings = get_settings()
     if port is not None:
         settings = settings.model_copy(update={"fhir_port": port})
-    try:
-        asyncio.run(run(settings))
-    except KeyboardInterrupt:
-        pass
+    _serve_until_signal(run(settings))
 
 
 @main.command()
@@ -141,20 +163,22 @@ def up() -> None:
     """Kafka, the worker and the MLLP listener, for real senders on loopback, until Ctrl-C."""
     from stafet.stack import running_stack
 
+    import signal
+    import threading
+
     settings = get_settings()
+    stopping = threading.Event()  # SIGTERM (systemd, Kubernetes, docker stop) or Ctrl-C
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
     with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs") as services:
         click.echo(f"stafet is up: MLLP on {settings.mllp_host}:{settings.mllp_port}, FHIR on "
                    f"http://{settings.fhir_host}:{settings.fhir_port}/fhir, Kafka on "
-                   f"{settings.bootstrap}. Logs in .stafet/logs. Ctrl-C stops.")
-        try:
-            while True:  # a supervisor: whatever exited is started again
-                for name, service in services.items():
-                    if not service.alive():
-                        click.echo(f"{name} exited; restarting it (see .stafet/logs)", err=True)
-                        service.start()
-                time.sleep(1)
-        except KeyboardInterrupt:
-            click.echo("stopping…")
+                   f"{settings.bootstrap}. Logs in .stafet/logs. Ctrl-C or SIGTERM stops.")
+        while not stopping.wait(1.0):  # a supervisor: whatever exited is started again
+            for name, service in services.items():
+                if service.restart_if_exited(time.monotonic()):
+                    click.echo(f"{name} exited; restarted it (see .stafet/logs)", err=True)
+        click.echo("stopping…")
 
 
 @main.command()

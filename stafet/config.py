@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         12, ge=1, description="partitions of every stafet topic: the unit of scale-out (workers "
         "beyond this number idle); one patient always stays on one partition",
     )
+    replication_factor: int | None = Field(
+        None, ge=1, description="of every stafet topic; unset: 3 on a cluster of 3+ brokers, else "
+        "the broker count (a development broker: 1)")
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="unset: 2 at replication factor 3+, else 1 (with acks=all a write "
+        "survives one lost broker)")
     ingest_retention_days: float = Field(
         60.0, description="ingest.* and events.*: must outlast a referral's wait for triage")
     out_retention_days: float = Field(30.0, description="out.*: how long subscribers may lag")

@@ -20,7 +20,7 @@ from stafet.kafka_client import as_admin, password_for
 from stafet.kafka_local import LocalKafka
 from stafet.kafka_security import DELIVERY, FHIR, MLLP, WORKER, provision
 from stafet.logging import get_logger
-from stafet.topics import Retention, ensure_topics
+from stafet.topics import TopicPlan, ensure_topics
 
 log = get_logger(__name__)
 
@@ -46,8 +46,12 @@ class Service:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0  # consecutive quick exits: the next restart waits 2^restarts s (max 30)
+    started_at: float = 0.0
+    next_start: float = 0.0
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         self.process = subprocess.Popen(
@@ -71,6 +75,44 @@ class Service:
             self.process.kill()
             self.process.wait()
         log.info("service.stopped", service=self.name, returncode=self.process.returncode)
+
+    def terminate(self) -> None:
+        """Send SIGTERM and return (``wait`` for it): stopping several at once."""
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float = 20.0) -> None:
+        """Wait for the exit a :meth:`terminate` asked for; SIGKILL after ``timeout_s``."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("service.killed", service=self.name, after_s=timeout_s)
+            self.process.kill()
+            self.process.wait()
+        log.info("service.stopped", service=self.name, returncode=self.process.returncode)
+
+    def restart_if_exited(self, now: float) -> bool:
+        """Supervision: start it again if it exited, backing off 1, 2, 4 … 30 s while it keeps
+        exiting within a minute of its start; True when it was restarted."""
+        if self.alive():
+            if now - self.started_at > 60:
+                self.restarts = 0
+            return False
+        if self.next_start == 0.0:  # just noticed: schedule the restart
+            quick = now - self.started_at < 60
+            self.restarts = self.restarts + 1 if quick else 0
+            self.next_start = now + min(30.0, 2.0 ** self.restarts) if quick else now
+            log.warning("service.exited", service=self.name,
+                        returncode=self.process.returncode if self.process else None,
+                        restart_in_s=round(self.next_start - now, 1))
+        if now < self.next_start:
+            return False
+        self.next_start = 0.0
+        self.start()
+        return True
 
     def kill(self) -> None:
         """SIGKILL: a crash, for fault tests."""
@@ -106,7 +148,7 @@ def service_env(settings: Settings, principal: str) -> dict[str, str]:
 def prepare_kafka(settings: Settings) -> None:
     """As the super user: every topic and, on a secure broker, every principal and ACL."""
     admin = as_admin(settings) if settings.kafka_security == "sasl_ssl" else settings
-    ensure_topics(admin, settings.partitions, retention=Retention.from_settings(settings))
+    ensure_topics(admin, settings.partitions, plan=TopicPlan.from_settings(settings))
     if settings.kafka_security == "sasl_ssl":
         from stafet.schemas.municipalities import municipalities
 
@@ -136,7 +178,19 @@ def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True)
         wait_for_port(settings.fhir_host, settings.fhir_port)
         yield services
     finally:
-        for service in reversed(list(services.values())):
-            service.stop()
+        stop_services(services)
         if stop_kafka and started_kafka:
             kafka.stop()
+
+
+def stop_services(services: dict[str, Service]) -> None:
+    """SIGTERM in the order data flows: the listeners first (no new input; what is in flight is
+    answered), then the worker and delivery together (each commits and leaves its group), each
+    given 20 s before SIGKILL."""
+    waves = [[s for s in services.values() if s.name in ("mllp", "fhir")],
+             [s for s in services.values() if s.name not in ("mllp", "fhir")]]
+    for wave in waves:
+        for service in wave:
+            service.terminate()
+        for service in wave:
+            service.wait()

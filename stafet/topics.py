@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from stafet.errors import StafetError
+from stafet.logging import get_logger
 from stafet.kafka_client import KafkaTarget, resolve_config
 from stafet.schemas.municipalities import municipalities
+
+log = get_logger(__name__)
 
 INGEST_HL7V2 = "ingest.hl7v2"
 INGEST_FHIR = "ingest.fhir"
@@ -75,43 +78,67 @@ def all_topics() -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Retention:
-    """How long each kind of topic keeps its records (days), set on every topic stafet creates
-    instead of the broker's default (7 days)."""
+class TopicPlan:
+    """How every stafet topic is made: its retention (days, instead of the broker's default of 7)
+    or compaction, its replication factor and ``min.insync.replicas``.
+
+    ``replication_factor`` None: 3 on a cluster of three or more brokers, else as many as there
+    are (a single development broker: 1); ``min_insync_replicas`` None: 2 at RF 3 or more, else 1
+    — so an ``acks=all`` write survives the loss of any one broker. Asking for more replicas than
+    the cluster has is an error, and fewer than 3 on a cluster of 3+ is logged as a warning.
+    """
 
     ingest_days: float = 60.0  # ingest.*, events.*: longer than a referral can wait for triage
     out_days: float = 30.0  # out.*: a municipality reading Kafka has this long to catch up
     dlq_days: float = 30.0  # dlq.*, alerts.operator, acks.inbound: for an operator to act on
+    replication_factor: int | None = None
+    min_insync_replicas: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Retention:
+    def from_settings(cls, settings: Any) -> TopicPlan:
         return cls(settings.ingest_retention_days, settings.out_retention_days,
-                   settings.dlq_retention_days)
+                   settings.dlq_retention_days, settings.replication_factor,
+                   settings.min_insync_replicas)
 
-    def configs(self) -> dict[str, dict[str, str]]:
-        """The config of every topic: retention.ms, or compaction."""
+    def replication(self, brokers: int) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) on a cluster of ``brokers``."""
+        rf = self.replication_factor or min(3, max(brokers, 1))
+        if rf > brokers:
+            raise StafetError(f"replication factor {rf} needs {rf} brokers; the cluster has "
+                              f"{brokers} (STAFET_REPLICATION_FACTOR)")
+        if brokers >= 3 and rf < 3:
+            log.warning("topics.low_replication", replication_factor=rf, brokers=brokers,
+                        hint="one broker lost can lose acknowledged records")
+        isr = self.min_insync_replicas or (2 if rf >= 3 else 1)
+        if isr > rf:
+            raise StafetError(f"min.insync.replicas {isr} exceeds the replication factor {rf}")
+        return rf, isr
+
+    def configs(self, min_insync: int = 1) -> dict[str, dict[str, str]]:
+        """The config of every topic: retention.ms or compaction, and min.insync.replicas."""
         ms = lambda days: {"retention.ms": str(int(days * 86_400_000))}  # noqa: E731
         out: dict[str, dict[str, str]] = {}
         for topic in all_topics():
             if topic in (TIMERS_REFERRAL, INDEX_REFERRAL):  # the latest value per key, kept
-                out[topic] = {"cleanup.policy": "compact"}
+                config = {"cleanup.policy": "compact"}
             elif topic == AUDIT_DELIVERY:  # the record of who got what: kept
-                out[topic] = {"retention.ms": "-1"}
+                config = {"retention.ms": "-1"}
             elif topic.startswith(("ingest.", "events.")):
-                out[topic] = ms(self.ingest_days)
+                config = ms(self.ingest_days)
             elif topic.startswith("out."):
-                out[topic] = ms(self.out_days)
+                config = ms(self.out_days)
             else:  # dlq.*, alerts.operator, acks.inbound
-                out[topic] = ms(self.dlq_days)
+                config = ms(self.dlq_days)
+            out[topic] = {**config, "min.insync.replicas": str(min_insync)}
         return out
 
 
 def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *,
-                  retention: Retention = Retention()) -> list[str]:
-    """Create every stafet topic that does not exist yet, with its retention (``retention``,
-    see :class:`Retention`); return the ones created. (The stream stage's changelog topics,
-    ``changelog__<app id>--…``, are created by the worker itself.) An existing topic is left
-    as it is.
+                  plan: TopicPlan = TopicPlan()) -> list[str]:
+    """Create every stafet topic that does not exist yet as ``plan`` says; return the ones
+    created. (The stream stage's changelog topics, ``changelog__<app id>--…``, are created by
+    the worker itself, with the replication of its input topics.) An existing topic is left as
+    it is: ``stafet topics --check`` reports where it differs.
 
     ``kafka``: settings (this process's principal), a client config or a bootstrap string. With
     ACLs a principal sees only the topics it may describe and creates only its own (the worker:
@@ -121,16 +148,17 @@ def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *,
     config = resolve_config(kafka, log_level=2)  # tools: no retry noise
     admin = AdminClient(config)
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise StafetError(f"cannot reach Kafka at {config['bootstrap.servers']}: {exc}") from exc
-    wanted = {topic: (None, config) for topic, config in retention.configs().items()}
-    missing = [name for name in wanted if name not in existing]
+    missing = [name for name in all_topics() if name not in metadata.topics]
     if not missing:
         return []
+    rf, isr = plan.replication(len(metadata.brokers))
+    configs = plan.configs(isr)
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=wanted[name][0] or partitions, replication_factor=1,
-                  config=wanted[name][1]) for name in missing],
+        [NewTopic(name, num_partitions=partitions, replication_factor=rf, config=configs[name])
+         for name in missing],
         operation_timeout=timeout,
     )
     denied = set()
@@ -145,6 +173,36 @@ def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *,
     created = [name for name in missing if name not in denied]
     _wait_for_leaders(admin, created, timeout)
     return created
+
+
+def topic_drift(kafka: KafkaTarget, partitions: int, plan: TopicPlan = TopicPlan(),
+                timeout: float = 30.0) -> list[str]:
+    """Where the cluster's stafet topics differ from ``plan``: missing topics, partitions,
+    replication factor, and every planned config (retention, compaction, min.insync.replicas)."""
+    admin = AdminClient(resolve_config(kafka, log_level=2))
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+        rf, isr = plan.replication(len(metadata.brokers))
+        wanted = plan.configs(isr)
+        present = [t for t in wanted if t in metadata.topics]
+        futures = admin.describe_configs([ConfigResource("TOPIC", t) for t in present],
+                                         request_timeout=timeout)
+        actual = {resource.name: {k: v.value for k, v in future.result().items()}
+                  for resource, future in futures.items()}
+    except KafkaException as exc:
+        raise StafetError(f"cannot describe the topics: {exc}") from exc
+    drift = [f"{t}: missing" for t in wanted if t not in metadata.topics]
+    for topic in present:
+        meta = metadata.topics[topic]
+        if len(meta.partitions) != partitions:
+            drift.append(f"{topic}: {len(meta.partitions)} partitions, plan {partitions}")
+        replicas = {len(p.replicas) for p in meta.partitions.values()}
+        if replicas != {rf}:
+            drift.append(f"{topic}: replication factor {sorted(replicas)}, plan {rf}")
+        for key, value in wanted[topic].items():
+            if actual[topic].get(key) != value:
+                drift.append(f"{topic}: {key} = {actual[topic].get(key)}, plan {value}")
+    return drift
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:

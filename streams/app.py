@@ -251,7 +251,7 @@ def run_worker(settings: Settings) -> None:
     transaction; the application is then started again from the committed offsets, in this
     process, after a backoff (1 s doubling to 30 s)."""
     from stafet.streams.timers import ReferralScheduler
-    from stafet.topics import Retention, ensure_topics
+    from stafet.topics import TopicPlan, ensure_topics
 
     scheduler = ReferralScheduler(client_config(settings), settings.referral_timer_interval_s)
     scheduler.start()
@@ -263,7 +263,7 @@ def run_worker(settings: Settings) -> None:
             started = time.monotonic()
             try:
                 ensure_topics(settings, settings.partitions, timeout=10.0,
-                              retention=Retention.from_settings(settings))
+                              plan=TopicPlan.from_settings(settings))
                 stopper.run(build_application(settings))
                 if stopper.stopping.is_set():
                     return

@@ -181,12 +181,29 @@ def test_medcoms_own_examples_pass_the_organization_rules(path: Path) -> None:
 
 def test_every_topic_has_an_explicit_retention_or_compaction() -> None:
     from stafet.config import Settings
-    from stafet.topics import INDEX_REFERRAL, INGEST_FHIR, Retention, all_topics
+    from stafet.topics import INDEX_REFERRAL, INGEST_FHIR, TopicPlan, all_topics
 
-    configs = Retention.from_settings(Settings(ingest_retention_days=45)).configs()
+    configs = TopicPlan.from_settings(Settings(ingest_retention_days=45)).configs()
     assert set(configs) == set(all_topics())
     assert all("retention.ms" in c or c.get("cleanup.policy") == "compact"
                for c in configs.values())
     assert configs[INGEST_FHIR]["retention.ms"] == str(45 * 86_400_000)  # > 30 days of triage
-    assert configs[INDEX_REFERRAL] == {"cleanup.policy": "compact"}
-    assert configs["audit.delivery"] == {"retention.ms": "-1"}
+    assert configs[INDEX_REFERRAL] == {"cleanup.policy": "compact", "min.insync.replicas": "1"}
+    assert configs["audit.delivery"] == {"retention.ms": "-1", "min.insync.replicas": "1"}
+
+
+def test_replication_follows_the_cluster_and_refuses_what_it_cannot_have() -> None:
+    import pytest as _pytest
+
+    from stafet.errors import StafetError
+    from stafet.topics import TopicPlan
+
+    assert TopicPlan().replication(1) == (1, 1)  # a development broker
+    assert TopicPlan().replication(3) == (3, 2)  # a region's cluster: acks=all survives one loss
+    assert TopicPlan().replication(5) == (3, 2)
+    assert TopicPlan(replication_factor=2).replication(3) == (2, 1)  # logged as a warning
+    with _pytest.raises(StafetError, match="replication factor 3 needs 3 brokers"):
+        TopicPlan(replication_factor=3).replication(1)
+    with _pytest.raises(StafetError, match="exceeds the replication factor"):
+        TopicPlan(min_insync_replicas=2).replication(1)
+    assert {c["min.insync.replicas"] for c in TopicPlan().configs(2).values()} == {"2"}
