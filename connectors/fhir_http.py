@@ -75,23 +75,27 @@ class ReferralIndex:
 
     def __init__(self, secret: str) -> None:
         self._secret = secret
-        self._ids: set[str] = set()
+        self._ids: dict[str, set[str]] = {}  # referral id -> who holds one (patient keys)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
         self.extractors: dict[str, Extractor] = {INGEST_FHIR: self.fhir_referral_ids}
 
-    def add(self, referral_id: str) -> None:
+    def add(self, referral_id: str, holder: str = "") -> None:
         with self._lock:
-            self._ids.add(referral_id)
+            self._ids.setdefault(referral_id, set()).add(holder)
 
-    def discard(self, referral_id: str) -> None:
+    def discard(self, referral_id: str, holder: str = "") -> None:
+        """Forget one child's referral of this id (another child's of the same id stays)."""
         with self._lock:
-            self._ids.discard(referral_id)
+            holders = self._ids.get(referral_id, set())
+            holders.discard(holder)
+            if not holders:
+                self._ids.pop(referral_id, None)
 
     def __contains__(self, referral_id: object) -> bool:
         with self._lock:
-            return referral_id in self._ids
+            return bool(self._ids.get(referral_id))  # type: ignore[call-overload]
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -154,9 +158,12 @@ class ReferralIndex:
                 last = time.monotonic()
                 count += 1
                 topic, offset = msg.topic() or "", msg.offset() or 0
-                if topic == INDEX_REFERRAL:
-                    rid = (msg.key() or b"").decode("utf-8", "replace")
-                    self.add(rid) if msg.value() is not None else self.discard(rid)
+                if topic == INDEX_REFERRAL:  # key "<referral id>|<patient key>"
+                    rid, _, holder = (msg.key() or b"").decode("utf-8", "replace").rpartition("|")
+                    if msg.value() is not None:
+                        self.add(rid, holder)
+                    else:
+                        self.discard(rid, holder)
                 else:
                     for referral_id in self.extractors[topic](msg.value() or b""):
                         self.add(referral_id)

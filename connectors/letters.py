@@ -231,7 +231,9 @@ def letter_text(event: ReferralEvent, recipient: Party, kind: LetterKind, *,
     responsible = m(decision.responsible) if decision and decision.responsible else unit_name
     if kind == "forward" and decision and decision.forwarded_to:
         responsible = m(decision.forwarded_to.name or decision.forwarded_to.identifier)
-    if key in ("rejection", "status-expired", "cancelled") and not (
+    if kind == "cancelled" and not (event.referrer and event.referrer.name):
+        responsible = "henviser"  # the referrer withdrew it: the ball is theirs, named or not
+    elif key in ("rejection", "status-expired", "cancelled") and not (
             decision and decision.responsible):
         if event.referrer is None or not event.referrer.name:  # the ball goes back to them
             raise LetterError(f"a {key} letter needs decision.responsible (who picks up the "

@@ -6,12 +6,15 @@ uses, write the raw bytes durably to ``ingest.hl7v2`` (idempotent, ``acks=all``)
 pseudonymous patient key, and only then answer AA. A message that will never be accepted gets
 AR with an ERR segment and goes to ``dlq.mllp`` with the reason; a broker that does not confirm
 the write gets AE (the sender retries). Messages on one connection are answered in order, so a
-sender may pipeline; many connections are served concurrently.
+sender may pipeline; many connections are served concurrently. A new referral (REF^I12) is
+also written to ``index.referral`` before its AA, so a FHIR decision that follows finds it at
+once, however far behind the stream stage is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timezone
 
 from hl7.mllp import start_hl7_server
@@ -26,8 +29,10 @@ from stafet.errors import DeliveryError
 from stafet.hl7v2 import Hl7Error, RawHeader, decode, read_header
 from stafet.hl7v2_referral import parse_hl7v2
 from stafet.logging import get_logger
+from stafet.model import ReferralEvent
 from stafet.topics import (
-    DLQ_MLLP, H_CHARSET, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INGEST_HL7V2,
+    DLQ_MLLP, H_CHARSET, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INDEX_REFERRAL,
+    INGEST_HL7V2, index_key,
 )
 
 log = get_logger(__name__)
@@ -174,13 +179,21 @@ class MllpListener:
             return await self._reject(block, header, 207, "Application internal error", "",
                                       f"stafet could not process the message ({type(exc).__name__})")
         assert header is not None  # parse_adt succeeded, so MSH was readable
+        writes = [self.producer.send(
+            INGEST_HL7V2, block, key=event.patient_key.encode(),
+            headers=[(H_CHARSET, header.charset.encode()), (H_SOURCE, b"mllp"),
+                     (H_RECEIVED_AT, received_at.encode()),
+                     (H_EVENT_ID, event.event_id.encode()), *carry(event)],
+        )]
+        if isinstance(event, ReferralEvent) and event.kind == "submitted":
+            # known to the FHIR listener at once, however far behind the stream stage is (a
+            # decision may follow by FHIR); the stream stage writes its status over it
+            writes.append(self.producer.send(
+                INDEX_REFERRAL, json.dumps({"referral_id": event.referral_id,
+                                            "status": "received"}).encode(),
+                key=index_key(event.referral_id, event.patient_key)))
         try:
-            await self.producer.send(
-                INGEST_HL7V2, block, key=event.patient_key.encode(),
-                headers=[(H_CHARSET, header.charset.encode()), (H_SOURCE, b"mllp"),
-                         (H_RECEIVED_AT, received_at.encode()),
-                         (H_EVENT_ID, event.event_id.encode()), *carry(event)],
-            )
+            await asyncio.gather(*writes)
         except DeliveryError as exc:
             log.error("mllp.store_failed", control_id=header.control_id, error=str(exc))
             return build_ack("AE", header, application=s.receiving_application,

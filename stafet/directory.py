@@ -19,6 +19,7 @@ to it is a dead letter with that reason, never a Bundle nobody can route.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,8 +27,11 @@ from pathlib import Path
 from typing import Final, Literal
 
 from stafet.errors import StafetError
+from stafet.logging import get_logger
 from stafet.model import Party
 from stafet.schemas.municipalities import municipalities
+
+log = get_logger(__name__)
 
 SOR_SYSTEM: Final = "urn:oid:1.2.208.176.1.1"
 YDER_SYSTEM: Final = "urn:oid:1.2.208.176.1.4"
@@ -54,7 +58,7 @@ def gln_check_digit(first12: str) -> int:
 
 def gln_problem(value: str) -> str | None:
     """Why ``value`` is not a GLN (EAN location number), or None."""
-    if len(value) != 13 or not value.isdigit():
+    if not re.fullmatch(r"[0-9]{13}", value):
         return f"{value!r} is not 13 digits"
     expected = gln_check_digit(value[:12])
     if int(value[12]) != expected:
@@ -163,6 +167,17 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
     known = municipalities()
     seen_codes: set[str] = set()
 
+    def tables(container: dict, key: str, where: str) -> list[dict]:  # type: ignore[type-arg]
+        """An array of tables ([[key]]), or an error naming what it is instead."""
+        value = container.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            errors.append(f"{where}{key} must be an array of tables ([[{key}]]), not "
+                          f"{type(value).__name__}")
+            return []
+        return value
+
     def text(item: dict, key: str, where: str, *, required: bool = True) -> str | None:  # type: ignore[type-arg]
         value = item.get(key)
         if value is None or value == "":
@@ -180,14 +195,14 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
             errors.append(f"{where}: unknown field {key!r}")
         name, sor = text(item, "name", where), text(item, "sor", where)
         ean = text(item, "ean", where, required=False)
-        if sor is not None and not (sor.isdigit() and 11 <= len(sor) <= 18):
+        if sor is not None and not re.fullmatch(r"[0-9]{11,18}", sor):
             errors.append(f"{where}: sor {sor!r} is not a SOR code (11-18 digits, DK-core min-digits-sor)")
         if ean is not None and (problem := gln_problem(ean)):
             errors.append(f"{where}: ean {problem}")
         if name and sor:
             entries.append(Addressee(entry=entry, role=role, name=name, sor=sor, ean=ean, **extra))
 
-    for n, m in enumerate(data.get("municipality") or [], start=1):
+    for n, m in enumerate(tables(data, "municipality", ""), start=1):
         code = text(m, "code", f"municipality #{n}") or ""
         where = f"municipality {code or '#' + str(n)}"
         if code and code not in known:
@@ -198,7 +213,7 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
         for key in sorted(set(m) - _FIELDS["municipality"]):
             errors.append(f"{where}: unknown field {key!r}")
         roles = []
-        for unit_item in m.get("unit") or []:
+        for unit_item in tables(m, "unit", f"{where}: "):
             role = unit_item.get("role")
             if role not in MUNICIPAL_ROLES:
                 errors.append(f"{where}: unit role {role!r} is not one of "
@@ -213,12 +228,12 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
         if "central" not in roles:
             errors.append(f"{where}: missing unit: no central unit (role = \"central\"), which "
                           "receives the municipality's hospital notifications")
-    for n, h in enumerate(data.get("hospital") or [], start=1):
-        sor = h.get("sor") if isinstance(h.get("sor"), str) else f"#{n}"
+    for n, h in enumerate(tables(data, "hospital", ""), start=1):
+        sor = h["sor"].strip() if isinstance(h.get("sor"), str) else f"#{n}"
         unit(h, f"hospital {sor}", f"hospital/{sor}", "hospital")
-    for n, g in enumerate(data.get("gp") or [], start=1):
+    for n, g in enumerate(tables(data, "gp", ""), start=1):
         yder = text(g, "ydernummer", f"gp #{n}")
-        if yder is not None and not (yder.isdigit() and len(yder) in (5, 6)):
+        if yder is not None and not re.fullmatch(r"[0-9]{5,6}", yder):
             errors.append(f"gp {yder}: ydernummer {yder!r} is not 5-6 digits")
         unit(g, f"gp {yder or '#' + str(n)}", f"gp/{yder}", "gp", ydernummer=yder)
 
@@ -235,6 +250,43 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
     if errors:
         raise DirectoryError(f"{source}: " + "; ".join(errors))
     return Directory(entries, source)
+
+
+class DirectoryFile:
+    """The directory a long-running process uses: read (and validated) at start — a missing or
+    bad file stops the start with the reason — and read again when the file changes. A changed
+    file that does not validate is logged as an error and the last good directory stays in use
+    (a half-saved edit must not dead-letter every message)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._good = load_directory(path)  # raises DirectoryError: refuse to start
+        self._stamp = _stamp(path)
+
+    def get(self) -> Directory:
+        stamp = _stamp(self.path)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._good = load_directory(self.path)
+                log.info("directory.reloaded", path=str(self.path), entries=len(self._good))
+            except DirectoryError as exc:
+                log.error("directory.reload_failed", error=str(exc)[:2000],
+                          kept=f"the previous directory ({len(self._good)} entries)")
+        return self._good
+
+
+@lru_cache(maxsize=4)
+def directory_file(path: Path) -> DirectoryFile:
+    """The process's :class:`DirectoryFile` for ``path`` (one per file)."""
+    return DirectoryFile(path)
+
+
+def _stamp(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def load_directory(path: Path) -> Directory:

@@ -384,8 +384,8 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     status = task.get("status")
     business = [*_codes(task.get("businessStatus")), _text(task.get("businessStatus")) or ""]
     forward = "forward" in _codes(task.get("code")) or "forwarded" in business
-    contact_change = CONTACT_CHANGED in business and status not in ("rejected", "cancelled",
-                                                                    "failed")
+    contact_change = CONTACT_CHANGED in business and status in ("ready", "in-progress",
+                                                                "accepted", "completed")
     decided = (None if contact_change
                else "rejected" if status == "rejected"
                else "forwarded" if forward and status in ("ready", "in-progress", "accepted",

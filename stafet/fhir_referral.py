@@ -153,9 +153,9 @@ def parse_fhir_referral(
         event = MAPPERS[res.data["resourceType"]](res, ctx, secret)
         if event is None:
             continue
-        if (event.kind in ("decision", "assessment") and known_referral is not None
+        if (event.kind in ("decision", "assessment", "contact") and known_referral is not None
                 and event.referral_id not in in_body and not known_referral(event.referral_id)):
-            where = "focus" if event.kind == "decision" else "basedOn[0]"
+            where = "basedOn[0]" if event.kind == "assessment" else "focus"
             ctx.add(f"{res.path}.{where}", "not-found", f"unknown referral "
                     f"'{event.referral_id}': no ServiceRequest with this identifier was received")
         events.append(event)

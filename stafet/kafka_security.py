@@ -108,7 +108,8 @@ def worker_grants(app_id: str) -> list[Grant]:
 def mllp_grants() -> list[Grant]:
     """The MLLP listener only writes (idempotent producer: WRITE suffices on Kafka ≥ 3)."""
     return [*_grants(MLLP, "TOPIC", "ingest.hl7v2", LITERAL, ("WRITE", "DESCRIBE")),
-            *_grants(MLLP, "TOPIC", "dlq.mllp", LITERAL, ("WRITE", "DESCRIBE"))]
+            *_grants(MLLP, "TOPIC", "dlq.mllp", LITERAL, ("WRITE", "DESCRIBE")),
+            *_grants(MLLP, "TOPIC", "index.referral", LITERAL, ("WRITE", "DESCRIBE"))]
 
 
 def fhir_grants() -> list[Grant]:

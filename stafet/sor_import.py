@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 from stafet.directory import DirectoryError, parse_directory
@@ -100,7 +101,9 @@ def _table(name: str, fields: dict[str, str | None]) -> str:
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    """A TOML basic string's content: backslash and quote escaped, control characters (a line
+    break inside a unit's name) as spaces."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", value.replace("\\", "\\\\").replace('"', '\\"'))
 
 
 def import_sor(path: Path) -> str:

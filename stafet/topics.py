@@ -56,12 +56,21 @@ H_EVENT_CODE = "stafet.event_code"
 H_ORIGIN = "stafet.origin"  # topic/partition/offset of the record a DLQ entry came from
 H_RECIPIENT = "stafet.recipient"  # "<identifier system>|<identifier>" of the addressee
 H_RECIPIENT_EAN = "stafet.recipient_ean"  # the addressee's EAN location number (MedCom routing)
+#: on a per-recipient dead letter of dlq.referral: "<kind>|<digest of the recipient>" — sent back
+#: to events.referral it yields that one message (stafet.streams.referrals)
+H_REDELIVER = "stafet.redeliver"
 H_REFERRAL_ID = "stafet.referral_id"
 H_KIND = "stafet.kind"
 #: on acks.inbound: the sender's X-Stafet-Signature / X-Stafet-Timestamp, for the delivery
 #: tracker (which knows the subscribers' secrets) to check who acknowledged
 H_SIGNATURE = "stafet.signature"
 H_SIGNATURE_TS = "stafet.signature_timestamp"
+
+
+def index_key(referral_id: str, patient_key: str) -> bytes:
+    """The key of a referral on ``index.referral``: referral ids are per sender, so two children
+    may share one; the patient key keeps them apart (one tombstone never hides the other)."""
+    return f"{referral_id}|{patient_key}".encode()
 
 
 def municipality_topic(code: str) -> str:

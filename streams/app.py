@@ -250,9 +250,14 @@ def run_worker(settings: Settings) -> None:
     broker away at start or longer than quixstreams waits, a failed commit) aborts its
     transaction; the application is then started again from the committed offsets, in this
     process, after a backoff (1 s doubling to 30 s)."""
+    from stafet.directory import directory_file
     from stafet.streams.timers import ReferralScheduler
     from stafet.topics import TopicPlan, ensure_topics
 
+    # the party directory is read and validated before anything starts: without it no message
+    # can be addressed, so a missing or bad file stops the worker with the reason (exit 1)
+    directory = directory_file(settings.directory_file)
+    log.info("worker.directory", path=str(settings.directory_file), entries=len(directory.get()))
     scheduler = ReferralScheduler(client_config(settings), settings.referral_timer_interval_s)
     scheduler.start()
     backoff = 1.0

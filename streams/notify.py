@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from stafet.config import Settings
-from stafet.directory import Directory, Unaddressable, load_directory
+from stafet.directory import Directory, Unaddressable, directory_file
 from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
 from stafet.logging import get_logger
 from stafet.model import EncounterEvent
@@ -23,10 +23,11 @@ from stafet.schemas.municipalities import municipality
 from stafet.streams.hospitalnotification import (
     NotificationBuildError, build_hospital_notification, message_header_id, validate_bundle,
 )
+from stafet.streams.medcom_addressing import GLN_SYSTEM, organization_problems
 from stafet.streams.records import Inbound, Output, State, dead_letter, operator_alert
 from stafet.topics import (
     DLQ_NOTIFY, H_BUNDLE_ID, H_EVENT_CODE, H_EVENT_ID, H_KIND, H_MESSAGE_ID, H_RECEIVED_AT,
-    H_RECIPIENT, municipality_topic,
+    H_RECIPIENT, H_RECIPIENT_EAN, municipality_topic,
 )
 
 log = get_logger(__name__)
@@ -64,9 +65,19 @@ def render(event: EncounterEvent, previous_header_id: str | None, directory: Dir
     bundle = build_hospital_notification(event, recipient, sender=sender,
                                          previous_header_id=previous_header_id)
     if validate:
-        validate_bundle(bundle)
+        validate_bundle(bundle)  # fhir.resources + MedCom rules + addressing (a sample)
+    elif problems := organization_problems(bundle):  # addressing: always (it is cheap)
+        raise NotificationBuildError("; ".join(problems))
     body = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
     return municipality_topic(code), bundle, body
+
+
+def _receiver_ean(bundle: dict[str, Any]) -> str:
+    header = bundle["entry"][0]["resource"]
+    receiver = header["destination"][0]["receiver"]["reference"]
+    org = next(e["resource"] for e in bundle["entry"]
+               if f"Organization/{e['resource']['id']}" == receiver)
+    return next(i["value"] for i in org["identifier"] if i["system"] == GLN_SYSTEM)
 
 
 def with_known_leave(event: EncounterEvent, leave_start: str | None) -> EncounterEvent:
@@ -100,7 +111,8 @@ def notify(record: Inbound, state: State, settings: Settings,
             log.debug("notify.duplicate_skipped", event_id=encounter.event_id)
             return []
         encounter = with_known_leave(encounter, visit.get("leave_start"))
-        topic, bundle, body = render(encounter, previous, load_directory(settings.directory_file),
+        topic, bundle, body = render(encounter, previous,
+                                     directory_file(settings.directory_file).get(),
                                      validate=validate)
         header_id = bundle["entry"][0]["resource"]["id"]
     except Unaddressable as exc:  # the directory must be fixed; then resend the dead letter
@@ -122,6 +134,7 @@ def notify(record: Inbound, state: State, settings: Settings,
         H_EVENT_CODE: encounter.notification_code.encode(),
         H_KIND: b"hospital-notification",
         H_RECIPIENT: f"{MUNICIPALITY_SYSTEM}|{encounter.patient.municipality_code}".encode(),
+        H_RECIPIENT_EAN: _receiver_ean(bundle).encode(),
         "content-type": b"application/fhir+json; fhirVersion=4.0",
     }
     if H_RECEIVED_AT in record.headers:

@@ -18,12 +18,13 @@ FHIR endpoint).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from stafet.config import Settings
-from stafet.directory import SOR_SYSTEM, Unaddressable, load_directory
+from stafet.directory import SOR_SYSTEM, Unaddressable, directory_file
 from stafet.connectors.letters import render_letter_pdf
 from stafet.ids import stable_uuid
 from stafet.logging import get_logger
@@ -37,16 +38,19 @@ from stafet.streams.records import (
     Inbound, Output, State, dead_letter, dead_letter_value, operator_alert,
 )
 from stafet.streams.referral_state import (
-    Delivery, Outcome, Park, Refuse, apply, deadline_at, seen,
+    Delivery, Outcome, Park, Refuse, apply, deadline_at, municipality_party, seen,
 )
 from stafet.topics import (
     DLQ_REFERRAL, EVENTS_REFERRAL, H_BUNDLE_ID, H_EVENT_ID, H_MESSAGE_ID, H_RECEIVED_AT,
-    H_RECIPIENT, H_RECIPIENT_EAN, INDEX_REFERRAL,
+    H_RECIPIENT, H_RECIPIENT_EAN, H_REDELIVER, INDEX_REFERRAL, index_key,
     OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
 )
 
 log = get_logger(__name__)
 MUNICIPAL = ("municipality", "ppr", "family-department")
+#: kinds whose state change is applied even when a message cannot be built: a cancellation must
+#: cancel (and stop the deadline timer) whatever happens to one letter about it
+ALWAYS_APPLIED = ("modified", "cancelled", "contact")
 CLOSED = ("rejected", "expired", "cancelled", "assessed")
 
 
@@ -61,7 +65,7 @@ class ReferralStep:
         self.deadline = timedelta(days=settings.referral_decision_deadline_days)
         self.max_parked = timedelta(seconds=settings.pending_decision_max_age_s)
         self.keep_closed = timedelta(days=settings.state_retention_days)
-        self.directory_file = settings.directory_file
+        self.directory = directory_file(settings.directory_file)
         self.unit_contact = Contact(name=settings.unit_contact_name,
                                     phone=settings.unit_contact_phone)
 
@@ -74,19 +78,24 @@ class ReferralStep:
             return [dead_letter(DLQ_REFERRAL, "referrals", record, f"undecodable: {exc}")]
         book: dict[str, Any] = dict(state.get("book") or {})
         before, known = self.wakeups(book), self.statuses(book)
-        outputs, book = self.handle(first, book, record.headers.get(H_RECEIVED_AT))
+        outputs, book = self.handle(first, book, record.headers.get(H_RECEIVED_AT),
+                                    redeliver=record.headers.get(H_REDELIVER))
         book = self.prune(book)
         outputs += self.timer_changes(first.patient_key, before, self.wakeups(book))
-        outputs += self.index_changes(known, self.statuses(book))
+        outputs += self.index_changes(first.patient_key, known, self.statuses(book))
         if book.get("referrals") or book.get("pending"):
             state.set("book", book)
         else:
             state.delete("book")
         return outputs
 
-    def handle(self, first: ReferralEvent, book: dict[str, Any],
-               received_at: bytes | None) -> tuple[list[Output], dict[str, Any]]:
-        """Apply one event (and any decisions it releases) to the patient's referrals."""
+    def handle(self, first: ReferralEvent, book: dict[str, Any], received_at: bytes | None,
+               redeliver: bytes | None = None) -> tuple[list[Output], dict[str, Any]]:
+        """Apply one event (and any decisions it releases) to the patient's referrals.
+
+        ``redeliver`` (the header of a per-recipient dead letter sent back, once its cause is
+        fixed) asks for that one message of an event already applied, built as it would have
+        been then."""
         states: dict[str, Any] = dict(book.get("referrals", {}))
         pending: dict[str, list[dict[str, Any]]] = dict(book.get("pending", {}))
         outputs: list[Output] = []
@@ -95,14 +104,25 @@ class ReferralStep:
             event = queue.pop(0)
             state = states.get(event.referral_id)
             if seen(state, event.event_id):
-                log.debug("referral.duplicate_skipped", event_id=event.event_id)
+                if redeliver and event is first:
+                    outputs += self._redeliver(event, state, redeliver)
+                else:
+                    log.debug("referral.duplicate_skipped", event_id=event.event_id)
                 continue
             if event.kind == "tick":
                 outputs += self._expire_parked(event.referral_id, pending)
             try:
                 outcome = apply(state, event, now=_now(), deadline=self.deadline,
                                 units_of=self.directory_units)
-                messages = [m for d in outcome.deliveries for m in self.render(outcome, d)]
+                messages = []
+                for delivery in outcome.deliveries:
+                    try:
+                        messages += self.render(outcome, delivery)
+                    except Exception as exc:
+                        if event.kind not in ALWAYS_APPLIED:
+                            raise  # the event's own fault: refused whole, the sender can fix it
+                        messages += self.undeliverable(outcome, delivery,
+                                                       f"{type(exc).__name__}: {exc}")
             except Park as park:
                 parked = pending.setdefault(event.referral_id, [])
                 if all(p["record"]["event_id"] != event.event_id for p in parked):
@@ -129,7 +149,7 @@ class ReferralStep:
 
     def directory_units(self, code: str) -> tuple[Party, ...]:
         """The municipality's PPR and family department as the directory names them."""
-        directory = load_directory(self.directory_file)
+        directory = self.directory.get()
         return tuple(Party(kind=u.role, identifier_system=SOR_SYSTEM, identifier=u.sor,  # type: ignore[arg-type]
                            name=u.name)
                      for u in directory.municipal_units(code) if u.role != "central")
@@ -141,14 +161,39 @@ class ReferralStep:
         try:
             return [self._message(outcome, delivery)]
         except Unaddressable as exc:
-            event = outcome.event
-            reason = (f"Unaddressable: {delivery.kind} for referral {event.referral_id} to "
-                      f"{delivery.recipient.kind} {delivery.recipient.identifier}: {exc}")
-            log.warning("referral.unaddressable", referral_id=event.referral_id, error=str(exc))
-            return [dead_letter_value(DLQ_REFERRAL, "referrals", key=event.patient_key.encode(),
-                                      value=encode("referral_event", event.to_record()),
-                                      reason=reason),
-                    operator_alert("referrals", reason, referral_id=event.referral_id)]
+            log.warning("referral.unaddressable", referral_id=outcome.event.referral_id,
+                        error=str(exc))
+            return self.undeliverable(outcome, delivery, f"Unaddressable: {exc}")
+
+    def undeliverable(self, outcome: Outcome, delivery: Delivery, why: str) -> list[Output]:
+        """One recipient's message as a dead letter (the event as applied, and in
+        ``stafet.redeliver`` which message it was) plus an operator alert. Sent back to
+        ``events.referral`` after the cause is fixed, it yields exactly that message."""
+        event, party = outcome.event, delivery.recipient
+        reason = (f"{delivery.kind} for referral {event.referral_id} to {party.kind} "
+                  f"{party.identifier}: {why}")
+        dead = dead_letter_value(DLQ_REFERRAL, "referrals", key=event.patient_key.encode(),
+                                 value=encode("referral_event", event.to_record()),
+                                 reason=reason)
+        dead.headers[H_REDELIVER] = f"{delivery.kind}|{party_digest(party)}".encode()
+        return [dead, operator_alert("referrals", reason, referral_id=event.referral_id)]
+
+    def _redeliver(self, event: ReferralEvent, state: dict[str, Any],
+                   header: bytes) -> list[Output]:
+        kind, _, digest = header.decode("utf-8", "replace").partition("|")
+        code = event.child.municipality_code or state.get("child", {}).get(
+            "municipality_code", "")
+        candidates = [event.referrer, *event.municipal_units, *event.guardians,
+                      event.decision.forwarded_to if event.decision else None,
+                      municipality_party(code), *self.directory_units(code),
+                      *(Party(**p) for p in state.get("told", []))]
+        party = next((p for p in candidates if p is not None and party_digest(p) == digest), None)
+        if party is None:
+            return [self._refuse(event, f"redelivery {kind}: no such recipient of referral "
+                                        f"{event.referral_id}")]
+        delivery = Delivery(party, kind)
+        log.info("referral.redelivered", referral_id=event.referral_id, kind=kind)
+        return self.render(Outcome(state, (delivery,), event), delivery)
 
     def _message(self, outcome: Outcome, delivery: Delivery) -> Output:
         event, recipient = outcome.event, delivery.recipient
@@ -172,7 +217,7 @@ class ReferralStep:
             headers["content-type"] = b"application/pdf"
             return Output(OUT_LETTER, key, render_letter_pdf(text, recipient=recipient), headers)
         assert event.receiver is not None, "a referral without a receiving unit sends nothing"
-        directory = load_directory(self.directory_file)
+        directory = self.directory.get()
         sender, to = directory.resolve(event.receiver), directory.resolve(recipient)
         bundle = build_care_communication(event, recipient, delivery.kind, sender=sender, to=to,  # type: ignore[arg-type]
                                           contact=contact)
@@ -246,7 +291,8 @@ class ReferralStep:
         return {rid: s.get("status", "") for rid, s in book.get("referrals", {}).items()}
 
     @staticmethod
-    def index_changes(before: dict[str, str], after: dict[str, str]) -> list[Output]:
+    def index_changes(patient_key: str, before: dict[str, str],
+                      after: dict[str, str]) -> list[Output]:
         """``index.referral`` records for referrals that appeared, changed status or were pruned
         (a tombstone): the durable list the FHIR listener checks decisions against."""
         outputs = []
@@ -255,7 +301,7 @@ class ReferralStep:
                 continue
             value = (json.dumps({"referral_id": rid, "status": after[rid]}).encode()
                      if rid in after else None)
-            outputs.append(Output(INDEX_REFERRAL, rid.encode(), value))
+            outputs.append(Output(INDEX_REFERRAL, index_key(rid, patient_key), value))
         return outputs
 
     @staticmethod
@@ -275,6 +321,11 @@ class ReferralStep:
                 "patient_key": patient_key, "referral_id": rid, "due_at": due_at,
                 "since": since}).encode()))
         return outputs
+
+
+def party_digest(party: Party) -> str:
+    """Names a recipient in a header without its identifier (a guardian's is a CPR)."""
+    return hashlib.sha256(f"{party.identifier_system}|{party.identifier}".encode()).hexdigest()[:24]
 
 
 def tick(patient_key: str, referral_id: str, since: str) -> ReferralEvent:

@@ -181,3 +181,27 @@ def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch):
     monkeypatch.setattr(kafka_local.uuid, "uuid4", lambda: next(ids))
     cluster_id = kafka_local.new_cluster_id()
     assert not cluster_id.startswith("-") and len(cluster_id) == 22
+
+
+def test_a_referral_event_written_by_the_previous_schema_is_still_read():
+    """Format version 1 (before kind 'contact' and the contact field): a backlog at an upgrade,
+    a dead letter sent back or a replay is read with the schema it was written with."""
+    import io
+
+    import fastavro
+
+    from stafet.schemas.codec import _archived
+
+    from .test_carecommunication import event as referral_event
+
+    record = referral_event("rejection").to_record()
+    old = {k: v for k, v in record.items() if k != "contact"}
+    buffer = io.BytesIO()
+    buffer.write(b"\x01")
+    fastavro.schemaless_writer(buffer, _archived("referral_event", 1), old)
+    back = decode("referral_event", buffer.getvalue())
+    assert back["contact"] is None and back["referral_id"] == record["referral_id"]
+    assert back["decision"]["reason_code"] == "missing-ppv"
+    assert encode("referral_event", record)[:1] == b"\x02"
+    with pytest.raises(ValueError, match="unknown referral_event format version"):
+        decode("referral_event", b"\x07" + buffer.getvalue()[1:])

@@ -125,6 +125,9 @@ def test_contact_changed_task_names_the_new_contact():
     assert event.contact == Contact(name="Jonas Kjær", phone="8765 4321")
     no_phone = task | {"output": task["output"][:1]}
     assert any("contact-phone" in i.reason for i in issues(no_phone))
+    unknown = issues(task, known_referral=lambda rid: False)
+    assert [i.code for i in unknown] == ["not-found"]  # like a decision: 422 for an unknown one
+    assert issues(task | {"status": "entered-in-error"})  # not a contact change, not a decision
 
 
 def test_task_for_may_reference_a_contained_patient():

@@ -60,7 +60,7 @@ def test_service_principals_have_only_what_they_use() -> None:
     plan = acl_plan(CODES, "stafet-7")
     mllp = _by(plan, MLLP)
     assert {op for (_, _, _, op) in mllp} == {"WRITE", "DESCRIBE"}
-    assert {name for (_, name, _, _) in mllp} == {"ingest.hl7v2", "dlq.mllp"}
+    assert {name for (_, name, _, _) in mllp} == {"ingest.hl7v2", "dlq.mllp", "index.referral"}
     worker = _by(plan, WORKER)
     assert ("GROUP", "stafet-7", "LITERAL", "READ") in worker
     assert ("TOPIC", "changelog__stafet-7--", "PREFIXED", "CREATE") in worker
@@ -69,6 +69,7 @@ def test_service_principals_have_only_what_they_use() -> None:
     assert not [g for g in worker if g[0] == "CLUSTER"]  # idempotence needs no cluster ACL
     fhir = _by(plan, FHIR)
     assert not [g for g in fhir if g[0] == "GROUP" and g[3] != "DESCRIBE"]  # never joins
+    assert not [g for g in fhir if g[1] == "ingest.hl7v2"]  # it reads index.referral instead
     delivery = _by(plan, DELIVERY)
     assert ("TOPIC", "out.municipality.", "PREFIXED", "READ") in delivery
     assert not [g for g in delivery if g[1].startswith("ingest.")]

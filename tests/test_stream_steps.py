@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from stafet.config import Settings
+from stafet.model import ReferralEvent
+from stafet.schemas.codec import decode
 from stafet.demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
 from stafet.streams.app import Stage, sampled
 from stafet.streams.normalize import normalize_hl7
@@ -154,7 +157,7 @@ def test_a_submitted_referral_sets_its_deadline_timer_and_a_decision_clears_it()
     messages = [o for o in outputs if o.topic not in (TIMERS_REFERRAL, INDEX_REFERRAL)]
     assert len(messages) == 5  # GP, kommune, PPR, FAM, mother
     # the durable referral index follows the status, in the same transaction
-    assert [(o.key, json.loads(o.value)["status"]) for o in submitted + outputs
+    assert [(o.key.split(b"|")[0], json.loads(o.value)["status"]) for o in submitted + outputs
             if o.topic == INDEX_REFERRAL] == [(b"HEN-T", "submitted"), (b"HEN-T", "rejected")]
 
 
@@ -284,3 +287,50 @@ def test_an_unaddressable_recipient_is_dead_lettered_and_the_others_are_sent():
     eans = sorted(o.headers["stafet.recipient_ean"].decode() for o in outputs
                   if o.topic.startswith("out."))
     assert eans == ["5799910075103", "5799910075110", "5799910075127"]
+
+
+def test_a_per_recipient_dead_letter_sent_back_after_the_fix_yields_that_message(tmp_path):
+    """gp/100009 has no EAN: its receipt is a dead letter. Once the directory gives it one, the
+    dead letter sent back to events.referral produces exactly the receipt, with the ids it would
+    have had — not a duplicate skip, and nobody else is told again. A cancellation is applied
+    even though its letter to that GP cannot be sent."""
+    from stafet.streams.carecommunication import message_ids
+    from stafet.topics import H_REDELIVER
+
+    directory = tmp_path / "directory.toml"
+    shipped = (Path(__file__).resolve().parents[1] / "deploy" / "directory.toml").read_text("utf-8")
+    directory.write_text(shipped, encoding="utf-8")
+    settings = SETTINGS.model_copy(update={"directory_file": directory})
+    step, state = ReferralStep(settings), DictState()
+    no_ean_gp = Provider("RP", "Lægehuset Uden Lokationsnummer", "100009", "YDER")
+    raw = referral_message("REF^I12", CHILD, referral_id="HEN-R", control_id="R1",
+                           event_time="202611231000", providers=[no_ean_gp, BUC])
+    [event] = normalize_hl7(inbound("ingest.hl7v2", raw), settings)
+    outputs = step(inbound(EVENTS_REFERRAL, event.value, event.key), state)
+    [dead] = [o for o in outputs if o.topic == DLQ_REFERRAL]
+    assert dead.headers[H_REDELIVER].startswith(b"receipt|")
+    assert b"100009" not in dead.headers[H_REDELIVER]  # a digest, not the identifier
+    again = step(Inbound(EVENTS_REFERRAL, 0, 9, dead.key, dead.value, dict(dead.headers)), state)
+    assert [o.topic for o in again] == [DLQ_REFERRAL, ALERTS_OPERATOR]  # not fixed yet
+
+    fixed = shipped.replace('name = "Lægehuset Uden Lokationsnummer (fiktiv)"\n'
+                            'sor = "6000000002100009"',
+                            'name = "Lægehuset Uden Lokationsnummer (fiktiv)"\n'
+                            'sor = "6000000002100009"\nean = "5799931000092"')
+    assert fixed != shipped
+    import os
+    directory.write_text(fixed, encoding="utf-8")
+    os.utime(directory, ns=(1, 1))  # a new modification time, however fast the test runs
+    [receipt] = step(Inbound(EVENTS_REFERRAL, 0, 10, dead.key, dead.value, dict(dead.headers)),
+                     state)
+    assert receipt.topic == "out.referrer" and receipt.headers["stafet.kind"] == b"receipt"
+    applied = ReferralEvent.from_record(decode("referral_event", dead.value))
+    assert receipt.headers["stafet.message_id"].decode() == message_ids(
+        applied.event_id, applied.referrer, "receipt")[1]  # the ids it would have had
+    assert receipt.headers["stafet.recipient_ean"] == b"5799931000092"
+
+    cancel = referral_message("REF^I14", CHILD, referral_id="HEN-R", control_id="R2",
+                              event_time="202611231100", providers=[BUC])
+    [event] = normalize_hl7(inbound("ingest.hl7v2", cancel), settings)
+    step(inbound(EVENTS_REFERRAL, event.value, event.key, offset=11), state)
+    assert state.get("book")["referrals"]["HEN-R"]["status"] == "cancelled"
