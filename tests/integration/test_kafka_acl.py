@@ -205,10 +205,13 @@ def test_client_without_valid_credentials_gets_nothing(provisioned: Settings, ex
 
 
 def test_services_see_only_their_topics(provisioned: Settings) -> None:
-    """The MLLP listener may write ingest.hl7v2 but sees no municipality topic."""
+    """The MLLP listener may write ingest.hl7v2 (and index a new referral) but sees no
+    municipality topic; the FHIR listener no longer sees ingest.hl7v2."""
     admin = AdminClient(client_config(as_principal(provisioned, MLLP), log_level=0))
     visible = set(admin.list_topics(timeout=10).topics)
-    assert visible == {"ingest.hl7v2", "dlq.mllp"}
+    assert visible == {"ingest.hl7v2", "dlq.mllp", "index.referral"}
+    fhir = AdminClient(client_config(as_principal(provisioned, FHIR), log_level=0))
+    assert "ingest.hl7v2" not in set(fhir.list_topics(timeout=10).topics)
 
 
 def test_hl7_message_flows_end_to_end_on_the_secure_broker(provisioned: Settings,
