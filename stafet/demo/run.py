@@ -14,7 +14,7 @@ from stafet.config import PROJECT_ROOT, Settings
 from stafet.connectors.mllp_client import MllpClient, ack_fields
 from stafet.demo.inbox import end_offsets, read_topics, summarize
 from stafet.demo.receiver import Receiver
-from stafet.demo.scenario import ReferralStep, referral_day, synthetic_day
+from stafet.demo.scenario import BUC_ODENSE, ReferralStep, referral_day, synthetic_day
 from stafet.schemas.municipalities import municipalities
 from stafet.stack import running_stack
 from stafet.topics import DLQ_MLLP, DLQ_TOPICS, H_REASON, OUT_MUNICIPALITY_PREFIX, all_topics
@@ -39,7 +39,11 @@ def _demo_registry(settings: Settings, gp: Receiver) -> Settings:
         f'[[subscriber]]\nid = "gp-{y}"\nname = "GP {y} (demo)"\nparty = "referrer"\n'
         f'topic = "out.referrer"\nentries = ["gp/{y}"]\n'  # deploy/directory.toml
         f'delivery = "rest"\nurl = "{gp.url}"\nsecret_env = "{GP_SECRET_ENV}"\n\n'
-        for y in DEMO_GPS)
+        for y in DEMO_GPS) + (
+        # the unit a referral is forwarded to gets its message on out.referrer too
+        f'[[subscriber]]\nid = "bua-odense"\nname = "BUA Odense (demo)"\nparty = "other"\n'
+        f'topic = "out.referrer"\nentries = ["hospital/{BUC_ODENSE.sor}"]\n'
+        f'delivery = "rest"\nurl = "{gp.url}"\nsecret_env = "{GP_SECRET_ENV}"\n\n')
     path.write_text('[defaults]\nmunicipalities = "kafka"\n\n' + gps +
                     '[[subscriber]]\nid = "letters"\nname = "Brevservice (demo)"\n'
                     'party = "letter-service"\ndelivery = "letter"\ntopic = "out.letter"\n',

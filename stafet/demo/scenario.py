@@ -152,13 +152,16 @@ def referral_day(run_id: str, day: str = "20261123") -> list[ReferralStep]:
     rri("BUA Roskilde REJECTS Ali's referral: outside the target group", "AliJensen", 2,
         BUA_ROSKILDE_RT, "R", "1410",
         (("out.referrer", "gp", "rejection"), (mun("0370"), "municipality", "rejection"),
-         (mun("0370"), "ppr", "rejection"), ("out.letter", "guardian", "rejection")),
+         (mun("0370"), "ppr", "rejection"),
+         # not named in the referral: the party directory knows Næstved's family department
+         (mun("0370"), "family-department", "rejection"), ("out.letter", "guardian", "rejection")),
         reason=("outside-target-group", "Barnet er ikke i børne- og ungdomspsykiatriens målgruppe"),
         alt="Familieafdelingen i Næstved Kommune vurderer støtte efter serviceloven",
         resp="Næstved Kommune, Familieafdelingen")
     rri("BUC Hovedstaden accepts Lars", "LarsBerggren", 3, BUC_HOVEDSTADEN_RT, "A", "1420", status)
     rri("BUC Hovedstaden accepts Gitte", "GitteNancy", 4, BUC_HOVEDSTADEN_RT, "A", "1430", status)
     rri("BUC Aarhus forwards Pia to BUA Odense", "PiaBerggren", 5, BUC_AARHUS_RT, "P", "1440",
-        status, forward_to=Provider("RT", BUC_ODENSE.name, BUC_ODENSE.sor))
+        (*status, ("out.referrer", "hospital-unit", "forward")),  # the new unit is told too
+        forward_to=Provider("RT", BUC_ODENSE.name, BUC_ODENSE.sor))
     rri("BUC Hovedstaden accepts Aya", "AyaBerggren", 6, BUC_HOVEDSTADEN_RT, "A", "1450", status)
     return steps
