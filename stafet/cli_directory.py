@@ -1,4 +1,5 @@
-"""CLI commands for the party directory: check, show, import a SOR export."""
+"""CLI commands for the party directory (check, show, import a SOR export) and for sending a
+dead letter back once the directory is fixed."""
 
 from __future__ import annotations
 
@@ -87,5 +88,30 @@ def directory_import_sor(export: Path, out: Path | None) -> None:
         click.echo(f"wrote {out}", err=True)
 
 
+@click.group()
+def dlq() -> None:
+    """Dead letters: send one back once its cause is fixed."""
+
+
+@dlq.command("resend")
+@click.argument("topic")
+@click.argument("position")
+def dlq_resend(topic: str, position: str) -> None:
+    """Send the dead letter at TOPIC PARTITION/OFFSET back where it came from (same key, value
+    and ids), e.g. after fixing the party directory: stafet dlq resend dlq.referral 3/17."""
+    from stafet.dlq import resend
+    from stafet.errors import StafetError
+
+    partition, _, offset = position.partition("/")
+    if not (partition.isdigit() and offset.isdigit()):
+        raise click.BadParameter(f"{position!r} is not PARTITION/OFFSET")
+    try:
+        target = resend(get_settings(), topic, int(partition), int(offset))
+    except StafetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"sent {topic}/{position} back to {target}")
+
+
 def register(main: click.Group) -> None:
     main.add_command(directory)
+    main.add_command(dlq)

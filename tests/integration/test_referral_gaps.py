@@ -248,3 +248,25 @@ def test_the_units_own_reason_wording_reaches_the_parties(stack):
     text = next(e["resource"] for e in payload["entry"]
                 if e["resource"]["resourceType"] == "Communication")["payload"][0]["contentString"]
     assert f"Afdelingens begrundelse: {own}" in text
+
+
+def test_a_dead_letter_sent_back_goes_through_the_worker_again(stack):
+    """`stafet dlq resend`: the notification of a hospital unknown to the directory is a dead
+    letter; sent back, it is processed again (same key and value) — still unknown, so it is a
+    dead letter again, carrying where it was resent from."""
+    from stafet.dlq import H_RESENT_FROM, resend
+
+    since = marks(stack)
+    stranger = Hospital("Ukendt Sygehus", "600000000000999")
+    assert stack.send(adt("A01", CHILD, hospital=stranger, control_id=f"Y-{uuid.uuid4().hex[:8]}",
+                          visit="V-Y", event_time="202611231000",
+                          admit_time="202611230800"))["code"] == "AA"
+    [dead] = [r for r in stack.read(since, until=2) if r.topic == DLQ_NOTIFY]
+    [(_, partition)] = [tp for tp, end in stack.marks().items()
+                        if tp[0] == DLQ_NOTIFY and end > since[tp]]
+    again_since = marks(stack)
+    assert resend(as_admin(stack.settings), DLQ_NOTIFY, partition, dead.offset) == \
+        "events.encounter"
+    [second] = [r for r in stack.read(again_since, until=2) if r.topic == DLQ_NOTIFY]
+    assert second.headers[H_RESENT_FROM].decode() == f"{DLQ_NOTIFY}/{partition}/{dead.offset}"
+    assert second.value == dead.value and second.key == dead.key
