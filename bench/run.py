@@ -662,6 +662,7 @@ class Bench:
             worker_data_dir=self.root / "worker", mllp_port=free_port(), fhir_port=free_port(),
             app_id=f"stafet-bench-{uuid.uuid4().hex[:6]}",
             partitions=args.partitions, log_level=args.log_level,
+            health_port=0,  # worker and listener on one host: each its own free port
         )
         self.kafka = LocalKafka.from_settings(self.settings)
         self.env = settings_env(self.settings)

@@ -25,6 +25,7 @@ from stafet.audit import AuditRecord
 from stafet.connectors.delivery_sinks import OutRecord, Recorder, verify
 from stafet.connectors.medcom_ack import Ack
 from stafet.logging import get_logger
+from stafet.observability import ACKNOWLEDGEMENTS, ACKS_PENDING
 
 log = get_logger(__name__)
 
@@ -126,6 +127,8 @@ class AckTracker:
         pending = self.pending.get(mid)
         signer = self.signer(body, signature, timestamp,
                              expected=pending.subscriber if pending else None)
+        ACKNOWLEDGEMENTS.labels(subscriber=signer or "", code=ack.code if signer and (
+            pending is None or signer == pending.subscriber) else "unverified").inc()
         if signer is None or (pending is not None and signer != pending.subscriber):
             why = ("unsigned: not verified, changes nothing" if signer is None else
                    f"signed by {signer}, but the message went to {pending.subscriber}")  # type: ignore[union-attr]
@@ -204,13 +207,25 @@ class AckTracker:
                                                    detail=detail), p.key)
         return len(due)
 
+    def report_pending(self, active: bool = True) -> None:
+        """/metrics: pending acknowledgements per tracked subscriber (0 when not active)."""
+        counts = {sid: 0 for sid in self.tracked}
+        for p in list(self.pending.values()) if active else []:
+            counts[p.subscriber] = counts.get(p.subscriber, 0) + 1
+        for sid, n in counts.items():
+            ACKS_PENDING.labels(subscriber=sid).set(n)
+
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
-        while not stop.is_set():
-            try:
-                await self.check()
-            except Exception as exc:  # noqa: BLE001 - keep checking; the next round retries
-                log.error("delivery.ack_check_failed", error=str(exc))
-            try:
-                await asyncio.wait_for(stop.wait(), interval_s)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            while not stop.is_set():
+                try:
+                    await self.check()
+                except Exception as exc:  # noqa: BLE001 - keep checking; the next round retries
+                    log.error("delivery.ack_check_failed", error=str(exc))
+                self.report_pending()
+                try:
+                    await asyncio.wait_for(stop.wait(), interval_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.report_pending(active=False)

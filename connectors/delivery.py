@@ -12,10 +12,11 @@ One process runs, side by side and independent of each other:
   an operator alert for any record no subscriber takes;
 - the acknowledgement listener on ``acks.inbound`` and the :class:`AckTracker` clock.
 
-Run **one** ``stafet deliver`` per registry (a standby under the supervisor is fine): the
-acknowledgement state lives in the process that delivered, so two active processes would each
-wait for acknowledgements the other one received. One process delivers ≈ 500 messages/s on 2
-cores (bench/delivery.py) — several times what the pipeline produces.
+Only one :class:`DeliveryService` per registry may be active: the acknowledgement state lives
+in the process that delivered. ``stafet deliver`` replicas elect the active one through Kafka
+group membership (:mod:`stafet.connectors.delivery_standby`); the others stand by. One process
+delivers ≈ 500 messages/s on 2 cores (bench/delivery.py) — several times what the pipeline
+produces.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from stafet.connectors.producer import DurableProducer
 from stafet.errors import StafetError
 from stafet.kafka_client import client_config
 from stafet.logging import get_logger
+from stafet.observability import DELIVERIES, LAST_DELIVERY, lag_reporter, stats_config
 from stafet.subscribers import Registry, Subscriber
 from stafet.topic_reader import fetch_record, read_to_end
 from stafet.topics import ACKS_INBOUND, AUDIT_DELIVERY, H_SIGNATURE, H_SIGNATURE_TS
@@ -52,14 +54,23 @@ OUT_PATTERN = "^out\\..*"
 
 
 class GroupConsumer:
-    """A confluent-kafka consumer driven from asyncio through its own thread (manual commits)."""
+    """A confluent-kafka consumer driven from asyncio through its own thread (manual commits).
 
-    def __init__(self, config: dict[str, Any], group: str, topics: list[str], *,
+    Its session timeout is the standby's takeover time (``delivery_session_timeout_s``): the
+    partitions a SIGKILLed replica held are free for its successor after that long, not after
+    librdkafka's default of 45 s (during which acknowledgements would wait and resends fire)."""
+
+    def __init__(self, settings: Settings, group: str, topics: list[str], *,
                  max_poll_interval_ms: int = 300_000) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"consumer-{group}")
-        self._consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False,
+        session_ms = int(settings.delivery_session_timeout_s * 1000)
+        self._consumer = Consumer({**client_config(settings), "group.id": group,
+                                   "enable.auto.commit": False,
+                                   "session.timeout.ms": session_ms,
+                                   "heartbeat.interval.ms": max(500, session_ms // 4),
                                    "auto.offset.reset": "earliest", "log_level": 3,
                                    "topic.metadata.refresh.interval.ms": 5000,
+                                   **stats_config(lag_reporter(group)),
                                    # a sink retries one record for as long as its endpoint is
                                    # down without polling: keep its partitions meanwhile
                                    "max.poll.interval.ms": max_poll_interval_ms})
@@ -127,7 +138,7 @@ class SubscriberSink:
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = GroupConsumer(
-            client_config(self.settings), self.subscriber.group_id, [self.subscriber.out_topic],
+            self.settings, self.subscriber.group_id, [self.subscriber.out_topic],
             max_poll_interval_ms=int(min(86_400_000, max(
                 300_000, (self.settings.delivery_retry_budget_s + 600) * 1000))))
         try:
@@ -174,6 +185,8 @@ class SubscriberSink:
                     await line
                 else:
                     audits.append(asyncio.ensure_future(line))
+                DELIVERIES.labels(subscriber=sid, outcome="delivered").inc()
+                LAST_DELIVERY.labels(subscriber=sid).set_to_current_time()
                 if self.tracker is not None:
                     self.tracker.expect(sid, record)
                 log.debug("delivery.delivered", subscriber=sid, message_id=record.message_id,
@@ -184,11 +197,13 @@ class SubscriberSink:
                 why = ("refused: " if not outcome.retry else
                        f"no success in {elapsed:.0f} s ({attempt} attempts): ") + outcome.detail
                 await self.recorder.dead_letter(record, sid, why, attempt=attempt)
+                DELIVERIES.labels(subscriber=sid, outcome="dead_lettered").inc()
                 return True
             if attempt == 1 and before_retry is not None:
                 await before_retry()  # what is done before this record is committed first
             await self.recorder.audit(record.audit("attempt-failed", sid, attempt=attempt,
                                                    detail=outcome.detail), record.key)
+            DELIVERIES.labels(subscriber=sid, outcome="retried").inc()
             log.warning("delivery.retry", subscriber=sid, message_id=record.message_id,
                         attempt=attempt, detail=outcome.detail)
             wait = backoff_s(attempt, self.settings.delivery_backoff_initial_s,
@@ -227,7 +242,7 @@ class Watcher:
                 await self.recorder.audit(record.audit("published", s.id, at=at), record.key)
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = GroupConsumer(client_config(self.settings), WATCH_GROUP, [OUT_PATTERN])
+        consumer = GroupConsumer(self.settings, WATCH_GROUP, [OUT_PATTERN])
         try:
             while not stop.is_set():
                 messages = await consumer.poll()
@@ -311,7 +326,7 @@ class DeliveryService:
                 await _sleep_unless(self._stop, 5.0)
 
     async def _listen_acks(self, stop: asyncio.Event) -> None:
-        consumer = GroupConsumer(client_config(self.settings), ACK_GROUP, [ACKS_INBOUND])
+        consumer = GroupConsumer(self.settings, ACK_GROUP, [ACKS_INBOUND])
         try:
             while not stop.is_set():
                 for msg in await consumer.poll():
@@ -335,6 +350,7 @@ class DeliveryService:
 
     async def _resend(self, subscriber_id: str, record: OutRecord, number: int) -> str:
         outcome = await self.sinks[subscriber_id].send_again(record, number)
+        DELIVERIES.labels(subscriber=subscriber_id, outcome="resent").inc()
         log.warning("delivery.resent", subscriber=subscriber_id, message_id=record.message_id,
                     resend=number, outcome=outcome.detail)
         return outcome.detail
@@ -352,18 +368,3 @@ class DeliveryService:
             await asyncio.Event().wait()
         finally:
             await self.stop()
-
-
-async def run(settings: Settings, registry: Registry) -> None:
-    """``stafet deliver``: until SIGTERM / Ctrl-C."""
-    import signal
-
-    service = DeliveryService(settings, registry)
-    await service.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await service.stop()
-

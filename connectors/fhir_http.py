@@ -45,6 +45,9 @@ from stafet.kafka_client import KafkaTarget, resolve_config
 from stafet.fhir_referral import FhirInputError, Issue, parse_fhir_referral
 from stafet.logging import get_logger
 from stafet.model import ReferralEvent
+from stafet.observability import (
+    HEALTH, MESSAGES_IN, beat_forever, broker_reporter, observe_answer, serve_health, stats_config,
+)
 from stafet.topics import (
     DLQ_FHIR, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INDEX_REFERRAL, INGEST_FHIR,
 )
@@ -217,7 +220,7 @@ class FhirListener:
                  index: ReferralIndex | None = None, *, index_wait_s: float = 30.0) -> None:
         self.settings = settings
         self.producer = producer or DurableProducer(
-            settings, timeout_s=settings.fhir_produce_timeout_s)
+            settings, timeout_s=settings.fhir_produce_timeout_s, **stats_config(broker_reporter()))
         self._secret = settings.patient_key_secret.get_secret_value()
         self.index = index or ReferralIndex(self._secret)
         self._index_wait_s = index_wait_s
@@ -253,6 +256,11 @@ class FhirListener:
                                  ssl_context=tls)
         await self._site.start()
         log.info("fhir.listening", host=self.settings.fhir_host, port=self.port)
+        HEALTH.set_ready("listening", True, f"HTTP on {self.settings.fhir_host}:{self.port}")
+        HEALTH.add_check("referral_index", lambda: (
+            self.index.ready and self.seen.ready,
+            f"referrals {'loaded' if self.index.ready else 'loading'}, received messages "
+            f"{'loaded' if self.seen.ready else 'loading'}"))
 
     @property
     def port(self) -> int:
@@ -260,6 +268,7 @@ class FhirListener:
         return int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
+        HEALTH.set_ready("listening", False, "stopping")
         self.index.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -298,7 +307,14 @@ class FhirListener:
     # --- requests ------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Validate, store, answer one POST."""
+        """Validate, store, answer one POST (counted and timed for /metrics)."""
+        started = time.perf_counter()
+        MESSAGES_IN.labels(stage="fhir").inc()
+        response = await self._handle(request)
+        observe_answer("fhir", str(response.status), started)
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
         received_at = datetime.now(timezone.utc).isoformat()
         body, oversize = await _read_limited(request, self.settings.fhir_max_body_bytes)
         reject = lambda status, issues: self._reject(status, issues, body, received_at)  # noqa: E731
@@ -476,8 +492,13 @@ async def _outcome_middleware(
 
 async def run(settings: Settings) -> None:
     """Run the listener until cancelled (``stafet fhir``)."""
+    health = serve_health(settings, "fhir")
+    beating = asyncio.ensure_future(beat_forever())
     listener = FhirListener(settings)
     try:
         await listener.serve_forever()
     finally:
+        beating.cancel()
         await listener.stop()
+        if health is not None:
+            health.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import datetime, timezone
 
 from hl7.mllp import start_hl7_server
@@ -30,6 +31,10 @@ from stafet.hl7v2 import Hl7Error, RawHeader, decode, read_header
 from stafet.hl7v2_referral import parse_hl7v2
 from stafet.logging import get_logger
 from stafet.model import ReferralEvent
+from stafet.observability import (
+    HEALTH, MESSAGES_IN, ack_code, beat_forever, broker_reporter, observe_answer, serve_health,
+    stats_config,
+)
 from stafet.topics import (
     DLQ_MLLP, H_CHARSET, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INDEX_REFERRAL,
     INGEST_HL7V2, index_key,
@@ -49,7 +54,7 @@ class MllpListener:
     def __init__(self, settings: Settings, producer: DurableProducer | None = None) -> None:
         self.settings = settings
         self.producer = producer or DurableProducer(
-            settings, timeout_s=settings.mllp_produce_timeout_s
+            settings, timeout_s=settings.mllp_produce_timeout_s, **stats_config(broker_reporter())
         )
         self._server: asyncio.AbstractServer | None = None
         self._secret = settings.patient_key_secret.get_secret_value()
@@ -64,6 +69,7 @@ class MllpListener:
         )
         log.info("mllp.listening", host=self.settings.mllp_host, port=self.port,
                  tls="mutual" if self.settings.mllp_tls_client_ca else bool(tls))
+        HEALTH.set_ready("listening", True, f"MLLP on {self.settings.mllp_host}:{self.port}")
 
     @property
     def port(self) -> int:
@@ -74,6 +80,7 @@ class MllpListener:
         """Stop accepting, stop reading new frames, answer the frames already read (each is
         stored first: AA, or AE if the broker does not confirm), then flush the producer. A
         frame whose ACK is not sent in time is simply resent by the sender (same ids)."""
+        HEALTH.set_ready("listening", False, "stopping")
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections):
@@ -160,12 +167,23 @@ class MllpListener:
 
     async def _frame_rejection(self, data: bytes, reason: str) -> bytes:
         """A framing error: DLQ what we have, and the AR for it."""
+        started = time.perf_counter()
+        MESSAGES_IN.labels(stage="mllp").inc()
         sample = data.lstrip(b"\x0b")[:DLQ_SAMPLE_BYTES]
         header = _try_header(sample, self.settings.mllp_default_charset)
-        return await self._reject(sample, header, 100, "Segment sequence error", "", reason)
+        ack = await self._reject(sample, header, 100, "Segment sequence error", "", reason)
+        observe_answer("mllp", ack_code(ack), started)
+        return ack
 
     async def handle(self, block: bytes, peer: object = None) -> bytes:
         """Validate, store, acknowledge one message; return the ACK bytes."""
+        started = time.perf_counter()
+        MESSAGES_IN.labels(stage="mllp").inc()
+        ack = await self._handle(block)
+        observe_answer("mllp", ack_code(ack), started)
+        return ack
+
+    async def _handle(self, block: bytes) -> bytes:
         s = self.settings
         received_at = datetime.now(timezone.utc).isoformat()
         header: RawHeader | None = _try_header(block, s.mllp_default_charset)
@@ -246,8 +264,13 @@ def _try_header(data: bytes, default_charset: str) -> RawHeader | None:
 
 async def run(settings: Settings) -> None:
     """Run the listener until cancelled (``stafet mllp``)."""
+    health = serve_health(settings, "mllp")
+    beating = asyncio.ensure_future(beat_forever())
     listener = MllpListener(settings)
     try:
         await listener.serve_forever()
     finally:
+        beating.cancel()
         await listener.stop()
+        if health is not None:
+            health.stop()

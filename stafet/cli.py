@@ -174,6 +174,11 @@ def up() -> None:
         click.echo(f"stafet is up: MLLP on {settings.mllp_host}:{settings.mllp_port}, FHIR on "
                    f"http://{settings.fhir_host}:{settings.fhir_port}/fhir, Kafka on "
                    f"{settings.bootstrap}. Logs in .stafet/logs. Ctrl-C or SIGTERM stops.")
+        from stafet.stack import health_ports
+
+        click.echo("health and metrics: " + ", ".join(
+            f"{name} http://{settings.health_host}:{port}/metrics"
+            for name, port in health_ports(settings).items() if port > 0))
         while not stopping.wait(1.0):  # a supervisor: whatever exited is started again
             for name, service in services.items():
                 if service.restart_if_exited(time.monotonic()):

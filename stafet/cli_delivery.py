@@ -69,8 +69,9 @@ def subscribers_check(registry_path: Path | None) -> None:
 @registry_option
 def deliver(registry_path: Path | None) -> None:
     """Run the delivery sinks (REST hooks, letter outbox), the watcher and the acknowledgement
-    tracker until SIGTERM / Ctrl-C."""
-    from stafet.connectors.delivery import run
+    tracker until SIGTERM / Ctrl-C. Run two for a standby: one delivers, the other takes over
+    within seconds when it stops or dies."""
+    from stafet.connectors.delivery_standby import run
     from stafet.errors import StafetError
 
     registry = _registry(registry_path)

@@ -177,6 +177,16 @@ class Settings(BaseSettings):
         description="HMAC secret for pseudonymous patient keys; set a real one in production",
     )
 
+    # --- health and metrics (stafet/observability.py) ---------------------------------------
+    health_host: str = Field("127.0.0.1", description="where /healthz, /readyz and /metrics "
+                             "listen (0.0.0.0 in a container, for the probes and Prometheus)")
+    health_port: int = Field(
+        9180, ge=-1, description="their port (0: any free port, logged; -1: none). `stafet up` "
+        "gives its children 9180 worker, 9181 mllp, 9182 fhir, 9183 deliver (from this base)")
+    delivery_session_timeout_s: float = Field(
+        6.0, description="a standby `stafet deliver` takes over this long after the active one "
+        "died (Kafka group membership; the broker's minimum is 6 s)")
+
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True

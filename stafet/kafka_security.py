@@ -136,6 +136,8 @@ def delivery_grants() -> list[Grant]:
         *_grants(d, "TOPIC", "audit.delivery", LITERAL, ("READ", "WRITE", "DESCRIBE")),
         *_grants(d, "TOPIC", "dlq.delivery", LITERAL, ("WRITE", "DESCRIBE")),
         *_grants(d, "TOPIC", "alerts.operator", LITERAL, ("WRITE", "DESCRIBE")),
+        # the active/standby lease: membership of the group on its one partition
+        *_grants(d, "TOPIC", "control.delivery", LITERAL, ("READ", "DESCRIBE")),
         *_grants(d, "GROUP", "stafet-delivery", PREFIXED, ("READ",)),
         *_grants(d, "GROUP", "stafet-reader-", PREFIXED, ("DESCRIBE",)),
     ]

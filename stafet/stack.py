@@ -134,11 +134,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def service_env(settings: Settings, principal: str) -> dict[str, str]:
+def service_env(settings: Settings, principal: str, *, health_port: int = 0) -> dict[str, str]:
     """``settings_env`` for a child that connects as ``principal`` (sasl_ssl): its own password,
-    never the admin's."""
+    never the admin's; its health endpoints on ``health_port`` (0: any free port — several
+    children on one host must not share one)."""
     env = settings_env(settings)
     env.pop("STAFET_KAFKA_ADMIN_PASSWORD", None)
+    env["STAFET_HEALTH_PORT"] = str(health_port)
     if settings.kafka_security == "sasl_ssl":
         env["STAFET_KAFKA_USERNAME"] = principal
         env["STAFET_KAFKA_PASSWORD"] = password_for(settings, principal).get_secret_value()
@@ -155,6 +157,17 @@ def prepare_kafka(settings: Settings) -> None:
         provision(admin, list(municipalities()))
 
 
+#: the order of the children's health ports from STAFET_HEALTH_PORT up
+HEALTH_PORT_ORDER = ("worker", "mllp", "fhir", "deliver")
+
+
+def health_ports(settings: Settings) -> dict[str, int]:
+    """Each child's /healthz, /readyz, /metrics port: STAFET_HEALTH_PORT + 0, 1, 2, 3 (-1: none,
+    0: any free one)."""
+    base = settings.health_port
+    return {name: base if base <= 0 else base + i for i, name in enumerate(HEALTH_PORT_ORDER)}
+
+
 @contextmanager
 def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True) -> Iterator[dict[str, Service]]:
     """Kafka + topics + worker + MLLP and FHIR listeners + delivery, torn down on exit."""
@@ -162,14 +175,17 @@ def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True)
     started_kafka = kafka.pid() is None
     kafka.start()
     prepare_kafka(settings)
+    ports = health_ports(settings)
     services = {
         "worker": Service("worker", ["worker"], log_dir / "worker.log",
-                          service_env(settings, WORKER)),
-        "mllp": Service("mllp", ["mllp"], log_dir / "mllp.log", service_env(settings, MLLP)),
-        "fhir": Service("fhir", ["fhir"], log_dir / "fhir.log", service_env(settings, FHIR)),
+                          service_env(settings, WORKER, health_port=ports["worker"])),
+        "mllp": Service("mllp", ["mllp"], log_dir / "mllp.log",
+                        service_env(settings, MLLP, health_port=ports["mllp"])),
+        "fhir": Service("fhir", ["fhir"], log_dir / "fhir.log",
+                        service_env(settings, FHIR, health_port=ports["fhir"])),
         # REST hooks, the letter outbox, acknowledgements and the audit trail
         "deliver": Service("deliver", ["deliver"], log_dir / "deliver.log",
-                           service_env(settings, DELIVERY)),
+                           service_env(settings, DELIVERY, health_port=ports["deliver"])),
     }
     try:
         for service in services.values():

@@ -41,6 +41,11 @@ TIMERS_REFERRAL = "timers.referral"
 #: every referral the stream stage knows (key: referral id; value: its status), compacted and
 #: written in the worker's transaction: the FHIR listener checks decisions against it
 INDEX_REFERRAL = "index.referral"
+#: never written: its one partition is held by the active ``stafet deliver`` (group membership);
+#: a standby replica takes it over when the active one dies (connectors/delivery_standby.py)
+CONTROL_DELIVERY = "control.delivery"
+#: topics with a partition count of their own (every other topic: STAFET_PARTITIONS)
+FIXED_PARTITIONS = {CONTROL_DELIVERY: 1}
 DLQ_TOPICS = (DLQ_MLLP, DLQ_FHIR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, DLQ_DELIVERY)
 
 #: Headers stafet puts on records (values are UTF-8 bytes).
@@ -82,8 +87,13 @@ def all_topics() -> list[str]:
     return [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL, TIMERS_REFERRAL,
             INDEX_REFERRAL,
             OUT_REFERRER, OUT_LETTER,
-            ACKS_INBOUND, AUDIT_DELIVERY, ALERTS_OPERATOR, *DLQ_TOPICS,
+            ACKS_INBOUND, AUDIT_DELIVERY, ALERTS_OPERATOR, *DLQ_TOPICS, CONTROL_DELIVERY,
             *(municipality_topic(code) for code in municipalities())]
+
+
+def partitions_of(topic: str, partitions: int) -> int:
+    """A topic's partition count: ``partitions`` (STAFET_PARTITIONS) unless it has its own."""
+    return FIXED_PARTITIONS.get(topic, partitions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +176,8 @@ def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *,
     rf, isr = plan.replication(len(metadata.brokers))
     configs = plan.configs(isr)
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=rf, config=configs[name])
+        [NewTopic(name, num_partitions=partitions_of(name, partitions), replication_factor=rf,
+                  config=configs[name])
          for name in missing],
         operation_timeout=timeout,
     )
@@ -203,8 +214,9 @@ def topic_drift(kafka: KafkaTarget, partitions: int, plan: TopicPlan = TopicPlan
     drift = [f"{t}: missing" for t in wanted if t not in metadata.topics]
     for topic in present:
         meta = metadata.topics[topic]
-        if len(meta.partitions) != partitions:
-            drift.append(f"{topic}: {len(meta.partitions)} partitions, plan {partitions}")
+        if len(meta.partitions) != partitions_of(topic, partitions):
+            drift.append(f"{topic}: {len(meta.partitions)} partitions, plan "
+                         f"{partitions_of(topic, partitions)}")
         replicas = {len(p.replicas) for p in meta.partitions.values()}
         if replicas != {rf}:
             drift.append(f"{topic}: replication factor {sorted(replicas)}, plan {rf}")

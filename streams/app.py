@@ -37,6 +37,9 @@ from quixstreams.models import Serializer
 from stafet.config import Settings
 from stafet.kafka_client import client_config
 from stafet.logging import get_logger
+from stafet.observability import (
+    DEAD_LETTERS, HEALTH, MESSAGES_IN, MESSAGES_OUT, lag_reporter, serve_health, stats_config,
+)
 from stafet.streams.normalize import normalize_fhir, normalize_hl7
 from stafet.streams.notify import notify
 from stafet.streams.records import Inbound, Output, dead_letter, headers_dict, operator_alert
@@ -117,6 +120,7 @@ class Stage:
     def process(self, record: Inbound, state: Any = None) -> list[Output]:
         """The step's outputs, or the record's dead letter + an alert when one of them could
         never be produced; the step's state writes count only in the first case."""
+        MESSAGES_IN.labels(stage=self.name).inc()
         staged = StagedState(state) if state is not None else None
         outputs = self.step(record, staged)
         too_large = [(o, limit) for o in outputs
@@ -125,12 +129,26 @@ class Stage:
             reason = "; ".join(f"output for {o.topic} is {o.size()} bytes, over its "
                                f"max.message.bytes {limit}" for o, limit in too_large)
             log.error(f"{self.name}.output_too_large", origin=record.origin, reason=reason)
+            DEAD_LETTERS.labels(stage=self.name).inc()
             return [dead_letter(self.dlq, self.name, record, reason),
                     operator_alert(self.name, f"{record.origin} dead-lettered: {reason}",
                                    origin=record.origin, topic=self.dlq)]
         if staged is not None:
             staged.commit()
+        _count(self.name, self.dlq, outputs)
         return outputs
+
+
+def _count(stage: str, dlq: str, outputs: list[Output]) -> None:
+    """/metrics: the step's outputs, its dead letters apart (alerts and index/timer records
+    are bookkeeping, not output)."""
+    dead = sum(1 for o in outputs if o.topic == dlq)
+    if dead:
+        DEAD_LETTERS.labels(stage=stage).inc(dead)
+    out = sum(1 for o in outputs if o.topic not in (dlq, ALERTS_OPERATOR, TIMERS_REFERRAL,
+                                                     INDEX_REFERRAL))
+    if out:
+        MESSAGES_OUT.labels(stage=stage).inc(out)
 
 
 def sampled(every: int) -> Callable[[Inbound], bool]:
@@ -160,7 +178,7 @@ def build_application(settings: Settings) -> Application:
         commit_interval=settings.worker_commit_interval_s,
         consumer_extra_config={"session.timeout.ms": int(settings.worker_session_timeout_s * 1000),
                                "heartbeat.interval.ms": int(min(3.0, settings.worker_session_timeout_s / 3) * 1000),
-                               "log_level": 3},
+                               "log_level": 3, **stats_config(lag_reporter(settings.app_id, readiness=True))},
         producer_extra_config={
             "transactional.id": transactional_id(settings),
             "linger.ms": 5, "log_level": 3,
@@ -258,6 +276,8 @@ def run_worker(settings: Settings) -> None:
     # can be addressed, so a missing or bad file stops the worker with the reason (exit 1)
     directory = directory_file(settings.directory_file)
     log.info("worker.directory", path=str(settings.directory_file), entries=len(directory.get()))
+    health = serve_health(settings, "worker")
+    HEALTH.set_ready("group", False, f"joining consumer group {settings.app_id}")
     scheduler = ReferralScheduler(client_config(settings), settings.referral_timer_interval_s)
     scheduler.start()
     backoff = 1.0
@@ -266,6 +286,7 @@ def run_worker(settings: Settings) -> None:
     try:
         while not stopper.stopping.is_set():
             started = time.monotonic()
+            HEALTH.beat()  # alive between applications too (statistics beat while one runs)
             try:
                 ensure_topics(settings, settings.partitions, timeout=10.0,
                               plan=TopicPlan.from_settings(settings))
@@ -275,9 +296,12 @@ def run_worker(settings: Settings) -> None:
                 log.warning("worker.application_returned")  # not asked to: start it again
             except Exception:
                 log.exception("worker.application_failed", retry_in_s=backoff)
+                HEALTH.set_ready("group", False, f"restarting after a fault (in {backoff:.0f} s)")
             if time.monotonic() - started > 60:
                 backoff = 1.0
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
     finally:
         scheduler.stop()
+        if health is not None:
+            health.stop()

@@ -58,6 +58,7 @@ class Receiver:
     port: int
     secret: str
     ack_to: str | None  # stafet's $process-message URL, or None: never acknowledge
+    ack_delay_s: float = 0.0  # a receiving system that acknowledges a while later
     received: list[Received] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
@@ -82,6 +83,7 @@ class Receiver:
 
     def _acknowledge(self, bundle: dict[str, Any]) -> None:
         """POST the Acknowledgement; a real system retries while stafet is unreachable."""
+        time.sleep(self.ack_delay_s)
         ack = build_ack(message_ids(bundle), "ok", sender_endpoint=self.url,
                         receiver_endpoint="https://stafet.dk/fhir")
         data = json.dumps(ack).encode()

@@ -86,9 +86,59 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
                                      idle_s=0.5, timeout_s=2)  # anything extra would show here
             failed = _report(steps, received) + _report_referrals(referrals, received)
             failed += _report_delivery(settings, referrals, timeout_s=90.0)
+            failed += _report_health(settings)
     finally:
         gp.stop()
     return min(1, failed)
+
+
+#: per process: series that must have counted something after the demo's day
+EXPECTED_SERIES: dict[str, list[tuple[str, dict[str, str]]]] = {
+    "worker": [("stafet_messages_in_total", {"stage": "normalize"}),
+               ("stafet_messages_out_total", {"stage": "notify"}),
+               ("stafet_messages_out_total", {"stage": "referrals"})],
+    "mllp": [("stafet_ack_latency_seconds_count", {"source": "mllp", "code": "AA"}),
+             ("stafet_messages_out_total", {"stage": "mllp"})],
+    "fhir": [("stafet_messages_in_total", {"stage": "fhir"})],
+    "deliver": [("stafet_deliveries_total", {"outcome": "delivered"}),
+                ("stafet_acknowledgements_total", {"code": "ok"}),
+                ("stafet_delivery_active", {})],
+}
+
+
+def _report_health(settings: Settings, timeout_s: float = 30.0) -> int:
+    """Every process ready, and its metrics counted the day (consumer lag reported by the worker
+    and delivery); 1 if not."""
+    from stafet.observability import probe, scrape, total
+    from stafet.stack import health_ports
+
+    click.echo("\nHealth and metrics (/readyz, /metrics of each process):")
+    host, failed = settings.health_host, 0
+    for name, port in health_ports(settings).items():
+        if port <= 0:
+            click.echo(f"  {name:<8} no health port (STAFET_HEALTH_PORT={settings.health_port})")
+            continue
+        deadline = time.monotonic() + timeout_s
+        while True:  # lag arrives with the consumers' statistics (every few seconds)
+            status, body = probe(host, port, "/readyz")
+            samples = scrape(host, port)
+            want = [(n, labels, total(samples, n, **labels)) for n, labels in EXPECTED_SERIES[name]]
+            lag = [v for (n, _), v in samples.items() if n == "stafet_consumer_lag"]
+            ok = (status == 200 and all(v > 0 for _, _, v in want)
+                  and (bool(lag) or name not in ("worker", "deliver")))
+            if ok or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        shown = ", ".join(f"{n.removeprefix('stafet_')}{_labels(labels)} {v:g}"
+                          for n, labels, v in want)
+        click.echo(f"  {name:<8} :{port} readyz {status} {body.get('role', '')}  {shown}"
+                   + (f", consumer lag {sum(lag):g}" if lag else "") + ("" if ok else "  MISSING"))
+        failed |= not ok
+    return int(failed)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f"{k}={v}" for k, v in labels.items()) + "}" if labels else ""
 
 
 def _report_delivery(settings: Settings, referrals: list[ReferralStep],

@@ -80,7 +80,8 @@ def running_delivery(stack: Any, root: Path, rest: dict[str, Rest],
         if not rest[sid].starts_down:
             r.start()
     service = Service("deliver", ["deliver"], root / "deliver.log",
-                      {**service_env(settings, DELIVERY), **secrets})
+                      {**service_env(settings, DELIVERY,
+                                     health_port=overrides.get("health_port", 0)), **secrets})
     service.start()
     deadline = time.monotonic() + 60  # it replays the audit trail, then starts its parts
     while time.monotonic() < deadline and service.alive():
