@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps demo up test test-unit soak bench bench-quick clean
+.PHONY: install system-deps demo up test test-unit soak cluster-test bench bench-quick clean
 
 install: system-deps $(VENV)/.installed .stafet/kafka-libs/.resolved
 
@@ -35,6 +35,11 @@ test-unit: install
 
 soak: install
 	$(BIN)/pytest -q -s -m soak
+
+# a 3-broker KRaft cluster: the leaders of the ingest and output partitions, then the active
+# controller, SIGKILLed and restarted under MLLP load; every AA'd message notified exactly once
+cluster-test: install
+	$(BIN)/pytest -q -s -m cluster
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'

@@ -27,44 +27,73 @@ def main() -> None:
 
 @main.group()
 def kafka() -> None:
-    """A local single-node Apache Kafka (KRaft) on loopback."""
+    """A local Apache Kafka (KRaft) on loopback: one node, or a cluster (--brokers 3)."""
 
 
-def _local_kafka():  # type: ignore[no-untyped-def]
-    from stafet.kafka_local import LocalKafka
+def _local_kafka(brokers: int | None = None):  # type: ignore[no-untyped-def]
+    from stafet.kafka_local import local_cluster
 
-    return LocalKafka.from_settings(get_settings())
+    return local_cluster(get_settings(), brokers)
 
 
 @kafka.command("fetch")
 def kafka_fetch() -> None:
     """Resolve the broker jars from Maven Central (once; reused afterwards)."""
-    broker = _local_kafka()
+    broker = _local_kafka(1)
     broker.fetch()
     click.echo(f"Kafka jars in {broker.libs}")
 
 
 @kafka.command("start")
-def kafka_start() -> None:
-    """Start the broker (format storage on first start) and wait until it answers."""
-    broker = _local_kafka()
-    broker.start()
-    click.echo(f"Kafka is up on {broker.bootstrap} (pid {broker.pid()}, log {broker.log_file})")
+@click.option("--brokers", type=click.IntRange(1, 9), default=None,
+              help="nodes, each a broker and a KRaft controller (default STAFET_KAFKA_BROKERS, "
+              "1); 3: replication factor 3, min.insync.replicas 2; node i under "
+              "<kafka_home>/node-i on port STAFET_KAFKA_PORT + 2(i-1) (set "
+              "STAFET_KAFKA_BROKERS=3 for the other stafet commands' bootstrap list)")
+def kafka_start(brokers: int | None) -> None:
+    """Start the broker(s) (format storage on first start) and wait until they answer."""
+    cluster = _local_kafka(brokers or get_settings().kafka_brokers)
+    cluster.start()
+    for node in cluster.nodes:
+        label = f" node {node.node_id}" if cluster.size > 1 else ""
+        click.echo(f"Kafka{label} is up on {node.bootstrap} (pid {node.pid()}, "
+                   f"log {node.log_file})")
+    if cluster.size > 1:
+        click.echo(f"bootstrap: {cluster.bootstrap} (STAFET_KAFKA_BROKERS={cluster.size} gives "
+                   "the other commands this list)")
 
 
 @kafka.command("status")
-def kafka_status() -> None:
-    """Say whether the broker runs and answers; exit 1 if not."""
-    broker = _local_kafka()
-    pid, answers = broker.pid(), broker.answers()
-    click.echo(f"pid: {pid or '-'}  answers on {broker.bootstrap}: {'yes' if answers else 'no'}")
-    sys.exit(0 if answers else 1)
+@click.option("--brokers", type=click.IntRange(1, 9), default=None,
+              help="nodes to look at (default: STAFET_KAFKA_BROKERS, else the running ones)")
+def kafka_status(brokers: int | None) -> None:
+    """Say whether every node runs and answers; exit 1 if one does not."""
+    cluster = _local_kafka(brokers)
+    ok = True
+    for node in cluster.nodes:
+        pid, answers = node.pid(), node.answers()
+        ok = ok and answers
+        label = f"node {node.node_id} " if cluster.size > 1 else ""
+        click.echo(f"{label}pid: {pid or '-'}  answers on {node.bootstrap}: "
+                   f"{'yes' if answers else 'no'}")
+    if cluster.size > 1:
+        listed = cluster.brokers_listed()
+        ok = ok and listed == cluster.size
+        try:
+            controller = str(cluster.active_controller(timeout_s=2.0))
+        except Exception:
+            controller = "-"
+        click.echo(f"brokers in the cluster metadata: {listed}/{cluster.size}  "
+                   f"active controller: {controller}")
+    sys.exit(0 if ok else 1)
 
 
 @kafka.command("stop")
-def kafka_stop() -> None:
-    """Stop the broker started by `stafet kafka start`."""
-    _local_kafka().stop()
+@click.option("--brokers", type=click.IntRange(1, 9), default=None,
+              help="nodes to stop (default: STAFET_KAFKA_BROKERS, else the running ones)")
+def kafka_stop(brokers: int | None) -> None:
+    """Stop the broker(s) started by `stafet kafka start`."""
+    _local_kafka(brokers).stop()
     click.echo("Kafka stopped")
 
 
@@ -235,9 +264,11 @@ def inbox(municipality_code: str, from_beginning: bool, idle: float) -> None:
 
 from stafet.cli_delivery import register as _register_delivery  # noqa: E402
 from stafet.cli_directory import register as _register_directory  # noqa: E402
+from stafet.cli_deploy import register as _register_deploy  # noqa: E402
 
 _register_delivery(main)
 _register_directory(main)
+_register_deploy(main)
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     )
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
+    kafka_brokers: int = Field(
+        1, ge=1, description="nodes of the local Kafka (`stafet kafka start`): 1, or 3 for a "
+        "KRaft cluster whose node i listens on kafka_port + 2(i-1), its controller on "
+        "kafka_controller_port + 2(i-1)")
     kafka_home: Path = Field(PROJECT_ROOT / ".stafet" / "kafka", description="config, data, log")
     kafka_libs: Path = Field(
         PROJECT_ROOT / ".stafet" / "kafka-libs", description="broker jars from Maven Central"
@@ -193,8 +197,10 @@ class Settings(BaseSettings):
 
     @property
     def bootstrap(self) -> str:
-        """The bootstrap servers to use (the local broker when none are configured)."""
-        return self.bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+        """The bootstrap servers to use (the local broker, or every node of the local cluster,
+        when none are configured)."""
+        return self.bootstrap_servers or ",".join(
+            f"127.0.0.1:{self.kafka_port + 2 * i}" for i in range(self.kafka_brokers))
 
     @property
     def secrets_dir(self) -> Path:
