@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from stafet.audit import AuditRecord
-from stafet.connectors.delivery_sinks import OutRecord, Recorder, verify
+from stafet.config import get_settings
+from stafet.connectors.delivery_sinks import OutRecord, Recorder, SignatureError, verify
 from stafet.connectors.medcom_ack import Ack
+from stafet.cpr import mask_cpr
 from stafet.logging import get_logger
 from stafet.observability import ACKNOWLEDGEMENTS, ACKS_PENDING
 
@@ -56,17 +58,24 @@ def _epoch(iso: str) -> float:
 class AckTracker:
     """Pending acknowledgements of the ack-tracked subscribers.
 
-    An acknowledgement counts only when it is signed (``X-Stafet-Signature`` over the body, the
+    An acknowledgement counts only when it is signed (Standard Webhooks: ``webhook-signature``
+    over its ``webhook-id`` — its own MessageHeader.id —, ``webhook-timestamp`` and body, the
     same scheme stafet signs its POSTs with) by the secret of the subscriber the message went
-    to: nobody else can stop a resend or dead-letter a message. Unsigned acknowledgements (for
-    example from a municipality reading Kafka, which has no secret) are audited as unverified
-    and change nothing.
+    to: nobody else can stop a resend or dead-letter a message. Its timestamp must lie within
+    ``tolerance_s`` of when it was received (``received_at`` when known, else now): an
+    acknowledgement replayed later is refused. Unsigned, stale or otherwise unverifiable
+    acknowledgements (for example from a municipality reading Kafka, which has no secret) are
+    audited as unverified with the reason and change nothing.
     """
 
     def __init__(self, recorder: Recorder, secrets: dict[str, str], *, timeout_s: float,
                  max_resends: int, resend: Resend, fetch: Fetch,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 tolerance_s: float | None = None) -> None:
         self.recorder, self._secrets = recorder, secrets
+        #: the replay window; unset: STAFET_WEBHOOK_TOLERANCE_S of this process
+        self.tolerance_s = get_settings().webhook_tolerance_s if tolerance_s is None \
+            else tolerance_s
         self.tracked = set(secrets)
         self.timeout_s, self.max_resends = timeout_s, max_resends
         self._resend, self._fetch, self._clock = resend, fetch, clock
@@ -110,28 +119,52 @@ class AckTracker:
 
     # --- acknowledgements ------------------------------------------------------------------
 
-    def signer(self, body: bytes, signature: str | None, timestamp: str | None,
-               expected: str | None = None) -> str | None:
+    def signer(self, body: bytes, webhook_id: str | None, timestamp: str | None,
+               signature: str | None, expected: str | None = None,
+               received_at: float | None = None) -> tuple[str | None, str]:
         """The tracked subscriber whose secret signed ``body`` (``expected`` first: one system
-        may serve several subscribers with one secret), if any."""
+        may serve several subscribers with one secret), or None and why not."""
+        if not signature or not timestamp:
+            return None, "unsigned (no webhook-signature / webhook-timestamp)"
+        why = "no tracked subscriber"
         order = sorted(self._secrets, key=lambda sid: sid != expected)
         for sid in order:
-            if verify(self._secrets[sid], body, signature, timestamp, max_age_s=None):
-                return sid
-        return None
+            try:
+                verify(self._secrets[sid], webhook_id, timestamp, body, signature,
+                       tolerance_s=self.tolerance_s,
+                       now=self._clock() if received_at is None else received_at)
+                return sid, ""
+            except SignatureError as exc:
+                why = exc.reason
+                if exc.reason != "bad-signature":  # not about the key: the same for every one
+                    return None, str(exc)
+            except ValueError:  # a malformed whsec_ secret (registry check reports it)
+                continue
+        return None, "bad-signature: no tracked subscriber's secret signed it" if \
+            why == "bad-signature" else why
 
     async def on_ack(self, ack: Ack, body: bytes = b"", signature: str | None = None,
-                     timestamp: str | None = None) -> None:
-        """Record a signed acknowledgement; fatal-error dead-letters, transient-error resends."""
+                     timestamp: str | None = None, *, webhook_id: str | None = None,
+                     received_at: str | float | None = None) -> None:
+        """Record a signed acknowledgement; fatal-error dead-letters, transient-error resends.
+
+        ``webhook_id`` defaults to the acknowledgement's own MessageHeader.id (the listener
+        refuses any other); ``received_at`` (ISO time or epoch seconds: when the listener took
+        it) is what its timestamp is held against, else the tracker's clock."""
         mid = ack.acknowledged_id
         pending = self.pending.get(mid)
-        signer = self.signer(body, signature, timestamp,
-                             expected=pending.subscriber if pending else None)
+        at = _epoch(received_at) if isinstance(received_at, str) and received_at else \
+            received_at if isinstance(received_at, (int, float)) else None
+        signer, refusal = self.signer(body, webhook_id or ack.ids.header_id, timestamp, signature,
+                                      expected=pending.subscriber if pending else None,
+                                      received_at=at)
         ACKNOWLEDGEMENTS.labels(subscriber=signer or "", code=ack.code if signer and (
             pending is None or signer == pending.subscriber) else "unverified").inc()
         if signer is None or (pending is not None and signer != pending.subscriber):
-            why = ("unsigned: not verified, changes nothing" if signer is None else
+            why = (f"{refusal}: not verified, changes nothing" if signer is None else
                    f"signed by {signer}, but the message went to {pending.subscriber}")  # type: ignore[union-attr]
+            log.warning("delivery.ack_refused", message_id=mid, code=ack.code,
+                        reason=mask_cpr(why))
             await self.recorder.audit(AuditRecord(
                 action="ack-unverified", subscriber=signer or "", message_id=mid,
                 detail=f"{ack.code}: {why}"), pending.key if pending else None)

@@ -44,7 +44,9 @@ from stafet.logging import get_logger
 from stafet.observability import DELIVERIES, LAST_DELIVERY, lag_reporter, stats_config
 from stafet.subscribers import Registry, Subscriber
 from stafet.topic_reader import fetch_record, read_to_end
-from stafet.topics import ACKS_INBOUND, AUDIT_DELIVERY, H_SIGNATURE, H_SIGNATURE_TS
+from stafet.topics import (
+    ACKS_INBOUND, AUDIT_DELIVERY, H_RECEIVED_AT, H_SIGNATURE, H_SIGNATURE_ID, H_SIGNATURE_TS,
+)
 
 log = get_logger(__name__)
 
@@ -337,8 +339,12 @@ class DeliveryService:
                         log.error("delivery.bad_ack", error=str(exc))
                     else:
                         headers = headers_of(msg.headers())
+                        # the replay window is held against when the listener took it in,
+                        # not against now: a delivery that was down must not refuse them
                         await self.tracker.on_ack(ack, body, headers.get(H_SIGNATURE),
-                                                  headers.get(H_SIGNATURE_TS))
+                                                  headers.get(H_SIGNATURE_TS),
+                                                  webhook_id=headers.get(H_SIGNATURE_ID),
+                                                  received_at=headers.get(H_RECEIVED_AT))
                     await consumer.commit(msg)
         finally:
             await consumer.close()

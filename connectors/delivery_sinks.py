@@ -9,6 +9,8 @@ message, so retrying only delays the operator).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -34,39 +36,104 @@ from stafet.topics import (
 
 log = get_logger(__name__)
 
-SIGNATURE_HEADER = "X-Stafet-Signature"
-TIMESTAMP_HEADER = "X-Stafet-Timestamp"
+# Standard Webhooks (https://www.standardwebhooks.com): each POST carries these three headers.
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
 MESSAGE_ID_HEADER = "X-Stafet-Message-Id"
 ATTEMPT_HEADER = "X-Stafet-Attempt"
 POSITION_HEADER = "X-Stafet-Position"  # <topic>/<partition>/<offset>: where to replay from
 RETRYABLE_STATUS = (408, 425, 429)
+#: how far a webhook-timestamp may lie in the past or the future (the spec's 5 minutes)
+DEFAULT_TOLERANCE_S = 300.0
+SECRET_PREFIX = "whsec_"
 
 
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    """``sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>``: the ``X-Stafet-Signature``
-    of a POST whose ``X-Stafet-Timestamp`` is ``timestamp`` (Unix seconds). Signing the time
-    too lets a receiver refuse an old request replayed at it."""
-    return "sha256=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body,
-                                hashlib.sha256).hexdigest()
+class SignatureError(ValueError):
+    """A webhook signature that does not hold; ``reason`` is one of ``missing``, ``bad-id``,
+    ``bad-timestamp``, ``too-old``, ``too-new``, ``bad-signature`` (no ``v1`` signature of the
+    secret matches). The message never contains the body."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
 
 
-def verify(secret: str, body: bytes, signature: str | None, timestamp: str | None, *,
-           max_age_s: float | None = 300.0, now: float | None = None) -> bool:
-    """Constant-time check of ``X-Stafet-Signature`` / ``X-Stafet-Timestamp`` (for receivers,
-    and for the acknowledgements receivers sign the same way); False for anything malformed."""
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a subscriber secret: ``whsec_<base64>`` is the base64-decoded part (the
+    Standard Webhooks format); any other secret is its UTF-8 bytes, as stafet has always used
+    it (the reference libraries instead base64-decode an unprefixed secret: give receivers
+    that use one a ``whsec_`` secret). ValueError for a malformed ``whsec_`` secret."""
+    if not secret.startswith(SECRET_PREFIX):
+        if not secret:
+            raise ValueError("empty webhook secret")
+        return secret.encode()
     try:
-        ts = int(timestamp or "")
-        if max_age_s is not None and abs((now or time.time()) - ts) > max_age_s:
-            return False
-        return signature is not None and hmac.compare_digest(sign(secret, body, ts), signature)
-    except (TypeError, ValueError):
-        return False
+        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("a whsec_ secret must be whsec_ + base64") from exc
+    if not key:
+        raise ValueError("a whsec_ secret must be whsec_ + base64 of at least one byte")
+    return key
 
 
-def signed_headers(secret: str, body: bytes) -> dict[str, str]:
-    """The two headers that sign ``body`` now."""
-    ts = int(time.time())
-    return {SIGNATURE_HEADER: sign(secret, body, ts), TIMESTAMP_HEADER: str(ts)}
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256(key, "<msg_id>.<timestamp>.<body>")>``: the ``webhook-signature``
+    of a POST of ``body`` with ``webhook-id: msg_id`` and ``webhook-timestamp: timestamp`` (Unix
+    seconds). Signing the id and the time lets a receiver refuse a replay."""
+    mac = hmac.new(secret_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def check_timestamp(timestamp: str, tolerance_s: float | None = DEFAULT_TOLERANCE_S, *,
+                    now: float | None = None) -> int:
+    """The ``webhook-timestamp`` as Unix seconds; :class:`SignatureError` if it is not an
+    integer or lies more than ``tolerance_s`` before (``too-old``) or after (``too-new``)
+    ``now`` (None: no window)."""
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        raise SignatureError("bad-timestamp", "webhook-timestamp must be integer Unix seconds")
+    ts = int(timestamp)
+    if tolerance_s is not None:
+        at = time.time() if now is None else now
+        if at - ts > tolerance_s:
+            raise SignatureError("too-old", f"webhook-timestamp is {at - ts:.0f} s old, more "
+                                 f"than the {tolerance_s:.0f} s allowed: a replay?")
+        if ts - at > tolerance_s:
+            raise SignatureError("too-new", f"webhook-timestamp is {ts - at:.0f} s in the "
+                                 f"future, more than the {tolerance_s:.0f} s allowed")
+    return ts
+
+
+def verify(secret: str, msg_id: str | None, timestamp: str | None, body: bytes,
+           signature: str | None, *, tolerance_s: float | None = DEFAULT_TOLERANCE_S,
+           now: float | None = None) -> None:
+    """Check the three Standard Webhooks headers of a request with ``body`` (for receivers of
+    stafet's POSTs, and for the acknowledgements they sign the same way); returns None or
+    raises :class:`SignatureError` with the reason. ``signature`` may list several
+    space-separated signatures (key rotation): one ``v1`` match is enough; the comparison is
+    constant-time. A timestamp more than ``tolerance_s`` seconds before or after ``now`` is
+    refused (a replay, or a clock that is off); ``tolerance_s=None`` skips that check."""
+    if not msg_id or not timestamp or not signature:
+        raise SignatureError("missing", "webhook-id, webhook-timestamp and webhook-signature "
+                             "are all required")
+    if len(msg_id) > 256 or any(c in msg_id for c in " \t\r\n"):
+        raise SignatureError("bad-id", "webhook-id must be one token of at most 256 characters")
+    ts = check_timestamp(timestamp, tolerance_s, now=now)
+    expected = sign(secret, msg_id, ts, body).encode()
+    matched = False
+    for candidate in signature[:4096].split(" "):
+        if candidate.startswith("v1,"):  # other versions (v1a: asymmetric) are not ours
+            matched |= hmac.compare_digest(expected, candidate.encode())
+    if not matched:
+        raise SignatureError("bad-signature", "no v1 signature matches the secret")
+
+
+def signed_headers(secret: str, msg_id: str, body: bytes, *,
+                   now: float | None = None) -> dict[str, str]:
+    """The three Standard Webhooks headers that sign ``body`` as message ``msg_id`` now."""
+    ts = int(time.time() if now is None else now)
+    return {WEBHOOK_ID_HEADER: msg_id, WEBHOOK_TIMESTAMP_HEADER: str(ts),
+            WEBHOOK_SIGNATURE_HEADER: sign(secret, msg_id, ts, body)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +216,8 @@ class Recorder:
 
 
 class RestHook:
-    """POSTs FHIR message Bundles to one subscriber's endpoint, HMAC-signed with its secret."""
+    """POSTs FHIR message Bundles to one subscriber's endpoint, signed with its secret the
+    Standard Webhooks way (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``)."""
 
     def __init__(self, subscriber: Subscriber, session: aiohttp.ClientSession,
                  timeout_s: float) -> None:
@@ -157,11 +225,13 @@ class RestHook:
         self.subscriber, self.session = subscriber, session
         self.url = subscriber.url
         self._secret = subscriber.secret().get_secret_value()
+        secret_key(self._secret)  # a malformed whsec_ secret fails here, not at every POST
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def send(self, body: bytes, record: OutRecord, attempt: int) -> Outcome:
         headers = {"Content-Type": "application/fhir+json; fhirVersion=4.0",
-                   **signed_headers(self._secret, body),
+                   # webhook-id: the MessageHeader.id, the same on retries, resends, replays
+                   **signed_headers(self._secret, record.message_id, body),
                    MESSAGE_ID_HEADER: record.message_id, ATTEMPT_HEADER: str(attempt),
                    POSITION_HEADER: f"{record.topic}/{record.partition}/{record.offset}"}
         try:

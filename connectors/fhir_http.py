@@ -222,7 +222,8 @@ class FhirListener:
         self.producer = producer or DurableProducer(
             settings, timeout_s=settings.fhir_produce_timeout_s, **stats_config(broker_reporter()))
         self._secret = settings.patient_key_secret.get_secret_value()
-        self.index = index or ReferralIndex(self._secret)
+        # not ``index or …``: an empty index is falsy (``__len__``) and would be replaced
+        self.index = index if index is not None else ReferralIndex(self._secret)
         self._index_wait_s = index_wait_s
         self._index_task: asyncio.Task[None] | None = None
         self._seen_task: asyncio.Task[None] | None = None
@@ -328,10 +329,12 @@ class FhirListener:
         if request.path == "/fhir/$process-message":
             if not self.seen.ready:
                 return _transient("the memory of received messages is still loading")
-            sig, ts = request.headers.get("X-Stafet-Signature"), request.headers.get(
-                "X-Stafet-Timestamp")
+            # Standard Webhooks headers of a signed acknowledgement (all three, or unsigned)
+            wid, ts, sig = (request.headers.get(h) for h in (
+                "webhook-id", "webhook-timestamp", "webhook-signature"))
             return await process_message(self, self.seen, body, media, received_at,
-                                         (sig[:200], ts[:20]) if sig and ts else None)
+                                         (wid[:256], ts[:20], sig[:1024])
+                                         if wid and ts and sig else None)
         return await self.accept(body, media, ROUTES[request.path], received_at)
 
     async def accept(self, body: bytes, media: str, expected: str | None, received_at: str,

@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from stafet.connectors.delivery_sinks import SignatureError, check_timestamp
 from stafet.connectors.medcom_ack import MessageError, MessageIds, build_ack, message_ids, parse_ack
 from stafet.errors import DeliveryError
 from stafet.kafka_client import client_config
 from stafet.logging import get_logger
 from stafet.topic_reader import read_to_end
-from stafet.topics import ACKS_INBOUND, H_RECEIVED_AT, H_SIGNATURE, H_SIGNATURE_TS, INGEST_FHIR
+from stafet.topics import (
+    ACKS_INBOUND, H_RECEIVED_AT, H_SIGNATURE, H_SIGNATURE_ID, H_SIGNATURE_TS, INGEST_FHIR,
+)
 
 if TYPE_CHECKING:
     from stafet.connectors.fhir_http import FhirListener
@@ -99,15 +102,23 @@ def _error(status: int, path: str, reason: str, code: str = "invalid") -> web.Re
 
 
 async def process_message(listener: FhirListener, seen: SeenMessages, body: bytes, media: str,
-                          received_at: str, signature: tuple[str, str] | None = None
+                          received_at: str, signature: tuple[str, str, str] | None = None
                           ) -> web.Response:
-    """Dedupe, then store an Acknowledgement or hand a referral message to the referral path."""
-    try:
+    """Dedupe, then store an Acknowledgement or hand a referral message to the referral path.
+
+    ``signature``: the Standard Webhooks headers (webhook-id, webhook-timestamp,
+    webhook-signature) of a signed acknowledgement, or None."""
+    from stafet.fhir_referral import Issue
+
+    try:  # a malformed message is rejected like any other body: 400 and on dlq.fhir
         ids = message_ids(json.loads(body))
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _error(400, "", f"not JSON: {exc}", "structure")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        return await listener._reject(400, [Issue("", f"not JSON: {reason}", "structure")],
+                                      body, received_at)
     except MessageError as exc:
-        return _error(400, exc.path, exc.reason)
+        return await listener._reject(400, [Issue(exc.path, exc.reason, "invalid")], body,
+                                      received_at)
     inflight = seen.inflight.get(ids.header_id)
     if inflight is not None:  # the same message, still being stored: wait for that outcome
         await asyncio.shield(inflight)
@@ -129,8 +140,27 @@ async def process_message(listener: FhirListener, seen: SeenMessages, body: byte
         done.set_result(None)
 
 
+def _refuse_signed(listener: FhirListener, ids: MessageIds, acknowledged: str, webhook_id: str,
+                   timestamp: str) -> web.Response | None:
+    """The checks of a signed acknowledgement that need no secret (the delivery tracker checks
+    the signature): its webhook-id is its own MessageHeader.id, and its webhook-timestamp lies
+    within ``STAFET_WEBHOOK_TOLERANCE_S`` of now — a replay or a stale retry is refused here,
+    before its ids are remembered, so the sender can sign it again and be heard."""
+    if webhook_id != ids.header_id:
+        log.warning("fhir.ack_refused", acknowledged=acknowledged, reason="bad-id")
+        return _error(400, "", "webhook-id must be the acknowledgement's MessageHeader.id "
+                      f"({ids.header_id})", "invalid")
+    try:
+        check_timestamp(timestamp, listener.settings.webhook_tolerance_s)
+    except SignatureError as exc:
+        log.warning("fhir.ack_refused", acknowledged=acknowledged, reason=exc.reason,
+                    detail=exc.detail)
+        return _error(401, "", f"acknowledgement refused: {exc}", "security")
+    return None
+
+
 async def _store(listener: FhirListener, seen: SeenMessages, ids: MessageIds, body: bytes,
-                 media: str, received_at: str, signature: tuple[str, str] | None
+                 media: str, received_at: str, signature: tuple[str, str, str] | None
                  ) -> web.Response:
     ours = [(H_IN_BUNDLE, ids.bundle_id.encode()), (H_IN_HEADER, ids.header_id.encode()),
             (H_IN_EVENT, ids.event.encode())]
@@ -139,9 +169,14 @@ async def _store(listener: FhirListener, seen: SeenMessages, ids: MessageIds, bo
             ack = parse_ack(body)
         except MessageError as exc:
             return _error(422, exc.path, exc.reason, "business-rule")
+        if signature is not None:
+            refused = _refuse_signed(listener, ids, ack.acknowledged_id, *signature[:2])
+            if refused is not None:
+                return refused  # not stored, not remembered: a corrected retry is taken
         try:
-            signed = [(H_SIGNATURE, signature[0].encode()),
-                      (H_SIGNATURE_TS, signature[1].encode())] if signature else []
+            signed = [(H_SIGNATURE_ID, signature[0].encode()),
+                      (H_SIGNATURE_TS, signature[1].encode()),
+                      (H_SIGNATURE, signature[2].encode())] if signature else []
             await listener.producer.send(ACKS_INBOUND, body, key=ack.acknowledged_id.encode(),
                                          headers=[*ours, *signed,
                                                   (H_RECEIVED_AT, received_at.encode())])

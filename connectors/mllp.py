@@ -14,6 +14,7 @@ once, however far behind the stream stage is.
 from __future__ import annotations
 
 import asyncio
+import re
 import json
 import time
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from stafet.config import Settings
 from stafet.connectors.hl7_ack import build_ack
 from stafet.connectors.producer import DurableProducer
 from stafet.connectors.tls import server_context
-from stafet.cpr import mask_cpr
+from stafet.cpr import MASK, mask_cpr
 from stafet.errors import DeliveryError
 from stafet.hl7v2 import Hl7Error, RawHeader, decode, read_header
 from stafet.hl7v2_referral import parse_hl7v2
@@ -187,6 +188,13 @@ class MllpListener:
         s = self.settings
         received_at = datetime.now(timezone.utc).isoformat()
         header: RawHeader | None = _try_header(block, s.mllp_default_charset)
+        stray = next((f"0x{b:02X}" for b in (0x0B, 0x1C) if b in block), None)
+        if stray is not None:  # never inside a message: two frames run together (a lost end
+            # block) or a corrupt one; accepting the first half would lose the rest silently
+            return await self._reject(block, header, 100, "Segment sequence error", "",
+                                      f"the MLLP block byte {stray} occurs inside the message "
+                                      "(a missing end block 0x1C 0x0D?); send one message per "
+                                      "frame")
         try:
             event = parse_hl7v2(block, secret=self._secret, default_charset=s.mllp_default_charset,
                               timezone=s.default_timezone)
@@ -227,6 +235,7 @@ class MllpListener:
                       location: str, reason: str) -> bytes:
         """AR once the message is on the DLQ; AE if even that failed (nothing may be lost)."""
         s = self.settings
+        reason = mask_cpr(_LONG_DIGITS.sub(MASK, reason))  # it may echo input: a CPR in it, too
         if not await self._dead_letter(block, f"{code} {text}"
                                        + (f" at {location}" if location else "") + f": {reason}"):
             return build_ack("AE", header, application=s.receiving_application,
@@ -249,6 +258,10 @@ class MllpListener:
             log.error("mllp.dlq_failed", reason=reason, error=str(exc))
             return False
         return True
+
+
+#: a run of ten or more digits echoed from the input could hold a CPR number inside it
+_LONG_DIGITS = re.compile(r"\d{10,}")
 
 
 def _try_header(data: bytes, default_charset: str) -> RawHeader | None:

@@ -13,6 +13,7 @@ import click
 
 from stafet.config import PROJECT_ROOT, get_settings
 from stafet.logging import configure_logging
+from stafet.safety import safe_settings
 
 
 @click.group()
@@ -105,8 +106,9 @@ def kafka_provision() -> None:
 
     settings = get_settings()
     report = provision(settings, list(municipalities()))
-    click.echo(f"users: {len(report.users)} created or updated ({', '.join(report.users[:4])}, "
-               f"municipality-<code> ×{len(report.users) - 4}); passwords in "
+    named = [u for u in report.users if not u.startswith("municipality-")]
+    click.echo(f"users: {len(report.users)} created or updated ({', '.join(named)}, "
+               f"municipality-<code> ×{len(report.users) - len(named)}); passwords in "
                f"{settings.secrets_dir} (mode 0600)")
     click.echo(f"ACLs: {report.acls_created} created, {report.acls_existing} already there")
 
@@ -140,7 +142,7 @@ def worker() -> None:
     from stafet.streams.app import run_worker
 
     try:
-        run_worker(get_settings())  # creates the topics it needs first (retrying while Kafka is away)
+        run_worker(safe_settings("worker"))  # creates the topics it needs first (retrying while Kafka is away)
     except KeyboardInterrupt:
         pass
 
@@ -151,7 +153,7 @@ def mllp(port: int | None) -> None:
     """Run the MLLP source connector until SIGTERM / Ctrl-C."""
     from stafet.connectors.mllp import run
 
-    settings = get_settings()
+    settings = safe_settings("mllp")
     if port is not None:
         settings = settings.model_copy(update={"mllp_port": port})
     _serve_until_signal(run(settings))
@@ -181,7 +183,7 @@ def fhir(port: int | None) -> None:
     """Run the FHIR R4 HTTP source connector until SIGTERM / Ctrl-C."""
     from stafet.connectors.fhir_http import run
 
-    settings = get_settings()
+    settings = safe_settings("fhir")
     if port is not None:
         settings = settings.model_copy(update={"fhir_port": port})
     _serve_until_signal(run(settings))
@@ -195,7 +197,7 @@ def up() -> None:
     import signal
     import threading
 
-    settings = get_settings()
+    settings = safe_settings("up")
     stopping = threading.Event()  # SIGTERM (systemd, Kubernetes, docker stop) or Ctrl-C
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
@@ -221,7 +223,7 @@ def demo(timeout: float) -> None:
     """Replay a scripted synthetic day and show what each municipality received."""
     from stafet.demo.run import run_demo
 
-    sys.exit(run_demo(get_settings(), timeout_s=timeout))
+    sys.exit(run_demo(safe_settings("up"), timeout_s=timeout))
 
 
 @main.command()

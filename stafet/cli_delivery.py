@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from stafet.config import get_settings
+from stafet.safety import safe_settings
 
 
 def _registry(path: Path | None):  # type: ignore[no-untyped-def]
@@ -76,27 +77,44 @@ def deliver(registry_path: Path | None) -> None:
 
     registry = _registry(registry_path)
     try:
-        asyncio.run(run(get_settings(), registry))
+        asyncio.run(run(safe_settings("deliver"), registry))
     except StafetError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
+def read_cpr() -> str:
+    """A CPR number from a hidden prompt (a terminal) or the first line of stdin (a pipe)."""
+    from stafet.cpr import is_valid_cpr
+
+    stdin = sys.stdin
+    raw = (click.prompt("CPR number", hide_input=True, err=True) if stdin.isatty()
+           else stdin.readline())
+    cpr = raw.strip().replace("-", "")
+    if not is_valid_cpr(cpr):  # the value is never echoed
+        raise click.BadParameter("not a CPR number (DDMMYY-SSSS or 10 digits)",
+                                 param_hint="--patient")
+    return cpr
+
+
 @click.command()
 @click.option("--referral", "referral_id", help="a referral id")
-@click.option("--patient", "cpr", help="a patient's CPR number (never printed)")
+@click.option("--patient", "patient", is_flag=True,
+              help="a patient: the CPR number is asked for (hidden) or read from stdin, never "
+              "taken from the command line (shell history, ps)")
 @click.option("--message-id", help="one message id")
 @click.option("--subscriber", "subscriber_id", help="one subscriber")
 @click.option("--events", is_flag=True, help="every audit line, not one row per recipient")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines")
-def audit(referral_id: str | None, cpr: str | None, message_id: str | None,
+def audit(referral_id: str | None, patient: bool, message_id: str | None,
           subscriber_id: str | None, events: bool, as_json: bool) -> None:
     """Who received what about a referral / a patient, and when (delivery and acknowledgement)."""
     from dataclasses import asdict
 
     from stafet.audit import query, summarize
 
-    if not any([referral_id, cpr, message_id, subscriber_id]):
+    if not any([referral_id, patient, message_id, subscriber_id]):
         raise click.UsageError("give --referral, --patient, --message-id or --subscriber")
+    cpr = read_cpr() if patient else None
     records = query(get_settings(), referral_id=referral_id, cpr=cpr, message_id=message_id,
                     subscriber=subscriber_id)
     rows = [asdict(r) for r in records] if events else summarize(records)
@@ -165,6 +183,41 @@ def _positions(values: tuple[str, ...]) -> dict[int, int]:
     return out
 
 
+@click.group()
+def letters() -> None:
+    """For the letter / Digital Post service: open the sealed addressee of an outbox letter."""
+
+
+@letters.command("addressee")
+@click.argument("envelope", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def letters_addressee(envelope: Path) -> None:
+    """Print the addressee of an outbox envelope (``<message id>.json``) as
+    ``<identifier system>|<identifier>`` — a guardian's CPR: run it only where the letter
+    service runs, with its STAFET_ADDRESSEE_KEY."""
+    from stafet.addressee import AddresseeError, addressee_key, is_sealed, open_addressee
+
+    try:
+        recipient = json.loads(envelope.read_text(encoding="utf-8"))["recipient"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.ClickException(f"{envelope} is not an outbox envelope (no recipient)") from exc
+    if not is_sealed(recipient):  # an organisation: in clear already
+        click.echo(recipient)
+        return
+    try:
+        system, identifier = open_addressee(recipient, addressee_key(get_settings()))
+    except AddresseeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{system}|{identifier}")
+
+
+@letters.command("new-key")
+def letters_new_key() -> None:
+    """Print a new addressee key (for STAFET_ADDRESSEE_KEY: the worker and the letter service)."""
+    from cryptography.fernet import Fernet
+
+    click.echo(Fernet.generate_key().decode())
+
+
 def register(main: click.Group) -> None:
-    for command in (subscribers, deliver, audit, replay):
+    for command in (subscribers, deliver, audit, replay, letters):
         main.add_command(command)

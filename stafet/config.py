@@ -1,24 +1,53 @@
 """One settings object for every stafet process, read from ``STAFET_*`` environment variables.
 
-Secrets are ``SecretStr`` so they never reach a log line or a repr.
+Secrets are ``SecretStr`` so they never reach a log line or a repr, and may come from files:
+``STAFET_SECRETS_DIR`` (or systemd's ``$CREDENTIALS_DIRECTORY``) names a directory with one file
+per setting, named like its variable (``STAFET_PATIENT_KEY_SECRET``) — a mounted Kubernetes
+Secret or ``LoadCredential=`` works as it is, and no secret needs to be in an environment.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings, PydanticBaseSettingsSource, SecretsSettingsSource, SettingsConfigDict,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: the directory of secret files (one per setting); systemd's credentials directory otherwise
+SECRETS_DIR_ENV, CREDENTIALS_DIR_ENV = "STAFET_SECRETS_DIR", "CREDENTIALS_DIRECTORY"
+#: the built-in patient-key secret: fine on loopback, refused next to a real network
+DEVELOPMENT_PATIENT_KEY_SECRET = "stafet-local-development-only"
+
+
+def settings_secrets_dir() -> Path | None:
+    """Where this process reads secret files from (None: nowhere)."""
+    directory = os.environ.get(SECRETS_DIR_ENV) or os.environ.get(CREDENTIALS_DIR_ENV)
+    return Path(directory) if directory else None
 
 
 class Settings(BaseSettings):
     """Configuration for the broker tooling, the connectors and the stream worker."""
 
     model_config = SettingsConfigDict(env_prefix="STAFET_", env_file=".env", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then ``.env``, then the secret files (looked up
+        when the settings are made, so a test or a child can point elsewhere)."""
+        directory = settings_secrets_dir()
+        files = (SecretsSettingsSource(settings_cls, secrets_dir=directory)
+                 if directory is not None and directory.is_dir() else file_secret_settings)
+        return init_settings, env_settings, dotenv_settings, files
 
     # --- Kafka ---------------------------------------------------------------------------
     bootstrap_servers: str = Field(
@@ -54,6 +83,9 @@ class Settings(BaseSettings):
         "plaintext", description="sasl_ssl: SCRAM-SHA-512 over TLS and ACLs (see README, Access "
         "control); the local broker is started in the same mode",
     )
+    allow_plaintext_kafka: bool = Field(
+        False, description="let plaintext Kafka with bootstrap servers off loopback start (a "
+        "closed pilot network only, e.g. deploy/compose.yaml); refused otherwise")
     kafka_username: str = Field(
         "admin", description="this process's SCRAM principal (sasl_ssl); `stafet up` gives each "
         "service its own",
@@ -174,12 +206,21 @@ class Settings(BaseSettings):
     )
     ack_max_resends: int = Field(2, ge=0, description="then dlq.delivery + alert (MedCom: 2)")
     ack_check_interval_s: float = Field(5.0, description="how often overdue acknowledgements are checked")
+    webhook_tolerance_s: float = Field(
+        300.0, gt=0, description="a signed acknowledgement whose webhook-timestamp is more than "
+        "this far in the past or the future is refused (a replay, or a clock that is off)")
 
     # --- identity and secrets -------------------------------------------------------------
     patient_key_secret: SecretStr = Field(
-        SecretStr("stafet-local-development-only"),
-        description="HMAC secret for pseudonymous patient keys; set a real one in production",
+        SecretStr(DEVELOPMENT_PATIENT_KEY_SECRET),
+        description="HMAC secret for pseudonymous patient keys; the built-in one is refused "
+        "off loopback (stafet/safety.py) — set a real one, best as a file in STAFET_SECRETS_DIR",
     )
+
+    addressee_key: SecretStr | None = Field(
+        None, description="Fernet key sealing a person's CPR in stafet.recipient headers and "
+        "outbox envelopes (stafet/addressee.py; `stafet letters new-key`); unset: derived from "
+        "patient_key_secret. The letter service needs it, not the patient-key secret")
 
     # --- health and metrics (stafet/observability.py) ---------------------------------------
     health_host: str = Field("127.0.0.1", description="where /healthz, /readyz and /metrics "

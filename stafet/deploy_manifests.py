@@ -41,7 +41,9 @@ MLLP_PORT, FHIR_PORT = 2575, 8080
 # where the pods find things (the image's defaults; deploy/Dockerfile sets the same)
 KAFKA_SECRETS_DIR = "/var/run/secrets/stafet/kafka"  # STAFET_KAFKA_SECRETS_DIR
 KAFKA_CA_DIR = "/var/run/secrets/stafet/kafka-ca"
-APP_SECRET_DIR = "/var/run/secrets/stafet/app"  # holds .env (STAFET_PATIENT_KEY_SECRET=…)
+APP_SECRET_DIR = "/var/run/secrets/stafet/app"  # STAFET_SECRETS_DIR: STAFET_PATIENT_KEY_SECRET
+FHIR_TLS_DIR = "/var/run/secrets/stafet/fhir-tls"  # tls.crt, tls.key, ca.crt (mutual TLS)
+FHIR_TLS_SECRET = "stafet-fhir-tls"  # a cert-manager Certificate's Secret has all three keys
 CONFIG_DIR = "/etc/stafet/config"  # directory.toml, subscribers.toml (ConfigMap stafet-config)
 WORKER_DATA_DIR = "/var/lib/stafet/worker"
 OUTBOX_DIR = "/var/spool/stafet/outbox"
@@ -199,7 +201,12 @@ def service_workloads(settings: Settings) -> list[Workload]:
         Workload("mllp", MLLP, 2, (("STAFET_MLLP_HOST", "0.0.0.0"),
                                    ("STAFET_MLLP_PORT", str(MLLP_PORT))), ("mllp", MLLP_PORT)),
         Workload("fhir", FHIR, 1, (("STAFET_FHIR_HOST", "0.0.0.0"),
-                                   ("STAFET_FHIR_PORT", str(FHIR_PORT))), ("http", FHIR_PORT)),
+                                   ("STAFET_FHIR_PORT", str(FHIR_PORT)),
+                                   # off loopback the listener needs mutual TLS (stafet/safety.py)
+                                   ("STAFET_FHIR_TLS_CERT", f"{FHIR_TLS_DIR}/tls.crt"),
+                                   ("STAFET_FHIR_TLS_KEY", f"{FHIR_TLS_DIR}/tls.key"),
+                                   ("STAFET_FHIR_TLS_CLIENT_CA", f"{FHIR_TLS_DIR}/ca.crt")),
+                 ("https", FHIR_PORT)),
         Workload("deliver", DELIVERY, 2, (("STAFET_OUTBOX_DIR", OUTBOX_DIR),), patient_key=False),
     ]
 
@@ -215,13 +222,16 @@ def _env(settings: Settings, target: Target, w: Workload) -> list[dict[str, str]
         "STAFET_DIRECTORY_FILE": f"{CONFIG_DIR}/directory.toml",
         "STAFET_SUBSCRIBERS_FILE": f"{CONFIG_DIR}/subscribers.toml", "STAFET_LOG_JSON": "true",
     }
+    if w.patient_key:  # one file per secret setting, named like its variable
+        common["STAFET_SECRETS_DIR"] = APP_SECRET_DIR
     return [{"name": k, "value": v} for k, v in {**common, **dict(w.env)}.items()]
 
 
-def _secret_volume(name: str, secret: str, key: str, path: str) -> dict[str, Any]:
+def _secret_volume(name: str, secret: str, key: str, path: str,
+                   *more: tuple[str, str]) -> dict[str, Any]:
     # 0440 + the pod's fsGroup: readable by the non-root user, by nobody else
-    return {"name": name, "secret": {"secretName": secret, "defaultMode": 0o440,
-                                     "items": [{"key": key, "path": path}]}}
+    items = [{"key": k, "path": p} for k, p in ((key, path), *more)]
+    return {"name": name, "secret": {"secretName": secret, "defaultMode": 0o440, "items": items}}
 
 
 def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -236,9 +246,14 @@ def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[di
               {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
               {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
               {"name": "tmp", "mountPath": "/tmp"}]
-    if w.patient_key:  # pydantic-settings reads ./.env: the working directory is this mount
-        volumes.append(_secret_volume("app-secret", APP_SECRET, "stafet.env", ".env"))
+    if w.patient_key:  # STAFET_SECRETS_DIR: the file STAFET_PATIENT_KEY_SECRET
+        volumes.append(_secret_volume("app-secret", APP_SECRET, "STAFET_PATIENT_KEY_SECRET",
+                                      "STAFET_PATIENT_KEY_SECRET"))
         mounts.append({"name": "app-secret", "mountPath": APP_SECRET_DIR, "readOnly": True})
+    if w.name == "fhir":
+        volumes.append(_secret_volume("fhir-tls", FHIR_TLS_SECRET, "tls.crt", "tls.crt",
+                                      ("tls.key", "tls.key"), ("ca.crt", "ca.crt")))
+        mounts.append({"name": "fhir-tls", "mountPath": FHIR_TLS_DIR, "readOnly": True})
     if w.name == "worker":
         mounts.append({"name": "worker-data", "mountPath": WORKER_DATA_DIR})
     if w.name == "deliver":  # shared by the active and the standby replica
@@ -270,8 +285,6 @@ def pod_template(settings: Settings, target: Target, w: Workload) -> dict[str, A
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
     }
-    if w.patient_key:
-        container["workingDir"] = APP_SECRET_DIR
     return {
         "metadata": {"labels": _labels(w), "annotations": {
             "prometheus.io/scrape": "true", "prometheus.io/port": str(HEALTH_PORT),

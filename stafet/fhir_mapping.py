@@ -124,7 +124,8 @@ def _name(names: Any) -> tuple[str | None, tuple[str, ...]]:
     """(family, given) of the official (else first) HumanName."""
     names = names or []
     name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
-    return name.get("family"), tuple(name.get("given") or ())
+    # FHIR JSON allows null in a primitive array (the value lives in the _given extension)
+    return name.get("family"), tuple(g for g in name.get("given") or () if isinstance(g, str))
 
 
 def _full_name(names: Any) -> str | None:
@@ -136,6 +137,10 @@ def _time(value: str | None, path: str, ctx: Ctx) -> str:
     """A FHIR dateTime → ISO 8601 with offset; a bare date is 00:00 Copenhagen time."""
     if not value:
         ctx.add(path, "required", f"{path} (the event time) is required")
+        return ""
+    if not isinstance(value, str):  # fhir.resources (lax) lets a JSON number through
+        ctx.add(path, "value", f"{path} must be a dateTime string, not a "
+                f"{type(value).__name__}")
         return ""
     try:
         if _DATE.match(value):
@@ -240,7 +245,8 @@ def _child(ref: Any, owner: Res, path: str, ctx: Ctx, *, residence: bool) -> Pat
     family, given = _name(patient.get("name"))
     birth = patient.get("birthDate")
     return PatientInfo(cpr=cpr, family=family, given=given, gender=patient.get("gender"),
-                       birth_date=birth if birth and _DATE.match(birth) else None,
+                       birth_date=birth if isinstance(birth, str) and _DATE.match(birth)
+                       else None,
                        municipality_code=code, region_code=region) if cpr else None
 
 

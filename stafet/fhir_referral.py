@@ -100,6 +100,8 @@ EVENT_TYPES = ("ServiceRequest", "Task", "Communication")
 BUNDLE_TYPES = ("message", "collection", "transaction", "batch")
 #: Issue codes of a well-formed body that breaks a rule about the world: HTTP 422, not 400.
 BUSINESS_CODES = frozenset({"not-found", "code-invalid"})
+#: nesting of JSON objects / arrays a body may have (a Bundle of referrals needs about 15)
+MAX_DEPTH = 64
 _STRUCTURE_ERRORS = {"list_type", "dict_type", "model_type", "model_attributes_type",
                      "json_invalid", "extra_forbidden", "is_instance_of"}
 
@@ -136,6 +138,10 @@ def parse_fhir_referral(
     if not isinstance(data, dict):
         raise FhirInputError([Issue("", "the body must be a JSON object (a FHIR resource)",
                                     "structure")])
+    if (depth := _depth(data)) > MAX_DEPTH:  # validation recurses: its limit would depend on
+        # the caller's stack, so the connector and the stream could decide differently
+        raise FhirInputError([Issue("", f"the body is nested more than {MAX_DEPTH} levels deep "
+                                    f"({depth}); FHIR referrals need far fewer", "structure")])
     rtype = data.get("resourceType")
     if rtype == "Bundle":
         resources = _bundle(data, ctx)
@@ -168,6 +174,18 @@ def parse_fhir_referral(
     if ctx.issues:
         raise FhirInputError(ctx.issues)
     return events
+
+
+def _depth(data: Any) -> int:
+    """How deeply objects and arrays nest in ``data`` (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in
+                         (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _bundle(bundle: dict[str, Any], ctx: Ctx) -> list[Res]:
@@ -206,6 +224,11 @@ def _valid(resource: dict[str, Any], path: str, ctx: Ctx) -> bool:
     rtype = resource.get("resourceType")
     try:
         get_fhir_model_class(str(rtype)).model_validate(resource)
+        rid = resource.get("id")  # fhir.resources checks the characters of an id, not its length
+        if isinstance(rid, str) and len(rid) > 64:
+            ctx.add(f"{path}.id", "value", f"the id is {len(rid)} characters long; a FHIR id has "
+                    "at most 64")
+            return False
         return True
     except ValidationError as exc:
         for err in exc.errors():

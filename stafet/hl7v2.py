@@ -98,7 +98,17 @@ def read_header(raw: bytes, default_charset: str = "utf-8", *, strict: bool = Tr
     if not raw.startswith(b"MSH") or len(raw) < 8:
         raise _err(100, "MSH", "the message does not start with an MSH segment")
     sep = raw[3:4]
+    if not 0x21 <= raw[3] <= 0x7E or sep.isalnum():
+        raise _err(102, "MSH^1^1", f"the field separator MSH-1 (byte 0x{raw[3]:02x}) must be a "
+                   "printable character that is not a letter or digit, usually '|'")
     first = raw.split(b"\r", 1)[0].split(sep)
+    encoding = first[1] if len(first) > 1 else b""
+    if (not 4 <= len(encoding) <= 5 or len(set(encoding)) < len(encoding) or sep in encoding
+            or not all(0x21 <= c <= 0x7E and not chr(c).isalnum() for c in encoding)):
+        raise _err(102, "MSH^1^2", f"the encoding characters MSH-2 "
+                   f"'{encoding[:8].decode('latin-1')}' must be 4 (or 5) distinct printable "
+                   f"characters, not letters, digits or the field separator MSH-1 "
+                   f"'{sep.decode('latin-1')}', usually ^~\\&")
     raw_field = lambda n: first[n - 1] if len(first) >= n else b""  # noqa: E731
     declared = raw_field(18).decode("latin-1").strip().split("~")[0].upper()
     if declared:
@@ -252,6 +262,11 @@ def check_structure(seg: Segments, required: tuple[str, ...] = ("MSH", "EVN", "P
     """The required segments are present, MSH first, and in this order."""
     for name in required:
         if name not in seg.order:
+            other = next((line for line in seg.lines
+                          if line[:3] == name and line[3:4] not in ("", seg.field_sep)), None)
+            if other is not None:  # e.g. MSH-1 '#' while the other segments use '|'
+                raise _err(102, name, f"segment {name} is not separated by the field separator "
+                           f"'{seg.field_sep}' of MSH-1 (it uses {other[3]!r})")
             raise _err(100, name, f"required segment {name} is missing")
     positions = [seg.order.index(name) for name in required]
     if positions != sorted(positions) or positions[0] != 0:
@@ -345,6 +360,8 @@ def parse_adt(
     check_structure(seg)
 
     msg_type, trigger = seg.get("MSH", 9, 1), seg.get("MSH", 9, 2)
+    if not msg_type:
+        raise _err(101, "MSH^1^9", "MSH-9 message type is empty")
     if msg_type != "ADT":
         raise _err(200, "MSH^1^9", f"message type '{msg_type}' is not supported here (ADT only)")
     if trigger not in SUPPORTED_TRIGGERS:

@@ -28,13 +28,14 @@ SCRAM_MECHANISM = "SCRAM-SHA-512"
 KafkaTarget = Settings | Mapping[str, Any] | str
 
 
-def password_for(settings: Settings, principal: str) -> SecretStr:
-    """``principal``'s SCRAM password: from the settings when given, else the generated file."""
+def password_for(settings: Settings, principal: str, *, create: bool = False) -> SecretStr:
+    """``principal``'s SCRAM password: from the settings when given, else the generated file
+    (made only with ``create``: by the tooling that creates the principal)."""
     if principal == ADMIN and settings.kafka_admin_password is not None:
         return settings.kafka_admin_password
     if principal == settings.kafka_username and settings.kafka_password is not None:
         return settings.kafka_password
-    return stored_password(settings.secrets_dir, principal)
+    return stored_password(settings.secrets_dir, principal, create=create)
 
 
 def ca_location(settings: Settings) -> str | None:

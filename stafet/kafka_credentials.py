@@ -38,15 +38,23 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def stored_password(secrets_dir: Path, principal: str) -> SecretStr:
-    """The principal's password from ``<secrets_dir>/<principal>.password``, generated once.
+def stored_password(secrets_dir: Path, principal: str, *, create: bool = False) -> SecretStr:
+    """The principal's password from ``<secrets_dir>/<principal>.password``.
 
-    Hex only, so it needs no escaping in a JAAS line or the storage tool's ``--add-scram``.
+    Generated (hex only, so it needs no escaping in a JAAS line) only with ``create`` — by the
+    tooling that makes the principal (storage format for the admin, ``provision`` for the rest).
+    A process that merely connects gets a clear error for a principal nobody provisioned,
+    rather than a new password the broker does not know.
     """
     if not _PRINCIPAL.match(principal):
         raise StafetError(f"not a valid principal name: {principal!r}")
     path = secrets_dir / f"{principal}.password"
     if not path.exists():
+        if not create:
+            raise StafetError(
+                f"no password for Kafka principal {principal!r}: {path} does not exist — set "
+                "STAFET_KAFKA_PASSWORD (or its file in STAFET_SECRETS_DIR), or provision the "
+                "principal first (`stafet kafka provision`, or `stafet up`)")
         write_private(path, secrets.token_hex(24).encode())
     return SecretStr(path.read_text().strip())
 

@@ -182,7 +182,8 @@ class LocalKafka:
             secure = string.Template((DEPLOY_DIR / "sasl_ssl.properties.template").read_text())
             values.update(client_listener="SASL_SSL", controller_protocol="SASL_SSL",
                           security=secure.substitute(
-                              admin_password=password_for(self.settings, ADMIN).get_secret_value(),
+                              admin_password=password_for(self.settings, ADMIN, create=True)
+                              .get_secret_value(),
                               keystore=tls.keystore, ca_file=tls.ca))
         return template.substitute(values)
 
@@ -216,13 +217,22 @@ class LocalKafka:
                     "run `make clean` or choose another STAFET_KAFKA_HOME")
             return
         cluster_id = cluster_id or new_cluster_id()
-        cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                         "-c", str(self.config_file))
-        if self.secure:
-            password = password_for(self.settings, ADMIN).get_secret_value()
-            cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN},password={password}]"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:  # the tool's output, never the command line (a password)
+        tool = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)]
+        if not self.secure:
+            result = subprocess.run(self._java(*tool), capture_output=True, text=True)
+        else:
+            # the admin's password never on a command line (ps, /proc/<pid>/cmdline): the java
+            # launcher reads the main class and its arguments from a 0600 @argfile
+            password = password_for(self.settings, ADMIN, create=True).get_secret_value()
+            argfile = self.home / "format.args"
+            write_private(argfile, " ".join([
+                *tool, "--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN},password={password}]",
+            ]).encode())
+            try:
+                result = subprocess.run(self._java(f"@{argfile}"), capture_output=True, text=True)
+            finally:
+                argfile.unlink(missing_ok=True)
+        if result.returncode != 0:  # the tool's output, never its arguments (a password)
             raise KafkaToolingError(f"formatting storage failed:\n{result.stdout}{result.stderr}")
         self.mode_file.write_text(mode)
 

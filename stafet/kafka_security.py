@@ -38,6 +38,11 @@ MLLP = "stafet-mllp"
 FHIR = "stafet-fhir"
 DELIVERY = "stafet-delivery"
 SERVICE_PRINCIPALS = (WORKER, MLLP, FHIR, DELIVERY)
+#: people, not services: the read-only operator (alerts, the audit trail, lag — no message
+#: content) and the dead-letter operator (reads dead letters, resends them with `stafet dlq resend`)
+OPERATOR = "stafet-operator"
+DLQ_OPERATOR = "stafet-dlq-operator"
+OPERATOR_PRINCIPALS = (OPERATOR, DLQ_OPERATOR)
 MUNICIPALITY_PREFIX = "municipality-"
 SCRAM_ITERATIONS = 8192
 
@@ -114,8 +119,8 @@ def mllp_grants() -> list[Grant]:
 
 def fhir_grants() -> list[Grant]:
     """The FHIR listener writes its topics and reads, by assign() (no group membership, no
-    commits), the ingest topics for its referral index and acks.inbound + ingest.fhir for its
-    memory of inbound MedCom message ids."""
+    commits), index.referral (referral ids, never an HL7 message) to check decisions against,
+    and acks.inbound + ingest.fhir for its memory of inbound MedCom message ids."""
     return [*_grants(FHIR, "TOPIC", "ingest.fhir", LITERAL, ("READ", "WRITE", "DESCRIBE")),
             *_grants(FHIR, "TOPIC", "index.referral", LITERAL, ("READ", "DESCRIBE")),
             *_grants(FHIR, "TOPIC", "dlq.fhir", LITERAL, ("WRITE", "DESCRIBE")),
@@ -143,9 +148,32 @@ def delivery_grants() -> list[Grant]:
     ]
 
 
+def operator_grants() -> list[Grant]:
+    """Read-only: the operator alerts and the delivery audit trail (recipients masked, keyed by
+    patient key); DESCRIBE on every topic and group, for partitions, ends and committed offsets
+    (consumer lag) — and no READ of any topic that holds a message."""
+    o = OPERATOR
+    return [*_grants(o, "TOPIC", "alerts.operator", LITERAL, ("READ",)),
+            *_grants(o, "TOPIC", "audit.delivery", LITERAL, ("READ",)),
+            *_grants(o, "TOPIC", "*", LITERAL, ("DESCRIBE", "DESCRIBE_CONFIGS")),
+            *_grants(o, "GROUP", "*", LITERAL, ("DESCRIBE",))]
+
+
+def dlq_operator_grants() -> list[Grant]:
+    """Reads the dead-letter topics (which hold the rejected messages, CPRs included: the reason
+    this is a principal of its own) and writes a fixed one back to where ``stafet dlq resend``
+    sends it — the ingest and event topics — without reading those."""
+    d = DLQ_OPERATOR
+    return [*_grants(d, "TOPIC", "dlq.", PREFIXED, ("READ", "DESCRIBE")),
+            *_grants(d, "TOPIC", "ingest.", PREFIXED, ("WRITE", "DESCRIBE")),
+            *_grants(d, "TOPIC", "events.", PREFIXED, ("WRITE", "DESCRIBE")),
+            *_grants(d, "GROUP", "stafet-reader-", PREFIXED, ("DESCRIBE",))]
+
+
 def acl_plan(municipality_codes: Iterable[str], app_id: str) -> list[Grant]:
     """Every ACL stafet needs, sorted (pure: same input, same plan)."""
-    grants = [*worker_grants(app_id), *mllp_grants(), *fhir_grants(), *delivery_grants()]
+    grants = [*worker_grants(app_id), *mllp_grants(), *fhir_grants(), *delivery_grants(),
+              *operator_grants(), *dlq_operator_grants()]
     for code in municipality_codes:
         grants += municipality_grants(code)
     return sorted(set(grants))
@@ -153,7 +181,8 @@ def acl_plan(municipality_codes: Iterable[str], app_id: str) -> list[Grant]:
 
 def principals(municipality_codes: Iterable[str]) -> list[str]:
     """Every SCRAM user stafet creates (besides the bootstrap super user)."""
-    return [*SERVICE_PRINCIPALS, *(municipality_principal(c) for c in municipality_codes)]
+    return [*SERVICE_PRINCIPALS, *OPERATOR_PRINCIPALS,
+            *(municipality_principal(c) for c in municipality_codes)]
 
 
 @dataclass(frozen=True)
@@ -202,7 +231,7 @@ def provision(settings: Settings, municipality_codes: Sequence[str], *,
     upserts = [
         UserScramCredentialUpsertion(
             user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS),
-            password_for(settings, user).get_secret_value().encode())
+            password_for(settings, user, create=True).get_secret_value().encode())
         for user in users
     ]
     try:

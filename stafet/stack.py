@@ -3,6 +3,8 @@ process (as an integration team would run them), started in order and stopped in
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -14,9 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stafet.config import Settings
+from pydantic import SecretStr
+
+from stafet.config import CREDENTIALS_DIR_ENV, SECRETS_DIR_ENV, Settings
 from stafet.errors import StafetError
 from stafet.kafka_client import as_admin, password_for
+from stafet.kafka_credentials import write_private
 from stafet.kafka_local import LocalKafka
 from stafet.kafka_security import DELIVERY, FHIR, MLLP, WORKER, provision
 from stafet.logging import get_logger
@@ -56,7 +61,8 @@ class Service:
         out = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stafet.cli", *self.args], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env={**os.environ, **self.env}, start_new_session=True,
+            stdin=subprocess.DEVNULL, env={**inherited_environment(), **self.env},
+            start_new_session=True,
         )
         log.info("service.started", service=self.name, pid=self.process.pid, log=str(self.log_path))
 
@@ -122,29 +128,57 @@ class Service:
             self.process.wait()
 
 
+#: the settings that are secrets: never passed to a child in its environment
+SECRET_VARIABLES = frozenset(
+    f"STAFET_{name.upper()}" for name, info in Settings.model_fields.items()
+    if "SecretStr" in str(info.annotation))
+
+
+def inherited_environment() -> dict[str, str]:
+    """Our environment without any secret setting (a child reads its secrets from files)."""
+    return {k: v for k, v in os.environ.items()
+            if k.upper() not in SECRET_VARIABLES and k not in (SECRETS_DIR_ENV, CREDENTIALS_DIR_ENV)}
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process the same settings as ours."""
+    """The environment that gives a child process the same settings as ours. Secrets are not
+    in it (``/proc/<pid>/environ``, crash reports, ``docker inspect``): they go to 0600 files in
+    a private directory under the secrets directory, which the child reads through
+    ``STAFET_SECRETS_DIR``."""
     env: dict[str, str] = {}
+    secrets: dict[str, str] = {}
     for name, value in settings.model_dump().items():
         if value is None:
             continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
+        if isinstance(value, SecretStr):
+            secrets[f"STAFET_{name.upper()}"] = value.get_secret_value()
+            continue
         env[f"STAFET_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    if secrets:
+        env[SECRETS_DIR_ENV] = str(write_secret_files(settings.secrets_dir, secrets))
     return env
+
+
+def write_secret_files(secrets_dir: Path, secrets: dict[str, str]) -> Path:
+    """``secrets`` as one 0600 file each in a 0700 directory named by their digest (the same
+    secrets, the same directory: running twice leaves nothing behind)."""
+    digest = hashlib.sha256(json.dumps(sorted(secrets.items())).encode()).hexdigest()[:16]
+    directory = secrets_dir / f"settings-{digest}"
+    for name, value in secrets.items():
+        write_private(directory / name, value.encode())
+    return directory
 
 
 def service_env(settings: Settings, principal: str, *, health_port: int = 0) -> dict[str, str]:
-    """``settings_env`` for a child that connects as ``principal`` (sasl_ssl): its own password,
-    never the admin's; its health endpoints on ``health_port`` (0: any free port — several
-    children on one host must not share one)."""
-    env = settings_env(settings)
-    env.pop("STAFET_KAFKA_ADMIN_PASSWORD", None)
-    env["STAFET_HEALTH_PORT"] = str(health_port)
+    """``settings_env`` for a child that connects as ``principal`` (sasl_ssl): its own password
+    (from its file, or the one configured for it), never the admin's; its health endpoints on
+    ``health_port`` (0: any free port — several children on one host must not share one)."""
+    child = settings.model_copy(update={"kafka_admin_password": None, "health_port": health_port})
     if settings.kafka_security == "sasl_ssl":
-        env["STAFET_KAFKA_USERNAME"] = principal
-        env["STAFET_KAFKA_PASSWORD"] = password_for(settings, principal).get_secret_value()
-    return env
+        own = settings.kafka_password if principal == settings.kafka_username else None
+        child = child.model_copy(update={"kafka_username": principal, "kafka_password": own})
+        password_for(child, principal)  # provisioned? a clear error here, not in the child
+    return settings_env(child)
 
 
 def prepare_kafka(settings: Settings) -> None:

@@ -66,10 +66,12 @@ H_RECIPIENT_EAN = "stafet.recipient_ean"  # the addressee's EAN location number 
 H_REDELIVER = "stafet.redeliver"
 H_REFERRAL_ID = "stafet.referral_id"
 H_KIND = "stafet.kind"
-#: on acks.inbound: the sender's X-Stafet-Signature / X-Stafet-Timestamp, for the delivery
-#: tracker (which knows the subscribers' secrets) to check who acknowledged
+#: on acks.inbound: the sender's webhook-signature / webhook-timestamp / webhook-id (Standard
+#: Webhooks), for the delivery tracker (which knows the subscribers' secrets) to check who
+#: acknowledged; the webhook-id of an acknowledgement is its own MessageHeader.id
 H_SIGNATURE = "stafet.signature"
 H_SIGNATURE_TS = "stafet.signature_timestamp"
+H_SIGNATURE_ID = "stafet.signature_id"
 
 
 def index_key(referral_id: str, patient_key: str) -> bytes:

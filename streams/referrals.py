@@ -23,6 +23,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from stafet.addressee import addressee_key, recipient_header
 from stafet.config import Settings
 from stafet.directory import SOR_SYSTEM, Unaddressable, directory_file
 from stafet.connectors.letters import render_letter_pdf
@@ -68,6 +69,7 @@ class ReferralStep:
         self.directory = directory_file(settings.directory_file)
         self.unit_contact = Contact(name=settings.unit_contact_name,
                                     phone=settings.unit_contact_phone)
+        self.addressee_key = addressee_key(settings)
 
     # --- one record ---------------------------------------------------------------------
 
@@ -204,8 +206,9 @@ class ReferralStep:
             H_BUNDLE_ID: bundle_id.encode(), "stafet.kind": delivery.kind.encode(),
             "stafet.referral_id": event.referral_id.encode(),
             "stafet.recipient_kind": recipient.kind.encode(),
-            # the letter service / subscriber routes on this; for a guardian it is their CPR
-            H_RECIPIENT: f"{recipient.identifier_system}|{recipient.identifier}".encode(),
+            # subscribers route on this; a guardian's CPR only sealed (stafet/addressee.py)
+            H_RECIPIENT: recipient_header(recipient.identifier_system, recipient.identifier,
+                                          self.addressee_key).encode(),
         }
         contact = event.contact or (event.decision.contact if event.decision else None) or (
             event.assessment.contact if event.assessment else None)

@@ -108,7 +108,8 @@ def test_one_kafka_user_per_principal_with_exactly_its_grants(files: dict,
                                                               settings: Settings) -> None:
     users = {u["metadata"]["name"]: u for u in of_kind(files, "KafkaUser")}
     codes = list(municipalities())
-    assert set(users) == {*SERVICE_PRINCIPALS, *(municipality_principal(c) for c in codes)}
+    assert set(users) == {*SERVICE_PRINCIPALS, "stafet-operator", "stafet-dlq-operator",
+                          *(municipality_principal(c) for c in codes)}
     plan = {(g.principal, g.resource, g.name, g.pattern, g.operation)
             for g in acl_plan(codes, settings.app_id)}
     for name, user in users.items():
@@ -171,8 +172,8 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         assert annotations["prometheus.io/path"] == "/metrics"
         env = {e["name"]: e for e in c["env"]}
         assert all(set(e) == {"name", "value"} for e in c["env"]), "a secret in the environment"
-        assert not any("PASSWORD" in n or ("SECRET" in n and n != "STAFET_KAFKA_SECRETS_DIR")
-                       for n in env), name
+        assert not any("PASSWORD" in n or ("SECRET" in n and n not in (
+            "STAFET_KAFKA_SECRETS_DIR", "STAFET_SECRETS_DIR")) for n in env), name
         assert env["STAFET_KAFKA_USERNAME"]["value"] == principal[name]
         assert env["STAFET_KAFKA_SECURITY"]["value"] == "sasl_ssl"
         assert env["STAFET_HEALTH_PORT"]["value"] == "9180"
@@ -189,9 +190,23 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         assert ca["secretName"] == "stafet-cluster-ca-cert"
         ca_file = f"{mounts['kafka-ca']}/{ca['items'][0]['path']}"
         assert env["STAFET_KAFKA_CA_FILE"]["value"] == ca_file
-        if "app-secret" in volumes:  # the patient key as ./.env in the working directory
-            assert c["workingDir"] == mounts["app-secret"]
-            assert volumes["app-secret"]["secret"]["items"][0]["path"] == ".env"
+        if "app-secret" in volumes:  # the patient key as a file in STAFET_SECRETS_DIR
+            assert env["STAFET_SECRETS_DIR"]["value"] == mounts["app-secret"]
+            assert volumes["app-secret"]["secret"]["items"] == [
+                {"key": "STAFET_PATIENT_KEY_SECRET", "path": "STAFET_PATIENT_KEY_SECRET"}]
+        assert ("app-secret" in volumes) == (name != "stafet-deliver")
+    # the FHIR listener binds 0.0.0.0, so it must have mutual TLS or it refuses to start
+    (fhir,) = controllers["stafet-fhir"]["spec"]["template"]["spec"]["containers"]
+    fhir_env = {e["name"]: e["value"] for e in fhir["env"]}
+    fhir_mounts = {m["name"]: m["mountPath"] for m in fhir["volumeMounts"]}
+    assert {fhir_env[f"STAFET_FHIR_TLS_{k}"] for k in ("CERT", "KEY", "CLIENT_CA")} == {
+        f"{fhir_mounts['fhir-tls']}/{f}" for f in ("tls.crt", "tls.key", "ca.crt")}
+    from stafet.safety import problems
+
+    as_deployed = Settings(_env_file=None, patient_key_secret="from-the-secret-file", **{
+        k[7:].lower(): v for k, v in fhir_env.items()
+        if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"})
+    assert problems(as_deployed, "fhir") == []
     worker = controllers["stafet-worker"]
     (claim,) = worker["spec"]["volumeClaimTemplates"]
     (c,) = worker["spec"]["template"]["spec"]["containers"]
@@ -277,3 +292,15 @@ def test_compose_has_three_kraft_brokers_and_the_services() -> None:
             assert s["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert all(services["topics"]["depends_on"][b]["condition"] == "service_healthy"
                for b in brokers)
+    # every service as configured would start (stafet/safety.py), given its secret files
+    from stafet.safety import problems
+
+    for name, s in stafet.items():
+        mounted = {m["target"].rsplit("/", 1)[-1] for m in s.get("secrets", [])}
+        assert "STAFET_PATIENT_KEY_SECRET" in mounted, name
+        env = {k[7:].lower(): str(v) for k, v in s["environment"].items()
+               if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"}
+        as_run = Settings(_env_file=None, patient_key_secret="from-the-secret-file", **env)
+        process = "deliver" if name.startswith("deliver") else name
+        if process != "topics":
+            assert problems(as_run, process) == [], name

@@ -119,6 +119,7 @@ def test_client_config_plaintext_and_secure(tmp_path: Path) -> None:
     assert (config["sasl.username"], config["sasl.password"]) == ("municipality-0751", "pw-0751")
     assert config["ssl.ca.location"] == str(tmp_path / "kafka" / "tls" / "ca.pem")
     assert "pw-0751" not in repr(settings)
+    stored_password(settings.secrets_dir, WORKER, create=True)  # as `stafet kafka provision` does
     other = client_config(as_principal(settings, WORKER))
     assert other["sasl.username"] == WORKER
     assert other["sasl.password"] == stored_password(settings.secrets_dir, WORKER)\
@@ -153,17 +154,24 @@ def test_tls_material_is_made_once_and_names_loopback(tmp_path: Path) -> None:
 
 
 def test_passwords_are_generated_once_with_mode_0600(tmp_path: Path) -> None:
-    first = stored_password(tmp_path, "stafet-mllp")
+    first = stored_password(tmp_path, "stafet-mllp", create=True)
     assert stored_password(tmp_path, "stafet-mllp") == first
+    assert stored_password(tmp_path, "stafet-mllp", create=True) == first
     assert (tmp_path / "stafet-mllp.password").stat().st_mode & 0o777 == 0o600
     assert first.get_secret_value() not in repr(first)
 
 
 def test_each_service_gets_its_own_principal_never_the_admin_password(tmp_path: Path) -> None:
     settings = _secure(tmp_path, kafka_admin_password="admin-secret")
+    password = stored_password(settings.secrets_dir, MLLP, create=True).get_secret_value()
     env = service_env(settings, MLLP)
     assert env["STAFET_KAFKA_USERNAME"] == MLLP
-    assert env["STAFET_KAFKA_PASSWORD"] == stored_password(settings.secrets_dir, MLLP)\
-        .get_secret_value()
-    assert "admin-secret" not in env.values()
+    assert "STAFET_KAFKA_PASSWORD" not in env and password not in env.values()  # a file will do
+    assert "admin-secret" not in env.values() and "STAFET_KAFKA_ADMIN_PASSWORD" not in env
+    secret_files = Path(env["STAFET_SECRETS_DIR"])
+    assert not (secret_files / "STAFET_KAFKA_ADMIN_PASSWORD").exists()
+    assert "admin-secret" not in "".join(f.read_text() for f in secret_files.iterdir())
+    child = Settings(_env_file=None, **{k[7:].lower(): v for k, v in env.items()
+                                        if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"})
+    assert client_config(child)["sasl.password"] == password  # read from <principal>.password
     assert "STAFET_KAFKA_PASSWORD" not in service_env(Settings(kafka_security="plaintext"), MLLP)

@@ -1,5 +1,6 @@
 """A subscriber's system in miniature, for the demo and the tests: a real HTTP endpoint that
-checks stafet's HMAC signature, records every POST, can be down (not listening), and answers
+checks stafet's Standard Webhooks signature (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature``, with stafet's own verifier), records every POST, can be down (not listening), and answers
 each message with a MedCom Acknowledgement POSTed to stafet's ``/fhir/$process-message``, the
 way a receiving system does. What a municipality or GP integration must do, in 100 lines."""
 
@@ -16,7 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from stafet.connectors.delivery_sinks import (
-    SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify,
+    WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER, SignatureError,
+    signed_headers, verify,
 )
 from stafet.connectors.medcom_ack import build_ack, message_ids
 
@@ -70,13 +72,18 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        signed = verify(self.secret, body, request.headers.get(SIGNATURE_HEADER),
-                        request.headers.get(TIMESTAMP_HEADER))
+        try:
+            verify(self.secret, request.headers.get(WEBHOOK_ID_HEADER),
+                   request.headers.get(WEBHOOK_TIMESTAMP_HEADER), body,
+                   request.headers.get(WEBHOOK_SIGNATURE_HEADER))  # 300 s window both ways
+            signed, why = True, ""
+        except SignatureError as exc:
+            signed, why = False, exc.reason
         bundle = json.loads(body)
         self.received.append(Received(time.time(), bundle, signed,
                                       request.headers.get("X-Stafet-Attempt", "")))
         if not signed:
-            return web.Response(status=401, text="bad signature")
+            return web.Response(status=401, text=f"bad signature: {why}")
         if self.ack_to:
             asyncio.get_running_loop().run_in_executor(None, self._acknowledge, bundle)
         return web.Response(status=200, text="ok")
@@ -87,9 +94,11 @@ class Receiver:
         ack = build_ack(message_ids(bundle), "ok", sender_endpoint=self.url,
                         receiver_endpoint="https://stafet.dk/fhir")
         data = json.dumps(ack).encode()
-        request = urllib.request.Request(self.ack_to or "", data=data, headers={
-            "Content-Type": "application/fhir+json", **signed_headers(self.secret, data)})
+        ack_id = ack["entry"][0]["resource"]["id"]  # webhook-id: its own MessageHeader.id
         for _ in range(30):
+            request = urllib.request.Request(self.ack_to or "", data=data, headers={  # signed now
+                "Content-Type": "application/fhir+json",
+                **signed_headers(self.secret, ack_id, data)})
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     response.read()

@@ -140,9 +140,10 @@ def test_an_acknowledgement_that_never_comes_means_two_resends_then_dlq_and_aler
     assert all(g >= ACK_TIMEOUT_S - 0.5 for g in gaps), gaps
 
 
-def _audit(env: dict[str, str], *args: str) -> list[dict]:
+def _audit(env: dict[str, str], *args: str, stdin: str | None = None) -> list[dict]:
     out = subprocess.run([sys.executable, "-m", "stafet.cli", "audit", *args, "--json"],
-                         env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+                         input=stdin)
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
@@ -176,6 +177,21 @@ def test_audit_lists_every_recipient_of_a_rejection_with_delivery_and_ack_times(
     assert "1502779995" not in printed and "2911829996" not in printed, "guardian CPRs masked"
     letters = sorted(p.name for p in (root / "outbox").glob("*.pdf"))
     assert len(letters) >= 2
+    # the envelopes name the guardian sealed; the letter service opens it with the key
+    envelopes = sorted((root / "outbox").glob("*.json"))
+    assert envelopes and not any("1502779995" in e.read_text() or "2911829996" in e.read_text()
+                                 for e in envelopes)
+    opened = subprocess.run([sys.executable, "-m", "stafet.cli", "letters", "addressee",
+                             str(envelopes[-1])], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=60)
+    assert opened.returncode == 0, opened.stderr
+    assert opened.stdout.strip().split("|")[1] in ("1502779995", "2911829996")
+    # the same rows by patient: the CPR read from stdin, never an argument
+    from .test_referral_flow import CHILD
+
+    by_patient = _audit(env, "--patient", stdin=f"{CHILD.cpr}\n")
+    assert {r["message_id"] for r in rows} <= {r["message_id"] for r in by_patient}
+    assert CHILD.cpr not in json.dumps(by_patient)
 
 
 def test_a_message_for_an_unregistered_recipient_raises_an_operator_alert(stack, delivery):

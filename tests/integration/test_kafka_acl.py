@@ -24,7 +24,9 @@ from stafet.config import Settings
 from stafet.errors import StafetError
 from stafet.kafka_client import as_admin, as_principal, client_config
 from stafet.kafka_local import LocalKafka
-from stafet.kafka_security import FHIR, MLLP, WORKER, municipality_principal
+from stafet.kafka_security import (
+    DLQ_OPERATOR, FHIR, MLLP, OPERATOR, WORKER, municipality_principal,
+)
 from stafet.stack import Service, service_env, settings_env, wait_for_port
 from stafet.topics import ensure_topics, municipality_topic
 from tests.integration.conftest import free_port
@@ -95,7 +97,7 @@ def test_provision_twice_is_idempotent_and_prints_no_password(provisioned: Setti
     assert again.returncode == 0, again.stderr
     assert "ACLs: 0 created" in again.stdout
     secrets = [p.read_text().strip() for p in provisioned.secrets_dir.glob("*.password")]
-    assert len(secrets) == 103  # admin, four services, 98 municipalities
+    assert len(secrets) == 105  # admin, four services, two operators, 98 municipalities
     assert all(oct(p.stat().st_mode & 0o777) == "0o600"
                for p in provisioned.secrets_dir.glob("*.password"))
     assert not any(s in again.stdout + again.stderr for s in secrets)
@@ -202,6 +204,81 @@ def test_client_without_valid_credentials_gets_nothing(provisioned: Settings, ex
         while not errors and time.monotonic() < deadline:
             admin.poll(0.5)  # serves error_cb
         assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+
+
+def _read_assigned(settings: Settings, principal: str, topic: str,
+                   timeout_s: float = 20.0) -> KafkaError | list[bytes]:
+    """Every record of ``topic`` by assign() (no group join, no commit) as ``principal``, or
+    the topic's authorization error."""
+    consumer = Consumer(client_config(as_principal(settings, principal), **{
+        "group.id": f"stafet-reader-{uuid.uuid4()}", "enable.auto.commit": False,
+        "enable.partition.eof": True, "log_level": 0}))
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        if meta.error is not None:
+            return meta.error
+        parts = {p for p in meta.partitions}
+        consumer.assign([TopicPartition(topic, p, -2) for p in parts])  # OFFSET_BEGINNING
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while parts and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    parts.discard(msg.partition())
+                    continue
+                return msg.error()
+            values.append(msg.value())
+        assert not parts, f"{topic}: no end reached"
+        return values
+    finally:
+        consumer.close()
+
+
+def test_the_operator_reads_alerts_and_audit_and_no_message(provisioned: Settings) -> None:
+    _produce_as_admin(provisioned, "audit.delivery", b'{"action": "delivered"}')
+    _produce_as_admin(provisioned, "alerts.operator", b'{"reason": "test alert"}')
+    assert b'{"action": "delivered"}' in _read_assigned(provisioned, OPERATOR, "audit.delivery")
+    assert b'{"reason": "test alert"}' in _read_assigned(provisioned, OPERATOR,
+                                                         "alerts.operator")
+    for topic in ("ingest.hl7v2", "ingest.fhir", "events.encounter", municipality_topic(A),
+                  "out.letter", "dlq.normalize", "dlq.mllp"):
+        got = _read_assigned(provisioned, OPERATOR, topic)
+        assert isinstance(got, KafkaError), topic
+        assert got.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (topic, got)
+    # ... but sees every topic and their ends (for lag), and cannot write
+    admin = AdminClient(client_config(as_principal(provisioned, OPERATOR), log_level=0))
+    assert {"ingest.hl7v2", municipality_topic(A), "dlq.normalize"} <= set(
+        admin.list_topics(timeout=10).topics)
+    producer = Producer(client_config(as_principal(provisioned, OPERATOR), log_level=0))
+    errors: list[KafkaError] = []
+    producer.produce("alerts.operator", b"forged", on_delivery=lambda e, _: errors.append(e))
+    producer.flush(20)
+    assert errors and errors[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_the_dlq_operator_resends_a_dead_letter_without_reading_ingest(
+        provisioned: Settings) -> None:
+    from stafet.topics import H_ORIGIN
+
+    body = f"MSH|^~\\&|dead-letter-{uuid.uuid4().hex[:6]}".encode()
+    producer = Producer(client_config(as_admin(provisioned)))
+    where: list[tuple[int, int]] = []
+    producer.produce("dlq.normalize", value=body, key=b"k", partition=0,
+                     headers=[(H_ORIGIN, b"ingest.hl7v2/0/0")],
+                     on_delivery=lambda e, m: where.append((m.partition(), m.offset())))
+    assert producer.flush(20) == 0
+    assert body in _read_assigned(provisioned, DLQ_OPERATOR, "dlq.normalize")
+    env = {**os.environ, **settings_env(as_principal(provisioned, DLQ_OPERATOR))}
+    resent = subprocess.run([sys.executable, "-m", "stafet.cli", "dlq", "resend",
+                             "dlq.normalize", f"{where[0][0]}/{where[0][1]}"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert resent.returncode == 0, resent.stderr
+    assert body in _read_assigned(provisioned, "admin", "ingest.hl7v2")
+    got = _read_assigned(provisioned, DLQ_OPERATOR, "ingest.hl7v2")
+    assert isinstance(got, KafkaError) and got.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def test_services_see_only_their_topics(provisioned: Settings) -> None:

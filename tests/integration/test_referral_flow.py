@@ -84,8 +84,13 @@ def test_rejection_reaches_every_party_exactly_once(stack):
         (OUT_LETTER, "guardian"),
         (OUT_LETTER, "guardian"),
     ])
-    guardians = sorted(r.headers["stafet.recipient"].decode().split("|")[1]
-                       for r in alerts if r.topic == OUT_LETTER)
+    # a guardian's CPR is sealed in the header (stafet/addressee.py); the letter service opens it
+    from stafet.addressee import addressee_key, open_addressee
+
+    sealed = [r.headers["stafet.recipient"].decode() for r in alerts if r.topic == OUT_LETTER]
+    assert all(h.startswith("urn:stafet:addressee|") and "1502779995" not in h
+               and "2911829996" not in h for h in sealed), sealed
+    guardians = sorted(open_addressee(h, addressee_key(stack.settings))[1] for h in sealed)
     assert guardians == ["1502779995", "2911829996"]
     assert len({r.headers["stafet.message_id"] for r in alerts}) == 6, "one message id each"
     for record in alerts:
