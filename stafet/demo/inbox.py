@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stafet.errors import StafetError
@@ -130,3 +130,29 @@ def summarize(record: Received) -> dict:
         "encounter": f"{encounter.get('class', {}).get('code')}/{encounter.get('status')}",
         "deceased": patient.get("deceasedBoolean", False),
     }
+
+
+def uncommitted_count(kafka: KafkaTarget, since: dict[tuple[str, int], int],
+                      topics: list[str], timeout_s: float = 60.0) -> int:
+    """Records on ``topics`` after ``since`` as a read_uncommitted consumer sees them (the
+    fault tests subtract what read_committed saw: the records of aborted transactions)."""
+    consumer = Consumer(resolve_config(kafka, **{
+        "group.id": f"stafet-reader-{uuid.uuid4()}", "enable.auto.commit": False,
+        "isolation.level": "read_uncommitted", "enable.partition.eof": True, "log_level": 2}))
+    parts = [TopicPartition(t, p, o) for (t, p), o in since.items() if t in topics]
+    consumer.assign(parts)
+    open_parts, count = {(tp.topic, tp.partition) for tp in parts}, 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while open_parts and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    open_parts.discard((msg.topic(), msg.partition()))
+                continue
+            count += 1
+    finally:
+        consumer.close()
+    return count

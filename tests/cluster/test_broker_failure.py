@@ -11,21 +11,20 @@ controller. Afterwards, read with ``isolation.level=read_committed``:
   anything else;
 - nothing went to a dead-letter topic; neither the worker nor the listener exited on its own.
 
-Marked ``cluster`` (not in the default run; CI runs it after the soak) and ``integration``.
+Marked ``cluster`` (not in the default run, and not in CI until the worker's stall after a
+controller kill is fixed — see the README) and ``integration``.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from stafet.demo.inbox import end_offsets, read_topics
+from stafet.demo.inbox import end_offsets, read_topics, uncommitted_count
 from stafet.hl7v2 import parse_adt
-from stafet.kafka_client import as_admin, client_config
+from stafet.kafka_client import as_admin
 from stafet.kafka_local import LocalKafkaCluster
 from stafet.streams.hospitalnotification import message_header_id
 from stafet.topics import (
@@ -183,27 +182,3 @@ def kill_and_restart(cluster: LocalKafkaCluster, node_id: int, role: str) -> Fau
     fault.restart_s = time.monotonic() - fault.restarted_at
     fault.in_sync_s = fault.restart_s + cluster.wait_in_sync(timeout_s=180)
     return fault
-
-
-def uncommitted_count(kafka, since: dict[tuple[str, int], int], topics: list[str]) -> int:
-    """Records on ``topics`` after ``since`` as a read_uncommitted consumer sees them."""
-    consumer = Consumer(client_config(kafka, **{
-        "group.id": f"stafet-reader-{uuid.uuid4()}", "enable.auto.commit": False,
-        "isolation.level": "read_uncommitted", "enable.partition.eof": True, "log_level": 2}))
-    parts = [TopicPartition(t, p, o) for (t, p), o in since.items() if t in topics]
-    consumer.assign(parts)
-    open_parts, count = {(tp.topic, tp.partition) for tp in parts}, 0
-    deadline = time.monotonic() + 60
-    try:
-        while open_parts and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    open_parts.discard((msg.topic(), msg.partition()))
-                continue
-            count += 1
-    finally:
-        consumer.close()
-    return count

@@ -22,12 +22,11 @@ import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.demo.inbox import end_offsets
+from stafet.demo.inbox import end_offsets, uncommitted_count
 from stafet.hl7v2 import parse_adt
-from stafet.kafka_client import as_admin, client_config
+from stafet.kafka_client import as_admin
 from stafet.kafka_security import WORKER
 from stafet.stack import Service, service_env
 from stafet.streams.hospitalnotification import message_header_id
@@ -153,7 +152,8 @@ def test_exactly_once_through_repeated_joins_kills_and_broker_restarts(stack, tm
             and r.headers.get(H_EVENT_ID, b"").decode() in expected_events]
     mine = {e: n for e, n in events.items() if e in expected_events}
     # what the faults did: outputs of aborted transactions, visible only to read_uncommitted
-    aborted = uncommitted_count(stack, since, [EVENTS_ENCOUNTER, out_topic]) - sum(
+    aborted = uncommitted_count(as_admin(stack.settings), since,
+                                [EVENTS_ENCOUNTER, out_topic]) - sum(
         1 for r in records if r.topic in (EVENTS_ENCOUNTER, out_topic))
     # a sender that got AE resends, and the first copy may have been stored after all: an
     # input twice on ingest.hl7v2 is two inputs (notify recognises the second)
@@ -176,31 +176,6 @@ def test_exactly_once_through_repeated_joins_kills_and_broker_restarts(stack, tm
     assert all(n == 1 for n in notifications.values()), "no notification id twice"
     assert not dead, "nothing dead-lettered"
 
-
-
-def uncommitted_count(stack, since: dict[tuple[str, int], int], topics: list[str]) -> int:
-    """Records on ``topics`` after ``since`` as a read_uncommitted consumer sees them."""
-    config = client_config(as_admin(stack.settings), **{
-        "group.id": f"stafet-reader-{uuid.uuid4()}", "enable.auto.commit": False,
-        "isolation.level": "read_uncommitted", "enable.partition.eof": True, "log_level": 2})
-    consumer = Consumer(config)
-    parts = [TopicPartition(t, p, o) for (t, p), o in since.items() if t in topics]
-    consumer.assign(parts)
-    open_parts, count = {(tp.topic, tp.partition) for tp in parts}, 0
-    deadline = time.monotonic() + 60
-    try:
-        while open_parts and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    open_parts.discard((msg.topic(), msg.partition()))
-                continue
-            count += 1
-    finally:
-        consumer.close()
-    return count
 
 
 def control_id(raw: bytes) -> str:
