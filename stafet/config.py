@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         "this long; until then read_committed consumers wait at it (keep it well above the "
         "commit interval)",
     )
+    worker_stall_exit_s: float = Field(
+        60.0, gt=0, description="the worker exits (code 70) when its main loop has not come "
+        "round for this long — a Kafka call blocked for good (librdkafka #5511) — so its "
+        "supervisor starts a fresh one; its open transaction is fenced, nothing is lost",
+    )
     state_retention_days: float = Field(
         90.0, description="state of a finished stay or a closed referral is kept this long "
         "(late corrections find what they revise), then pruned",

@@ -154,8 +154,12 @@ class Health:
         with self._lock:
             self._checks[condition] = check
 
+    def silent_s(self) -> float:
+        """Seconds since the last beat."""
+        return self._clock() - self._last_beat
+
     def alive(self) -> tuple[bool, dict[str, Any]]:
-        age = self._clock() - self._last_beat
+        age = self.silent_s()
         return age <= self.stale_after_s, {"last_beat_s_ago": round(age, 1)}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:

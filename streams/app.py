@@ -15,7 +15,10 @@ Errors by kind (see docs/decisions.md):
   an alert goes to ``alerts.operator``, the step's state is left as it was, and the records
   behind it flow;
 - a transient broker fault: quixstreams aborts the transaction; :func:`run_worker` backs off and
-  starts the application again in the same process.
+  starts the application again in the same process;
+- a Kafka call that never returns (librdkafka #5511, after the group coordinator's broker was
+  killed): the :mod:`watchdog` ends the process after ``worker_stall_exit_s`` and its
+  supervisor starts a fresh one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from stafet.streams.notify import notify
 from stafet.streams.records import Inbound, Output, dead_letter, headers_dict, operator_alert
 from stafet.streams.referrals import ReferralStep
 from stafet.streams.staged_state import StagedState
+from stafet.streams.watchdog import Watchdog
 from stafet.topics import (
     ALERTS_OPERATOR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, EVENTS_ENCOUNTER, EVENTS_REFERRAL,
     INDEX_REFERRAL, INGEST_FHIR, INGEST_HL7V2, OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
@@ -280,6 +284,8 @@ def run_worker(settings: Settings) -> None:
     HEALTH.set_ready("group", False, f"joining consumer group {settings.app_id}")
     scheduler = ReferralScheduler(client_config(settings), settings.referral_timer_interval_s)
     scheduler.start()
+    watchdog = Watchdog(settings.worker_stall_exit_s)
+    watchdog.start()
     backoff = 1.0
     stopper = Stopper()
     stopper.install()
@@ -302,6 +308,7 @@ def run_worker(settings: Settings) -> None:
             time.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
     finally:
+        watchdog.stop()
         scheduler.stop()
         if health is not None:
             health.stop()

@@ -37,9 +37,13 @@ def free_port() -> int:
 
 def free_port_block(n: int) -> int:
     """The first of ``n`` consecutive free loopback ports (node i of the cluster listens on
-    base + 2(i-1), its controller on base + 2(i-1) + 1)."""
+    base + 2(i-1), its controller on base + 2(i-1) + 1), below the kernel's ephemeral range:
+    a killed node's ports must stay free while it is down, and a client's outgoing connection
+    could otherwise take one of them (a restart then fails with "Address already in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
     for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
+        base = random.randrange(10000, low - n)
         with ExitStack() as stack:
             try:
                 for port in range(base, base + n):
@@ -57,8 +61,9 @@ class ClusterStack:
     cluster: LocalKafkaCluster
     services: dict[str, Service]
     log_dir: Path
-    #: services that exited without the test asking them to (name, return code)
-    unexpected_exits: list[tuple[str, int | None]]
+    #: services that exited without the test asking them to (name, return code); a worker's
+    #: watchdog exit (code 70, streams/watchdog.py) is listed too — the test tells them apart
+    exits: list[tuple[str, int | None]]
 
 
 class Supervisor(threading.Thread):
