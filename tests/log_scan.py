@@ -5,7 +5,8 @@ numbers").
 Scanned: every text file named ``*.log`` (or ``*.log.N``) under the session's temp directory —
 the services' logs (worker, mllp, fhir, deliver, ``stafet up``-style children) and the brokers'
 ``broker.log`` — plus the logs under ``.stafet/logs`` written during the session (``stafet
-demo``), and every test's captured stdout, stderr and log output. Not scanned: Kafka's data
+demo``), and every test's captured stdout, stderr and log output (pytest's rendering of log
+records is masked first, see :class:`MaskingFormatter`). Not scanned: Kafka's data
 directories and RocksDB stores (their ``*.log`` segments hold the records, CPRs by design) and
 binary files. A hit is a valid CPR number standing as a token (:func:`stafet.cpr.find_cprs`: a
 real birth date, not part of a longer number or hex id), so offsets and timestamps in broker
@@ -16,6 +17,7 @@ Loaded by ``tests/conftest.py``; ``-p tests.log_scan`` loads it into any other p
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -103,6 +105,20 @@ def scan_files(paths: Iterable[Path], scan: Scan | None = None) -> Scan:
     return scan
 
 
+class MaskingFormatter(logging.Formatter):
+    """pytest's own log capture renders each record with its own formatter, never through
+    stafet's masking one (stafet/logging.py), so a failing test's report would show the raw
+    values of in-process log calls: mask what it renders too. stafet's own output (stderr,
+    the services' files) is scanned as written."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_cpr(self.inner.format(record))
+
+
 # --- the plugin ------------------------------------------------------------------------------
 
 _SCAN = Scan()
@@ -114,6 +130,16 @@ _STARTED = time.time()
 def _cpr_log_scan_roots(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Note the session's temp directory, where the suite's processes write their logs."""
     _ROOTS.add(tmp_path_factory.getbasetemp())
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Mask pytest's captured and live log output (after its logging plugin has made them)."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    for name in ("caplog_handler", "report_handler", "log_cli_handler", "log_file_handler"):
+        handler = getattr(plugin, name, None)
+        if handler is not None and handler.formatter is not None:
+            handler.setFormatter(MaskingFormatter(handler.formatter))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -102,3 +102,20 @@ def test_quiet(tmp_path):
     assert CPR not in out and DASHED not in out
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "1 log files, 2 lines" in clean.stdout and ": 0 CPR numbers" in clean.stdout
+
+
+def test_pytests_own_log_capture_is_masked_in_a_failure_report() -> None:
+    """In-process log calls reach pytest's capture unformatted by stafet: masked there too."""
+    with _outside_basetemp() as tmp:
+        failing = _inner_session(Path(tmp), f'''
+import logging
+
+def test_fails_after_logging_a_cpr():
+    cpr = "".join(["{CPR[:4]}", "{CPR[4:]}"])  # not in the source a traceback shows
+    logging.getLogger("stafet.test").warning("rejected %s", {{"patient": cpr}})
+    assert False
+''')
+    out = failing.stdout + failing.stderr
+    assert failing.returncode == 1 and "1 failed" in out
+    assert "Captured log call" in out and "rejected {'patient': '<cpr>'}" in out
+    assert CPR not in out and ": 0 CPR numbers" in out
