@@ -48,7 +48,7 @@ PartyKind = Literal["municipality", "ppr", "family-department", "referrer", "let
                     "other"]
 SHARED_TOPICS = (OUT_REFERRER, OUT_LETTER)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-#: Standard Webhooks secrets: "whsec_" + base64 of 24 to 64 random bytes (the spec's range)
+#: Standard Webhooks secrets: "whsec_" + base64 of at least 24 random bytes (the spec: 24 to 64)
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24
 
