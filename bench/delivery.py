@@ -35,7 +35,7 @@ from stafet.connectors.delivery import DeliveryService
 from stafet.connectors.delivery_sinks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from stafet.connectors.producer import DurableProducer
 from stafet.kafka_local import LocalKafka
-from stafet.subscribers import parse_registry
+from stafet.subscribers import new_secret, parse_registry
 from stafet.topics import ensure_topics, municipality_topic
 
 EXAMPLE = (Path(__file__).resolve().parents[2] / "shared" / "domain" / "medcom-examples" /
@@ -98,7 +98,7 @@ async def produce(settings: Settings, codes: list[str], n: int) -> dict[str, flo
 
 async def scenario(settings: Settings, name: str, codes: list[str], n: int,
                    outage_s: float = 0.0) -> dict[str, Any]:
-    secret = "bench-secret"
+    secret = new_secret()
     os.environ["STAFET_SECRET_BENCH"] = secret
     endpoints = {c: Endpoint(secret, time.time() + outage_s if outage_s else 0.0) for c in codes}
     runners = [await e.start() for e in endpoints.values()]

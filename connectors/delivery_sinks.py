@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -28,7 +27,7 @@ from stafet.audit import Action, AuditRecord, headers_of, now_iso
 from stafet.connectors.producer import DurableProducer
 from stafet.cpr import mask_cpr
 from stafet.logging import get_logger
-from stafet.subscribers import Subscriber
+from stafet.subscribers import Subscriber, secret_key  # the one rule of a webhook secret
 from stafet.topics import (
     ALERTS_OPERATOR, AUDIT_DELIVERY, DLQ_DELIVERY, H_BUNDLE_ID, H_EVENT_ID, H_KIND, H_MESSAGE_ID,
     H_REASON, H_RECIPIENT, H_REFERRAL_ID, H_STAGE,
@@ -46,7 +45,6 @@ POSITION_HEADER = "X-Stafet-Position"  # <topic>/<partition>/<offset>: where to 
 RETRYABLE_STATUS = (408, 425, 429)
 #: how far a webhook-timestamp may lie in the past or the future (the spec's 5 minutes)
 DEFAULT_TOLERANCE_S = 300.0
-SECRET_PREFIX = "whsec_"
 
 
 class SignatureError(ValueError):
@@ -57,24 +55,6 @@ class SignatureError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
-
-
-def secret_key(secret: str) -> bytes:
-    """The HMAC key of a subscriber secret: ``whsec_<base64>`` is the base64-decoded part (the
-    Standard Webhooks format); any other secret is its UTF-8 bytes, as stafet has always used
-    it (the reference libraries instead base64-decode an unprefixed secret: give receivers
-    that use one a ``whsec_`` secret). ValueError for a malformed ``whsec_`` secret."""
-    if not secret.startswith(SECRET_PREFIX):
-        if not secret:
-            raise ValueError("empty webhook secret")
-        return secret.encode()
-    try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("a whsec_ secret must be whsec_ + base64") from exc
-    if not key:
-        raise ValueError("a whsec_ secret must be whsec_ + base64 of at least one byte")
-    return key
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -225,7 +205,6 @@ class RestHook:
         self.subscriber, self.session = subscriber, session
         self.url = subscriber.url
         self._secret = subscriber.secret().get_secret_value()
-        secret_key(self._secret)  # a malformed whsec_ secret fails here, not at every POST
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def send(self, body: bytes, record: OutRecord, attempt: int) -> Outcome:

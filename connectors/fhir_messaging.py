@@ -8,7 +8,9 @@
 Reliable messaging (MedCom): both Bundle.id and MessageHeader.id seen → the original answer is
 sent again and nothing is stored twice; MessageHeader.id seen with a new Bundle.id → a resend of
 a message already processed: the original answer again; Bundle.id seen with a new
-MessageHeader.id → 400, Bundle ids are never reused. The memory of seen ids is rebuilt at start
+MessageHeader.id → 400, Bundle ids are never reused. That 400, a body that is no message
+Bundle (400) and an Acknowledgement that cannot be used (422) go to ``dlq.fhir`` with the reason,
+through the listener's one rejection path (:meth:`FhirListener._reject`). The memory of seen ids is rebuilt at start
 from the ids stored on ``acks.inbound`` and ``ingest.fhir``, so a restart does not forget them.
 """
 
@@ -25,6 +27,7 @@ from aiohttp import web
 from stafet.connectors.delivery_sinks import SignatureError, check_timestamp
 from stafet.connectors.medcom_ack import MessageError, MessageIds, build_ack, message_ids, parse_ack
 from stafet.errors import DeliveryError
+from stafet.fhir_referral import Issue
 from stafet.kafka_client import client_config
 from stafet.logging import get_logger
 from stafet.topic_reader import read_to_end
@@ -108,8 +111,6 @@ async def process_message(listener: FhirListener, seen: SeenMessages, body: byte
 
     ``signature``: the Standard Webhooks headers (webhook-id, webhook-timestamp,
     webhook-signature) of a signed acknowledgement, or None."""
-    from stafet.fhir_referral import Issue
-
     try:  # a malformed message is rejected like any other body: 400 and on dlq.fhir
         ids = message_ids(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -128,9 +129,10 @@ async def process_message(listener: FhirListener, seen: SeenMessages, body: byte
                  same_bundle=known.ids.bundle_id == ids.bundle_id)
         seen.header_of_bundle.setdefault(ids.bundle_id, ids.header_id)  # never to be reused
         return _answer(known, duplicate=True)
-    if ids.bundle_id in seen.header_of_bundle:
-        return _error(400, "Bundle.id", f"Bundle.id {ids.bundle_id} was already used with "
-                      "another MessageHeader.id; Bundle ids must never be reused")
+    if ids.bundle_id in seen.header_of_bundle:  # never stored: a rejected body, dead-lettered
+        return await listener._reject(400, [Issue(
+            "Bundle.id", f"Bundle.id {ids.bundle_id} was already used with another "
+            "MessageHeader.id; Bundle ids must never be reused", "invalid")], body, received_at)
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     seen.inflight[ids.header_id] = done
     try:
@@ -167,8 +169,10 @@ async def _store(listener: FhirListener, seen: SeenMessages, ids: MessageIds, bo
     if ids.event == "acknowledgement-message":
         try:
             ack = parse_ack(body)
-        except MessageError as exc:
-            return _error(422, exc.path, exc.reason, "business-rule")
+        except MessageError as exc:  # an acknowledgement we can never use: dead-lettered
+            return await listener._reject(
+                422, [Issue(exc.path, f"bad acknowledgement: {exc.reason}", "business-rule")],
+                body, received_at)
         if signature is not None:
             refused = _refuse_signed(listener, ids, ack.acknowledged_id, *signature[:2])
             if refused is not None:

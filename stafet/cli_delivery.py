@@ -53,7 +53,9 @@ def subscribers_list(registry_path: Path | None, show_all: bool) -> None:
 @subscribers.command("check")
 @registry_option
 def subscribers_check(registry_path: Path | None) -> None:
-    """Validate the registry and what it needs (secrets in the environment); exit 1 if not ready."""
+    """Validate the registry and what it needs: every REST subscriber's webhook secret set (its
+    environment variable or secret file) and a Standard Webhooks ``whsec_`` secret of 24+
+    bytes; exit 1 if not ready. Problems name the subscriber, never the secret."""
     registry = _registry(registry_path)
     problems = registry.problems()
     for p in problems:
@@ -64,6 +66,15 @@ def subscribers_check(registry_path: Path | None) -> None:
                f"{sum(s.delivery == 'letter' for s in pushed)} letter outbox)"
                + ("" if not problems else f"; {len(problems)} problems"))
     sys.exit(1 if problems else 0)
+
+
+@subscribers.command("new-secret")
+def subscribers_new_secret() -> None:
+    """Print a fresh webhook secret (whsec_ + base64 of 32 random bytes) for a REST subscriber:
+    put it in its secret_env variable or file, and give the receiver the same."""
+    from stafet.subscribers import new_secret
+
+    click.echo(new_secret())
 
 
 @click.command()

@@ -3,7 +3,8 @@
 Secrets are ``SecretStr`` so they never reach a log line or a repr, and may come from files:
 ``STAFET_SECRETS_DIR`` (or systemd's ``$CREDENTIALS_DIRECTORY``) names a directory with one file
 per setting, named like its variable (``STAFET_PATIENT_KEY_SECRET``) — a mounted Kubernetes
-Secret or ``LoadCredential=`` works as it is, and no secret needs to be in an environment.
+Secret or ``LoadCredential=`` works as it is, and no secret needs to be in an environment. A REST
+subscriber's webhook secret may be a file there too (:func:`read_secret_file`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ def settings_secrets_dir() -> Path | None:
     """Where this process reads secret files from (None: nowhere)."""
     directory = os.environ.get(SECRETS_DIR_ENV) or os.environ.get(CREDENTIALS_DIR_ENV)
     return Path(directory) if directory else None
+
+
+def read_secret_file(name: str) -> str | None:
+    """The secret file ``name`` in :func:`settings_secrets_dir`, found and read as the settings'
+    own secret files are (pydantic's lookup, UTF-8, stripped), for the secrets that are not
+    settings (a REST subscriber's webhook secret); None when there is none."""
+    directory = settings_secrets_dir()
+    if directory is None or not directory.is_dir():
+        return None
+    path = SecretsSettingsSource.find_case_path(directory, name, case_sensitive=False)
+    if path is None or not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").strip() or None
 
 
 class Settings(BaseSettings):

@@ -13,6 +13,9 @@ from datetime import date
 #: not inside a longer number.
 CPR_IN_TEXT = re.compile(r"(?<!\d)([0-3]\d\.?[01]\d\.?\d\d)[-. ]?(\d{4})(?!\d)")
 MASK = "<cpr>"
+#: A CPR number as a token, for scans of logs and records where ids, offsets and hashes abound:
+#: ten digits (an optional '-' after six) not inside a longer word, number or hex id.
+CPR_TOKEN = re.compile(r"(?<![0-9A-Za-z])([0-9]{6})-?([0-9]{4})(?![0-9A-Za-z])")
 
 
 def mask_cpr(text: str) -> str:
@@ -48,3 +51,14 @@ def is_valid_cpr(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def find_cprs(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, CPR) of each valid CPR number (a real birth date) standing as a token in
+    ``text``: what a leak scan reports; a 10-digit offset or timestamp is seldom a real date."""
+    found = []
+    for match in CPR_TOKEN.finditer(text):
+        cpr = match.group(1) + match.group(2)
+        if is_valid_cpr(cpr):
+            found.append((match.start(), match.end(), cpr))
+    return found

@@ -140,13 +140,14 @@ def inherited_environment() -> dict[str, str]:
             if k.upper() not in SECRET_VARIABLES and k not in (SECRETS_DIR_ENV, CREDENTIALS_DIR_ENV)}
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
+def settings_env(settings: Settings, extra_secrets: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that gives a child process the same settings as ours. Secrets are not
     in it (``/proc/<pid>/environ``, crash reports, ``docker inspect``): they go to 0600 files in
     a private directory under the secrets directory, which the child reads through
-    ``STAFET_SECRETS_DIR``."""
+    ``STAFET_SECRETS_DIR`` — with ``extra_secrets`` (file name → value), secrets that are not
+    settings (REST subscribers' webhook secrets)."""
     env: dict[str, str] = {}
-    secrets: dict[str, str] = {}
+    secrets: dict[str, str] = dict(extra_secrets or {})
     for name, value in settings.model_dump().items():
         if value is None:
             continue
@@ -169,7 +170,8 @@ def write_secret_files(secrets_dir: Path, secrets: dict[str, str]) -> Path:
     return directory
 
 
-def service_env(settings: Settings, principal: str, *, health_port: int = 0) -> dict[str, str]:
+def service_env(settings: Settings, principal: str, *, health_port: int = 0,
+                extra_secrets: dict[str, str] | None = None) -> dict[str, str]:
     """``settings_env`` for a child that connects as ``principal`` (sasl_ssl): its own password
     (from its file, or the one configured for it), never the admin's; its health endpoints on
     ``health_port`` (0: any free port — several children on one host must not share one)."""
@@ -178,7 +180,28 @@ def service_env(settings: Settings, principal: str, *, health_port: int = 0) -> 
         own = settings.kafka_password if principal == settings.kafka_username else None
         child = child.model_copy(update={"kafka_username": principal, "kafka_password": own})
         password_for(child, principal)  # provisioned? a clear error here, not in the child
-    return settings_env(child)
+    return settings_env(child, extra_secrets)
+
+
+def subscriber_secret_files(settings: Settings) -> dict[str, str]:
+    """The REST subscribers' webhook secrets that this process reads from secret files, for a
+    ``stafet deliver`` child (whose secrets directory is its own private one; secrets in the
+    environment reach it through the environment). A registry that does not load: none — the
+    child names the problem."""
+    from stafet.config import read_secret_file
+    from stafet.subscribers import RegistryError, load_registry
+
+    try:
+        registry = load_registry(settings.subscribers_file)
+    except RegistryError:
+        return {}
+    found = {}
+    for s in registry.pushed():
+        if s.secret_env and not os.environ.get(s.secret_env):
+            value = read_secret_file(s.secret_env)
+            if value:
+                found[s.secret_env] = value
+    return found
 
 
 def prepare_kafka(settings: Settings) -> None:
@@ -219,7 +242,8 @@ def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True)
                         service_env(settings, FHIR, health_port=ports["fhir"])),
         # REST hooks, the letter outbox, acknowledgements and the audit trail
         "deliver": Service("deliver", ["deliver"], log_dir / "deliver.log",
-                           service_env(settings, DELIVERY, health_port=ports["deliver"])),
+                           service_env(settings, DELIVERY, health_port=ports["deliver"],
+                                       extra_secrets=subscriber_secret_files(settings))),
     }
     try:
         for service in services.values():

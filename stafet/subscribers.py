@@ -5,8 +5,12 @@ that receives messages and its channel:
 
 - ``kafka``: the party reads its own ``out.municipality.<code>`` topic with its own principal
   (stafet only audits that the message is there);
-- ``rest``: stafet POSTs each FHIR message Bundle to ``url``, signed with HMAC-SHA256 under the
-  secret in the environment variable ``secret_env``, retries, and tracks MedCom Acknowledgements;
+- ``rest``: stafet POSTs each FHIR message Bundle to ``url``, signed the Standard Webhooks way
+  (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,…``; see
+  :mod:`stafet.connectors.delivery_sinks`) with the subscriber's ``whsec_`` secret, retries, and
+  tracks MedCom Acknowledgements. ``secret_env`` names the secret: the environment variable of
+  that name, else the file of that name in ``STAFET_SECRETS_DIR`` / ``$CREDENTIALS_DIRECTORY``
+  (never the registry file itself); :func:`secret_key` is the one rule of what a secret is;
 - ``letter``: stafet writes each PDF letter into ``outbox`` for the letter / Digital Post service.
 
 A subscriber takes the records on ``topic`` (derived from ``municipality`` for municipalities)
@@ -19,6 +23,8 @@ A record no subscriber takes is an *unrouted* message: an operator alert, never 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import tomllib
 from collections.abc import Iterable
@@ -29,6 +35,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from stafet.config import read_secret_file
 from stafet.cpr import mask_cpr
 from stafet.directory import Directory, DirectoryError, Unaddressable, load_directory
 from stafet.errors import StafetError
@@ -41,6 +48,34 @@ PartyKind = Literal["municipality", "ppr", "family-department", "referrer", "let
                     "other"]
 SHARED_TOPICS = (OUT_REFERRER, OUT_LETTER)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: Standard Webhooks secrets: "whsec_" + base64 of at least 24 random bytes (the spec: 24 to 64)
+SECRET_PREFIX = "whsec_"
+MIN_SECRET_BYTES = 24
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a webhook secret — what the signer signs with and what ``stafet
+    subscribers check`` accepts, so the two cannot disagree. Only the Standard Webhooks format
+    is taken (``whsec_`` + base64 of at least 24 bytes): the reference libraries read any other
+    string differently, and a short key can be guessed. ValueError says what is wrong, never
+    the secret."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"it is not a Standard Webhooks secret: it must start with "
+                         f"{SECRET_PREFIX} (followed by base64 of {MIN_SECRET_BYTES}-64 random "
+                         "bytes; `stafet subscribers new-secret` makes one)")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"the part after {SECRET_PREFIX} is not valid base64") from exc
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(f"it decodes to {len(key)} bytes; at least {MIN_SECRET_BYTES} are "
+                         "required (`stafet subscribers new-secret` makes one)")
+    return key
+
+
+def new_secret() -> str:
+    """A fresh webhook secret (32 random bytes) for a new REST subscriber."""
+    return SECRET_PREFIX + base64.b64encode(os.urandom(32)).decode()
 
 
 class RegistryError(StafetError):
@@ -112,13 +147,23 @@ class Subscriber(BaseModel):
         return not self.recipients or recipient in self.recipients
 
     def secret(self) -> SecretStr:
-        """The HMAC secret, read from the environment when needed (never stored in the file)."""
+        """The webhook secret, read when needed (never stored in the registry file): the
+        environment variable ``secret_env``, else the secret file of that name. RegistryError
+        names the subscriber and what is wrong (unset, or not a valid secret)."""
         if self.secret_env is None:
             raise RegistryError(f"subscriber {self.id} has no secret_env")
-        value = os.environ.get(self.secret_env)
+        value, where = os.environ.get(self.secret_env), f"environment variable {self.secret_env}"
         if not value:
-            raise RegistryError(f"subscriber {self.id}: environment variable {self.secret_env} "
-                                "(its HMAC secret) is not set")
+            value, where = read_secret_file(self.secret_env), f"secret file {self.secret_env}"
+        if not value:
+            raise RegistryError(f"subscriber {self.id}: its webhook secret {self.secret_env} is "
+                                "not set (neither an environment variable nor a file in "
+                                "STAFET_SECRETS_DIR / $CREDENTIALS_DIRECTORY)")
+        try:
+            secret_key(value)
+        except ValueError as exc:
+            raise RegistryError(f"subscriber {self.id}: the webhook secret in {where}: "
+                                f"{exc}") from None
         return SecretStr(value)
 
 
@@ -174,7 +219,8 @@ class Registry:
         return [s for s in self.all() if s.delivery != "kafka"]
 
     def problems(self) -> list[str]:
-        """What an operator must fix before delivery can work (missing secrets, outboxes)."""
+        """What an operator must fix before delivery can work (REST secrets missing or not
+        valid webhook secrets)."""
         found = []
         for s in self.pushed():
             if s.delivery == "rest":

@@ -20,6 +20,10 @@ from stafet.connectors.medcom_ack import (
     MessageError, MessageIds, build_ack, message_ids, parse_ack, resend_copy,
 )
 
+from .webhook_secrets import whsec
+
+AARHUS, ODENSE, SHARED = whsec("s-aarhus"), whsec("s-odense"), whsec("shared")
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "domain" / "medcom-examples" / \
     "acknowledgement"
 
@@ -115,7 +119,7 @@ def _tracker(clock: list[float], resent: list[tuple[str, int]]):
     async def fetch(pending):
         return _record(pending.message_id)
 
-    tracker = AckTracker(recorder, {"aarhus": "s-aarhus", "odense": "s-odense"},
+    tracker = AckTracker(recorder, {"aarhus": AARHUS, "odense": ODENSE},
                          timeout_s=1800, max_resends=2, resend=resend, fetch=fetch,
                          clock=lambda: clock[0])
     return tracker, recorder
@@ -127,7 +131,7 @@ def _ack(mid: str, code: str):
     return Ack(MessageIds("ab", "ah", "acknowledgement-message"), mid, code, "")  # type: ignore[arg-type]
 
 
-def _signed(tracker, mid: str, code: str, secret: str = "s-aarhus", *, age_s: float = 0.0):
+def _signed(tracker, mid: str, code: str, secret: str = AARHUS, *, age_s: float = 0.0):
     """on_ack as the delivery process calls it: the body and the sender's signature headers
     (Standard Webhooks, webhook-id = the acknowledgement's own MessageHeader.id "ah"), signed
     ``age_s`` seconds before the tracker's clock."""
@@ -217,8 +221,8 @@ def test_an_acknowledgement_counts_only_when_the_subscriber_signed_it():
     tracker, recorder = _tracker(clock, resent)
     tracker.expect("aarhus", _record("m1"))
     asyncio.run(tracker.on_ack(_ack("m1", "ok"), b"forged", None, None))  # unsigned
-    asyncio.run(_signed(tracker, "m1", "fatal-error", secret="s-odense"))  # another subscriber
-    asyncio.run(_signed(tracker, "m1", "ok", secret="wrong"))
+    asyncio.run(_signed(tracker, "m1", "fatal-error", secret=ODENSE))  # another subscriber
+    asyncio.run(_signed(tracker, "m1", "ok", secret=whsec("wrong")))
     assert "m1" in tracker.pending and recorder.dead == []
     assert [a.action for a in recorder.audits] == ["ack-unverified"] * 3
     assert len(recorder.alerts) == 3
@@ -270,8 +274,8 @@ def test_one_system_may_serve_two_subscribers_with_one_secret():
     async def fetch(p):
         return _record(p.message_id)
 
-    tracker = AckTracker(recorder, {"gp-1": "shared", "gp-2": "shared"}, timeout_s=1800,
+    tracker = AckTracker(recorder, {"gp-1": SHARED, "gp-2": SHARED}, timeout_s=1800,
                          max_resends=2, resend=resend, fetch=fetch)
     tracker.expect("gp-2", _record("m1"))
-    asyncio.run(_signed(tracker, "m1", "ok", secret="shared"))
+    asyncio.run(_signed(tracker, "m1", "ok", secret=SHARED))
     assert "m1" in tracker.finished and recorder.audits[-1].subscriber == "gp-2"

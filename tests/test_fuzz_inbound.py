@@ -378,11 +378,25 @@ MESSAGES = _messages()
 @settings(FUZZ, max_examples=150)
 @given(doc=mutated_fhir(MESSAGES))
 def test_mutated_medcom_messages_never_crash_nor_get_a_generic_answer(fhir, doc):
-    status, outcome, _topics = fhir("/fhir/$process-message", json.dumps(doc).encode())
+    status, outcome, topics = fhir("/fhir/$process-message", json.dumps(doc).encode())
     assert status in (200, 400, 422), (status, outcome)
     if outcome.get("resourceType") == "OperationOutcome" and status >= 400:
         text = issue_text(outcome)
         assert text.strip() and not any(g in text for g in GENERIC), text
+    if status >= 400:  # a reused Bundle.id and a bad acknowledgement too
+        assert topics == [DLQ_FHIR], (status, outcome)
+
+
+def test_a_reused_bundle_id_and_a_bad_acknowledgement_are_dead_lettered(fhir):
+    ack = json.loads(json.dumps(MESSAGES[1]))
+    ack["id"], ack["entry"][0]["resource"]["id"] = "fz-reuse-bundle", "fz-reuse-header-1"
+    assert fhir("/fhir/$process-message", json.dumps(ack).encode())[0] == 200
+    ack["entry"][0]["resource"]["id"] = "fz-reuse-header-2"  # same Bundle.id, new message
+    status, outcome, topics = fhir("/fhir/$process-message", json.dumps(ack).encode())
+    assert (status, topics) == (400, [DLQ_FHIR]) and "never be reused" in issue_text(outcome)
+    ack["id"], ack["entry"][0]["resource"]["response"]["code"] = "fz-bad-ack", "fine"
+    status, outcome, topics = fhir("/fhir/$process-message", json.dumps(ack).encode())
+    assert (status, topics) == (422, [DLQ_FHIR]), outcome
 
 
 def test_null_in_a_primitive_array_is_not_an_internal_error(fhir):

@@ -102,3 +102,31 @@ def test_audit_takes_the_cpr_from_stdin_never_from_the_command_line(tmp_path: Pa
 def test_no_secret_setting_is_missing_from_the_list() -> None:
     assert SECRET_VARIABLES == {"STAFET_PATIENT_KEY_SECRET", "STAFET_KAFKA_PASSWORD",
                                 "STAFET_KAFKA_ADMIN_PASSWORD", "STAFET_ADDRESSEE_KEY"}
+
+
+def test_a_rest_subscribers_secret_file_reaches_the_deliver_child_as_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stafet.stack import subscriber_secret_files
+    from stafet.subscribers import load_registry, new_secret
+
+    webhook_secret = new_secret()
+    ours = tmp_path / "secrets"
+    ours.mkdir()
+    (ours / "STAFET_SECRET_GP_T").write_text(webhook_secret + "\n")
+    registry = tmp_path / "subscribers.toml"
+    registry.write_text('[[subscriber]]\nid = "gp-t"\nname = "GP"\nparty = "referrer"\n'
+                        'topic = "out.referrer"\ndelivery = "rest"\nurl = "https://gp.example/"\n'
+                        'secret_env = "STAFET_SECRET_GP_T"\n')
+    monkeypatch.delenv("STAFET_SECRET_GP_T", raising=False)
+    monkeypatch.setenv("STAFET_SECRETS_DIR", str(ours))
+    settings = Settings(_env_file=None, kafka_home=tmp_path / "kafka", subscribers_file=registry)
+    files = subscriber_secret_files(settings)
+    assert files == {"STAFET_SECRET_GP_T": webhook_secret}
+    env = service_env(settings, "stafet-delivery", extra_secrets=files)
+    assert webhook_secret not in env.values(), "a file, not the child's environment"
+    child_dir = Path(env["STAFET_SECRETS_DIR"])
+    assert child_dir != ours
+    monkeypatch.setenv("STAFET_SECRETS_DIR", str(child_dir))  # as the child sees it
+    assert load_registry(registry).by_id("gp-t").secret().get_secret_value() == webhook_secret
+    monkeypatch.setenv("STAFET_SECRET_GP_T", webhook_secret)  # in the environment: inherited
+    assert subscriber_secret_files(settings) == {}

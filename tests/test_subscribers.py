@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from stafet.subscribers import RegistryError, load_registry, parse_registry
+from stafet.cli import main
+from stafet.subscribers import RegistryError, load_registry, parse_registry, secret_key
 from stafet.topics import OUT_LETTER, OUT_REFERRER, municipality_topic
+
+from .webhook_secrets import whsec
 
 GP = "urn:oid:1.2.208.176.1.4|123456"
 
@@ -21,6 +27,7 @@ REST_AARHUS = {"id": "aarhus", "name": "Aarhus", "party": "municipality", "munic
 GP_REST = {"id": "gp-123456", "name": "GP", "party": "referrer", "topic": OUT_REFERRER,
            "recipients": [GP], "delivery": "rest", "url": "https://gp.example/",
            "secret_env": "SECRET_GP"}
+AARHUS_SECRET, GP_SECRET = whsec("aarhus"), whsec("gp")
 LETTERS = {"id": "letters", "name": "Brev", "party": "letter-service", "delivery": "letter",
            "topic": OUT_LETTER}
 
@@ -74,14 +81,75 @@ def test_duplicate_ids_and_unknown_sections_are_refused():
         parse_registry({"subscribers": []})
 
 
-def test_missing_secret_is_a_problem_and_never_shown(monkeypatch):
+@pytest.fixture
+def no_secrets(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No subscriber secret in the environment and no secrets directory."""
+    for name in ("SECRET_A", "SECRET_GP", "STAFET_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_missing_secret_is_a_problem_and_never_shown(no_secrets):
     reg = registry(REST_AARHUS)
-    monkeypatch.delenv("SECRET_A", raising=False)
-    assert reg.problems() == ["subscriber aarhus: environment variable SECRET_A (its HMAC secret) "
-                              "is not set"]
-    monkeypatch.setenv("SECRET_A", "hemmelig")
+    assert reg.problems() == ["subscriber aarhus: its webhook secret SECRET_A is not set "
+                              "(neither an environment variable nor a file in "
+                              "STAFET_SECRETS_DIR / $CREDENTIALS_DIRECTORY)"]
+    no_secrets.setenv("SECRET_A", AARHUS_SECRET)
     assert reg.problems() == []
-    assert "hemmelig" not in repr(reg.by_id("aarhus").secret())
+    assert AARHUS_SECRET not in repr(reg.by_id("aarhus").secret())
+
+
+@pytest.mark.parametrize("secret, what", [
+    ("hemmelig-aarhus-2026", "must start with whsec_"),
+    ("whsec_hemmelig aarhus!", "the part after whsec_ is not valid base64"),
+    ("whsec_" + base64.b64encode(b"k" * 16).decode(), "it decodes to 16 bytes; at least 24"),
+])
+def test_a_secret_that_is_no_webhook_secret_is_named_never_shown(no_secrets, secret, what):
+    no_secrets.setenv("SECRET_A", secret)
+    no_secrets.setenv("SECRET_GP", GP_SECRET)
+    [problem] = registry(REST_AARHUS, GP_REST).problems()  # the GP's good secret: no problem
+    assert problem.startswith("subscriber aarhus: the webhook secret in environment variable "
+                              "SECRET_A: ") and what in problem
+    assert secret not in problem and secret[6:] not in problem
+
+
+def test_a_secret_may_be_a_file_in_the_secrets_dir(no_secrets, tmp_path):
+    reg = registry(REST_AARHUS)
+    (tmp_path / "SECRET_A").write_text(AARHUS_SECRET + "\n", encoding="utf-8")  # a mounted Secret
+    for variable in ("STAFET_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):  # or systemd's credentials
+        no_secrets.setenv(variable, str(tmp_path))
+        assert reg.problems() == []
+        assert reg.by_id("aarhus").secret().get_secret_value() == AARHUS_SECRET
+        no_secrets.delenv(variable)
+    no_secrets.setenv("STAFET_SECRETS_DIR", str(tmp_path))
+    no_secrets.setenv("SECRET_A", GP_SECRET)  # the environment still works, and comes first
+    assert reg.by_id("aarhus").secret().get_secret_value() == GP_SECRET
+    no_secrets.delenv("SECRET_A")
+    (tmp_path / "SECRET_A").write_text("too-short", encoding="utf-8")
+    [problem] = reg.problems()
+    assert "the webhook secret in secret file SECRET_A: " in problem and "too-short" not in problem
+
+
+def test_subscribers_check_names_a_bad_secret_and_exits_1(no_secrets, tmp_path):
+    path = tmp_path / "subscribers.toml"
+    path.write_text('[[subscriber]]\n' + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in REST_AARHUS.items()), encoding="utf-8")
+    no_secrets.setenv("SECRET_A", "hemmelig-aarhus-2026")
+    result = CliRunner().invoke(main, ["subscribers", "check", "--registry", str(path)])
+    assert result.exit_code == 1
+    assert "problem: subscriber aarhus: the webhook secret in environment variable SECRET_A: " \
+        "it is not a Standard Webhooks secret" in result.output
+    assert "hemmelig-aarhus-2026" not in result.output
+    no_secrets.setenv("SECRET_A", AARHUS_SECRET)
+    result = CliRunner().invoke(main, ["subscribers", "check", "--registry", str(path)])
+    assert result.exit_code == 0 and "problem" not in result.output
+    assert AARHUS_SECRET not in result.output
+
+
+def test_subscribers_new_secret_prints_a_valid_one():
+    result = CliRunner().invoke(main, ["subscribers", "new-secret"])
+    assert result.exit_code == 0
+    assert len(secret_key(result.output.strip())) == 32
 
 
 def test_bad_toml_and_missing_file(tmp_path):

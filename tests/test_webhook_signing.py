@@ -14,6 +14,9 @@ import pytest
 from stafet.connectors.delivery_sinks import (
     SignatureError, check_timestamp, secret_key, sign, signed_headers, verify,
 )
+from stafet.subscribers import new_secret
+
+from .webhook_secrets import whsec
 
 # the reference libraries' test vector (standard-webhooks, libraries/*/tests)
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -22,6 +25,8 @@ VECTOR_TS = 1614265330
 VECTOR_BODY = b'{"test": 2432232314}'
 VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 TS = 1_800_000_000
+SECRET, OTHER, WRONG, THIRD = whsec("secret"), whsec("other"), whsec("wrong"), whsec("third")
+OLD, NEW = whsec("old-secret"), whsec("new-secret")
 
 
 def _reason(*args, **kwargs) -> str:
@@ -39,48 +44,58 @@ def test_the_standard_webhooks_test_vector():
                    now=VECTOR_TS) == "bad-signature"
 
 
-def test_whsec_secrets_are_base64_and_plain_secrets_their_utf8_bytes():
+def test_only_standard_webhooks_secrets_of_24_bytes_or_more_are_keys():
     assert secret_key(VECTOR_SECRET) == base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    assert secret_key("secret-aarhus") == b"secret-aarhus"  # registries from before whsec_
-    assert secret_key("hemmeligt-æøå") == "hemmeligt-æøå".encode()
-    expected = base64.b64encode(hmac.new(b"plain", b"m1.5.{}", hashlib.sha256).digest())
-    assert sign("plain", "m1", 5, b"{}") == "v1," + expected.decode()
-    for bad in ("whsec_not base64!", "whsec_", ""):
-        with pytest.raises(ValueError):
+    assert len(secret_key(VECTOR_SECRET)) == 24  # the spec's minimum
+    expected = base64.b64encode(hmac.new(b"k" * 24, b"m1.5.{}", hashlib.sha256).digest())
+    assert sign("whsec_" + base64.b64encode(b"k" * 24).decode(), "m1", 5, b"{}") == \
+        "v1," + expected.decode()
+    for bad, why in (("secret-aarhus", "must start with whsec_"), ("", "must start with whsec_"),
+                     ("whsec_not base64!", "not valid base64"), ("whsec_", "decodes to 0 bytes"),
+                     ("whsec_" + base64.b64encode(b"k" * 23).decode(), "decodes to 23 bytes")):
+        with pytest.raises(ValueError, match=why) as caught:
             secret_key(bad)
+        assert not bad or bad not in str(caught.value), "the secret is never in the message"
+        with pytest.raises(ValueError):
+            sign(bad, "m1", 5, b"{}")  # the signer refuses what the check refuses
+
+
+def test_new_secrets_are_valid_and_random():
+    a, b = new_secret(), new_secret()
+    assert a != b and len(secret_key(a)) == 32
 
 
 def test_id_time_and_body_are_all_signed():
-    sig = sign("secret", "m1", TS, b"body")
-    verify("secret", "m1", str(TS), b"body", sig, now=TS)
-    assert _reason("secret", "m2", str(TS), b"body", sig, now=TS) == "bad-signature", "wrong id"
-    assert _reason("secret", "m1", str(TS), b"body!", sig, now=TS) == "bad-signature"
-    assert _reason("secret", "m1", str(TS + 1), b"body", sig, now=TS) == "bad-signature"
-    assert _reason("other", "m1", str(TS), b"body", sig, now=TS) == "bad-signature"
+    sig = sign(SECRET, "m1", TS, b"body")
+    verify(SECRET, "m1", str(TS), b"body", sig, now=TS)
+    assert _reason(SECRET, "m2", str(TS), b"body", sig, now=TS) == "bad-signature", "wrong id"
+    assert _reason(SECRET, "m1", str(TS), b"body!", sig, now=TS) == "bad-signature"
+    assert _reason(SECRET, "m1", str(TS + 1), b"body", sig, now=TS) == "bad-signature"
+    assert _reason(OTHER, "m1", str(TS), b"body", sig, now=TS) == "bad-signature"
 
 
 def test_the_replay_window_holds_both_ways():
-    sig = sign("secret", "m1", TS, b"body")
-    verify("secret", "m1", str(TS), b"body", sig, now=TS + 300)
-    verify("secret", "m1", str(TS), b"body", sig, now=TS - 300)
-    assert _reason("secret", "m1", str(TS), b"body", sig, now=TS + 301) == "too-old"
-    assert _reason("secret", "m1", str(TS), b"body", sig, now=TS - 301) == "too-new"
-    assert _reason("secret", "m1", str(TS), b"body", sig, tolerance_s=5, now=TS + 6) == "too-old"
-    verify("secret", "m1", str(TS), b"body", sig, tolerance_s=None, now=TS + 10**6)
+    sig = sign(SECRET, "m1", TS, b"body")
+    verify(SECRET, "m1", str(TS), b"body", sig, now=TS + 300)
+    verify(SECRET, "m1", str(TS), b"body", sig, now=TS - 300)
+    assert _reason(SECRET, "m1", str(TS), b"body", sig, now=TS + 301) == "too-old"
+    assert _reason(SECRET, "m1", str(TS), b"body", sig, now=TS - 301) == "too-new"
+    assert _reason(SECRET, "m1", str(TS), b"body", sig, tolerance_s=5, now=TS + 6) == "too-old"
+    verify(SECRET, "m1", str(TS), b"body", sig, tolerance_s=None, now=TS + 10**6)
     with pytest.raises(SignatureError, match="too-old"):  # the window is checked before the key
-        verify("wrong", "m1", str(TS), b"body", sig, now=TS + 10**6)
+        verify(WRONG, "m1", str(TS), b"body", sig, now=TS + 10**6)
     assert check_timestamp(str(TS), 300, now=TS) == TS
 
 
 def test_key_rotation_several_signatures_one_match_is_enough():
-    old, new = sign("old-secret", "m1", TS, b"b"), sign("new-secret", "m1", TS, b"b")
+    old, new = sign(OLD, "m1", TS, b"b"), sign(NEW, "m1", TS, b"b")
     both = f"{old} {new}"
-    verify("old-secret", "m1", str(TS), b"b", both, now=TS)
-    verify("new-secret", "m1", str(TS), b"b", both, now=TS)
-    assert _reason("third", "m1", str(TS), b"b", both, now=TS) == "bad-signature"
+    verify(OLD, "m1", str(TS), b"b", both, now=TS)
+    verify(NEW, "m1", str(TS), b"b", both, now=TS)
+    assert _reason(THIRD, "m1", str(TS), b"b", both, now=TS) == "bad-signature"
     # other versions are skipped: a v1a (asymmetric) or v2 with our MAC does not count
-    assert _reason("new-secret", "m1", str(TS), b"b", "v2," + new[3:], now=TS) == "bad-signature"
-    verify("new-secret", "m1", str(TS), b"b", f"v1a,xyz v2,abc {new}", now=TS)
+    assert _reason(NEW, "m1", str(TS), b"b", "v2," + new[3:], now=TS) == "bad-signature"
+    verify(NEW, "m1", str(TS), b"b", f"v1a,xyz v2,abc {new}", now=TS)
 
 
 @pytest.mark.parametrize("msg_id, ts, sig, reason", [
@@ -92,7 +107,7 @@ def test_key_rotation_several_signatures_one_match_is_enough():
     ("m1", str(TS), "sha256=abc", "bad-signature"),
 ])
 def test_malformed_headers_are_refused_with_a_reason(msg_id, ts, sig, reason):
-    assert _reason("secret", msg_id, ts, b"body", sig, now=TS) == reason
+    assert _reason(SECRET, msg_id, ts, b"body", sig, now=TS) == reason
 
 
 def test_signed_headers_are_the_three_standard_ones():
@@ -102,8 +117,8 @@ def test_signed_headers_are_the_three_standard_ones():
                                            "m1", TS, b"x")}
     verify("whsec_" + base64.b64encode(b"k" * 32).decode(), h["webhook-id"],
            h["webhook-timestamp"], b"x", h["webhook-signature"], now=TS)
-    fresh = signed_headers("s", "m1", b"x")  # now
-    verify("s", "m1", fresh["webhook-timestamp"], b"x", fresh["webhook-signature"])
+    fresh = signed_headers(SECRET, "m1", b"x")  # now
+    verify(SECRET, "m1", fresh["webhook-timestamp"], b"x", fresh["webhook-signature"])
 
 
 def test_the_readme_verifier_agrees_with_stafets():
@@ -114,17 +129,17 @@ def test_the_readme_verifier_agrees_with_stafets():
     scope: dict = {}
     exec(compile(match.group(1), "README.md", "exec"), scope)  # noqa: S102 - our own README
     check = scope["verify_stafet_webhook"]
-    for secret in (VECTOR_SECRET, "plain-secret"):
+    for secret in (VECTOR_SECRET, OTHER):
         h = signed_headers(secret, "m1", b"{}")
         check(secret, h, b"{}")
         with pytest.raises(ValueError):
             check(secret, {**h, "webhook-id": "m2"}, b"{}")
         with pytest.raises(ValueError):
             check(secret, h, b"{ }")
-    stale = signed_headers("s", "m1", b"{}", now=0)
+    stale = signed_headers(SECRET, "m1", b"{}", now=0)
     with pytest.raises(ValueError):
-        check("s", stale, b"{}")
+        check(SECRET, stale, b"{}")
     with pytest.raises(ValueError):  # headers arrive latin-1 decoded: no TypeError
-        check("plain-secret", {**h, "webhook-signature": "v1,æøå"}, b"{}")
+        check(OTHER, {**h, "webhook-signature": "v1,æøå"}, b"{}")
     rotated = {**h, "webhook-signature": "v1,bm9wZQ== " + h["webhook-signature"]}
-    check("plain-secret", rotated, b"{}")
+    check(OTHER, rotated, b"{}")

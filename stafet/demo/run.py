@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import time
 from collections import defaultdict
@@ -16,6 +15,7 @@ from stafet.demo.inbox import end_offsets, read_topics, summarize
 from stafet.demo.receiver import Receiver
 from stafet.demo.scenario import BUC_ODENSE, ReferralStep, referral_day, synthetic_day
 from stafet.schemas.municipalities import municipalities
+from stafet.subscribers import new_secret
 from stafet.stack import running_stack
 from stafet.topics import DLQ_MLLP, DLQ_TOPICS, H_REASON, OUT_MUNICIPALITY_PREFIX, all_topics
 
@@ -57,7 +57,7 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
     steps = synthetic_day(run_id)
     referrals = referral_day(run_id)
     watched = [t for t in all_topics() if t.startswith("out.")] + list(DLQ_TOPICS)
-    os.environ[GP_SECRET_ENV] = secrets.token_hex(16)  # inherited by `stafet deliver`
+    os.environ[GP_SECRET_ENV] = new_secret()  # inherited by `stafet deliver`
     gp = Receiver(_free_port(), os.environ[GP_SECRET_ENV],
                   f"http://{settings.fhir_host}:{settings.fhir_port}/fhir/$process-message")
     settings = _demo_registry(settings, gp)

@@ -14,7 +14,7 @@ from stafet.connectors.replay import rewind_group
 from stafet.kafka_client import as_admin
 from stafet.kafka_security import DELIVERY
 from stafet.stack import Service, service_env, settings_env
-from stafet.subscribers import load_registry
+from stafet.subscribers import load_registry, new_secret
 
 from .conftest import free_port
 from stafet.demo.receiver import Receiver
@@ -63,7 +63,7 @@ def running_delivery(stack: Any, root: Path, rest: dict[str, Rest],
                      **overrides: Any) -> Iterator[DeliveryEnv]:
     """Receivers + registry + ``stafet deliver``; each subscriber starts at the topics' end."""
     ack_url = f"http://127.0.0.1:{stack.settings.fhir_port}/fhir/$process-message"
-    receivers = {sid: Receiver(free_port(), f"secret-{sid}", ack_url if spec.acknowledges
+    receivers = {sid: Receiver(free_port(), new_secret(), ack_url if spec.acknowledges
                                else None) for sid, spec in rest.items()}
     registry_file = root / "subscribers.toml"
     registry_file.write_text(_registry_toml(rest, receivers, root / "outbox"), encoding="utf-8")

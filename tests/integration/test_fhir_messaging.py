@@ -11,7 +11,7 @@ import uuid
 from stafet.connectors.fhir_http import FhirListener
 from stafet.connectors.medcom_ack import build_ack, MessageIds, parse_ack
 from stafet.demo import fhir_samples as s
-from stafet.topics import ACKS_INBOUND, INGEST_FHIR
+from stafet.topics import ACKS_INBOUND, DLQ_FHIR, H_REASON, H_STAGE, INGEST_FHIR
 
 from .test_fhir_api import Running, api, http  # noqa: F401  (the module's listener fixture)
 from stafet.demo.inbox import end_offsets, read_topics
@@ -34,7 +34,12 @@ def _stored(stack, since, topic: str, header_id: str) -> list:
 
 
 def _marks(stack):
-    return end_offsets(as_admin(stack.settings), [ACKS_INBOUND, INGEST_FHIR])
+    return end_offsets(as_admin(stack.settings), [ACKS_INBOUND, INGEST_FHIR, DLQ_FHIR])
+
+
+def _dead_letters(stack, since) -> list:
+    records = read_topics(as_admin(stack.settings), since, idle_s=1.5, timeout_s=20)
+    return [r for r in records if r.topic == DLQ_FHIR]
 
 
 def test_an_acknowledgement_is_stored_once_and_a_duplicate_gets_the_same_answer(api, stack):
@@ -68,6 +73,38 @@ def test_a_bad_acknowledgement_is_refused_with_the_reason(api):
     not_a_message = json.dumps({"resourceType": "Bundle", "type": "collection", "id": "x"})
     answer = http("POST", f"{api.url}/fhir/$process-message", not_a_message.encode())
     assert answer.status == 400 and "Bundle.type" in answer.text
+
+
+def test_a_reused_bundle_id_and_a_bad_acknowledgement_are_dead_lettered(api, stack):
+    first = _ack(str(uuid.uuid4()))
+    assert http("POST", f"{api.url}/fhir/$process-message",
+                json.dumps(first).encode()).status == 200
+    since = _marks(stack)
+    reused = json.dumps(_ack(str(uuid.uuid4()), bundle_id=first["id"])).encode()
+    answer = http("POST", f"{api.url}/fhir/$process-message", reused)
+    assert answer.status == 400 and "never be reused" in answer.text
+    bad = _ack(str(uuid.uuid4()))
+    bad["entry"][0]["resource"]["response"]["code"] = "fine"
+    bad_body = json.dumps(bad).encode()
+    answer = http("POST", f"{api.url}/fhir/$process-message", bad_body)
+    assert answer.status == 422, answer.text
+
+    dead = _dead_letters(stack, since)
+    assert [r.value for r in dead] == [reused, bad_body], "each on dlq.fhir once, as posted"
+    reasons = [r.headers[H_REASON].decode() for r in dead]
+    assert reasons[0].startswith("HTTP 400: Bundle.id: ") and "never be reused" in reasons[0]
+    assert first["id"] in reasons[0]
+    assert reasons[1].startswith("HTTP 422: MessageHeader.response.code: bad acknowledgement")
+    assert all(r.headers[H_STAGE] == b"fhir" for r in dead)
+    stored = [r for r in read_topics(as_admin(stack.settings), since, idle_s=0.5, timeout_s=10)
+              if r.topic == ACKS_INBOUND]
+    assert stored == [], "neither was stored for the delivery tracker"
+
+    good = _ack(str(uuid.uuid4()))  # the listener keeps working
+    since = _marks(stack)
+    assert http("POST", f"{api.url}/fhir/$process-message",
+                json.dumps(good).encode()).status == 200
+    assert len(_stored(stack, since, ACKS_INBOUND, good["entry"][0]["resource"]["id"])) == 1
 
 
 def _referral_message(referral_id: str) -> dict:
