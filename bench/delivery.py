@@ -32,7 +32,9 @@ from aiohttp import web
 from bench.run import free_port, percentiles
 from stafet.config import Settings
 from stafet.connectors.delivery import DeliveryService
-from stafet.connectors.delivery_sinks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from stafet.connectors.delivery_sinks import (
+    WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER, SignatureError, verify,
+)
 from stafet.connectors.producer import DurableProducer
 from stafet.kafka_local import LocalKafka
 from stafet.subscribers import new_secret, parse_registry
@@ -56,8 +58,11 @@ class Endpoint:
         body = await request.read()
         if time.time() < self.down_until:
             return web.Response(status=503)
-        if not verify(self.secret, body, request.headers.get(SIGNATURE_HEADER),
-                      request.headers.get(TIMESTAMP_HEADER)):
+        try:
+            verify(self.secret, request.headers.get(WEBHOOK_ID_HEADER),
+                   request.headers.get(WEBHOOK_TIMESTAMP_HEADER), body,
+                   request.headers.get(WEBHOOK_SIGNATURE_HEADER))
+        except SignatureError:
             self.bad_signatures += 1
             return web.Response(status=401)
         self.arrived.setdefault(request.headers["X-Stafet-Message-Id"], time.time())
