@@ -253,9 +253,10 @@ class LocalKafka:
         return pid
 
     def answers(self, timeout: float = 2.0) -> bool:
-        """True when a broker on our port answers a metadata request."""
-        admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
+        """True when a broker on our port answers a metadata request (False too when there is
+        no admin password yet: no secure broker was ever formatted here)."""
         try:
+            admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
             admin.list_topics(timeout=timeout)
         except Exception:
             return False
@@ -440,8 +441,8 @@ class LocalKafkaCluster:
 
     def brokers_listed(self, timeout: float = 2.0) -> int:
         """How many brokers the cluster metadata lists (0: no node answers)."""
-        admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
         try:
+            admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
             return len(admin.list_topics(timeout=timeout).brokers)
         except Exception:
             return 0
@@ -461,7 +462,7 @@ class LocalKafkaCluster:
         if self.size == 1:
             self.nodes[0].start(wait_s)
             return
-        if self.answers():
+        if self.pid() is not None and self.answers():
             log.info("kafka.already_running", bootstrap=self.bootstrap)
             return
         for node in self.nodes:

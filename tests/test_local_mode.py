@@ -149,3 +149,16 @@ def test_stafet_demo_on_an_old_plaintext_storage_stops_before_it_starts_anything
         assert sorted(p.name for p in home.iterdir()) == ["data"]
     finally:
         get_settings.cache_clear()
+
+
+def test_a_secure_broker_never_formatted_here_does_not_answer_rather_than_fail(
+        tmp_path: Path) -> None:
+    """`stafet kafka start --brokers 3` on a fresh machine asks first whether the cluster runs;
+    with no admin password yet the answer is no, not an error."""
+    from stafet.kafka_local import LocalKafkaCluster
+
+    settings = _settings(tmp_path / "kafka", kafka_security="sasl_ssl", kafka_port=1,
+                         kafka_controller_port=11)
+    assert LocalKafka.single(settings).answers(timeout=0.1) is False
+    assert LocalKafkaCluster.from_settings(settings, 3).brokers_listed(timeout=0.1) == 0
+    assert not (tmp_path / "kafka" / "secrets").exists()
