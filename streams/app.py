@@ -33,7 +33,6 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from quixstreams import Application, message_context
 from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Serializer
-from quixstreams.models.topics import TopicAdmin, TopicManager
 
 from stafet.config import Settings
 from stafet.kafka_client import client_config
@@ -216,37 +215,11 @@ def build_application(settings: Settings) -> Application:
     return app
 
 
-class _TopicAdmin(TopicAdmin):
-    """quixstreams' TopicAdmin, keeping its one AdminClient. Upstream (3.28) tests
-    ``not self._inner_admin``, and an AdminClient with nothing queued is falsy (``len() == 0``),
-    so every topic lookup made a new client — a new connection, on SASL_SSL a TLS handshake and
-    a SCRAM exchange — about 110 at each start (measured: 14.7 s of the worker's start on the
-    secure local stack)."""
-
-    @property
-    def admin_client(self) -> AdminClient:
-        if self._inner_admin is None:
-            self._inner_admin = AdminClient(self._config)
-            self._inner_admin.poll(0)
-        return self._inner_admin
-
-
 class _Application(Application):
-    """quixstreams' Application, with the process's signals left to :class:`Stopper`, and one
-    admin client for its topics (:class:`_TopicAdmin`)."""
+    """quixstreams' Application, with the process's signals left to :class:`Stopper`."""
 
     def _setup_signal_handlers(self) -> None:
         pass
-
-    def _get_topic_manager(self) -> TopicManager:
-        return self._topic_manager_factory(
-            topic_admin=_TopicAdmin(broker_address=self._config.broker_address,
-                                    extra_config=self._config.producer_extra_config),
-            consumer_group=self._config.consumer_group,
-            timeout=self._config.request_timeout,
-            create_timeout=self._config.topic_create_timeout,
-            auto_create_topics=self._config.auto_create_topics,
-        )
 
 
 class Stopper:
