@@ -73,11 +73,14 @@ def kafka_fetch() -> None:
 def kafka_start(brokers: int | None) -> None:
     """Start the broker(s) (format storage on first start) and wait until they answer: SASL_SSL
     unless STAFET_KAFKA_SECURITY=plaintext."""
-    from stafet.kafka_local import local_cluster
+    from stafet.kafka_local import KafkaToolingError, local_cluster
 
     settings = _stack_settings(brokers)
     cluster = local_cluster(settings, brokers or settings.kafka_brokers)
-    cluster.start()
+    try:
+        cluster.start()
+    except KafkaToolingError as exc:  # e.g. a storage formatted in the other mode: what to do
+        raise click.ClickException(str(exc)) from exc
     for node in cluster.nodes:
         label = f" node {node.node_id}" if cluster.size > 1 else ""
         click.echo(f"Kafka{label} is up on {node.bootstrap} (pid {node.pid()}, "

@@ -162,3 +162,21 @@ def test_a_secure_broker_never_formatted_here_does_not_answer_rather_than_fail(
     assert LocalKafka.single(settings).answers(timeout=0.1) is False
     assert LocalKafkaCluster.from_settings(settings, 3).brokers_listed(timeout=0.1) == 0
     assert not (tmp_path / "kafka" / "secrets").exists()
+
+
+def test_kafka_start_with_the_other_mode_chosen_says_what_to_do_without_a_traceback(
+        tmp_path: Path) -> None:
+    from stafet.cli import main
+
+    home = tmp_path / "kafka"
+    _format(home, "sasl_ssl")
+    env = {"STAFET_KAFKA_HOME": str(home), "STAFET_KAFKA_SECURITY": "plaintext"}
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["kafka", "start"], env=env)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1 and result.exception.__class__ is SystemExit
+    assert "formatted for sasl_ssl, not plaintext" in result.output
+    assert "STAFET_KAFKA_SECURITY=sasl_ssl to use it as it is" in result.output
+    assert not (home / "server.properties").exists()
