@@ -37,6 +37,25 @@ def _local_kafka(brokers: int | None = None):  # type: ignore[no-untyped-def]
     return local_cluster(get_settings(), brokers)
 
 
+def _stack_settings(brokers: int | None = None):  # type: ignore[no-untyped-def]
+    """The settings of a command that starts the local broker: SASL_SSL unless
+    STAFET_KAFKA_SECURITY says otherwise (stafet/local_mode.py)."""
+    from stafet.local_mode import LocalModeMismatch, for_local_stack_from_environment
+
+    try:
+        return for_local_stack_from_environment(brokers)
+    except LocalModeMismatch as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _kafka_mode(settings) -> str:  # type: ignore[no-untyped-def]
+    """How the local broker is secured, for the line that says it is up."""
+    if settings.kafka_security != "sasl_ssl":
+        return "plaintext"
+    return (f"SASL_SSL, SCRAM-SHA-512; CA {settings.ca_file}, passwords in "
+            f"{settings.secrets_dir}")
+
+
 @kafka.command("fetch")
 def kafka_fetch() -> None:
     """Resolve the broker jars from Maven Central (once; reused afterwards)."""
@@ -52,13 +71,21 @@ def kafka_fetch() -> None:
               "<kafka_home>/node-i on port STAFET_KAFKA_PORT + 2(i-1) (set "
               "STAFET_KAFKA_BROKERS=3 for the other stafet commands' bootstrap list)")
 def kafka_start(brokers: int | None) -> None:
-    """Start the broker(s) (format storage on first start) and wait until they answer."""
-    cluster = _local_kafka(brokers or get_settings().kafka_brokers)
-    cluster.start()
+    """Start the broker(s) (format storage on first start) and wait until they answer: SASL_SSL
+    unless STAFET_KAFKA_SECURITY=plaintext."""
+    from stafet.kafka_local import KafkaToolingError, local_cluster
+
+    settings = _stack_settings(brokers)
+    cluster = local_cluster(settings, brokers or settings.kafka_brokers)
+    try:
+        cluster.start()
+    except KafkaToolingError as exc:  # e.g. a storage formatted in the other mode: what to do
+        raise click.ClickException(str(exc)) from exc
     for node in cluster.nodes:
         label = f" node {node.node_id}" if cluster.size > 1 else ""
         click.echo(f"Kafka{label} is up on {node.bootstrap} (pid {node.pid()}, "
                    f"log {node.log_file})")
+    click.echo(f"security: {_kafka_mode(settings)}")
     if cluster.size > 1:
         click.echo(f"bootstrap: {cluster.bootstrap} (STAFET_KAFKA_BROKERS={cluster.size} gives "
                    "the other commands this list)")
@@ -191,20 +218,23 @@ def fhir(port: int | None) -> None:
 
 @main.command()
 def up() -> None:
-    """Kafka, the worker and the MLLP listener, for real senders on loopback, until Ctrl-C."""
+    """Kafka, the worker, the MLLP and FHIR listeners and delivery, for real senders on
+    loopback, until Ctrl-C. Kafka runs SASL_SSL (every child its own principal) unless
+    STAFET_KAFKA_SECURITY=plaintext."""
     from stafet.stack import running_stack
 
     import signal
     import threading
 
-    settings = safe_settings("up")
+    settings = safe_settings("up", _stack_settings())
     stopping = threading.Event()  # SIGTERM (systemd, Kubernetes, docker stop) or Ctrl-C
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs") as services:
         click.echo(f"stafet is up: MLLP on {settings.mllp_host}:{settings.mllp_port}, FHIR on "
                    f"http://{settings.fhir_host}:{settings.fhir_port}/fhir, Kafka on "
-                   f"{settings.bootstrap}. Logs in .stafet/logs. Ctrl-C or SIGTERM stops.")
+                   f"{settings.bootstrap} ({_kafka_mode(settings)}). Logs in .stafet/logs. "
+                   "Ctrl-C or SIGTERM stops.")
         from stafet.stack import health_ports
 
         click.echo("health and metrics: " + ", ".join(
@@ -220,10 +250,11 @@ def up() -> None:
 @main.command()
 @click.option("--timeout", type=float, default=180.0, help="seconds to wait for the notifications")
 def demo(timeout: float) -> None:
-    """Replay a scripted synthetic day and show what each municipality received."""
+    """Replay a scripted synthetic day and show what each municipality received (on the local
+    stack, SASL_SSL unless STAFET_KAFKA_SECURITY=plaintext)."""
     from stafet.demo.run import run_demo
 
-    sys.exit(run_demo(safe_settings("up"), timeout_s=timeout))
+    sys.exit(run_demo(safe_settings("up", _stack_settings()), timeout_s=timeout))
 
 
 @main.command()

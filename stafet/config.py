@@ -280,5 +280,9 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings (read once from the environment)."""
-    return Settings()
+    """The process-wide settings (read once from the environment). With STAFET_KAFKA_SECURITY
+    unset and the local broker as bootstrap, in the mode the local storage was formatted in
+    (``stafet.local_mode``): a command next to ``stafet up`` reaches the broker it started."""
+    from stafet.local_mode import for_clients
+
+    return for_clients(Settings())

@@ -32,6 +32,7 @@ from stafet.config import PROJECT_ROOT, Settings
 from stafet.errors import StafetError
 from stafet.kafka_client import ADMIN, SCRAM_MECHANISM, as_admin, client_config, password_for
 from stafet.kafka_credentials import ensure_tls, write_private
+from stafet.local_mode import MODE_FILE, storage_mode
 from stafet.logging import get_logger
 
 log = get_logger(__name__)
@@ -125,7 +126,18 @@ class LocalKafka:
     @property
     def mode_file(self) -> Path:
         """The security mode the storage was formatted for (plaintext / sasl_ssl)."""
-        return self.home / "security-mode"
+        return self.home / MODE_FILE
+
+    def refuse_other_mode(self) -> None:
+        """A storage formatted in the other security mode is not reused (nor wiped): say how to
+        use it as it is, or how to start afresh. Before anything is written."""
+        formatted, mode = storage_mode(self.home), self.settings.kafka_security
+        if formatted is not None and formatted != mode:
+            raise KafkaToolingError(
+                f"the storage in {self.data_dir} was formatted for {formatted}, not {mode}: set "
+                f"STAFET_KAFKA_SECURITY={formatted} to use it as it is, or start afresh in {mode} "
+                "with `make clean` (deletes .stafet/) or another STAFET_KAFKA_HOME (and "
+                "STAFET_WORKER_DATA_DIR)")
 
     def admin_config(self, **extra: object) -> dict[str, object]:
         """confluent-kafka config of the broker's super user (plaintext: no credentials)."""
@@ -209,12 +221,7 @@ class LocalKafka:
         cluster's (every node of a cluster is formatted with the same); None: a new one."""
         mode = self.settings.kafka_security
         if (self.data_dir / "meta.properties").exists():
-            formatted = (self.mode_file.read_text().strip() if self.mode_file.exists()
-                         else "plaintext")
-            if formatted != mode:
-                raise KafkaToolingError(
-                    f"the storage in {self.data_dir} was formatted for {formatted}, not {mode}: "
-                    "run `make clean` or choose another STAFET_KAFKA_HOME")
+            self.refuse_other_mode()
             return
         cluster_id = cluster_id or new_cluster_id()
         tool = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)]
@@ -246,9 +253,10 @@ class LocalKafka:
         return pid
 
     def answers(self, timeout: float = 2.0) -> bool:
-        """True when a broker on our port answers a metadata request."""
-        admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
+        """True when a broker on our port answers a metadata request (False too when there is
+        no admin password yet: no secure broker was ever formatted here)."""
         try:
+            admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
             admin.list_topics(timeout=timeout)
         except Exception:
             return False
@@ -260,6 +268,7 @@ class LocalKafka:
         if self.pid() is not None and self.answers():
             log.info("kafka.already_running", bootstrap=self.bootstrap)
             return
+        self.refuse_other_mode()
         self.fetch()
         self.write_config()
         self.format_storage(cluster_id)
@@ -432,8 +441,8 @@ class LocalKafkaCluster:
 
     def brokers_listed(self, timeout: float = 2.0) -> int:
         """How many brokers the cluster metadata lists (0: no node answers)."""
-        admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
         try:
+            admin = AdminClient(self.admin_config(log_level=0, logger=_SilentLogger()))
             return len(admin.list_topics(timeout=timeout).brokers)
         except Exception:
             return 0
@@ -453,9 +462,11 @@ class LocalKafkaCluster:
         if self.size == 1:
             self.nodes[0].start(wait_s)
             return
-        if self.answers():
+        if self.pid() is not None and self.answers():
             log.info("kafka.already_running", bootstrap=self.bootstrap)
             return
+        for node in self.nodes:
+            node.refuse_other_mode()
         self.fetch()
         ids = {i for i in (n.formatted_cluster_id() for n in self.nodes) if i is not None}
         if len(ids) > 1:

@@ -62,7 +62,10 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
                   f"http://{settings.fhir_host}:{settings.fhir_port}/fhir/$process-message")
     settings = _demo_registry(settings, gp)
     gp.start()
-    click.echo("Starting Kafka, the stream worker, the MLLP and FHIR listeners and delivery …")
+    secured = ("SASL_SSL: SCRAM-SHA-512 over TLS, ACLs, each process its own principal"
+               if settings.kafka_security == "sasl_ssl" else "plaintext")
+    click.echo(f"Starting Kafka ({secured}), the stream worker, the MLLP and FHIR listeners "
+               "and delivery …")
     try:
         with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs"):
             start = end_offsets(settings, watched)

@@ -69,7 +69,11 @@ def _ours(marker: str) -> list[int]:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on it: bound as every server here binds (Kafka, asyncio), with
+    SO_REUSEADDR, so a connection the broker closed last and left in TIME_WAIT — on SASL_SSL
+    often one on the controller port — does not count as a process left behind."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -101,6 +105,13 @@ def test_sigterm_to_stafet_up_stops_every_process_and_frees_every_port(tmp_path)
             except OSError:
                 time.sleep(1.0)
         assert ack is not None and ack["code"] == "AA", (ack, up.poll())
+        # a command run next to it, with the same environment (no STAFET_KAFKA_SECURITY unless
+        # the suite runs secured), reaches the broker `stafet up` started: the storage's mode
+        for command, expect in ((["kafka", "status"], "answers on"), (["topics", "--check"],
+                                                                        "topics match the plan")):
+            beside = subprocess.run([sys.executable, "-m", "stafet.cli", *command], env=env,
+                                    capture_output=True, text=True, timeout=120)
+            assert beside.returncode == 0 and expect in beside.stdout, beside.stdout + beside.stderr
         children = _ours(marker)
         assert len(children) >= 5, children  # broker, worker, mllp, fhir, deliver
         started = time.monotonic()
@@ -109,6 +120,9 @@ def test_sigterm_to_stafet_up_stops_every_process_and_frees_every_port(tmp_path)
         took = time.monotonic() - started
         output = (tmp_path / "up.log").read_text(errors="replace")
         assert up.returncode == 0, output[-2000:]
+        if "STAFET_KAFKA_SECURITY" not in env:  # the default: the local stack runs secured
+            assert "(SASL_SSL, SCRAM-SHA-512" in output, output[-2000:]
+            assert (tmp_path / marker / "kafka" / "security-mode").read_text() == "sasl_ssl"
         assert took < 30, f"stafet up took {took:.1f}s to stop"
         assert _ours(marker) == [], "processes left behind"
         busy = [name for name, port in ports.items() if not _port_free(port)]
