@@ -50,6 +50,8 @@ class Service:
     args: list[str]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: variables of our environment this child must not inherit (secrets it gets as files)
+    withheld: frozenset[str] = frozenset()
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0  # consecutive quick exits: the next restart waits 2^restarts s (max 30)
     started_at: float = 0.0
@@ -61,7 +63,7 @@ class Service:
         out = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stafet.cli", *self.args], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env={**inherited_environment(), **self.env},
+            stdin=subprocess.DEVNULL, env={**inherited_environment(self.withheld), **self.env},
             start_new_session=True,
         )
         log.info("service.started", service=self.name, pid=self.process.pid, log=str(self.log_path))
@@ -134,10 +136,12 @@ SECRET_VARIABLES = frozenset(
     if "SecretStr" in str(info.annotation))
 
 
-def inherited_environment() -> dict[str, str]:
-    """Our environment without any secret setting (a child reads its secrets from files)."""
+def inherited_environment(withheld: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Our environment without any secret setting or other ``withheld`` variable (a child
+    reads its secrets from files)."""
     return {k: v for k, v in os.environ.items()
-            if k.upper() not in SECRET_VARIABLES and k not in (SECRETS_DIR_ENV, CREDENTIALS_DIR_ENV)}
+            if k.upper() not in SECRET_VARIABLES and k not in withheld
+            and k not in (SECRETS_DIR_ENV, CREDENTIALS_DIR_ENV)}
 
 
 def settings_env(settings: Settings, extra_secrets: dict[str, str] | None = None) -> dict[str, str]:
@@ -184,10 +188,10 @@ def service_env(settings: Settings, principal: str, *, health_port: int = 0,
 
 
 def subscriber_secret_files(settings: Settings) -> dict[str, str]:
-    """The REST subscribers' webhook secrets that this process reads from secret files, for a
-    ``stafet deliver`` child (whose secrets directory is its own private one; secrets in the
-    environment reach it through the environment). A registry that does not load: none — the
-    child names the problem."""
+    """The REST subscribers' webhook secrets this process has — from its environment or its
+    secret files — for a ``stafet deliver`` child, which gets them as files in its own private
+    secrets directory (and does not inherit the variables: ``Service.withheld``). A registry
+    that does not load: none — the child names the problem."""
     from stafet.config import read_secret_file
     from stafet.subscribers import RegistryError, load_registry
 
@@ -197,8 +201,8 @@ def subscriber_secret_files(settings: Settings) -> dict[str, str]:
         return {}
     found = {}
     for s in registry.pushed():
-        if s.secret_env and not os.environ.get(s.secret_env):
-            value = read_secret_file(s.secret_env)
+        if s.secret_env:
+            value = os.environ.get(s.secret_env) or read_secret_file(s.secret_env)
             if value:
                 found[s.secret_env] = value
     return found
@@ -233,6 +237,7 @@ def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True)
     kafka.start()
     prepare_kafka(settings)
     ports = health_ports(settings)
+    hook_secrets = subscriber_secret_files(settings)
     services = {
         "worker": Service("worker", ["worker"], log_dir / "worker.log",
                           service_env(settings, WORKER, health_port=ports["worker"])),
@@ -243,7 +248,8 @@ def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True)
         # REST hooks, the letter outbox, acknowledgements and the audit trail
         "deliver": Service("deliver", ["deliver"], log_dir / "deliver.log",
                            service_env(settings, DELIVERY, health_port=ports["deliver"],
-                                       extra_secrets=subscriber_secret_files(settings))),
+                                       extra_secrets=hook_secrets),
+                           withheld=frozenset(hook_secrets)),
     }
     try:
         for service in services.values():

@@ -104,7 +104,7 @@ def test_no_secret_setting_is_missing_from_the_list() -> None:
                                 "STAFET_KAFKA_ADMIN_PASSWORD", "STAFET_ADDRESSEE_KEY"}
 
 
-def test_a_rest_subscribers_secret_file_reaches_the_deliver_child_as_a_file(
+def test_a_rest_subscribers_secret_reaches_the_deliver_child_as_a_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stafet.stack import subscriber_secret_files
     from stafet.subscribers import load_registry, new_secret
@@ -128,5 +128,10 @@ def test_a_rest_subscribers_secret_file_reaches_the_deliver_child_as_a_file(
     assert child_dir != ours
     monkeypatch.setenv("STAFET_SECRETS_DIR", str(child_dir))  # as the child sees it
     assert load_registry(registry).by_id("gp-t").secret().get_secret_value() == webhook_secret
-    monkeypatch.setenv("STAFET_SECRET_GP_T", webhook_secret)  # in the environment: inherited
-    assert subscriber_secret_files(settings) == {}
+    # in our environment: a file all the same, and the child does not inherit the variable
+    monkeypatch.setenv("STAFET_SECRETS_DIR", str(ours))
+    (ours / "STAFET_SECRET_GP_T").unlink()
+    monkeypatch.setenv("STAFET_SECRET_GP_T", webhook_secret)
+    assert subscriber_secret_files(settings) == {"STAFET_SECRET_GP_T": webhook_secret}
+    assert "STAFET_SECRET_GP_T" not in inherited_environment(frozenset(files))
+    assert inherited_environment()["STAFET_SECRET_GP_T"] == webhook_secret  # others: as before

@@ -121,3 +121,41 @@ def test_fhir_over_mutual_tls(stack, tls):
             _post(url, body, without)
     finally:
         running.close()
+
+
+def test_a_forged_rejection_without_a_client_certificate_never_enters_the_pipeline(stack, tls):
+    """Issue 11: a rejection sends letters to the parents and alerts to the municipality, so
+    only a party with a client certificate may post one. The forged Task is turned away at the
+    handshake and nothing reaches ingest.fhir — the only way to a letter; the same Task with a
+    certificate is stored (202), so the check could fail."""
+    from stafet.connectors.fhir_http import FhirListener
+    from stafet.demo import fhir_samples as s
+    from stafet.demo.inbox import end_offsets
+    from stafet.topics import DLQ_FHIR, INGEST_FHIR
+
+    from .test_fhir_api import Running
+
+    settings = as_admin(stack.settings).model_copy(update={
+        "fhir_port": 0, "fhir_tls_cert": tls.keystore, "fhir_tls_client_ca": tls.ca})
+    running = Running(FhirListener(settings))
+    base = f"https://127.0.0.1:{running.listener.port}/fhir"
+    referral_id = f"HEN-{uuid.uuid4().hex[:10]}"
+    with_cert = ssl.create_default_context(cafile=str(tls.ca))
+    with_cert.load_cert_chain(tls.keystore)
+    without = ssl.create_default_context(cafile=str(tls.ca))
+    rejection = s.to_bytes(s.rejection_task(referral_id))
+
+    def written() -> int:
+        return sum(end_offsets(settings, [INGEST_FHIR, DLQ_FHIR]).values())
+
+    try:
+        assert _post(f"{base}/ServiceRequest", s.to_bytes(s.referral(referral_id)),
+                     with_cert) == 202
+        before = written()
+        with pytest.raises(OSError):  # no certificate: no HTTP exchange at all
+            _post(f"{base}/Task", rejection, without)
+        assert written() == before, "a forged decision reached Kafka"
+        assert _post(f"{base}/Task", rejection, with_cert) == 202
+        assert written() == before + 1
+    finally:
+        running.close()
