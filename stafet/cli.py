@@ -16,7 +16,21 @@ from stafet.logging import configure_logging
 from stafet.safety import safe_settings
 
 
-@click.group()
+class _Commands(click.Group):
+    """stafet's command group: a :class:`~stafet.errors.StafetError` that reaches the top (a
+    storage formatted in the other security mode, a broker that cannot be provisioned) is the
+    user's to act on, so it ends the command with its message, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from stafet.errors import StafetError
+
+        try:
+            return super().invoke(ctx)
+        except StafetError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """stafet: hospital events to MedCom messages for every party that must act."""
     settings = get_settings()
