@@ -40,8 +40,9 @@ def measure(n: int = 1500, seed: int = 9) -> dict[str, Any]:
     failures: Counter[str] = Counter()
     for offset in range(n):
         item = next(gen)
-        record = Inbound("ingest.hl7v2", 0, offset, None, item.message,
-                         {H_CHARSET: item.charset.encode()})
+        record = Inbound(
+            "ingest.hl7v2", 0, offset, None, item.message, {H_CHARSET: item.charset.encode()}
+        )
         for event in normalize_hl7(record, settings):
             inbound = Inbound(event.topic, 0, offset, event.key, event.value, event.headers)
             state = states.setdefault(event.key or b"", _DictState())
@@ -57,21 +58,31 @@ def measure(n: int = 1500, seed: int = 9) -> dict[str, Any]:
                     counts[f"other output ({out.topic})"] += 1
                     continue
                 bundle = json.loads(out.value or b"{}")
-                kind = ("HospitalNotification" if out.headers.get("stafet.kind")
-                        == b"hospital-notification" else "CareCommunication")
+                kind = (
+                    "HospitalNotification"
+                    if out.headers.get("stafet.kind") == b"hospital-notification"
+                    else "CareCommunication"
+                )
                 counts[kind] += 1
                 problems = organization_problems(bundle)
                 try:
-                    (validate_bundle if kind == "HospitalNotification"
-                     else validate_care_communication)(bundle)
+                    (
+                        validate_bundle
+                        if kind == "HospitalNotification"
+                        else validate_care_communication
+                    )(bundle)
                 except ValueError as exc:
                     problems.append(str(exc))
                 if problems:
                     failures[problems[0][:120]] += 1
                 else:
                     counts[f"{kind} conform"] += 1
-    return {"messages": n, **dict(sorted(counts.items())),
-            "not conform": sum(failures.values()), "first problems": dict(failures.most_common(5))}
+    return {
+        "messages": n,
+        **dict(sorted(counts.items())),
+        "not conform": sum(failures.values()),
+        "first problems": dict(failures.most_common(5)),
+    }
 
 
 if __name__ == "__main__":

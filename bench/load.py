@@ -35,59 +35,238 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from stafet.demo.hl7_builder import Hospital, Provider, SyntheticPatient, adt, medcom_test_patients, referral_message
+from stafet.demo.hl7_builder import (
+    Hospital,
+    Provider,
+    SyntheticPatient,
+    adt,
+    referral_message,
+)
 from stafet.ids import stable_uuid
 from stafet.schemas.municipalities import municipalities
 
 # --- people ------------------------------------------------------------------------------
 
-BOYS = ["Søren", "Bjørn", "Asbjørn", "Jørgen", "Jørn", "Mads", "Noah", "Oscar", "William",
-        "Malthe", "Frederik", "Villads", "Aksel", "Anton", "Elias", "Carl", "Magnus", "Lauge",
-        "Storm", "Bertram", "Ebbe", "Halfdan", "Åge", "Sølve", "Kåre", "Bøje"]
-GIRLS = ["Sofie", "Ida", "Freja", "Astrid", "Lærke", "Asta", "Clara", "Alma", "Ella", "Emma",
-         "Karla", "Signe", "Mathilde", "Bjørk", "Åse", "Liv", "Nanna", "Maja", "Solvej", "Sørine",
-         "Møllie", "Frøja", "Dagmar", "Tove", "Gry", "Ragnhild"]
+BOYS = [
+    "Søren",
+    "Bjørn",
+    "Asbjørn",
+    "Jørgen",
+    "Jørn",
+    "Mads",
+    "Noah",
+    "Oscar",
+    "William",
+    "Malthe",
+    "Frederik",
+    "Villads",
+    "Aksel",
+    "Anton",
+    "Elias",
+    "Carl",
+    "Magnus",
+    "Lauge",
+    "Storm",
+    "Bertram",
+    "Ebbe",
+    "Halfdan",
+    "Åge",
+    "Sølve",
+    "Kåre",
+    "Bøje",
+]
+GIRLS = [
+    "Sofie",
+    "Ida",
+    "Freja",
+    "Astrid",
+    "Lærke",
+    "Asta",
+    "Clara",
+    "Alma",
+    "Ella",
+    "Emma",
+    "Karla",
+    "Signe",
+    "Mathilde",
+    "Bjørk",
+    "Åse",
+    "Liv",
+    "Nanna",
+    "Maja",
+    "Solvej",
+    "Sørine",
+    "Møllie",
+    "Frøja",
+    "Dagmar",
+    "Tove",
+    "Gry",
+    "Ragnhild",
+]
 MIDDLE = ["Bøgh", "Kjær", "Lund", "Højer", "Dam", "Brønd", "Sø", "Skov", "Bæk", "Holm", "Ågård"]
-FAMILY = ["Jørgensen", "Sørensen", "Møller", "Kjær", "Højgaard", "Østergaard", "Nørgaard",
-          "Søndergaard", "Dalsgaard", "Bræstrup", "Mørch", "Brøndum", "Krøyer", "Lykkegård",
-          "Skovgård", "Ågård", "Bøgh", "Frølund", "Lønborg", "Kjærgaard", "Bæk", "Dæhnfeldt",
-          "Nielsen", "Hansen", "Pedersen", "Andersen", "Christensen", "Larsen", "Rasmussen",
-          "Jensen", "Madsen", "Kristensen", "Olsen", "Thomsen", "Poulsen", "Johansen", "Knudsen",
-          "Mortensen", "Holm", "Østergård"]
-STREETS = ["Søndergade", "Nørregade", "Østergade", "Vestergade", "Åboulevarden", "Kærvej",
-           "Ågade", "Bøgevej", "Rønnebærvej", "Egebæksvej", "Møllevej", "Fælledvej",
-           "Strandvænget", "Kløvervænget", "Æblehaven", "Præstegårdsvej", "Skovbrynet",
-           "Højskolevej", "Tværgade", "Gåsebækvej"]
+FAMILY = [
+    "Jørgensen",
+    "Sørensen",
+    "Møller",
+    "Kjær",
+    "Højgaard",
+    "Østergaard",
+    "Nørgaard",
+    "Søndergaard",
+    "Dalsgaard",
+    "Bræstrup",
+    "Mørch",
+    "Brøndum",
+    "Krøyer",
+    "Lykkegård",
+    "Skovgård",
+    "Ågård",
+    "Bøgh",
+    "Frølund",
+    "Lønborg",
+    "Kjærgaard",
+    "Bæk",
+    "Dæhnfeldt",
+    "Nielsen",
+    "Hansen",
+    "Pedersen",
+    "Andersen",
+    "Christensen",
+    "Larsen",
+    "Rasmussen",
+    "Jensen",
+    "Madsen",
+    "Kristensen",
+    "Olsen",
+    "Thomsen",
+    "Poulsen",
+    "Johansen",
+    "Knudsen",
+    "Mortensen",
+    "Holm",
+    "Østergård",
+]
+STREETS = [
+    "Søndergade",
+    "Nørregade",
+    "Østergade",
+    "Vestergade",
+    "Åboulevarden",
+    "Kærvej",
+    "Ågade",
+    "Bøgevej",
+    "Rønnebærvej",
+    "Egebæksvej",
+    "Møllevej",
+    "Fælledvej",
+    "Strandvænget",
+    "Kløvervænget",
+    "Æblehaven",
+    "Præstegårdsvej",
+    "Skovbrynet",
+    "Højskolevej",
+    "Tværgade",
+    "Gåsebækvej",
+]
 
 #: Rough populations (thousands) to weight where children live; every other municipality 45.
 #: Only a load shape, not reference data.
 POPULATION_K = {
-    "0101": 660, "0147": 105, "0751": 370, "0461": 210, "0851": 222, "0561": 116, "0630": 121,
-    "0730": 100, "0621": 95, "0615": 99, "0740": 100, "0657": 90, "0265": 90, "0370": 84,
-    "0791": 98, "0330": 80, "0157": 75, "0316": 73, "0540": 73, "0860": 64, "0159": 70,
-    "0217": 64, "0376": 60, "0813": 59, "0259": 63, "0479": 59, "0746": 64, "0661": 59,
-    "0580": 58, "0760": 56, "0510": 55, "0219": 53, "0607": 52, "0492": 6, "0741": 4,
-    "0563": 3.5, "0825": 1.8, "0411": 0.1,
+    "0101": 660,
+    "0147": 105,
+    "0751": 370,
+    "0461": 210,
+    "0851": 222,
+    "0561": 116,
+    "0630": 121,
+    "0730": 100,
+    "0621": 95,
+    "0615": 99,
+    "0740": 100,
+    "0657": 90,
+    "0265": 90,
+    "0370": 84,
+    "0791": 98,
+    "0330": 80,
+    "0157": 75,
+    "0316": 73,
+    "0540": 73,
+    "0860": 64,
+    "0159": 70,
+    "0217": 64,
+    "0376": 60,
+    "0813": 59,
+    "0259": 63,
+    "0479": 59,
+    "0746": 64,
+    "0661": 59,
+    "0580": 58,
+    "0760": 56,
+    "0510": 55,
+    "0219": 53,
+    "0607": 52,
+    "0492": 6,
+    "0741": 4,
+    "0563": 3.5,
+    "0825": 1.8,
+    "0411": 0.1,
 }
 #: Postal-code ranges per region (PID-11.5; stafet routes on the municipality code, not these).
-POSTAL = {"DK-84": (1050, 3699), "DK-85": (4000, 4990), "DK-83": (5000, 6990),
-          "DK-82": (7000, 8990), "DK-81": (9000, 9990)}
+POSTAL = {
+    "DK-84": (1050, 3699),
+    "DK-85": (4000, 4990),
+    "DK-83": (5000, 6990),
+    "DK-82": (7000, 8990),
+    "DK-81": (9000, 9990),
+}
 REGION_HOSPITALS = {
-    "DK-84": ["BUC Region Hovedstaden Glostrup", "BUC Bispebjerg", "Nordsjællands Hospital Hillerød",
-              "Herlev og Gentofte Hospital", "Amager og Hvidovre Hospital"],
-    "DK-85": ["BUP Region Sjælland Roskilde", "Næstved Sygehus", "Holbæk Sygehus",
-              "Nykøbing Falster Sygehus"],
-    "DK-83": ["BUP Odense Universitetshospital", "Sygehus Lillebælt Kolding", "Sydvestjysk Sygehus Esbjerg",
-              "Sygehus Sønderjylland Aabenraa"],
-    "DK-82": ["BUC Aarhus Universitetshospital", "Regionshospitalet Gødstrup", "Regionshospitalet Randers",
-              "Hospitalsenhed Midt Viborg", "Regionshospitalet Horsens"],
-    "DK-81": ["BUP Aalborg Universitetshospital", "Sygehus Vendsyssel Hjørring", "Regionshospital Nordjylland Thisted"],
+    "DK-84": [
+        "BUC Region Hovedstaden Glostrup",
+        "BUC Bispebjerg",
+        "Nordsjællands Hospital Hillerød",
+        "Herlev og Gentofte Hospital",
+        "Amager og Hvidovre Hospital",
+    ],
+    "DK-85": [
+        "BUP Region Sjælland Roskilde",
+        "Næstved Sygehus",
+        "Holbæk Sygehus",
+        "Nykøbing Falster Sygehus",
+    ],
+    "DK-83": [
+        "BUP Odense Universitetshospital",
+        "Sygehus Lillebælt Kolding",
+        "Sydvestjysk Sygehus Esbjerg",
+        "Sygehus Sønderjylland Aabenraa",
+    ],
+    "DK-82": [
+        "BUC Aarhus Universitetshospital",
+        "Regionshospitalet Gødstrup",
+        "Regionshospitalet Randers",
+        "Hospitalsenhed Midt Viborg",
+        "Regionshospitalet Horsens",
+    ],
+    "DK-81": [
+        "BUP Aalborg Universitetshospital",
+        "Sygehus Vendsyssel Hjørring",
+        "Regionshospital Nordjylland Thisted",
+    ],
 }
 #: Share of sending units whose EHR sends ISO-8859-1 (MSH-18 8859/1) instead of UTF-8.
 LATIN1_SHARE = 0.15
 
-ADT_MIX = {"A01": 30, "A03": 30, "A08": 15, "A21": 5, "A22": 5, "A04": 10,
-           "A11": 2, "A13": 1, "A52": 1, "A53": 1}
+ADT_MIX = {
+    "A01": 30,
+    "A03": 30,
+    "A08": 15,
+    "A21": 5,
+    "A22": 5,
+    "A04": 10,
+    "A11": 2,
+    "A13": 1,
+    "A52": 1,
+    "A53": 1,
+}
 DECISION_MIX = {"R": 1 / 3, "A": 0.55, "P": 1 - 1 / 3 - 0.55}
 REJECT_REASONS = [
     ("missing-ppv", "Der mangler en pædagogisk-psykologisk vurdering (PPV)"),
@@ -95,9 +274,13 @@ REJECT_REASONS = [
     ("missing-information", "Henvisningen mangler oplysninger om skolegang og trivsel"),
     ("other", "Andet: barnet er allerede i forløb på en anden afdeling"),
 ]
-ADMISSION_REASONS = ["Mistrivsel, angst og skolefravær", "Spiseforstyrrelse; vægttab over tre måneder",
-                     "Selvskade og søvnbesvær", "Mistanke om ADHD; uro i børnehaven",
-                     "Tvangstanker og -handlinger gennem et halvt år"]
+ADMISSION_REASONS = [
+    "Mistrivsel, angst og skolefravær",
+    "Spiseforstyrrelse; vægttab over tre måneder",
+    "Selvskade og søvnbesvær",
+    "Mistanke om ADHD; uro i børnehaven",
+    "Tvangstanker og -handlinger gennem et halvt år",
+]
 
 
 class FictitiousCprs:
@@ -106,8 +289,11 @@ class FictitiousCprs:
     def __init__(self, rng: random.Random, first_year: int, last_year: int) -> None:
         if date(first_year, 1, 1) <= date.today():
             raise ValueError("fictitious CPRs need birth years after today")
-        self.rng, self.first, self.days = rng, date(first_year, 1, 1), (
-            date(last_year, 12, 31) - date(first_year, 1, 1)).days + 1
+        self.rng, self.first, self.days = (
+            rng,
+            date(first_year, 1, 1),
+            (date(last_year, 12, 31) - date(first_year, 1, 1)).days + 1,
+        )
         self.issued: set[str] = set()
 
     def new(self, female: bool) -> tuple[str, date] | None:
@@ -171,8 +357,10 @@ class Population:
                 self.hospitals.setdefault(region, []).append(h)
                 if rng.random() < LATIN1_SHARE:
                     self.latin1.add(h.sor)
-        self.gps = [Provider("RP", f"Lægehuset {rng.choice(STREETS)} {i} (bench)", f"9{i:05d}", "YDER")
-                    for i in range(1, 61)]
+        self.gps = [
+            Provider("RP", f"Lægehuset {rng.choice(STREETS)} {i} (bench)", f"9{i:05d}", "YDER")
+            for i in range(1, 61)
+        ]
 
     def municipality(self):  # type: ignore[no-untyped-def]
         if self._unseen:  # the first 98 children cover every municipality
@@ -189,13 +377,20 @@ class Population:
         m = self.municipality()
         lo, hi = POSTAL[m.region_code]
         given = (self.rng.choice(GIRLS if female else BOYS),) + (
-            (self.rng.choice(MIDDLE),) if self.rng.random() < 0.4 else ())
+            (self.rng.choice(MIDDLE),) if self.rng.random() < 0.4 else ()
+        )
         child = SyntheticPatient(
-            id=cpr, cpr=cpr, family=self.rng.choice(FAMILY), given=given,
-            gender="female" if female else "male", birth_date=born.isoformat(),
+            id=cpr,
+            cpr=cpr,
+            family=self.rng.choice(FAMILY),
+            given=given,
+            gender="female" if female else "male",
+            birth_date=born.isoformat(),
             address_line=f"{self.rng.choice(STREETS)} {self.rng.randint(1, 120)}",
-            postal_code=str(self.rng.randint(lo, hi)), municipality_code=m.code,
-            region_code=m.region_code)
+            postal_code=str(self.rng.randint(lo, hi)),
+            municipality_code=m.code,
+            region_code=m.region_code,
+        )
         self.made.append(child)
         return child
 
@@ -231,9 +426,16 @@ class LoadGenerator:
     state, so memory in the pipeline's tables grows with patients, not without bound).
     """
 
-    def __init__(self, seed: int = 5, run_id: str = "B", *, referral_share: float = 0.05,
-                 invalid_share: float = 0.005, max_active: int = 20_000,
-                 start: datetime | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 5,
+        run_id: str = "B",
+        *,
+        referral_share: float = 0.05,
+        invalid_share: float = 0.005,
+        max_active: int = 20_000,
+        start: datetime | None = None,
+    ) -> None:
         self.rng = random.Random(seed)
         self.run_id = run_id
         self.pop = Population(self.rng)
@@ -288,9 +490,18 @@ class LoadGenerator:
         return p
 
     def _adt(self, trigger: str, ep: Episode, now: str, **kw: Any) -> Item:
-        msg = adt(trigger, ep.patient, hospital=ep.hospital, control_id=self._control_id(),
-                  visit=ep.visit, event_time=now, admit_time=ep.admit_time,
-                  patient_class=ep.klass, charset=ep.charset, **kw)
+        msg = adt(
+            trigger,
+            ep.patient,
+            hospital=ep.hospital,
+            control_id=self._control_id(),
+            visit=ep.visit,
+            event_time=now,
+            admit_time=ep.admit_time,
+            patient_class=ep.klass,
+            charset=ep.charset,
+            **kw,
+        )
         ep.history.append(trigger)
         self.emitted[trigger] += 1
         return Item("adt", trigger, msg, ep.patient.cpr, _codec(ep.charset))
@@ -301,8 +512,14 @@ class LoadGenerator:
         patient = self._new_patient()
         hospital = self.pop.hospital_for(patient)
         klass = "E" if trigger == "A04" or self.rng.random() < 0.1 else "I"
-        ep = Episode(patient, hospital, f"{self.run_id}V{self.seq + 1:09d}", klass, now,
-                     self.pop.charset_of(hospital))
+        ep = Episode(
+            patient,
+            hospital,
+            f"{self.run_id}V{self.seq + 1:09d}",
+            klass,
+            now,
+            self.pop.charset_of(hospital),
+        )
         self.active_cprs.add(patient.cpr)
         self.admitted.append(ep)
         return self._adt(trigger, ep, now)
@@ -390,14 +607,25 @@ class LoadGenerator:
         if self.rng.random() < 0.7:
             units.append(Provider("PPR", f"PPR Kommune {code} (bench)", f"60000000{code}0011"))
         if self.rng.random() < 0.5:
-            units.append(Provider("FAM", f"Familieafdelingen Kommune {code} (bench)", f"60000000{code}0012"))
-        guardians = [(rel, None, cpr) for rel, cpr in
-                     (self.pop.guardian() for _ in range(self.rng.choice((1, 2, 2))))]
+            units.append(
+                Provider("FAM", f"Familieafdelingen Kommune {code} (bench)", f"60000000{code}0012")
+            )
+        guardians = [
+            (rel, None, cpr)
+            for rel, cpr in (self.pop.guardian() for _ in range(self.rng.choice((1, 2, 2))))
+        ]
         ref_id = f"{self.run_id}H{self.seq + 1:09d}"
         now = self._tick()
-        msg = referral_message("REF^I12", child, referral_id=ref_id, control_id=self._control_id(),
-                               event_time=now, providers=[gp, unit, *units], guardians=guardians,
-                               notes={"NOTE": self.rng.choice(ADMISSION_REASONS)})
+        msg = referral_message(
+            "REF^I12",
+            child,
+            referral_id=ref_id,
+            control_id=self._control_id(),
+            event_time=now,
+            providers=[gp, unit, *units],
+            guardians=guardians,
+            notes={"NOTE": self.rng.choice(ADMISSION_REASONS)},
+        )
         self.emitted["REF"] += 1
         # the decision follows a few dozen messages later, for the same child (same connection)
         status = self.rng.choices(list(DECISION_MIX), list(DECISION_MIX.values()))[0]
@@ -405,9 +633,11 @@ class LoadGenerator:
         kw: dict[str, Any] = {}
         if status == "R":
             kw["reason"] = self.rng.choice(REJECT_REASONS)
-            kw["notes"] = {"NOTE": "Vurderet på visitationskonference",
-                           "ALT": f"PPR i kommune {code} udarbejder en PPV; henvis derefter igen",
-                           "RESP": f"Kommune {code}, PPR"}
+            kw["notes"] = {
+                "NOTE": "Vurderet på visitationskonference",
+                "ALT": f"PPR i kommune {code} udarbejder en PPV; henvis derefter igen",
+                "RESP": f"Kommune {code}, PPR",
+            }
         elif status == "P":
             other = self.rng.choice([h for hs in self.pop.hospitals.values() for h in hs])
             providers.append(Provider("RT", other.name, other.sor))
@@ -415,21 +645,44 @@ class LoadGenerator:
         else:
             kw["notes"] = {"NOTE": "Optaget til udredning"}
         decision = referral_message(
-            "RRI^I12", child, referral_id=ref_id, control_id=f"{self.run_id}D{self.seq:09d}",
+            "RRI^I12",
+            child,
+            referral_id=ref_id,
+            control_id=f"{self.run_id}D{self.seq:09d}",
             event_time=f"{self.clock + timedelta(days=self.rng.randint(3, 20)):%Y%m%d%H%M%S}",
-            providers=providers, status=status,
-            contact=(self.rng.choice(FAMILY), self.rng.choice(GIRLS), "00 00 00 00"), **kw)
-        self.pending_decisions.append((self.seq + self.rng.randint(20, 60),
-                                       Item("rri", f"RRI-{status}", decision, child.cpr, "utf-8")))
+            providers=providers,
+            status=status,
+            contact=(self.rng.choice(FAMILY), self.rng.choice(GIRLS), "00 00 00 00"),
+            **kw,
+        )
+        self.pending_decisions.append(
+            (
+                self.seq + self.rng.randint(20, 60),
+                Item("rri", f"RRI-{status}", decision, child.cpr, "utf-8"),
+            )
+        )
         self.readmit.append(child)
         return Item("ref", "REF", msg, child.cpr, "utf-8")
 
     def invalid(self) -> Item:
-        ep = Episode(self.pop.child(), self.rng.choice(self.pop.hospitals["DK-84"]),
-                     f"{self.run_id}X{self.seq + 1:09d}", "I", self._tick(), "UNICODE UTF-8")
-        msg = adt("A01", ep.patient, hospital=ep.hospital, control_id=self._control_id(),
-                  visit=ep.visit, event_time=ep.admit_time, admit_time=ep.admit_time,
-                  municipality_code="0999")
+        ep = Episode(
+            self.pop.child(),
+            self.rng.choice(self.pop.hospitals["DK-84"]),
+            f"{self.run_id}X{self.seq + 1:09d}",
+            "I",
+            self._tick(),
+            "UNICODE UTF-8",
+        )
+        msg = adt(
+            "A01",
+            ep.patient,
+            hospital=ep.hospital,
+            control_id=self._control_id(),
+            visit=ep.visit,
+            event_time=ep.admit_time,
+            admit_time=ep.admit_time,
+            municipality_code="0999",
+        )
         self.emitted["INVALID"] += 1
         return Item("invalid", "INVALID", msg, ep.patient.cpr, "utf-8")
 
@@ -460,6 +713,7 @@ class LoadGenerator:
 
 # --- FHIR referral bodies (the FHIR HTTP connector) -------------------------------------------
 
+
 class FhirLoad:
     """ServiceRequest bodies (a GP's referral) followed by a Task (the decision), 1/3 rejected."""
 
@@ -474,31 +728,63 @@ class FhirLoad:
 
     def _service_request(self, child: SyntheticPatient, referral_id: str) -> dict[str, Any]:
         s = self.s
-        address = {"use": "home", "line": [child.address_line], "postalCode": child.postal_code,
-                   "country": "DK", "extension": [{"url": s.MUNICIPALITY_EXT, "valueCodeableConcept": {
-                       "coding": [{"system": s.MUNICIPALITY_SYSTEM, "code": child.municipality_code}]}}]}
-        contained: list[dict[str, Any]] = [{
-            "resourceType": "Patient", "id": "child",
-            "identifier": [{"system": s.CPR_SYSTEM, "value": child.cpr}],
-            "name": [{"use": "official", "family": child.family, "given": list(child.given)}],
-            "gender": child.gender, "birthDate": child.birth_date, "address": [address]}]
+        address = {
+            "use": "home",
+            "line": [child.address_line],
+            "postalCode": child.postal_code,
+            "country": "DK",
+            "extension": [
+                {
+                    "url": s.MUNICIPALITY_EXT,
+                    "valueCodeableConcept": {
+                        "coding": [
+                            {"system": s.MUNICIPALITY_SYSTEM, "code": child.municipality_code}
+                        ]
+                    },
+                }
+            ],
+        }
+        contained: list[dict[str, Any]] = [
+            {
+                "resourceType": "Patient",
+                "id": "child",
+                "identifier": [{"system": s.CPR_SYSTEM, "value": child.cpr}],
+                "name": [{"use": "official", "family": child.family, "given": list(child.given)}],
+                "gender": child.gender,
+                "birthDate": child.birth_date,
+                "address": [address],
+            }
+        ]
         supporting = []
         for n in range(1, self.rng.choice((1, 2, 2)) + 1):
             rel, cpr = self.pop.guardian()
-            contained.append({"resourceType": "RelatedPerson", "id": f"guardian{n}",
-                              "patient": {"reference": "#child"},
-                              "identifier": [{"system": s.CPR_SYSTEM, "value": cpr}],
-                              "relationship": [{"coding": [{"system": s.ROLE_CODE_SYSTEM, "code": rel}]}],
-                              "name": [{"family": self.rng.choice(FAMILY), "given": [self.rng.choice(GIRLS + BOYS)]}]})
+            contained.append(
+                {
+                    "resourceType": "RelatedPerson",
+                    "id": f"guardian{n}",
+                    "patient": {"reference": "#child"},
+                    "identifier": [{"system": s.CPR_SYSTEM, "value": cpr}],
+                    "relationship": [{"coding": [{"system": s.ROLE_CODE_SYSTEM, "code": rel}]}],
+                    "name": [
+                        {
+                            "family": self.rng.choice(FAMILY),
+                            "given": [self.rng.choice(GIRLS + BOYS)],
+                        }
+                    ],
+                }
+            )
             supporting.append({"reference": f"#guardian{n}"})
         hospital = self.pop.hospital_for(child)
         return {
-            "resourceType": "ServiceRequest", "id": stable_uuid("bench-sr", referral_id),
+            "resourceType": "ServiceRequest",
+            "id": stable_uuid("bench-sr", referral_id),
             "contained": contained,
             "identifier": [{"system": s.REFERRAL_ID_SYSTEM, "value": referral_id}],
-            "status": "active", "intent": "order",
+            "status": "active",
+            "intent": "order",
             "code": {"text": "Henvisning til børne- og ungdomspsykiatrisk udredning"},
-            "subject": {"reference": "#child"}, "authoredOn": "2026-11-23T09:30:00+01:00",
+            "subject": {"reference": "#child"},
+            "authoredOn": "2026-11-23T09:30:00+01:00",
             "requester": s.GP.ref(),
             "performer": [s.Org(hospital.sor, hospital.name).ref()],
             "reasonCode": [{"text": self.rng.choice(ADMISSION_REASONS)}],

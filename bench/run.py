@@ -48,7 +48,7 @@ from array import array
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,16 @@ from stafet.kafka_client import PARTITIONER
 from stafet.kafka_local import LocalKafka
 from stafet.stack import Service, settings_env, wait_for_port
 from stafet.topics import (
-    DLQ_TOPICS, EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET, H_RECEIVED_AT, H_SOURCE,
-    INGEST_FHIR, INGEST_HL7V2, all_topics, ensure_topics,
+    DLQ_TOPICS,
+    EVENTS_ENCOUNTER,
+    EVENTS_REFERRAL,
+    H_CHARSET,
+    H_RECEIVED_AT,
+    H_SOURCE,
+    INGEST_FHIR,
+    INGEST_HL7V2,
+    all_topics,
+    ensure_topics,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -184,7 +192,8 @@ class Sampler(threading.Thread):
         seconds = last["t"] - first["t"]
         ours = sum(cpu.values())
         return {
-            "seconds": round(seconds, 1), "cpu_s": cpu,
+            "seconds": round(seconds, 1),
+            "cpu_s": cpu,
             "machine_busy_pct": round(100 * busy / total, 1) if total else None,
             "machine_cores_busy": round(busy / seconds, 2) if seconds else None,
             "other_processes_cores": round((busy - ours) / seconds, 2) if seconds else None,
@@ -195,18 +204,29 @@ class Sampler(threading.Thread):
 # --- the output consumer (its own process, so it does not share a GIL with the load) -------------
 
 
-def consume_outputs(bootstrap: str, start: dict[tuple[str, int], int], out_path: str,
-                    stop: Any, n_records: Any, n_first: Any) -> None:
+def consume_outputs(
+    bootstrap: str,
+    start: dict[tuple[str, int], int],
+    out_path: str,
+    stop: Any,
+    n_records: Any,
+    n_first: Any,
+) -> None:
     """Read every out.* and dlq.* record after ``start``; write per-record timings at stop."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"bench-outputs-{uuid.uuid4()}",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        # a waiting fetch returns as soon as any of its partitions gets data, so the default
-        # 500 ms adds no latency; a short wait made the broker spin on ~300 partitions
-        "fetch.min.bytes": 1, "log_level": 3,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-outputs-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            # a waiting fetch returns as soon as any of its partitions gets data, so the default
+            # 500 ms adds no latency; a short wait made the broker spin on ~300 partitions
+            "fetch.min.bytes": 1,
+            "log_level": 3,
+        }
+    )
     consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
     recv, ts, tin = array("d"), array("d"), array("d")
     cls, first = array("b"), array("b")
@@ -233,8 +253,10 @@ def consume_outputs(bootstrap: str, start: dict[tuple[str, int], int], out_path:
                     dlq_reasons[f"{topic}: {reason[:110]}"] += 1
                 elif "stafet.referral_id" in headers:
                     kind = 1
-                    codes[f"referral:{headers.get('stafet.kind', b'?').decode()}->"
-                          f"{headers.get('stafet.recipient_kind', b'?').decode()}"] += 1
+                    codes[
+                        f"referral:{headers.get('stafet.kind', b'?').decode()}->"
+                        f"{headers.get('stafet.recipient_kind', b'?').decode()}"
+                    ] += 1
                 elif "stafet.event_code" in headers:
                     kind = 0
                     codes[headers["stafet.event_code"].decode()] += 1
@@ -249,7 +271,10 @@ def consume_outputs(bootstrap: str, start: dict[tuple[str, int], int], out_path:
                         if len(received_at_cache) > 100_000:
                             received_at_cache.clear()
                         received_at_cache[raw_in] = t_in
-                event_id = headers.get("stafet.event_id") or f"{topic}/{m.partition()}/{m.offset()}".encode()
+                event_id = (
+                    headers.get("stafet.event_id")
+                    or f"{topic}/{m.partition()}/{m.offset()}".encode()
+                )
                 is_first = kind != 4 and event_id not in seen
                 if is_first:
                     seen.add(event_id)
@@ -266,8 +291,18 @@ def consume_outputs(bootstrap: str, start: dict[tuple[str, int], int], out_path:
     finally:
         consumer.close()
         with open(out_path, "wb") as f:
-            pickle.dump({"recv": recv, "ts": ts, "tin": tin, "cls": cls, "first": first,
-                         "dlq_reasons": dict(dlq_reasons), "codes": dict(codes)}, f)
+            pickle.dump(
+                {
+                    "recv": recv,
+                    "ts": ts,
+                    "tin": tin,
+                    "cls": cls,
+                    "first": first,
+                    "dlq_reasons": dict(dlq_reasons),
+                    "codes": dict(codes),
+                },
+                f,
+            )
 
 
 class Outputs:
@@ -280,8 +315,11 @@ class Outputs:
         self.n_first = ctx.Value("q", 0)
         self.path = path
         start = end_offsets(bootstrap, topics)
-        self.proc = ctx.Process(target=consume_outputs, name="bench-outputs", args=(
-            bootstrap, start, str(path), self.stop_event, self.n_records, self.n_first))
+        self.proc = ctx.Process(
+            target=consume_outputs,
+            name="bench-outputs",
+            args=(bootstrap, start, str(path), self.stop_event, self.n_records, self.n_first),
+        )
         self.proc.start()
         self.data: dict[str, Any] | None = None
 
@@ -330,11 +368,11 @@ class AckLog:
 
     def window(self, t0: float, t1: float) -> tuple[list[float], Counter]:
         lat, codes = [], Counter()
-        for t, l, c in zip(self.t, self.latency, self.code):
+        for t, latency, c in zip(self.t, self.latency, self.code, strict=True):
             if t0 <= t <= t1:
                 codes[c] += 1
                 if c == 0:
-                    lat.append(l)
+                    lat.append(latency)
         return lat, codes
 
 
@@ -345,13 +383,24 @@ def frame(item: Item) -> tuple[int, bytes]:
     return zlib.crc32(item.cpr.encode()), START + item.message + END
 
 
-async def drive_mllp(host: str, port: int, source: Iterator[tuple[int, bytes]], *, conns: int,
-                     rate: float | None, duration: float, window: int, acks: AckLog) -> int:
+async def drive_mllp(
+    host: str,
+    port: int,
+    source: Iterator[tuple[int, bytes]],
+    *,
+    conns: int,
+    rate: float | None,
+    duration: float,
+    window: int,
+    acks: AckLog,
+) -> int:
     """Send frames over ``conns`` connections (one child → one connection, so its messages stay in
     order) at ``rate`` msg/s (None: as fast as ``window`` frames in flight per connection allow)
     for ``duration`` seconds; return the number sent."""
     streams = [await asyncio.open_connection(host, port, limit=1 << 22) for _ in range(conns)]
-    queues: list[asyncio.Queue[bytes | None]] = [asyncio.Queue(maxsize=window * 4) for _ in range(conns)]
+    queues: list[asyncio.Queue[bytes | None]] = [
+        asyncio.Queue(maxsize=window * 4) for _ in range(conns)
+    ]
     inflight: list[deque[float]] = [deque() for _ in range(conns)]
     slots = [asyncio.Semaphore(window) for _ in range(conns)]
     wall0, perf0 = time.time(), time.perf_counter()
@@ -381,7 +430,7 @@ async def drive_mllp(host: str, port: int, source: Iterator[tuple[int, bytes]], 
             t_sent = inflight[i].popleft()
             slots[i].release()
             j = ack.find(b"MSA|")
-            code = _CODES.get(ack[j + 4:j + 6], 3) if j >= 0 else 3
+            code = _CODES.get(ack[j + 4 : j + 6], 3) if j >= 0 else 3
             acks.t.append(wall0 + (now - perf0))
             acks.latency.append(now - t_sent)
             acks.code.append(code)
@@ -427,19 +476,28 @@ def pregenerated(gen: LoadGenerator, n: int, acks: AckLog) -> Iterator[tuple[int
     """``n`` frames made before the clock starts (so the generator's CPU is not in the phase),
     then on the fly if the system is faster than expected."""
     items = [next(gen) for _ in range(n)]
+
     def it() -> Iterator[tuple[int, bytes]]:
         for item in items:
             acks.sent[item.label] += 1
             yield frame(item)
         yield from counting(gen, acks)
+
     return it()
 
 
 # --- FHIR driver ---------------------------------------------------------------------------------
 
 
-async def drive_fhir(url: str, load: FhirLoad, *, concurrency: int, rate: float | None,
-                     duration: float, results: list[tuple[float, float, int, str]]) -> None:
+async def drive_fhir(
+    url: str,
+    load: FhirLoad,
+    *,
+    concurrency: int,
+    rate: float | None,
+    duration: float,
+    results: list[tuple[float, float, int, str]],
+) -> None:
     """POST ServiceRequests and, once each is accepted, its decision Task."""
     import aiohttp
 
@@ -452,8 +510,9 @@ async def drive_fhir(url: str, load: FhirLoad, *, concurrency: int, rate: float 
 
     async def post(session: aiohttp.ClientSession, path: str, body: bytes, label: str) -> int:
         start = time.perf_counter()
-        async with session.post(url + path, data=body,
-                                headers={"Content-Type": "application/fhir+json"}) as r:
+        async with session.post(
+            url + path, data=body, headers={"Content-Type": "application/fhir+json"}
+        ) as r:
             await r.read()
             status = r.status
         results.append((time.time(), time.perf_counter() - start, status, label))
@@ -479,21 +538,29 @@ async def drive_fhir(url: str, load: FhirLoad, *, concurrency: int, rate: float 
                 ready.append(job[3])
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
 
 
 # --- Kafka helpers ---------------------------------------------------------------------------------
 
 
-def group_offsets(admin: AdminClient, group: str, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+def group_offsets(
+    admin: AdminClient, group: str, tps: list[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
     request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in tps])]
     result = admin.list_consumer_group_offsets(request)[group].result()
     return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in result.topic_partitions}
 
 
 def set_group_offsets(admin: AdminClient, group: str, offsets: dict[tuple[str, int], int]) -> None:
-    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p, o) for (t, p), o in offsets.items()])]
+    request = [
+        ConsumerGroupTopicPartitions(
+            group, [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        )
+    ]
     admin.alter_consumer_group_offsets(request)[group].result()
 
 
@@ -514,10 +581,18 @@ def preload(bootstrap: str, gen: LoadGenerator, n: int, secret: str) -> dict[str
     from stafet.hl7v2_referral import parse_hl7v2
     from stafet.topics import H_EVENT_ID
 
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                         "partitioner": PARTITIONER,
-                         "linger.ms": 20, "compression.type": "lz4", "batch.num.messages": 10000,
-                         "queue.buffering.max.messages": 500000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": PARTITIONER,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000,
+        }
+    )
     t0 = time.monotonic()
     keys: dict[str, bytes] = {}
     for i in range(n):
@@ -525,8 +600,11 @@ def preload(bootstrap: str, gen: LoadGenerator, n: int, secret: str) -> dict[str
         key = keys.get(item.cpr)
         if key is None:
             key = keys[item.cpr] = patient_key(item.cpr, secret).encode()
-        headers = [(H_CHARSET, item.charset.encode()), (H_SOURCE, b"bench-preload"),
-                   (H_RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode())]
+        headers = [
+            (H_CHARSET, item.charset.encode()),
+            (H_SOURCE, b"bench-preload"),
+            (H_RECEIVED_AT, datetime.now(UTC).isoformat().encode()),
+        ]
         try:
             event = parse_hl7v2(item.message, secret=secret, default_charset=item.charset)
             headers += [(H_EVENT_ID, event.event_id.encode()), *carry(event)]
@@ -542,7 +620,11 @@ def preload(bootstrap: str, gen: LoadGenerator, n: int, secret: str) -> dict[str
             producer.poll(0)
     producer.flush(120)
     seconds = time.monotonic() - t0
-    return {"events": n, "seconds": round(seconds, 1), "per_s": round(n / seconds) if seconds else None}
+    return {
+        "events": n,
+        "seconds": round(seconds, 1),
+        "per_s": round(n / seconds) if seconds else None,
+    }
 
 
 # --- py-spy ----------------------------------------------------------------------------------------
@@ -552,29 +634,65 @@ def pyspy_start(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | 
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         return None
-    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(seconds),
-                             "--rate", "50", "--nonblocking", "--format", "raw", "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "50",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 CATEGORIES = [  # (label, substring of a frame "function (file:line)"), first match from the leaf up
-    ("logging (structlog JSON + CPR masking)", ("structlog", "stafet/logging.py", "logging/__init__")),
+    (
+        "logging (structlog JSON + CPR masking)",
+        ("structlog", "stafet/logging.py", "logging/__init__"),
+    ),
     ("FHIR validation (fhir.resources / pydantic)", ("validate_bundle", "fhir", "pydantic")),
     ("HL7 v2 parsing (python-hl7 + checks)", ("stafet/hl7v2", "hl7/", "parse_hl7v2", "parse_adt")),
-    ("HospitalNotification / CareCommunication build", ("hospitalnotification.py", "carecommunication.py")),
+    (
+        "HospitalNotification / CareCommunication build",
+        ("hospitalnotification.py", "carecommunication.py"),
+    ),
     ("PDF letters (reportlab)", ("reportlab", "letters.py")),
     ("Avro encode/decode", ("fastavro", "codec.py")),
     ("state stores (RocksDB)", ("rocksdict", "quixstreams/state")),
-    ("Kafka client (librdkafka)", ("confluent_kafka", "quixstreams/kafka", "quixstreams/internal_")),
+    (
+        "Kafka client (librdkafka)",
+        ("confluent_kafka", "quixstreams/kafka", "quixstreams/internal_"),
+    ),
     ("quixstreams engine (dataframe, checkpoint)", ("quixstreams/",)),
     ("asyncio event loop", ("asyncio",)),
 ]
 
 
-OWN_FRAMES = ("streams/", "stafet/", "connectors/", "schemas/", "fastavro", "json/encoder",
-              "structlog/_base", "rocksdict", "quixstreams/state/rocksdb",
-              "fhir_core/fhirabstractmodel.py (model_validate", "produce (quixstreams",
-              "hl7/parser.py", "reportlab/")
+OWN_FRAMES = (
+    "streams/",
+    "stafet/",
+    "connectors/",
+    "schemas/",
+    "fastavro",
+    "json/encoder",
+    "structlog/_base",
+    "rocksdict",
+    "quixstreams/state/rocksdb",
+    "fhir_core/fhirabstractmodel.py (model_validate",
+    "produce (quixstreams",
+    "hl7/parser.py",
+    "reportlab/",
+)
 
 
 def summarise_profile(path: Path) -> dict[str, Any] | None:
@@ -606,9 +724,13 @@ def summarise_profile(path: Path) -> dict[str, Any] | None:
         return None
     share = lambda c, n=18: [(k, round(100 * v / total, 1)) for k, v in c.most_common(n)]  # noqa: E731
     ours = Counter({k: v for k, v in inclusive.items() if any(m in k for m in OWN_FRAMES)})
-    return {"samples": total, "by_category_pct": dict(share(cats)),
-            "stafet_functions_inclusive_pct": share(ours, 30),
-            "inclusive_pct": share(inclusive), "leaf_pct": share(leaf, 25)}
+    return {
+        "samples": total,
+        "by_category_pct": dict(share(cats)),
+        "stafet_functions_inclusive_pct": share(ours, 30),
+        "inclusive_pct": share(inclusive),
+        "leaf_pct": share(leaf, 25),
+    }
 
 
 def _short(frame_text: str) -> str:
@@ -638,10 +760,32 @@ class Mode:
     pregen_rate: int
 
 
-QUICK = Mode(warmup_s=8, idle_s=5, low_s=10, drain_s=15, paced_s=20, saturate_s=15, fhir_s=8,
-             replay_events=20_000, replay_cap_s=60, profile_s=10, pregen_rate=2500)
-FULL = Mode(warmup_s=20, idle_s=15, low_s=60, drain_s=60, paced_s=600, saturate_s=120, fhir_s=30,
-            replay_events=200_000, replay_cap_s=300, profile_s=60, pregen_rate=1000)
+QUICK = Mode(
+    warmup_s=8,
+    idle_s=5,
+    low_s=10,
+    drain_s=15,
+    paced_s=20,
+    saturate_s=15,
+    fhir_s=8,
+    replay_events=20_000,
+    replay_cap_s=60,
+    profile_s=10,
+    pregen_rate=2500,
+)
+FULL = Mode(
+    warmup_s=20,
+    idle_s=15,
+    low_s=60,
+    drain_s=60,
+    paced_s=600,
+    saturate_s=120,
+    fhir_s=30,
+    replay_events=200_000,
+    replay_cap_s=300,
+    profile_s=60,
+    pregen_rate=1000,
+)
 
 
 class Bench:
@@ -658,10 +802,15 @@ class Bench:
         self.root = Path(tempfile.mkdtemp(prefix="stafet-bench-"))
         self.run_id = f"B{uuid.uuid4().hex[:4].upper()}"
         self.settings = Settings(
-            kafka_port=free_port(), kafka_controller_port=free_port(), kafka_home=self.root / "kafka",
-            worker_data_dir=self.root / "worker", mllp_port=free_port(), fhir_port=free_port(),
+            kafka_port=free_port(),
+            kafka_controller_port=free_port(),
+            kafka_home=self.root / "kafka",
+            worker_data_dir=self.root / "worker",
+            mllp_port=free_port(),
+            fhir_port=free_port(),
             app_id=f"stafet-bench-{uuid.uuid4().hex[:6]}",
-            partitions=args.partitions, log_level=args.log_level,
+            partitions=args.partitions,
+            log_level=args.log_level,
             health_port=0,  # worker and listener on one host: each its own free port
         )
         self.kafka = LocalKafka.from_settings(self.settings)
@@ -697,10 +846,13 @@ class Bench:
         log("hot path micro-benchmark (one process, no Kafka) …")
         try:
             from bench.hotpath import measure
+
             self.result["hotpath"] = measure(1000 if self.args.quick else 3000)
         except Exception as exc:  # noqa: BLE001  (the source is being edited concurrently)
             self.note(f"hot path micro-benchmark failed: {exc!r}")
-        log(f"temp dir {self.root}; broker :{self.settings.kafka_port}, MLLP :{self.settings.mllp_port}")
+        log(
+            f"temp dir {self.root}; broker :{self.settings.kafka_port}, MLLP :{self.settings.mllp_port}"
+        )
         self.sampler.start()
         self.kafka.start()
         ensure_topics(self.settings.bootstrap, self.settings.partitions)
@@ -751,22 +903,44 @@ class Bench:
         except AttributeError:
             admin = self._admin = AdminClient({"bootstrap.servers": self.settings.bootstrap})
         try:
-            ends = end_offsets(self.settings.bootstrap, [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER,
-                                                         EVENTS_REFERRAL], timeout_s=5)
+            ends = end_offsets(
+                self.settings.bootstrap,
+                [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL],
+                timeout_s=5,
+            )
             got = group_offsets(admin, self.settings.app_id, list(ends))
         except Exception:  # noqa: BLE001
             return None
         stage = lambda ts: sum(v for (t, _), v in got.items() if t in ts)  # noqa: E731
         end = lambda ts: sum(v for (t, _), v in ends.items() if t in ts)  # noqa: E731
         ingest, events = (INGEST_HL7V2, INGEST_FHIR), (EVENTS_ENCOUNTER, EVENTS_REFERRAL)
-        return {"ingest_end": end(ingest), "normalized": stage(ingest),
-                "events_end": end(events), "notified": stage(events)}
+        return {
+            "ingest_end": end(ingest),
+            "normalized": stage(ingest),
+            "events_end": end(events),
+            "notified": stage(events),
+        }
 
-    def mllp(self, source: Iterator[tuple[int, bytes]], *, rate: float | None, duration: float,
-             window: int) -> int:
-        return asyncio.run(drive_mllp(self.settings.mllp_host, self.settings.mllp_port, source,
-                                      conns=self.args.connections, rate=rate, duration=duration,
-                                      window=window, acks=self.acks))
+    def mllp(
+        self,
+        source: Iterator[tuple[int, bytes]],
+        *,
+        rate: float | None,
+        duration: float,
+        window: int,
+    ) -> int:
+        return asyncio.run(
+            drive_mllp(
+                self.settings.mllp_host,
+                self.settings.mllp_port,
+                source,
+                conns=self.args.connections,
+                rate=rate,
+                duration=duration,
+                window=window,
+                acks=self.acks,
+            )
+        )
 
     def accepted(self) -> int:
         return sum(1 for c in self.acks.code if c == 0)
@@ -774,8 +948,10 @@ class Bench:
     def drain(self, timeout_s: float) -> None:
         assert self.outputs
         ok = self.outputs.wait_for(self.accepted(), timeout_s=timeout_s, idle_s=8)
-        log(f"  outputs for {self.outputs.completed} of {self.accepted()} accepted inputs"
-            + ("" if ok else " (not all: rejected downstream, or still lagging)"))
+        log(
+            f"  outputs for {self.outputs.completed} of {self.accepted()} accepted inputs"
+            + ("" if ok else " (not all: rejected downstream, or still lagging)")
+        )
 
     def warmup(self) -> None:
         p = self.phase("warmup")
@@ -798,17 +974,25 @@ class Bench:
         log(f"  generating {n} messages before the clock starts …")
         source = pregenerated(self.gen, n, self.acks)
         if workers == 2:
-            w2 = Service("worker2", ["worker"], self.root / "logs" / "worker2.log",
-                         {**self.env, "STAFET_WORKER_DATA_DIR": str(self.root / "worker2")})
+            w2 = Service(
+                "worker2",
+                ["worker"],
+                self.root / "logs" / "worker2.log",
+                {**self.env, "STAFET_WORKER_DATA_DIR": str(self.root / "worker2")},
+            )
             self.services["worker2"] = w2
             w2.start()
             self._rebalance(source)
-        p = self.phase(name, workers=workers, connections=self.args.connections, window=self.args.window)
+        p = self.phase(
+            name, workers=workers, connections=self.args.connections, window=self.args.window
+        )
         prof = None
         if workers == 1 and not self.args.no_profile:
             prof = threading.Thread(target=self._profile, daemon=True)
             prof.start()
-        p["sent"] = self.mllp(source, rate=None, duration=self.mode.saturate_s, window=self.args.window)
+        p["sent"] = self.mllp(
+            source, rate=None, duration=self.mode.saturate_s, window=self.args.window
+        )
         self.end(p)
         if prof:
             prof.join(self.mode.profile_s + 30)
@@ -849,7 +1033,9 @@ class Bench:
     def fhir(self) -> None:
         from stafet import cli
 
-        fhir_consumed = any("INGEST_FHIR" in f.read_text() for f in (PROJECT_ROOT / "streams").glob("*.py"))
+        fhir_consumed = any(
+            "INGEST_FHIR" in f.read_text() for f in (PROJECT_ROOT / "streams").glob("*.py")
+        )
         if "fhir" not in cli.main.commands:
             self.note("FHIR: `stafet fhir` does not exist in this checkout; FHIR part skipped")
             return
@@ -859,6 +1045,7 @@ class Bench:
         url = f"http://{self.settings.fhir_host}:{self.settings.fhir_port}"
         deadline = time.monotonic() + 90
         import urllib.request
+
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
@@ -874,12 +1061,23 @@ class Bench:
         results: list[tuple[float, float, int, str]] = []
         rate = self.args.low_rate
         p = self.phase("fhir-paced", rate=rate)
-        asyncio.run(drive_fhir(url, load, concurrency=8, rate=rate, duration=self.mode.fhir_s,
-                               results=results))
+        asyncio.run(
+            drive_fhir(
+                url, load, concurrency=8, rate=rate, duration=self.mode.fhir_s, results=results
+            )
+        )
         self.end(p)
         p2 = self.phase("fhir-saturate", concurrency=self.args.connections)
-        asyncio.run(drive_fhir(url, load, concurrency=self.args.connections, rate=None,
-                               duration=self.mode.fhir_s / 2, results=results))
+        asyncio.run(
+            drive_fhir(
+                url,
+                load,
+                concurrency=self.args.connections,
+                rate=None,
+                duration=self.mode.fhir_s / 2,
+                results=results,
+            )
+        )
         self.end(p2)
         accepted = sum(1 for r in results if r[2] == 202)
         assert self.outputs
@@ -894,7 +1092,8 @@ class Bench:
             rows = [r for r in results if ph["t0"] <= r[0] <= ph["t1"]]
             ok = [r[1] for r in rows if r[2] == 202]
             summary[ph["name"]] = {
-                "requests": len(rows), "accepted_202": len(ok),
+                "requests": len(rows),
+                "accepted_202": len(ok),
                 "status": dict(Counter(str(r[2]) for r in rows)),
                 "by_label": dict(Counter(r[3] for r in rows)),
                 "per_s": round(len(ok) / (ph["t1"] - ph["t0"]), 1),
@@ -902,8 +1101,10 @@ class Bench:
             }
         self.result["fhir"] = summary
         if not fhir_consumed:
-            self.note("FHIR: no stream agent reads ingest.fhir in this checkout, so FHIR figures "
-                      "are ingest-only (durable 202 latency and rate), not end to end")
+            self.note(
+                "FHIR: no stream agent reads ingest.fhir in this checkout, so FHIR figures "
+                "are ingest-only (durable 202 latency and rate), not end to end"
+            )
 
     def idle(self) -> None:
         p = self.phase("idle")
@@ -925,9 +1126,14 @@ class Bench:
         info: dict[str, Any] = {"already_on_ingest": have}
         if top_up:
             log(f"  pre-loading {top_up} generated messages onto {INGEST_HL7V2} …")
-            info["preload"] = preload(bootstrap, LoadGenerator(seed=self.args.seed + 2, run_id=self.run_id + "P",
-                                                               referral_share=0.05),
-                                      top_up, self.settings.patient_key_secret.get_secret_value())
+            info["preload"] = preload(
+                bootstrap,
+                LoadGenerator(
+                    seed=self.args.seed + 2, run_id=self.run_id + "P", referral_share=0.05
+                ),
+                top_up,
+                self.settings.patient_key_secret.get_secret_value(),
+            )
             ingest_end = end_offsets(bootstrap, ingest_topics)
         total = sum(ingest_end.values())
         info["events"] = total
@@ -938,9 +1144,16 @@ class Bench:
         # and at the *current end* of events.*: it re-derives those from ingest, instead of also
         # re-notifying what the first worker already normalised
         set_group_offsets(admin, group, events_base)
-        replay = Service("replay", ["worker"], self.root / "logs" / "replay.log",
-                         {**self.env, "STAFET_APP_ID": group,
-                          "STAFET_WORKER_DATA_DIR": str(self.root / "replay-worker")})
+        replay = Service(
+            "replay",
+            ["worker"],
+            self.root / "logs" / "replay.log",
+            {
+                **self.env,
+                "STAFET_APP_ID": group,
+                "STAFET_WORKER_DATA_DIR": str(self.root / "replay-worker"),
+            },
+        )
         self.services["replay"] = replay
         p = self.phase("replay", **info)
         replay.start()
@@ -960,7 +1173,14 @@ class Bench:
                 log(f"  offsets: {exc}")
                 continue
             ev_end = sum(ev_now.values())
-            progress.append((time.time(), ing, ev - sum(events_base.values()), ev_end - sum(events_base.values())))
+            progress.append(
+                (
+                    time.time(),
+                    ing,
+                    ev - sum(events_base.values()),
+                    ev_end - sum(events_base.values()),
+                )
+            )
             if ing > 0 and prof is None and not self.args.no_profile and replay.process:
                 seconds = int(min(self.mode.profile_s, cap - (time.time() - p["t0"]) - 5))
                 if seconds >= 5:
@@ -990,14 +1210,16 @@ class Bench:
         rate = None
         if len(steady) >= 2 and steady[-1][0] > steady[0][0]:
             rate = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
-        info.update({
-            "completed": done_at is not None,
-            "seconds": round((done_at or p["t1"]) - p["t0"], 1),
-            "startup_s": round(first, 1) if first is not None else None,
-            "processed": done[-1][1] if done else 0,
-            "steady_per_s": round(rate, 1) if rate else None,
-            "progress": [(round(t, 1), d) for t, d in done],
-        })
+        info.update(
+            {
+                "completed": done_at is not None,
+                "seconds": round((done_at or p["t1"]) - p["t0"], 1),
+                "startup_s": round(first, 1) if first is not None else None,
+                "processed": done[-1][1] if done else 0,
+                "steady_per_s": round(rate, 1) if rate else None,
+                "progress": [(round(t, 1), d) for t, d in done],
+            }
+        )
         if rate:
             info["extrapolated_1m_s"] = round((first or 0) + 1_000_000 / rate, 0)
         p.update(info)
@@ -1009,17 +1231,27 @@ class Bench:
         out = self.outputs.close() if self.outputs else None
         res = self.result
         res["run"] = {
-            "timestamp": self.stamp, "mode": "quick" if self.args.quick else "full",
-            "machine": machine_info(), "settings": {
-                "partitions": self.settings.partitions, "connections": self.args.connections,
-                "window": self.args.window, "rate": self.args.rate, "log_level": self.args.log_level,
+            "timestamp": self.stamp,
+            "mode": "quick" if self.args.quick else "full",
+            "machine": machine_info(),
+            "settings": {
+                "partitions": self.settings.partitions,
+                "connections": self.args.connections,
+                "window": self.args.window,
+                "rate": self.args.rate,
+                "log_level": self.args.log_level,
                 "processing_guarantee": self.settings.processing_guarantee,
-                "validate_every": self.settings.validate_every},
-            "load_mix": self.gen.mix(), "sent_by_label": dict(self.acks.sent),
+                "validate_every": self.settings.validate_every,
+            },
+            "load_mix": self.gen.mix(),
+            "sent_by_label": dict(self.acks.sent),
         }
         if out:
-            res["outputs"] = {"codes": out["codes"], "dlq_reasons": out["dlq_reasons"],
-                              "records": len(out["recv"])}
+            res["outputs"] = {
+                "codes": out["codes"],
+                "dlq_reasons": out["dlq_reasons"],
+                "records": len(out["recv"]),
+            }
         phases = {}
         idle_phase = next((p for p in self.phases if p["name"] == "idle" and "t1" in p), None)
         idle_cores = self.sampler.window(idle_phase["t0"], idle_phase["t1"]) if idle_phase else {}
@@ -1044,7 +1276,9 @@ class Bench:
                     "ingest_backlog_end": o1["ingest_end"] - o1["normalized"],
                     "events_backlog_end": o1["events_end"] - o1["notified"],
                 }
-                worked = ((o1["normalized"] - o0["normalized"]) + (o1["notified"] - o0["notified"])) / 2
+                worked = (
+                    (o1["normalized"] - o0["normalized"]) + (o1["notified"] - o0["notified"])
+                ) / 2
             if out:
                 row.update(output_stats(out, t0, t1, p.get("t_drained", t1)))
             accepted = codes[0] or row.get("completed_in_window") or 1
@@ -1064,11 +1298,15 @@ class Bench:
         res["phases"] = phases
         if idle_cores:
             sec = idle_cores.get("seconds") or 1
-            res["idle_cores"] = {n: round(c / sec, 3) for n, c in idle_cores.get("cpu_s", {}).items()}
+            res["idle_cores"] = {
+                n: round(c / sec, 3) for n, c in idle_cores.get("cpu_s", {}).items()
+            }
         if "fhir" in res:
             for name in ("fhir-paced", "fhir-saturate"):
                 if name in phases and name in res["fhir"]:
-                    res["fhir"][name]["e2e_latency_ms_all_outputs"] = phases[name].get("e2e_latency_ms_all_outputs")
+                    res["fhir"][name]["e2e_latency_ms_all_outputs"] = phases[name].get(
+                        "e2e_latency_ms_all_outputs"
+                    )
         res["memory"] = memory_stats(self.sampler, phases.get("paced"), self.sampler.hwm)
         res["targets"] = targets(res, self.args.quick)
 
@@ -1100,6 +1338,7 @@ class Bench:
             self.note("interrupted")
         except Exception as exc:  # noqa: BLE001  (keep and analyse what was measured)
             import traceback
+
             traceback.print_exc()
             self.note(f"the run stopped early: {exc!r}")
         finally:
@@ -1113,15 +1352,25 @@ class Bench:
         try:  # the raw measurements, to re-analyse if the analysis below has a bug
             RESULTS.mkdir(parents=True, exist_ok=True)
             with open(RESULTS / f"{self.stamp}-raw.pkl", "wb") as f:
-                pickle.dump({"acks": self.acks, "phases": self.phases, "samples": self.sampler.samples,
-                             "hwm": self.sampler.hwm, "outputs": self.outputs.data if self.outputs else None,
-                             "result": self.result, "t_start": self.t_start}, f)
+                pickle.dump(
+                    {
+                        "acks": self.acks,
+                        "phases": self.phases,
+                        "samples": self.sampler.samples,
+                        "hwm": self.sampler.hwm,
+                        "outputs": self.outputs.data if self.outputs else None,
+                        "result": self.result,
+                        "t_start": self.t_start,
+                    },
+                    f,
+                )
         except Exception as exc:  # noqa: BLE001
             log(f"raw dump failed: {exc!r}")
         try:
             self.analyse()
         except Exception as exc:  # noqa: BLE001
             import traceback
+
             traceback.print_exc()
             self.note(f"analysis failed: {exc!r}")
         path = self.write()
@@ -1165,7 +1414,9 @@ def output_stats(out: dict[str, Any], t0: float, t1: float, t_drained: float) ->
     }
 
 
-def memory_stats(sampler: Sampler, paced: dict[str, Any] | None, hwm: dict[str, float]) -> dict[str, Any]:
+def memory_stats(
+    sampler: Sampler, paced: dict[str, Any] | None, hwm: dict[str, float]
+) -> dict[str, Any]:
     """Peak memory per process, and RSS growth over the paced phase (after its first 20 %)."""
     out: dict[str, Any] = {"peak_hwm_mb": {k: round(v, 1) for k, v in hwm.items()}}
     if not paced:
@@ -1174,18 +1425,27 @@ def memory_stats(sampler: Sampler, paced: dict[str, Any] | None, hwm: dict[str, 
     t_ref = t0 + 0.2 * (t1 - t0)
     growth = {}
     for name in ("broker", "worker", "mllp"):
-        series = [(r["t"], r["procs"][name][1]) for r in sampler.samples
-                  if t0 <= r["t"] <= t1 and name in r["procs"]]
+        series = [
+            (r["t"], r["procs"][name][1])
+            for r in sampler.samples
+            if t0 <= r["t"] <= t1 and name in r["procs"]
+        ]
         if len(series) < 10:
             continue
-        ref = statistics.mean(v for t, v in series if abs(t - t_ref) <= 5) if any(
-            abs(t - t_ref) <= 5 for t, _ in series) else series[0][1]
+        ref = (
+            statistics.mean(v for t, v in series if abs(t - t_ref) <= 5)
+            if any(abs(t - t_ref) <= 5 for t, _ in series)
+            else series[0][1]
+        )
         end = statistics.mean(v for _, v in series[-5:])
         later = [(t, v) for t, v in series if t >= t_ref]
         slope = _slope(later) * 60 if len(later) > 2 else None
-        growth[name] = {"rss_ref_mb": round(ref, 1), "rss_end_mb": round(end, 1),
-                        "growth_pct": round(100 * (end - ref) / ref, 1) if ref else None,
-                        "slope_mb_per_min": round(slope, 2) if slope is not None else None}
+        growth[name] = {
+            "rss_ref_mb": round(ref, 1),
+            "rss_end_mb": round(end, 1),
+            "growth_pct": round(100 * (end - ref) / ref, 1) if ref else None,
+            "slope_mb_per_min": round(slope, 2) if slope is not None else None,
+        }
     out["paced_rss_growth"] = growth
     out["paced_minutes"] = round((t1 - t0) / 60, 1)
     return out
@@ -1203,48 +1463,113 @@ def targets(res: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     ph = res.get("phases", {})
     rows = []
 
-    def add(name: str, figure: float | None, target: float, higher_is_better: bool, unit: str,
-            how: str) -> None:
+    def add(
+        name: str, figure: float | None, target: float, higher_is_better: bool, unit: str, how: str
+    ) -> None:
         if figure is None:
-            rows.append({"target": name, "figure": None, "goal": target, "unit": unit,
-                         "verdict": "not measured", "how": how})
+            rows.append(
+                {
+                    "target": name,
+                    "figure": None,
+                    "goal": target,
+                    "unit": unit,
+                    "verdict": "not measured",
+                    "how": how,
+                }
+            )
             return
         met = figure >= target if higher_is_better else figure <= target
         gap = (target - figure) if higher_is_better else (figure - target)
-        rows.append({"target": name, "figure": round(figure, 1), "goal": target, "unit": unit,
-                     "verdict": "met" if met else
-                     f"missed by {gap:,.0f} {unit} ({100 * gap / target:.0f} %)",
-                     "how": how})
+        rows.append(
+            {
+                "target": name,
+                "figure": round(figure, 1),
+                "goal": target,
+                "unit": unit,
+                "verdict": "met"
+                if met
+                else f"missed by {gap:,.0f} {unit} ({100 * gap / target:.0f} %)",
+                "how": how,
+            }
+        )
 
     s1, s2 = ph.get("saturate-1w", {}), ph.get("saturate-2w", {})
-    add("sustained ADT end to end (1 worker)", s1.get("adt_notifications_per_s"),
-        TARGETS["sustained_adt_per_s"], True, "msg/s",
-        "ADT notifications out per second while the MLLP side is saturated, broker on the same 2 cores")
-    add("sustained ADT end to end (2 workers)", s2.get("adt_notifications_per_s"),
-        TARGETS["sustained_adt_per_s"], True, "msg/s", "same, 2 workers in one consumer group")
+    add(
+        "sustained ADT end to end (1 worker)",
+        s1.get("adt_notifications_per_s"),
+        TARGETS["sustained_adt_per_s"],
+        True,
+        "msg/s",
+        "ADT notifications out per second while the MLLP side is saturated, broker on the same 2 cores",
+    )
+    add(
+        "sustained ADT end to end (2 workers)",
+        s2.get("adt_notifications_per_s"),
+        TARGETS["sustained_adt_per_s"],
+        True,
+        "msg/s",
+        "same, 2 workers in one consumer group",
+    )
     pa = ph.get("paced", {})
-    add(f"durable ACK p99 at {res['run']['settings']['rate']}/s", pa.get("ack_latency_ms", {}).get("p99"),
-        TARGETS["ack_p99_ms"], False, "ms", "client write → AA read, MLLP")
-    add(f"ingest→notification p99 at {res['run']['settings']['rate']}/s",
-        pa.get("e2e_latency_ms", {}).get("p99"), TARGETS["e2e_p99_ms"], False, "ms",
-        "stafet.received_at → a consumer of out.municipality.* has the record")
+    add(
+        f"durable ACK p99 at {res['run']['settings']['rate']}/s",
+        pa.get("ack_latency_ms", {}).get("p99"),
+        TARGETS["ack_p99_ms"],
+        False,
+        "ms",
+        "client write → AA read, MLLP",
+    )
+    add(
+        f"ingest→notification p99 at {res['run']['settings']['rate']}/s",
+        pa.get("e2e_latency_ms", {}).get("p99"),
+        TARGETS["e2e_p99_ms"],
+        False,
+        "ms",
+        "stafet.received_at → a consumer of out.municipality.* has the record",
+    )
     low = ph.get("paced-low", {})
     if low:
-        add(f"(info) ingest→notification p99 at {low.get('rate')}/s", low.get("e2e_latency_ms", {}).get("p99"),
-            TARGETS["e2e_p99_ms"], False, "ms", "the latency floor at a rate one worker sustains")
+        add(
+            f"(info) ingest→notification p99 at {low.get('rate')}/s",
+            low.get("e2e_latency_ms", {}).get("p99"),
+            TARGETS["e2e_p99_ms"],
+            False,
+            "ms",
+            "the latency floor at a rate one worker sustains",
+        )
     rp = res.get("replay", {})
-    add("replay 1 million ingest events (extrapolated)", rp.get("extrapolated_1m_s"),
-        TARGETS["replay_1m_s"], False, "s",
-        f"fresh consumer group re-processing {rp.get('events')} events, rate extrapolated to 1M")
+    add(
+        "replay 1 million ingest events (extrapolated)",
+        rp.get("extrapolated_1m_s"),
+        TARGETS["replay_1m_s"],
+        False,
+        "s",
+        f"fresh consumer group re-processing {rp.get('events')} events, rate extrapolated to 1M",
+    )
     mem = res.get("memory", {}).get("paced_rss_growth", {})
     if mem and not quick:
-        worst = max((g["growth_pct"] for g in mem.values() if g["growth_pct"] is not None), default=None)
-        add(f"memory flat over {res['memory'].get('paced_minutes')} min (worst RSS growth)", worst,
-            TARGETS["rss_growth_pct"], False, "%", "RSS at the end vs at 20 % into the paced phase")
+        worst = max(
+            (g["growth_pct"] for g in mem.values() if g["growth_pct"] is not None), default=None
+        )
+        add(
+            f"memory flat over {res['memory'].get('paced_minutes')} min (worst RSS growth)",
+            worst,
+            TARGETS["rss_growth_pct"],
+            False,
+            "%",
+            "RSS at the end vs at 20 % into the paced phase",
+        )
     else:
-        rows.append({"target": "memory flat over 10 min", "figure": None, "goal": "≤ 10 % growth",
-                     "unit": "%", "verdict": "not assessed (quick mode)" if quick else "not measured",
-                     "how": ""})
+        rows.append(
+            {
+                "target": "memory flat over 10 min",
+                "figure": None,
+                "goal": "≤ 10 % growth",
+                "unit": "%",
+                "verdict": "not assessed (quick mode)" if quick else "not measured",
+                "how": "",
+            }
+        )
     ratio = None
     if s1.get("completed_per_s") and s2.get("completed_per_s"):
         ratio = s2["completed_per_s"] / s1["completed_per_s"]
@@ -1261,40 +1586,54 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"{r['target']:<52} {fig:>12} {str(r['goal']):>10}  {r['verdict']}")
     print()
     ph = res.get("phases", {})
-    print(f"{'phase':<14} {'s':>5} {'in AA/s':>8} {'done/s':>8} {'ADT/s':>7} {'ACK p50/p99 ms':>16} "
-          f"{'e2e p50/p95/p99 ms':>22}  CPU s/1000 (broker, worker, mllp)  other procs (cores)")
+    print(
+        f"{'phase':<14} {'s':>5} {'in AA/s':>8} {'done/s':>8} {'ADT/s':>7} {'ACK p50/p99 ms':>16} "
+        f"{'e2e p50/p95/p99 ms':>22}  CPU s/1000 (broker, worker, mllp)  other procs (cores)"
+    )
     for name, r in ph.items():
         if name in ("warmup", "rebalance", "idle") or name.startswith("fhir") or name == "replay":
             continue
         a, e = r.get("ack_latency_ms", {}), r.get("e2e_latency_ms", {})
         c = r.get("cpu_s_per_1000", {})
-        print(f"{name:<14} {r['seconds']:>5} {r['acks']['AA'] / r['seconds']:>8.0f} "
-              f"{r.get('completed_per_s') or 0:>8.0f} {r.get('adt_notifications_per_s') or 0:>7.0f} "
-              f"{str(a.get('p50')) + '/' + str(a.get('p99')):>16} "
-              f"{str(e.get('p50')) + '/' + str(e.get('p95')) + '/' + str(e.get('p99')):>22}  "
-              f"{c.get('broker')}, {c.get('worker')}, {c.get('mllp')}  {r['cpu'].get('other_processes_cores')}")
+        print(
+            f"{name:<14} {r['seconds']:>5} {r['acks']['AA'] / r['seconds']:>8.0f} "
+            f"{r.get('completed_per_s') or 0:>8.0f} {r.get('adt_notifications_per_s') or 0:>7.0f} "
+            f"{str(a.get('p50')) + '/' + str(a.get('p99')):>16} "
+            f"{str(e.get('p50')) + '/' + str(e.get('p95')) + '/' + str(e.get('p99')):>22}  "
+            f"{c.get('broker')}, {c.get('worker')}, {c.get('mllp')}  {r['cpu'].get('other_processes_cores')}"
+        )
     if res.get("baseline_ratio_2w_over_1w"):
-        print(f"\nbaseline ratio (2 workers / 1 worker, inputs completed per s): "
-              f"{res['baseline_ratio_2w_over_1w']}")
+        print(
+            f"\nbaseline ratio (2 workers / 1 worker, inputs completed per s): "
+            f"{res['baseline_ratio_2w_over_1w']}"
+        )
     rp = res.get("replay")
     if rp:
-        print(f"replay: {rp.get('processed')} of {rp.get('events')} events in {rp.get('seconds')} s "
-              f"(startup {rp.get('startup_s')} s, steady {rp.get('steady_per_s')}/s, complete: "
-              f"{rp.get('completed')}); 1M extrapolated: {rp.get('extrapolated_1m_s')} s")
+        print(
+            f"replay: {rp.get('processed')} of {rp.get('events')} events in {rp.get('seconds')} s "
+            f"(startup {rp.get('startup_s')} s, steady {rp.get('steady_per_s')}/s, complete: "
+            f"{rp.get('completed')}); 1M extrapolated: {rp.get('extrapolated_1m_s')} s"
+        )
     fh = res.get("fhir")
     if fh:
         for k in ("fhir-paced", "fhir-saturate"):
             if k in fh:
-                print(f"{k}: {fh[k]['per_s']}/s accepted, 202 latency {fh[k]['latency_ms']}, "
-                      f"status {fh[k]['status']}; e2e (all outputs) {fh[k].get('e2e_latency_ms_all_outputs')}")
+                print(
+                    f"{k}: {fh[k]['per_s']}/s accepted, 202 latency {fh[k]['latency_ms']}, "
+                    f"status {fh[k]['status']}; e2e (all outputs) {fh[k].get('e2e_latency_ms_all_outputs')}"
+                )
     hp = res.get("hotpath")
     if hp:
-        print(f"hot path (one process, µs/msg): {hp['us_per_message']}; worker hot path "
-              f"{hp['worker_hot_path_us']} µs = {hp['worker_hot_path_max_per_s_one_core']}/s per core; "
-              f"hl7apy baseline {hp['baseline']}")
+        print(
+            f"hot path (one process, µs/msg): {hp['us_per_message']}; worker hot path "
+            f"{hp['worker_hot_path_us']} µs = {hp['worker_hot_path_max_per_s_one_core']}/s per core; "
+            f"hl7apy baseline {hp['baseline']}"
+        )
     for name, r in ph.items():
         if r.get("worker_stages") and name not in ("warmup", "idle"):
-            print(f"{name}: worker stages {r['worker_stages']}; marginal CPU ms/msg {r.get('marginal_cpu_ms_per_msg')}")
+            print(
+                f"{name}: worker stages {r['worker_stages']}; marginal CPU ms/msg {r.get('marginal_cpu_ms_per_msg')}"
+            )
     if res.get("idle_cores"):
         print(f"idle CPU (cores): {res['idle_cores']}")
     print(f"peak memory (VmHWM MB): {res.get('memory', {}).get('peak_hwm_mb')}")
@@ -1310,16 +1649,26 @@ def machine_info() -> dict[str, Any]:
         pass
     cpu = ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except Exception:  # noqa: BLE001
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": " ".join(mem.split()),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "loadavg_at_end": os.getloadavg()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": " ".join(mem.split()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_end": os.getloadavg(),
+    }
 
 
 def plot(bench: Bench, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -1328,37 +1677,65 @@ def plot(bench: Bench, path: Path) -> None:
     fig, axes = plt.subplots(4, 1, figsize=(13, 15), sharex=True)
     ax_tp, ax_lat, ax_rss, ax_cpu = axes
     # throughput: ACKed inputs and completed inputs per second
-    ack_s: Counter[int] = Counter(int(t - t_base) for t, c in zip(bench.acks.t, bench.acks.code) if c == 0)
+    ack_s: Counter[int] = Counter(
+        int(t - t_base) for t, c in zip(bench.acks.t, bench.acks.code, strict=False) if c == 0
+    )
     xs = range(0, int(time.time() - t_base) + 1)
     ax_tp.plot(list(xs), [ack_s.get(x, 0) for x in xs], lw=0.8, label="MLLP inputs ACKed (AA)/s")
     if out:
-        done_s: Counter[int] = Counter(int(r - t_base) for r, f in zip(out["recv"], out["first"]) if f)
-        adt_s: Counter[int] = Counter(int(r - t_base) for r, f, c in zip(out["recv"], out["first"], out["cls"]) if f and c == 0)
-        ax_tp.plot(list(xs), [done_s.get(x, 0) for x in xs], lw=0.8, label="inputs completed end to end/s")
-        ax_tp.plot(list(xs), [adt_s.get(x, 0) for x in xs], lw=0.6, alpha=0.7, label="ADT notifications/s")
+        done_s: Counter[int] = Counter(
+            int(r - t_base) for r, f in zip(out["recv"], out["first"], strict=False) if f
+        )
+        adt_s: Counter[int] = Counter(
+            int(r - t_base)
+            for r, f, c in zip(out["recv"], out["first"], out["cls"], strict=False)
+            if f and c == 0
+        )
+        ax_tp.plot(
+            list(xs), [done_s.get(x, 0) for x in xs], lw=0.8, label="inputs completed end to end/s"
+        )
+        ax_tp.plot(
+            list(xs), [adt_s.get(x, 0) for x in xs], lw=0.6, alpha=0.7, label="ADT notifications/s"
+        )
     rp = next((p for p in bench.phases if p["name"] == "replay"), None)
     if rp and rp.get("progress"):
         prog = rp["progress"]
         rx = [rp["t0"] - t_base + t for t, _ in prog]
-        rates = [0.0] + [(prog[i][1] - prog[i - 1][1]) / max(0.1, prog[i][0] - prog[i - 1][0])
-                         for i in range(1, len(prog))]
+        rates = [0.0] + [
+            (prog[i][1] - prog[i - 1][1]) / max(0.1, prog[i][0] - prog[i - 1][0])
+            for i in range(1, len(prog))
+        ]
         ax_tp.plot(rx, rates, lw=1, label="replay: events re-processed/s")
-    ax_tp.axhline(TARGETS["sustained_adt_per_s"], color="red", ls=":", lw=0.8, label="target 2,000/s")
+    ax_tp.axhline(
+        TARGETS["sustained_adt_per_s"], color="red", ls=":", lw=0.8, label="target 2,000/s"
+    )
     ax_tp.set_ylabel("messages / s")
     ax_tp.legend(loc="upper left", fontsize=8)
     # latency percentiles per 5 s bucket of input receive time
     if out:
         buckets: dict[int, list[float]] = defaultdict(list)
-        for r, ti, c in zip(out["recv"], out["tin"], out["cls"]):
+        for r, ti, c in zip(out["recv"], out["tin"], out["cls"], strict=False):
             if c == 0 and not math.isnan(ti):
                 buckets[int((ti - t_base) // 5) * 5].append((r - ti) * 1000)
         bx = sorted(buckets)
         for q, style in ((0.5, "-"), (0.95, "--"), (0.99, ":")):
-            ax_lat.plot(bx, [pct(buckets[b], q) for b in bx], style, lw=1, label=f"ingest→notification p{int(q * 100)}")
+            ax_lat.plot(
+                bx,
+                [pct(buckets[b], q) for b in bx],
+                style,
+                lw=1,
+                label=f"ingest→notification p{int(q * 100)}",
+            )
     ab: dict[int, list[float]] = defaultdict(list)
-    for t, l, c in zip(bench.acks.t, bench.acks.latency, bench.acks.code):
-        ab[int((t - t_base) // 5) * 5].append(l * 1000)
-    ax_lat.plot(sorted(ab), [pct(ab[b], 0.99) for b in sorted(ab)], lw=1, color="black", label="durable ACK p99")
+    for t, latency in zip(bench.acks.t, bench.acks.latency, strict=True):
+        ab[int((t - t_base) // 5) * 5].append(latency * 1000)
+    ax_lat.plot(
+        sorted(ab),
+        [pct(ab[b], 0.99) for b in sorted(ab)],
+        lw=1,
+        color="black",
+        label="durable ACK p99",
+    )
     ax_lat.axhline(TARGETS["e2e_p99_ms"], color="red", ls=":", lw=0.8)
     ax_lat.axhline(TARGETS["ack_p99_ms"], color="orange", ls=":", lw=0.8)
     ax_lat.set_yscale("log")
@@ -1369,7 +1746,9 @@ def plot(bench: Bench, path: Path) -> None:
     prev: dict[str, tuple[float, float]] = {}
     cpu_series: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in names}
     for n in names:
-        pts = [(r["t"] - t_base, r["procs"][n][1]) for r in bench.sampler.samples if n in r["procs"]]
+        pts = [
+            (r["t"] - t_base, r["procs"][n][1]) for r in bench.sampler.samples if n in r["procs"]
+        ]
         ax_rss.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=n)
     for r in bench.sampler.samples:
         for n, (c, _, _) in r["procs"].items():
@@ -1378,12 +1757,19 @@ def plot(bench: Bench, path: Path) -> None:
                 cpu_series[n][1].append(100 * (c - prev[n][1]) / (r["t"] - prev[n][0]))
             prev[n] = (r["t"], c)
     mach = []
-    for a, b in zip(bench.sampler.samples, bench.sampler.samples[1:]):
+    for a, b in zip(bench.sampler.samples, bench.sampler.samples[1:], strict=False):
         busy = b["machine"][0] - a["machine"][0]
         mach.append((b["t"] - t_base, 100 * busy / max(1e-6, b["t"] - a["t"])))
     for n in names:
         ax_cpu.plot(*cpu_series[n], lw=0.8, label=n)
-    ax_cpu.plot([m[0] for m in mach], [m[1] for m in mach], lw=0.8, color="black", alpha=0.5, label="whole machine")
+    ax_cpu.plot(
+        [m[0] for m in mach],
+        [m[1] for m in mach],
+        lw=0.8,
+        color="black",
+        alpha=0.5,
+        label="whole machine",
+    )
     ax_rss.set_ylabel("RSS, MB")
     ax_rss.legend(loc="upper left", fontsize=8, ncol=3)
     ax_cpu.set_ylabel("CPU % (100 = one core)")
@@ -1392,33 +1778,65 @@ def plot(bench: Bench, path: Path) -> None:
     for ax in axes:
         for p in bench.phases:
             if "t1" in p and p["name"] != "warmup":
-                ax.axvspan(p["t0"] - t_base, p["t1"] - t_base, alpha=0.06,
-                           color="C1" if "saturate" in p["name"] else "C0")
+                ax.axvspan(
+                    p["t0"] - t_base,
+                    p["t1"] - t_base,
+                    alpha=0.06,
+                    color="C1" if "saturate" in p["name"] else "C0",
+                )
         ax.grid(alpha=0.3)
     for p in bench.phases:
         if "t1" in p:
-            ax_tp.text(p["t0"] - t_base, ax_tp.get_ylim()[1] * 0.95, p["name"], fontsize=7, rotation=90, va="top")
-    fig.suptitle(f"stafet end-to-end benchmark {bench.stamp} ({'quick' if bench.args.quick else 'full'}, "
-                 f"{os.cpu_count()} cores)")
+            ax_tp.text(
+                p["t0"] - t_base,
+                ax_tp.get_ylim()[1] * 0.95,
+                p["name"],
+                fontsize=7,
+                rotation=90,
+                va="top",
+            )
+    fig.suptitle(
+        f"stafet end-to-end benchmark {bench.stamp} ({'quick' if bench.args.quick else 'full'}, "
+        f"{os.cpu_count()} cores)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--quick", action="store_true", help="≈ 3 minutes instead of ≈ 23")
-    ap.add_argument("--duration", type=float, help="seconds of the paced phase (full 600, quick 30)")
-    ap.add_argument("--saturate", type=float, help="seconds of each saturation phase (full 120, quick 20)")
+    ap.add_argument(
+        "--duration", type=float, help="seconds of the paced phase (full 600, quick 30)"
+    )
+    ap.add_argument(
+        "--saturate", type=float, help="seconds of each saturation phase (full 120, quick 20)"
+    )
     ap.add_argument("--rate", type=float, default=200.0, help="msg/s of the paced phase (200)")
-    ap.add_argument("--low-rate", type=float, default=50.0,
-                    help="msg/s of the short paced phase before it: the latency floor (50)")
+    ap.add_argument(
+        "--low-rate",
+        type=float,
+        default=50.0,
+        help="msg/s of the short paced phase before it: the latency floor (50)",
+    )
     ap.add_argument("--connections", type=int, default=16, help="concurrent MLLP connections (16)")
-    ap.add_argument("--window", type=int, default=8, help="frames in flight per connection when saturating")
-    ap.add_argument("--replay-events", type=int, help="events on ingest.hl7v2 to replay (full 200000)")
-    ap.add_argument("--partitions", type=int, default=Settings().partitions, help="partitions per topic")
-    ap.add_argument("--log-level", default="INFO", help="STAFET_LOG_LEVEL of the services (INFO, as shipped)")
+    ap.add_argument(
+        "--window", type=int, default=8, help="frames in flight per connection when saturating"
+    )
+    ap.add_argument(
+        "--replay-events", type=int, help="events on ingest.hl7v2 to replay (full 200000)"
+    )
+    ap.add_argument(
+        "--partitions", type=int, default=Settings().partitions, help="partitions per topic"
+    )
+    ap.add_argument(
+        "--log-level", default="INFO", help="STAFET_LOG_LEVEL of the services (INFO, as shipped)"
+    )
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-fhir", action="store_true")

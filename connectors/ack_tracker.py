@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -68,14 +68,23 @@ class AckTracker:
     audited as unverified with the reason and change nothing.
     """
 
-    def __init__(self, recorder: Recorder, secrets: dict[str, str], *, timeout_s: float,
-                 max_resends: int, resend: Resend, fetch: Fetch,
-                 clock: Callable[[], float] = time.time,
-                 tolerance_s: float | None = None) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        secrets: dict[str, str],
+        *,
+        timeout_s: float,
+        max_resends: int,
+        resend: Resend,
+        fetch: Fetch,
+        clock: Callable[[], float] = time.time,
+        tolerance_s: float | None = None,
+    ) -> None:
         self.recorder, self._secrets = recorder, secrets
         #: the replay window; unset: STAFET_WEBHOOK_TOLERANCE_S of this process
-        self.tolerance_s = get_settings().webhook_tolerance_s if tolerance_s is None \
-            else tolerance_s
+        self.tolerance_s = (
+            get_settings().webhook_tolerance_s if tolerance_s is None else tolerance_s
+        )
         self.tracked = set(secrets)
         self.timeout_s, self.max_resends = timeout_s, max_resends
         self._resend, self._fetch, self._clock = resend, fetch, clock
@@ -102,9 +111,16 @@ class AckTracker:
             self.pending[mid].due_now = True
         elif record.action in ("delivered", "replayed") and record.subscriber in self.tracked:
             if mid not in self.finished and mid not in self.pending:
-                self.pending[mid] = Pending(record.subscriber, mid, record.topic,
-                                            record.partition, record.offset, key,
-                                            _epoch(record.at), due_now=mid in self.early_fatal)
+                self.pending[mid] = Pending(
+                    record.subscriber,
+                    mid,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    key,
+                    _epoch(record.at),
+                    due_now=mid in self.early_fatal,
+                )
         elif record.action == "resent" and mid in self.pending:
             p = self.pending[mid]
             p.resends, p.sent_at, p.due_now = p.resends + 1, _epoch(record.at), False
@@ -113,15 +129,28 @@ class AckTracker:
         """A tracked subscriber's endpoint took ``record``: wait for its acknowledgement."""
         mid = record.message_id
         if subscriber in self.tracked and mid not in self.finished and mid not in self.pending:
-            self.pending[mid] = Pending(subscriber, mid, record.topic, record.partition,
-                                        record.offset, record.key, self._clock(),
-                                        due_now=mid in self.early_fatal)
+            self.pending[mid] = Pending(
+                subscriber,
+                mid,
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                self._clock(),
+                due_now=mid in self.early_fatal,
+            )
 
     # --- acknowledgements ------------------------------------------------------------------
 
-    def signer(self, body: bytes, webhook_id: str | None, timestamp: str | None,
-               signature: str | None, expected: str | None = None,
-               received_at: float | None = None) -> tuple[str | None, str]:
+    def signer(
+        self,
+        body: bytes,
+        webhook_id: str | None,
+        timestamp: str | None,
+        signature: str | None,
+        expected: str | None = None,
+        received_at: float | None = None,
+    ) -> tuple[str | None, str]:
         """The tracked subscriber whose secret signed ``body`` (``expected`` first: one system
         may serve several subscribers with one secret), or None and why not."""
         if not signature or not timestamp:
@@ -130,9 +159,15 @@ class AckTracker:
         order = sorted(self._secrets, key=lambda sid: sid != expected)
         for sid in order:
             try:
-                verify(self._secrets[sid], webhook_id, timestamp, body, signature,
-                       tolerance_s=self.tolerance_s,
-                       now=self._clock() if received_at is None else received_at)
+                verify(
+                    self._secrets[sid],
+                    webhook_id,
+                    timestamp,
+                    body,
+                    signature,
+                    tolerance_s=self.tolerance_s,
+                    now=self._clock() if received_at is None else received_at,
+                )
                 return sid, ""
             except SignatureError as exc:
                 why = exc.reason
@@ -140,12 +175,23 @@ class AckTracker:
                     return None, str(exc)
             except ValueError:  # a malformed whsec_ secret (registry check reports it)
                 continue
-        return None, "bad-signature: no tracked subscriber's secret signed it" if \
-            why == "bad-signature" else why
+        return (
+            None,
+            "bad-signature: no tracked subscriber's secret signed it"
+            if why == "bad-signature"
+            else why,
+        )
 
-    async def on_ack(self, ack: Ack, body: bytes = b"", signature: str | None = None,
-                     timestamp: str | None = None, *, webhook_id: str | None = None,
-                     received_at: str | float | None = None) -> None:
+    async def on_ack(
+        self,
+        ack: Ack,
+        body: bytes = b"",
+        signature: str | None = None,
+        timestamp: str | None = None,
+        *,
+        webhook_id: str | None = None,
+        received_at: str | float | None = None,
+    ) -> None:
         """Record a signed acknowledgement; fatal-error dead-letters, transient-error resends.
 
         ``webhook_id`` defaults to the acknowledgement's own MessageHeader.id (the listener
@@ -153,27 +199,55 @@ class AckTracker:
         it) is what its timestamp is held against, else the tracker's clock."""
         mid = ack.acknowledged_id
         pending = self.pending.get(mid)
-        at = _epoch(received_at) if isinstance(received_at, str) and received_at else \
-            received_at if isinstance(received_at, (int, float)) else None
-        signer, refusal = self.signer(body, webhook_id or ack.ids.header_id, timestamp, signature,
-                                      expected=pending.subscriber if pending else None,
-                                      received_at=at)
-        ACKNOWLEDGEMENTS.labels(subscriber=signer or "", code=ack.code if signer and (
-            pending is None or signer == pending.subscriber) else "unverified").inc()
+        at = (
+            _epoch(received_at)
+            if isinstance(received_at, str) and received_at
+            else received_at
+            if isinstance(received_at, (int, float))
+            else None
+        )
+        signer, refusal = self.signer(
+            body,
+            webhook_id or ack.ids.header_id,
+            timestamp,
+            signature,
+            expected=pending.subscriber if pending else None,
+            received_at=at,
+        )
+        ACKNOWLEDGEMENTS.labels(
+            subscriber=signer or "",
+            code=ack.code
+            if signer and (pending is None or signer == pending.subscriber)
+            else "unverified",
+        ).inc()
         if signer is None or (pending is not None and signer != pending.subscriber):
-            why = (f"{refusal}: not verified, changes nothing" if signer is None else
-                   f"signed by {signer}, but the message went to {pending.subscriber}")  # type: ignore[union-attr]
-            log.warning("delivery.ack_refused", message_id=mid, code=ack.code,
-                        reason=mask_cpr(why))
-            await self.recorder.audit(AuditRecord(
-                action="ack-unverified", subscriber=signer or "", message_id=mid,
-                detail=f"{ack.code}: {why}"), pending.key if pending else None)
+            why = (
+                f"{refusal}: not verified, changes nothing"
+                if signer is None
+                else f"signed by {signer}, but the message went to {pending.subscriber}"
+            )  # type: ignore[union-attr]
+            log.warning("delivery.ack_refused", message_id=mid, code=ack.code, reason=mask_cpr(why))
+            await self.recorder.audit(
+                AuditRecord(
+                    action="ack-unverified",
+                    subscriber=signer or "",
+                    message_id=mid,
+                    detail=f"{ack.code}: {why}",
+                ),
+                pending.key if pending else None,
+            )
             if signer is not None or pending is not None:
-                await self.recorder.alert(f"acknowledgement of {mid} refused: {why}",
-                                          message_id=mid)
+                await self.recorder.alert(
+                    f"acknowledgement of {mid} refused: {why}", message_id=mid
+                )
             return
-        log.info("delivery.ack", message_id=mid, code=ack.code, subscriber=signer,
-                 pending=pending is not None)
+        log.info(
+            "delivery.ack",
+            message_id=mid,
+            code=ack.code,
+            subscriber=signer,
+            pending=pending is not None,
+        )
         if ack.code == "transient-error":
             await self.recorder.audit(self._ack_line(ack, signer), pending.key if pending else None)
             if pending is not None:
@@ -187,8 +261,10 @@ class AckTracker:
                 self.finished.add(mid)
                 record = await self._fetch(pending)
                 await self.recorder.dead_letter(  # first the dead letter, then the ack line
-                    record, pending.subscriber,
-                    f"the receiver answered fatal-error: {ack.diagnostics}")
+                    record,
+                    pending.subscriber,
+                    f"the receiver answered fatal-error: {ack.diagnostics}",
+                )
         elif ack.code == "ok":
             self.finished.add(mid)
             self.pending.pop(mid, None)
@@ -196,15 +272,18 @@ class AckTracker:
 
     @staticmethod
     def _ack_line(ack: Ack, signer: str) -> AuditRecord:
-        return AuditRecord(action=f"ack-{ack.code}", subscriber=signer,  # type: ignore[arg-type]
-                           message_id=ack.acknowledged_id, detail=ack.diagnostics)
+        return AuditRecord(
+            action=f"ack-{ack.code}",
+            subscriber=signer,  # type: ignore[arg-type]
+            message_id=ack.acknowledged_id,
+            detail=ack.diagnostics,
+        )
 
     # --- the clock -------------------------------------------------------------------------
 
     def overdue(self) -> list[Pending]:
         now = self._clock()
-        return [p for p in self.pending.values()
-                if p.due_now or now - p.sent_at >= self.timeout_s]
+        return [p for p in self.pending.values() if p.due_now or now - p.sent_at >= self.timeout_s]
 
     async def check(self) -> int:
         """Resend or dead-letter every overdue message; return how many were handled.
@@ -219,13 +298,17 @@ class AckTracker:
             if fatal is not None or p.resends >= self.max_resends:
                 self.pending.pop(p.message_id)
                 self.finished.add(p.message_id)
-                why = (f"the receiver answered fatal-error: {fatal}" if fatal is not None else
-                       f"no acknowledgement after {p.resends} resends "
-                       f"({self.timeout_s:.0f} s apart)")
+                why = (
+                    f"the receiver answered fatal-error: {fatal}"
+                    if fatal is not None
+                    else f"no acknowledgement after {p.resends} resends "
+                    f"({self.timeout_s:.0f} s apart)"
+                )
                 try:
                     record = await self._fetch(p)
-                    await self.recorder.dead_letter(record, p.subscriber, why,
-                                                    attempt=p.resends + 1)
+                    await self.recorder.dead_letter(
+                        record, p.subscriber, why, attempt=p.resends + 1
+                    )
                 except BaseException:
                     self.finished.discard(p.message_id)
                     self.pending[p.message_id] = p  # try again next round
@@ -236,8 +319,9 @@ class AckTracker:
             p.resends, p.sent_at, p.due_now = number, self._clock(), False  # claimed
             record = await self._fetch(p)
             detail = await self._resend(p.subscriber, record, number)
-            await self.recorder.audit(record.audit("resent", p.subscriber, attempt=number,
-                                                   detail=detail), p.key)
+            await self.recorder.audit(
+                record.audit("resent", p.subscriber, attempt=number, detail=detail), p.key
+            )
         return len(due)
 
     def report_pending(self, active: bool = True) -> None:
@@ -258,7 +342,7 @@ class AckTracker:
                 self.report_pending()
                 try:
                     await asyncio.wait_for(stop.wait(), interval_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self.report_pending(active=False)

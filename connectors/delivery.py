@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -34,7 +34,11 @@ from stafet.audit import AuditRecord, headers_of
 from stafet.config import Settings
 from stafet.connectors.ack_tracker import AckTracker, Pending
 from stafet.connectors.delivery_sinks import (
-    LetterOutbox, OutRecord, Outcome, Recorder, RestHook,
+    LetterOutbox,
+    Outcome,
+    OutRecord,
+    Recorder,
+    RestHook,
 )
 from stafet.connectors.medcom_ack import MessageError, parse_ack, resend_copy
 from stafet.connectors.producer import DurableProducer
@@ -45,7 +49,12 @@ from stafet.observability import DELIVERIES, LAST_DELIVERY, lag_reporter, stats_
 from stafet.subscribers import Registry, Subscriber
 from stafet.topic_reader import fetch_record, read_to_end
 from stafet.topics import (
-    ACKS_INBOUND, AUDIT_DELIVERY, H_RECEIVED_AT, H_SIGNATURE, H_SIGNATURE_ID, H_SIGNATURE_TS,
+    ACKS_INBOUND,
+    AUDIT_DELIVERY,
+    H_RECEIVED_AT,
+    H_SIGNATURE,
+    H_SIGNATURE_ID,
+    H_SIGNATURE_TS,
 )
 
 log = get_logger(__name__)
@@ -62,25 +71,38 @@ class GroupConsumer:
     partitions a SIGKILLed replica held are free for its successor after that long, not after
     librdkafka's default of 45 s (during which acknowledgements would wait and resends fire)."""
 
-    def __init__(self, settings: Settings, group: str, topics: list[str], *,
-                 max_poll_interval_ms: int = 300_000) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        group: str,
+        topics: list[str],
+        *,
+        max_poll_interval_ms: int = 300_000,
+    ) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"consumer-{group}")
         session_ms = int(settings.delivery_session_timeout_s * 1000)
-        self._consumer = Consumer({**client_config(settings), "group.id": group,
-                                   "enable.auto.commit": False,
-                                   "session.timeout.ms": session_ms,
-                                   "heartbeat.interval.ms": max(500, session_ms // 4),
-                                   "auto.offset.reset": "earliest", "log_level": 3,
-                                   "topic.metadata.refresh.interval.ms": 5000,
-                                   **stats_config(lag_reporter(group)),
-                                   # a sink retries one record for as long as its endpoint is
-                                   # down without polling: keep its partitions meanwhile
-                                   "max.poll.interval.ms": max_poll_interval_ms})
+        self._consumer = Consumer(
+            {
+                **client_config(settings),
+                "group.id": group,
+                "enable.auto.commit": False,
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(500, session_ms // 4),
+                "auto.offset.reset": "earliest",
+                "log_level": 3,
+                "topic.metadata.refresh.interval.ms": 5000,
+                **stats_config(lag_reporter(group)),
+                # a sink retries one record for as long as its endpoint is
+                # down without polling: keep its partitions meanwhile
+                "max.poll.interval.ms": max_poll_interval_ms,
+            }
+        )
         self._consumer.subscribe(topics)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: fn(*args, **kwargs))
+            self._pool, lambda: fn(*args, **kwargs)
+        )
 
     async def poll(self, max_records: int = 100, timeout_s: float = 0.5) -> list[Message]:
         messages = await self._call(self._consumer.consume, max_records, timeout_s)
@@ -89,16 +111,19 @@ class GroupConsumer:
                 log.warning("delivery.consumer_error", error=str(m.error()))
         return [m for m in messages if not m.error()]
 
-    async def commit(self, msg: Message | None = None,
-                     offsets: dict[tuple[str, int], int] | None = None) -> None:
+    async def commit(
+        self, msg: Message | None = None, offsets: dict[tuple[str, int], int] | None = None
+    ) -> None:
         """Commit after ``msg`` (its partition), the given next ``offsets``, or every position
         consumed so far."""
         try:
             if offsets is not None:
                 if offsets:
-                    await self._call(self._consumer.commit, offsets=[
-                        TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                        asynchronous=False)
+                    await self._call(
+                        self._consumer.commit,
+                        offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                        asynchronous=False,
+                    )
             elif msg is None:
                 await self._call(self._consumer.commit, asynchronous=False)
             else:
@@ -122,37 +147,55 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
 
 
 class SubscriberSink:
     """One REST or letter subscriber's queue (see the module docstring)."""
 
-    def __init__(self, subscriber: Subscriber, settings: Settings, recorder: Recorder,
-                 tracker: AckTracker | None, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        settings: Settings,
+        recorder: Recorder,
+        tracker: AckTracker | None,
+        session: aiohttp.ClientSession,
+    ) -> None:
         self.subscriber, self.settings, self.recorder = subscriber, settings, recorder
         self.tracker = tracker
         self.channel: RestHook | LetterOutbox = (
             RestHook(subscriber, session, settings.delivery_timeout_s)
-            if subscriber.delivery == "rest" else LetterOutbox(subscriber, settings.outbox_dir))
+            if subscriber.delivery == "rest"
+            else LetterOutbox(subscriber, settings.outbox_dir)
+        )
         self._rng = random.Random()
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = GroupConsumer(
-            self.settings, self.subscriber.group_id, [self.subscriber.out_topic],
-            max_poll_interval_ms=int(min(86_400_000, max(
-                300_000, (self.settings.delivery_retry_budget_s + 600) * 1000))))
+            self.settings,
+            self.subscriber.group_id,
+            [self.subscriber.out_topic],
+            max_poll_interval_ms=int(
+                min(86_400_000, max(300_000, (self.settings.delivery_retry_budget_s + 600) * 1000))
+            ),
+        )
         try:
             while not stop.is_set():
                 messages = await consumer.poll(max_records=100)
                 audits: list[asyncio.Future[None]] = []
                 done: dict[tuple[str, int], int] = {}  # next offset per partition, handled
 
-                async def flush() -> None:
+                async def flush(
+                    audits: list[asyncio.Future[None]] = audits,
+                    done: dict[tuple[str, int], int] = done,
+                ) -> None:
                     """Every outcome so far on the audit topic, then commit exactly those."""
-                    failures = [r for r in await asyncio.gather(*audits, return_exceptions=True)
-                                if isinstance(r, BaseException)]
+                    failures = [
+                        r
+                        for r in await asyncio.gather(*audits, return_exceptions=True)
+                        if isinstance(r, BaseException)
+                    ]
                     audits.clear()
                     if failures:
                         raise failures[0]
@@ -169,9 +212,13 @@ class SubscriberSink:
         finally:
             await consumer.close()
 
-    async def deliver(self, record: OutRecord, stop: asyncio.Event,
-                      audits: list[asyncio.Future[None]] | None = None,
-                      before_retry: Any = None) -> bool:
+    async def deliver(
+        self,
+        record: OutRecord,
+        stop: asyncio.Event,
+        audits: list[asyncio.Future[None]] | None = None,
+        before_retry: Any = None,
+    ) -> bool:
         """Deliver with retries until delivered or dead-lettered (True), or stopping (False).
         The ``delivered`` audit line is written in the background into ``audits`` (the caller
         awaits them before it commits); failures and dead letters are awaited here."""
@@ -181,8 +228,10 @@ class SubscriberSink:
             attempt += 1
             outcome = await self.channel.send(record.value, record, attempt)
             if outcome.delivered:
-                line = self.recorder.audit(record.audit("delivered", sid, attempt=attempt,
-                                                        detail=outcome.detail), record.key)
+                line = self.recorder.audit(
+                    record.audit("delivered", sid, attempt=attempt, detail=outcome.detail),
+                    record.key,
+                )
                 if audits is None:
                     await line
                 else:
@@ -191,25 +240,43 @@ class SubscriberSink:
                 LAST_DELIVERY.labels(subscriber=sid).set_to_current_time()
                 if self.tracker is not None:
                     self.tracker.expect(sid, record)
-                log.debug("delivery.delivered", subscriber=sid, message_id=record.message_id,
-                          attempt=attempt)
+                log.debug(
+                    "delivery.delivered",
+                    subscriber=sid,
+                    message_id=record.message_id,
+                    attempt=attempt,
+                )
                 return True
             elapsed = asyncio.get_running_loop().time() - started
             if not outcome.retry or elapsed >= self.settings.delivery_retry_budget_s:
-                why = ("refused: " if not outcome.retry else
-                       f"no success in {elapsed:.0f} s ({attempt} attempts): ") + outcome.detail
+                why = (
+                    "refused: "
+                    if not outcome.retry
+                    else f"no success in {elapsed:.0f} s ({attempt} attempts): "
+                ) + outcome.detail
                 await self.recorder.dead_letter(record, sid, why, attempt=attempt)
                 DELIVERIES.labels(subscriber=sid, outcome="dead_lettered").inc()
                 return True
             if attempt == 1 and before_retry is not None:
                 await before_retry()  # what is done before this record is committed first
-            await self.recorder.audit(record.audit("attempt-failed", sid, attempt=attempt,
-                                                   detail=outcome.detail), record.key)
+            await self.recorder.audit(
+                record.audit("attempt-failed", sid, attempt=attempt, detail=outcome.detail),
+                record.key,
+            )
             DELIVERIES.labels(subscriber=sid, outcome="retried").inc()
-            log.warning("delivery.retry", subscriber=sid, message_id=record.message_id,
-                        attempt=attempt, detail=outcome.detail)
-            wait = backoff_s(attempt, self.settings.delivery_backoff_initial_s,
-                             self.settings.delivery_backoff_max_s, self._rng)
+            log.warning(
+                "delivery.retry",
+                subscriber=sid,
+                message_id=record.message_id,
+                attempt=attempt,
+                detail=outcome.detail,
+            )
+            wait = backoff_s(
+                attempt,
+                self.settings.delivery_backoff_initial_s,
+                self.settings.delivery_backoff_max_s,
+                self._rng,
+            )
             if await _sleep_unless(stop, wait):
                 return False
 
@@ -231,13 +298,20 @@ class Watcher:
     async def handle(self, record: OutRecord) -> None:
         takers = self.registry.takers(record.topic, record.recipient)
         if not takers:
-            await self.recorder.audit(record.audit("unrouted", "", detail="no subscriber takes "
-                                                   f"{record.recipient} on {record.topic}"),
-                                      record.key)
+            await self.recorder.audit(
+                record.audit(
+                    "unrouted",
+                    "",
+                    detail=f"no subscriber takes {record.recipient} on {record.topic}",
+                ),
+                record.key,
+            )
             await self.recorder.alert(
                 f"no subscriber for recipient {record.recipient} on {record.topic}: message "
                 f"{record.message_id} is not delivered; add the party to the subscriber registry",
-                topic=record.topic, message_id=record.message_id)
+                topic=record.topic,
+                message_id=record.message_id,
+            )
         for s in takers:
             if s.delivery == "kafka":
                 at = _iso_ms(record.timestamp_ms)
@@ -256,15 +330,15 @@ class Watcher:
 
 
 def _iso_ms(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc).isoformat(
-        timespec="milliseconds")
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 class DeliveryService:
     """Every sink, the watcher and the acknowledgement handling of one registry."""
 
-    def __init__(self, settings: Settings, registry: Registry,
-                 producer: DurableProducer | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, producer: DurableProducer | None = None
+    ) -> None:
         problems = registry.problems()
         if problems:
             raise StafetError("the subscriber registry is not ready: " + "; ".join(problems))
@@ -272,11 +346,15 @@ class DeliveryService:
         self.producer = producer or DurableProducer(settings, timeout_s=10.0)
         self.recorder = Recorder(self.producer)
         self.sinks: dict[str, SubscriberSink] = {}
-        secrets = {s.id: s.secret().get_secret_value() for s in registry.pushed()
-                   if s.tracks_acks}
-        self.tracker = AckTracker(self.recorder, secrets, timeout_s=settings.ack_timeout_s,
-                                  max_resends=settings.ack_max_resends, resend=self._resend,
-                                  fetch=self._fetch)
+        secrets = {s.id: s.secret().get_secret_value() for s in registry.pushed() if s.tracks_acks}
+        self.tracker = AckTracker(
+            self.recorder,
+            secrets,
+            timeout_s=settings.ack_timeout_s,
+            max_resends=settings.ack_max_resends,
+            resend=self._resend,
+            fetch=self._fetch,
+        )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -296,16 +374,24 @@ class DeliveryService:
                 await asyncio.sleep(2.0)
         self._session = aiohttp.ClientSession()
         for s in self.registry.pushed():
-            self.sinks[s.id] = SubscriberSink(s, self.settings, self.recorder, self.tracker,
-                                              self._session)
-        coros = [*(self._guard(f"sink {sid}", sink.run) for sid, sink in self.sinks.items()),
-                 self._guard("watcher", Watcher(self.registry, self.settings, self.recorder).run),
-                 self._guard("acks", self._listen_acks),
-                 self._guard("ack clock", lambda stop: self.tracker.run(
-                     stop, self.settings.ack_check_interval_s))]
+            self.sinks[s.id] = SubscriberSink(
+                s, self.settings, self.recorder, self.tracker, self._session
+            )
+        coros = [
+            *(self._guard(f"sink {sid}", sink.run) for sid, sink in self.sinks.items()),
+            self._guard("watcher", Watcher(self.registry, self.settings, self.recorder).run),
+            self._guard("acks", self._listen_acks),
+            self._guard(
+                "ack clock", lambda stop: self.tracker.run(stop, self.settings.ack_check_interval_s)
+            ),
+        ]
         self._tasks = [asyncio.create_task(c) for c in coros]
-        log.info("delivery.started", sinks=sorted(self.sinks), tracked=sorted(self.tracker.tracked),
-                 pending_acks=len(self.tracker.pending))
+        log.info(
+            "delivery.started",
+            sinks=sorted(self.sinks),
+            tracked=sorted(self.tracker.tracked),
+            pending_acks=len(self.tracker.pending),
+        )
 
     def _rebuild(self) -> None:
         """The tracker's state from the audit trail (everything written before this start)."""
@@ -341,24 +427,38 @@ class DeliveryService:
                         headers = headers_of(msg.headers())
                         # the replay window is held against when the listener took it in,
                         # not against now: a delivery that was down must not refuse them
-                        await self.tracker.on_ack(ack, body, headers.get(H_SIGNATURE),
-                                                  headers.get(H_SIGNATURE_TS),
-                                                  webhook_id=headers.get(H_SIGNATURE_ID),
-                                                  received_at=headers.get(H_RECEIVED_AT))
+                        await self.tracker.on_ack(
+                            ack,
+                            body,
+                            headers.get(H_SIGNATURE),
+                            headers.get(H_SIGNATURE_TS),
+                            webhook_id=headers.get(H_SIGNATURE_ID),
+                            received_at=headers.get(H_RECEIVED_AT),
+                        )
                     await consumer.commit(msg)
         finally:
             await consumer.close()
 
     async def _fetch(self, pending: Pending) -> OutRecord:
-        msg = await asyncio.to_thread(fetch_record, client_config(self.settings), pending.topic,
-                                      pending.partition, pending.offset)
+        msg = await asyncio.to_thread(
+            fetch_record,
+            client_config(self.settings),
+            pending.topic,
+            pending.partition,
+            pending.offset,
+        )
         return OutRecord.from_message(msg)
 
     async def _resend(self, subscriber_id: str, record: OutRecord, number: int) -> str:
         outcome = await self.sinks[subscriber_id].send_again(record, number)
         DELIVERIES.labels(subscriber=subscriber_id, outcome="resent").inc()
-        log.warning("delivery.resent", subscriber=subscriber_id, message_id=record.message_id,
-                    resend=number, outcome=outcome.detail)
+        log.warning(
+            "delivery.resent",
+            subscriber=subscriber_id,
+            message_id=record.message_id,
+            resend=number,
+            outcome=outcome.detail,
+        )
         return outcome.detail
 
     async def stop(self) -> None:

@@ -30,8 +30,8 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from stafet.config import Settings
-from stafet.errors import StafetError
 from stafet.connectors.delivery import DeliveryService
+from stafet.errors import StafetError
 from stafet.kafka_client import client_config
 from stafet.logging import get_logger
 from stafet.observability import DELIVERY_ACTIVE, HEALTH, beat_forever, serve_health
@@ -51,11 +51,18 @@ class Leadership:
 
     def __init__(self, settings: Settings) -> None:
         session_ms = int(settings.delivery_session_timeout_s * 1000)
-        self._consumer = Consumer({
-            **client_config(settings), "group.id": LEADER_GROUP, "enable.auto.commit": False,
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": session_ms, "heartbeat.interval.ms": max(500, session_ms // 4),
-            "topic.metadata.refresh.interval.ms": 5000, "log_level": 3})
+        self._consumer = Consumer(
+            {
+                **client_config(settings),
+                "group.id": LEADER_GROUP,
+                "enable.auto.commit": False,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(500, session_ms // 4),
+                "topic.metadata.refresh.interval.ms": 5000,
+                "log_level": 3,
+            }
+        )
         self.active = threading.Event()
         self.inactive = threading.Event()
         self.inactive.set()
@@ -65,8 +72,12 @@ class Leadership:
         self._thread = threading.Thread(target=self._run, name="delivery-leadership", daemon=True)
 
     def start(self) -> None:
-        self._consumer.subscribe([CONTROL_DELIVERY], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._consumer.subscribe(
+            [CONTROL_DELIVERY],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
         self._thread.start()
 
     def _run(self) -> None:
@@ -107,8 +118,9 @@ async def _wait(event: threading.Event, stop: asyncio.Event) -> bool:
     return False
 
 
-async def run_replica(settings: Settings, registry: Registry, stop: asyncio.Event,
-                      **service_options: Any) -> None:
+async def run_replica(
+    settings: Settings, registry: Registry, stop: asyncio.Event, **service_options: Any
+) -> None:
     """One replica until ``stop``: deliver while active, wait while standby."""
     leadership = Leadership(settings)
     leadership.start()

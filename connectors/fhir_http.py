@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -41,15 +41,28 @@ from stafet.connectors.producer import DurableProducer
 from stafet.connectors.tls import server_context
 from stafet.cpr import mask_cpr
 from stafet.errors import DeliveryError, StafetError
-from stafet.kafka_client import KafkaTarget, resolve_config
 from stafet.fhir_referral import FhirInputError, Issue, parse_fhir_referral
+from stafet.kafka_client import KafkaTarget, resolve_config
 from stafet.logging import get_logger
 from stafet.model import ReferralEvent
 from stafet.observability import (
-    HEALTH, MESSAGES_IN, beat_forever, broker_reporter, observe_answer, serve_health, stats_config,
+    HEALTH,
+    MESSAGES_IN,
+    beat_forever,
+    broker_reporter,
+    observe_answer,
+    serve_health,
+    stats_config,
 )
 from stafet.topics import (
-    DLQ_FHIR, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INDEX_REFERRAL, INGEST_FHIR,
+    DLQ_FHIR,
+    H_EVENT_ID,
+    H_REASON,
+    H_RECEIVED_AT,
+    H_SOURCE,
+    H_STAGE,
+    INDEX_REFERRAL,
+    INGEST_FHIR,
 )
 
 log = get_logger(__name__)
@@ -58,7 +71,9 @@ FHIR_JSON = "application/fhir+json"
 MEDIA_TYPES = (FHIR_JSON, "application/json")
 #: Path → the resourceType it takes (None: any supported one, or a Bundle).
 ROUTES: dict[str, str | None] = {
-    "/fhir": None, "/fhir/ServiceRequest": "ServiceRequest", "/fhir/Task": "Task",
+    "/fhir": None,
+    "/fhir/ServiceRequest": "ServiceRequest",
+    "/fhir/Task": "Task",
     "/fhir/Communication": "Communication",
 }
 REFERRAL_KINDS = ("submitted", "modified", "cancelled")  # events that make a referral known
@@ -127,8 +142,14 @@ class ReferralIndex:
             return []
         return [e.referral_id for e in events if e.kind in REFERRAL_KINDS]
 
-    def load_from(self, kafka: KafkaTarget, topics: Sequence[str] | None = None, *,
-                  idle_timeout_s: float = 30.0, follow: bool = False) -> int:
+    def load_from(
+        self,
+        kafka: KafkaTarget,
+        topics: Sequence[str] | None = None,
+        *,
+        idle_timeout_s: float = 30.0,
+        follow: bool = False,
+    ) -> int:
         """Read ``topics`` (default: every registered one) from the beginning to their end
         offsets now; with ``follow``, keep reading new records until :meth:`stop`. Blocking (run
         it in a thread); raises :class:`StafetError` if Kafka does not answer. Returns the count
@@ -137,10 +158,16 @@ class ReferralIndex:
         missing = [t for t in topics if t not in self.extractors and t != INDEX_REFERRAL]
         if missing:
             raise ValueError(f"no extractor registered for {missing}")
-        consumer = Consumer(resolve_config(kafka, **{
-            "group.id": f"stafet-referral-index-{uuid.uuid4()}",
-            "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        }))  # assign() only: the group id is never joined nor committed to
+        consumer = Consumer(
+            resolve_config(
+                kafka,
+                **{
+                    "group.id": f"stafet-referral-index-{uuid.uuid4()}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                },
+            )
+        )  # assign() only: the group id is never joined nor committed to
         try:
             pending = self._assign(consumer, topics, idle_timeout_s)
             count, last = 0, time.monotonic()
@@ -152,11 +179,14 @@ class ReferralIndex:
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error():
                     if pending and time.monotonic() - last > idle_timeout_s:
-                        raise StafetError(f"the referral index got no record for "
-                                          f"{idle_timeout_s:.0f}s with {len(pending)} partitions "
-                                          "unread")
-                    pending = {tp: end for tp, end in pending.items()
-                               if _position(consumer, tp) < end}
+                        raise StafetError(
+                            f"the referral index got no record for "
+                            f"{idle_timeout_s:.0f}s with {len(pending)} partitions "
+                            "unread"
+                        )
+                    pending = {
+                        tp: end for tp, end in pending.items() if _position(consumer, tp) < end
+                    }
                     continue
                 last = time.monotonic()
                 count += 1
@@ -181,8 +211,9 @@ class ReferralIndex:
         finally:
             consumer.close()
 
-    def _assign(self, consumer: Consumer, topics: list[str],
-                timeout_s: float) -> dict[tuple[str, int], int]:
+    def _assign(
+        self, consumer: Consumer, topics: list[str], timeout_s: float
+    ) -> dict[tuple[str, int], int]:
         """Assign every partition from the beginning; return the non-empty ones' end offsets."""
         deadline = time.monotonic() + timeout_s
         while True:  # short attempts, so stop() is not held up by an unreachable broker
@@ -216,11 +247,18 @@ def _position(consumer: Consumer, tp: tuple[str, int]) -> int:
 class FhirListener:
     """The aiohttp server; ``await start()``, then ``await stop()``."""
 
-    def __init__(self, settings: Settings, producer: DurableProducer | None = None,
-                 index: ReferralIndex | None = None, *, index_wait_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: DurableProducer | None = None,
+        index: ReferralIndex | None = None,
+        *,
+        index_wait_s: float = 30.0,
+    ) -> None:
         self.settings = settings
         self.producer = producer or DurableProducer(
-            settings, timeout_s=settings.fhir_produce_timeout_s, **stats_config(broker_reporter()))
+            settings, timeout_s=settings.fhir_produce_timeout_s, **stats_config(broker_reporter())
+        )
         self._secret = settings.patient_key_secret.get_secret_value()
         # not ``index or …``: an empty index is falsy (``__len__``) and would be replaced
         self.index = index if index is not None else ReferralIndex(self._secret)
@@ -247,21 +285,33 @@ class FhirListener:
         while not (self.index.ready and self.seen.ready) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if not (self.index.ready and self.seen.ready):  # serve; those paths answer 503 for now
-            log.warning("fhir.index_not_ready", waited_s=self._index_wait_s,
-                        referrals=self.index.ready, messages=self.seen.ready)
+            log.warning(
+                "fhir.index_not_ready",
+                waited_s=self._index_wait_s,
+                referrals=self.index.ready,
+                messages=self.seen.ready,
+            )
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        tls = server_context(self.settings.fhir_tls_cert, self.settings.fhir_tls_key,
-                             self.settings.fhir_tls_client_ca)
-        self._site = web.TCPSite(self._runner, self.settings.fhir_host, self.settings.fhir_port,
-                                 ssl_context=tls)
+        tls = server_context(
+            self.settings.fhir_tls_cert,
+            self.settings.fhir_tls_key,
+            self.settings.fhir_tls_client_ca,
+        )
+        self._site = web.TCPSite(
+            self._runner, self.settings.fhir_host, self.settings.fhir_port, ssl_context=tls
+        )
         await self._site.start()
         log.info("fhir.listening", host=self.settings.fhir_host, port=self.port)
         HEALTH.set_ready("listening", True, f"HTTP on {self.settings.fhir_host}:{self.port}")
-        HEALTH.add_check("referral_index", lambda: (
-            self.index.ready and self.seen.ready,
-            f"referrals {'loaded' if self.index.ready else 'loading'}, received messages "
-            f"{'loaded' if self.seen.ready else 'loading'}"))
+        HEALTH.add_check(
+            "referral_index",
+            lambda: (
+                self.index.ready and self.seen.ready,
+                f"referrals {'loaded' if self.index.ready else 'loading'}, received messages "
+                f"{'loaded' if self.seen.ready else 'loading'}",
+            ),
+        )
 
     @property
     def port(self) -> int:
@@ -316,36 +366,74 @@ class FhirListener:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
-        received_at = datetime.now(timezone.utc).isoformat()
+        received_at = datetime.now(UTC).isoformat()
         body, oversize = await _read_limited(request, self.settings.fhir_max_body_bytes)
         reject = lambda status, issues: self._reject(status, issues, body, received_at)  # noqa: E731
         if oversize:
-            return await reject(413, [Issue("", "the body exceeds the maximum of "
-                                        f"{self.settings.fhir_max_body_bytes} bytes", "too-long")])
+            return await reject(
+                413,
+                [
+                    Issue(
+                        "",
+                        "the body exceeds the maximum of "
+                        f"{self.settings.fhir_max_body_bytes} bytes",
+                        "too-long",
+                    )
+                ],
+            )
         media, charset = request.content_type.lower(), (request.charset or "utf-8").lower()
         if media not in MEDIA_TYPES or charset not in ("utf-8", "utf8"):
-            return await reject(415, [Issue("", f"Content-Type must be {FHIR_JSON} or "
-                                        "application/json in UTF-8", "not-supported")])
+            return await reject(
+                415,
+                [
+                    Issue(
+                        "",
+                        f"Content-Type must be {FHIR_JSON} or application/json in UTF-8",
+                        "not-supported",
+                    )
+                ],
+            )
         if request.path == "/fhir/$process-message":
             if not self.seen.ready:
                 return _transient("the memory of received messages is still loading")
             # Standard Webhooks headers of a signed acknowledgement (all three, or unsigned)
-            wid, ts, sig = (request.headers.get(h) for h in (
-                "webhook-id", "webhook-timestamp", "webhook-signature"))
-            return await process_message(self, self.seen, body, media, received_at,
-                                         (wid[:256], ts[:20], sig[:1024])
-                                         if wid and ts and sig else None)
+            wid, ts, sig = (
+                request.headers.get(h)
+                for h in ("webhook-id", "webhook-timestamp", "webhook-signature")
+            )
+            return await process_message(
+                self,
+                self.seen,
+                body,
+                media,
+                received_at,
+                (wid[:256], ts[:20], sig[:1024]) if wid and ts and sig else None,
+            )
         return await self.accept(body, media, ROUTES[request.path], received_at)
 
-    async def accept(self, body: bytes, media: str, expected: str | None, received_at: str,
-                     extra_headers: Sequence[tuple[str, bytes]] = ()) -> web.Response:
+    async def accept(
+        self,
+        body: bytes,
+        media: str,
+        expected: str | None,
+        received_at: str,
+        extra_headers: Sequence[tuple[str, bytes]] = (),
+    ) -> web.Response:
         """Validate and store a referral body whose size and media type were checked."""
         reject = lambda status, issues: self._reject(status, issues, body, received_at)  # noqa: E731
         path = f"/fhir/{expected}" if expected else "/fhir"
         posted = _resource_type(body)
         if expected is not None and posted is not None and posted != expected:
-            return await reject(400, [Issue("resourceType", f"a {posted} was posted to "
-                                        f"{path}, which takes a {expected}", "invalid")])
+            return await reject(
+                400,
+                [
+                    Issue(
+                        "resourceType",
+                        f"a {posted} was posted to {path}, which takes a {expected}",
+                        "invalid",
+                    )
+                ],
+            )
         unknown: set[str] = set()
 
         def known(referral_id: str) -> bool:
@@ -356,37 +444,57 @@ class FhirListener:
 
         try:
             try:
-                events = parse_fhir_referral(body, secret=self._secret,
-                                             known_referral=known if self.index.ready else None)
+                events = parse_fhir_referral(
+                    body, secret=self._secret, known_referral=known if self.index.ready else None
+                )
             except FhirInputError as exc:
                 # a referral accepted a moment ago (HL7 v2, another instance) is indexed by the
                 # stream stage within its commit interval: give it that long before a 422
                 if not (exc.business_rule and unknown and await self._indexed(unknown)):
                     raise
-                events = parse_fhir_referral(body, secret=self._secret,
-                                             known_referral=self.index.known)
+                events = parse_fhir_referral(
+                    body, secret=self._secret, known_referral=self.index.known
+                )
         except FhirInputError as exc:
             return await reject(422 if exc.business_rule else 400, exc.issues)
         if not self.index.ready and _unchecked(events, self.index):
-            return _transient("the referral index is still loading; a decision cannot be "
-                              "checked against its referral yet")
+            return _transient(
+                "the referral index is still loading; a decision cannot be "
+                "checked against its referral yet"
+            )
         first = events[0]
         try:
-            await self.producer.send(INGEST_FHIR, body, key=first.patient_key.encode(), headers=[
-                ("content-type", media.encode()), (H_SOURCE, b"fhir"),
-                (H_RECEIVED_AT, received_at.encode()), (H_EVENT_ID, first.event_id.encode()),
-                *extra_headers])
+            await self.producer.send(
+                INGEST_FHIR,
+                body,
+                key=first.patient_key.encode(),
+                headers=[
+                    ("content-type", media.encode()),
+                    (H_SOURCE, b"fhir"),
+                    (H_RECEIVED_AT, received_at.encode()),
+                    (H_EVENT_ID, first.event_id.encode()),
+                    *extra_headers,
+                ],
+            )
         except DeliveryError as exc:
             log.error("fhir.store_failed", event_id=first.event_id, error=str(exc))
             return _transient(f"not stored, please retry: {exc}")
         for event in events:
             if event.kind in REFERRAL_KINDS:
                 self.index.add(event.referral_id)
-        log.info("fhir.accepted", event_ids=[e.event_id for e in events],
-                 kinds=[e.kind for e in events])
-        issues = [{"severity": "information", "code": "informational",
-                   "diagnostics": mask_cpr(f"stored as event {e.event_id} ({e.kind}, "
-                                           f"referral {e.referral_id})")} for e in events]
+        log.info(
+            "fhir.accepted", event_ids=[e.event_id for e in events], kinds=[e.kind for e in events]
+        )
+        issues = [
+            {
+                "severity": "information",
+                "code": "informational",
+                "diagnostics": mask_cpr(
+                    f"stored as event {e.event_id} ({e.kind}, referral {e.referral_id})"
+                ),
+            }
+            for e in events
+        ]
         return _outcome(202, issues, headers={EVENT_ID_HEADER: first.event_id})
 
     async def _indexed(self, referral_ids: set[str]) -> bool:
@@ -398,21 +506,38 @@ class FhirListener:
             await asyncio.sleep(0.1)
         return True
 
-    async def _reject(self, status: int, issues: list[Issue], body: bytes,
-                      received_at: str) -> web.Response:
+    async def _reject(
+        self, status: int, issues: list[Issue], body: bytes, received_at: str
+    ) -> web.Response:
         issues = [Issue(mask_cpr(i.path), mask_cpr(i.reason), i.code) for i in issues]
         reason = f"HTTP {status}: " + "; ".join(
-            f"{i.path}: {i.reason}" if i.path else i.reason for i in issues)
+            f"{i.path}: {i.reason}" if i.path else i.reason for i in issues
+        )
         try:
-            await self.producer.send(DLQ_FHIR, body[:DLQ_SAMPLE_BYTES], headers=[
-                (H_REASON, reason[:8192].encode()), (H_STAGE, b"fhir"),
-                (H_RECEIVED_AT, received_at.encode())])
+            await self.producer.send(
+                DLQ_FHIR,
+                body[:DLQ_SAMPLE_BYTES],
+                headers=[
+                    (H_REASON, reason[:8192].encode()),
+                    (H_STAGE, b"fhir"),
+                    (H_RECEIVED_AT, received_at.encode()),
+                ],
+            )
         except DeliveryError as exc:
             log.error("fhir.dlq_failed", reason=reason, error=str(exc))
         log.warning("fhir.rejected", status=status, reason=reason[:2000])
-        response = _outcome(status, [
-            {"severity": "error", "code": i.code, "diagnostics": i.reason,
-             **({"expression": [i.path]} if i.path else {})} for i in issues])
+        response = _outcome(
+            status,
+            [
+                {
+                    "severity": "error",
+                    "code": i.code,
+                    "diagnostics": i.reason,
+                    **({"expression": [i.path]} if i.path else {}),
+                }
+                for i in issues
+            ],
+        )
         if status == 413:
             response.force_close()  # the rest of the body is not read
         return response
@@ -421,8 +546,13 @@ class FhirListener:
         return web.json_response(openapi(), dumps=_dumps)
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "referral_index": "ready" if self.index.ready
-                                  else "loading", "referrals": len(self.index)})
+        return web.json_response(
+            {
+                "status": "ok",
+                "referral_index": "ready" if self.index.ready else "loading",
+                "referrals": len(self.index),
+            }
+        )
 
 
 async def _read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
@@ -432,8 +562,9 @@ async def _read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
     buffer = bytearray()
     async for chunk in request.content.iter_any():
         buffer += chunk
-        if len(buffer) > limit or (declared is not None and declared > limit
-                                   and len(buffer) >= DLQ_SAMPLE_BYTES):
+        if len(buffer) > limit or (
+            declared is not None and declared > limit and len(buffer) >= DLQ_SAMPLE_BYTES
+        ):
             return bytes(buffer[:DLQ_SAMPLE_BYTES]), True
     if declared is not None and declared > limit:
         return bytes(buffer[:DLQ_SAMPLE_BYTES]), True
@@ -452,24 +583,36 @@ def _resource_type(body: bytes) -> str | None:
 def _unchecked(events: list[ReferralEvent], index: ReferralIndex) -> bool:
     """Decisions/assessments whose referral is neither in the body nor (yet) in the index."""
     in_body = {e.referral_id for e in events if e.kind in REFERRAL_KINDS}
-    return any(e.referral_id not in in_body and e.referral_id not in index
-               for e in events if e.kind not in REFERRAL_KINDS)
+    return any(
+        e.referral_id not in in_body and e.referral_id not in index
+        for e in events
+        if e.kind not in REFERRAL_KINDS
+    )
 
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False)
 
 
-def _outcome(status: int, issues: list[dict[str, Any]],
-             headers: dict[str, str] | None = None) -> web.Response:
+def _outcome(
+    status: int, issues: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> web.Response:
     body = {"resourceType": "OperationOutcome", "issue": issues}
-    return web.Response(status=status, body=_dumps(body).encode(), headers=headers,
-                        content_type=FHIR_JSON, charset="utf-8")
+    return web.Response(
+        status=status,
+        body=_dumps(body).encode(),
+        headers=headers,
+        content_type=FHIR_JSON,
+        charset="utf-8",
+    )
 
 
 def _transient(reason: str) -> web.Response:
-    return _outcome(503, [{"severity": "error", "code": "transient", "diagnostics": reason}],
-                    headers={"Retry-After": str(RETRY_AFTER_S)})
+    return _outcome(
+        503,
+        [{"severity": "error", "code": "transient", "diagnostics": reason}],
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 @web.middleware
@@ -483,14 +626,29 @@ async def _outcome_middleware(
         if exc.status < 400:
             raise
         code = {404: "not-found", 405: "not-supported"}.get(exc.status, "processing")
-        return _outcome(exc.status, [{"severity": "error", "code": code,
-                                      "diagnostics": f"{request.method} {request.path}: "
-                                                     f"{exc.reason}"}],
-                        headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+        return _outcome(
+            exc.status,
+            [
+                {
+                    "severity": "error",
+                    "code": code,
+                    "diagnostics": f"{request.method} {request.path}: {exc.reason}",
+                }
+            ],
+            headers={k: v for k, v in exc.headers.items() if k == "Allow"},
+        )
     except Exception as exc:  # noqa: BLE001 - a bug must not kill the listener
         log.exception("fhir.internal_error", path=request.path, error=str(exc))
-        return _outcome(500, [{"severity": "fatal", "code": "exception",
-                               "diagnostics": "internal error; not stored, please retry"}])
+        return _outcome(
+            500,
+            [
+                {
+                    "severity": "fatal",
+                    "code": "exception",
+                    "diagnostics": "internal error; not stored, please retry",
+                }
+            ],
+        )
 
 
 async def run(settings: Settings) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -32,7 +32,12 @@ from stafet.kafka_client import client_config
 from stafet.logging import get_logger
 from stafet.topic_reader import read_to_end
 from stafet.topics import (
-    ACKS_INBOUND, H_RECEIVED_AT, H_SIGNATURE, H_SIGNATURE_ID, H_SIGNATURE_TS, INGEST_FHIR,
+    ACKS_INBOUND,
+    H_RECEIVED_AT,
+    H_SIGNATURE,
+    H_SIGNATURE_ID,
+    H_SIGNATURE_TS,
+    INGEST_FHIR,
 )
 
 if TYPE_CHECKING:
@@ -73,8 +78,10 @@ class SeenMessages:
             for msg in read_to_end(client_config(settings), topic):
                 h = {k: (v or b"").decode() for k, v in (msg.headers() or [])}
                 if H_IN_HEADER in h:
-                    self.add(MessageIds(h[H_IN_BUNDLE], h[H_IN_HEADER], h.get(H_IN_EVENT, "")),
-                             h.get(H_RECEIVED_AT, ""))
+                    self.add(
+                        MessageIds(h[H_IN_BUNDLE], h[H_IN_HEADER], h.get(H_IN_EVENT, "")),
+                        h.get(H_RECEIVED_AT, ""),
+                    )
                     n += 1
         self.ready = True
         return n
@@ -84,29 +91,58 @@ def _answer(seen: Seen, duplicate: bool) -> web.Response:
     """The answer to a message: the same for the first time and every duplicate."""
     headers = {"X-Stafet-Duplicate": "true"} if duplicate else {}
     if seen.ids.event == "acknowledgement-message":
-        body: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [{
-            "severity": "information", "code": "informational",
-            "diagnostics": f"acknowledgement {seen.ids.header_id} recorded"}]}
+        body: dict[str, Any] = {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"acknowledgement {seen.ids.header_id} recorded",
+                }
+            ],
+        }
     else:
-        at = datetime.fromisoformat(seen.received_at) if seen.received_at else \
-            datetime.now(timezone.utc)
-        body = build_ack(seen.ids, "ok", sender_endpoint=STAFET_ENDPOINT,
-                         receiver_endpoint="urn:unknown", at=at)
-    return web.Response(status=200, body=json.dumps(body, ensure_ascii=False).encode(),
-                        content_type="application/fhir+json", charset="utf-8", headers=headers)
+        at = datetime.fromisoformat(seen.received_at) if seen.received_at else datetime.now(UTC)
+        body = build_ack(
+            seen.ids, "ok", sender_endpoint=STAFET_ENDPOINT, receiver_endpoint="urn:unknown", at=at
+        )
+    return web.Response(
+        status=200,
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        content_type="application/fhir+json",
+        charset="utf-8",
+        headers=headers,
+    )
 
 
 def _error(status: int, path: str, reason: str, code: str = "invalid") -> web.Response:
-    body = {"resourceType": "OperationOutcome", "issue": [{
-        "severity": "error", "code": code, "diagnostics": reason,
-        **({"expression": [path]} if path else {})}]}
-    return web.Response(status=status, body=json.dumps(body).encode(),
-                        content_type="application/fhir+json", charset="utf-8")
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": code,
+                "diagnostics": reason,
+                **({"expression": [path]} if path else {}),
+            }
+        ],
+    }
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/fhir+json",
+        charset="utf-8",
+    )
 
 
-async def process_message(listener: FhirListener, seen: SeenMessages, body: bytes, media: str,
-                          received_at: str, signature: tuple[str, str, str] | None = None
-                          ) -> web.Response:
+async def process_message(
+    listener: FhirListener,
+    seen: SeenMessages,
+    body: bytes,
+    media: str,
+    received_at: str,
+    signature: tuple[str, str, str] | None = None,
+) -> web.Response:
     """Dedupe, then store an Acknowledgement or hand a referral message to the referral path.
 
     ``signature``: the Standard Webhooks headers (webhook-id, webhook-timestamp,
@@ -115,24 +151,39 @@ async def process_message(listener: FhirListener, seen: SeenMessages, body: byte
         ids = message_ids(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-        return await listener._reject(400, [Issue("", f"not JSON: {reason}", "structure")],
-                                      body, received_at)
+        return await listener._reject(
+            400, [Issue("", f"not JSON: {reason}", "structure")], body, received_at
+        )
     except MessageError as exc:
-        return await listener._reject(400, [Issue(exc.path, exc.reason, "invalid")], body,
-                                      received_at)
+        return await listener._reject(
+            400, [Issue(exc.path, exc.reason, "invalid")], body, received_at
+        )
     inflight = seen.inflight.get(ids.header_id)
     if inflight is not None:  # the same message, still being stored: wait for that outcome
         await asyncio.shield(inflight)
     known = seen.by_header.get(ids.header_id)
     if known is not None:  # both seen, or a resend with a new Bundle.id: the original answer
-        log.info("fhir.duplicate_message", header_id=ids.header_id,
-                 same_bundle=known.ids.bundle_id == ids.bundle_id)
+        log.info(
+            "fhir.duplicate_message",
+            header_id=ids.header_id,
+            same_bundle=known.ids.bundle_id == ids.bundle_id,
+        )
         seen.header_of_bundle.setdefault(ids.bundle_id, ids.header_id)  # never to be reused
         return _answer(known, duplicate=True)
     if ids.bundle_id in seen.header_of_bundle:  # never stored: a rejected body, dead-lettered
-        return await listener._reject(400, [Issue(
-            "Bundle.id", f"Bundle.id {ids.bundle_id} was already used with another "
-            "MessageHeader.id; Bundle ids must never be reused", "invalid")], body, received_at)
+        return await listener._reject(
+            400,
+            [
+                Issue(
+                    "Bundle.id",
+                    f"Bundle.id {ids.bundle_id} was already used with another "
+                    "MessageHeader.id; Bundle ids must never be reused",
+                    "invalid",
+                )
+            ],
+            body,
+            received_at,
+        )
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     seen.inflight[ids.header_id] = done
     try:
@@ -142,48 +193,75 @@ async def process_message(listener: FhirListener, seen: SeenMessages, body: byte
         done.set_result(None)
 
 
-def _refuse_signed(listener: FhirListener, ids: MessageIds, acknowledged: str, webhook_id: str,
-                   timestamp: str) -> web.Response | None:
+def _refuse_signed(
+    listener: FhirListener, ids: MessageIds, acknowledged: str, webhook_id: str, timestamp: str
+) -> web.Response | None:
     """The checks of a signed acknowledgement that need no secret (the delivery tracker checks
     the signature): its webhook-id is its own MessageHeader.id, and its webhook-timestamp lies
     within ``STAFET_WEBHOOK_TOLERANCE_S`` of now — a replay or a stale retry is refused here,
     before its ids are remembered, so the sender can sign it again and be heard."""
     if webhook_id != ids.header_id:
         log.warning("fhir.ack_refused", acknowledged=acknowledged, reason="bad-id")
-        return _error(400, "", "webhook-id must be the acknowledgement's MessageHeader.id "
-                      f"({ids.header_id})", "invalid")
+        return _error(
+            400,
+            "",
+            f"webhook-id must be the acknowledgement's MessageHeader.id ({ids.header_id})",
+            "invalid",
+        )
     try:
         check_timestamp(timestamp, listener.settings.webhook_tolerance_s)
     except SignatureError as exc:
-        log.warning("fhir.ack_refused", acknowledged=acknowledged, reason=exc.reason,
-                    detail=exc.detail)
+        log.warning(
+            "fhir.ack_refused", acknowledged=acknowledged, reason=exc.reason, detail=exc.detail
+        )
         return _error(401, "", f"acknowledgement refused: {exc}", "security")
     return None
 
 
-async def _store(listener: FhirListener, seen: SeenMessages, ids: MessageIds, body: bytes,
-                 media: str, received_at: str, signature: tuple[str, str, str] | None
-                 ) -> web.Response:
-    ours = [(H_IN_BUNDLE, ids.bundle_id.encode()), (H_IN_HEADER, ids.header_id.encode()),
-            (H_IN_EVENT, ids.event.encode())]
+async def _store(
+    listener: FhirListener,
+    seen: SeenMessages,
+    ids: MessageIds,
+    body: bytes,
+    media: str,
+    received_at: str,
+    signature: tuple[str, str, str] | None,
+) -> web.Response:
+    ours = [
+        (H_IN_BUNDLE, ids.bundle_id.encode()),
+        (H_IN_HEADER, ids.header_id.encode()),
+        (H_IN_EVENT, ids.event.encode()),
+    ]
     if ids.event == "acknowledgement-message":
         try:
             ack = parse_ack(body)
         except MessageError as exc:  # an acknowledgement we can never use: dead-lettered
             return await listener._reject(
-                422, [Issue(exc.path, f"bad acknowledgement: {exc.reason}", "business-rule")],
-                body, received_at)
+                422,
+                [Issue(exc.path, f"bad acknowledgement: {exc.reason}", "business-rule")],
+                body,
+                received_at,
+            )
         if signature is not None:
             refused = _refuse_signed(listener, ids, ack.acknowledged_id, *signature[:2])
             if refused is not None:
                 return refused  # not stored, not remembered: a corrected retry is taken
         try:
-            signed = [(H_SIGNATURE_ID, signature[0].encode()),
-                      (H_SIGNATURE_TS, signature[1].encode()),
-                      (H_SIGNATURE, signature[2].encode())] if signature else []
-            await listener.producer.send(ACKS_INBOUND, body, key=ack.acknowledged_id.encode(),
-                                         headers=[*ours, *signed,
-                                                  (H_RECEIVED_AT, received_at.encode())])
+            signed = (
+                [
+                    (H_SIGNATURE_ID, signature[0].encode()),
+                    (H_SIGNATURE_TS, signature[1].encode()),
+                    (H_SIGNATURE, signature[2].encode()),
+                ]
+                if signature
+                else []
+            )
+            await listener.producer.send(
+                ACKS_INBOUND,
+                body,
+                key=ack.acknowledged_id.encode(),
+                headers=[*ours, *signed, (H_RECEIVED_AT, received_at.encode())],
+            )
         except DeliveryError as exc:
             return _error(503, "", f"not stored, please retry: {exc}", "transient")
         log.info("fhir.ack_received", acknowledged=ack.acknowledged_id, code=ack.code)

@@ -9,12 +9,19 @@ copied from the received MSH (MSH-3, MSH-4, MSH-10) are already HL7-encoded and 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from stafet.hl7v2 import RawHeader
 
-_ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\",
-            "\r": "\\.br\\", "\n": "\\.br\\"}
+_ESCAPES = {
+    "\\": "\\E\\",
+    "|": "\\F\\",
+    "^": "\\S\\",
+    "&": "\\T\\",
+    "~": "\\R\\",
+    "\r": "\\.br\\",
+    "\n": "\\.br\\",
+}
 
 
 def _esc(text: str) -> str:
@@ -45,23 +52,49 @@ def build_ack(
     if header and "^" in header.message_type:
         trigger = header.message_type.split("^")[1]
     charset_field = header.declared_charset if header else ""
-    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
     segments = [
-        "|".join([
-            "MSH", "^~\\&", _esc(application), _esc(facility),
-            _as_sent(header.sending_application) if header else "",
-            _as_sent(header.sending_facility) if header else "",
-            now, "", f"ACK^{_esc(trigger)}^ACK" if trigger else "ACK",
-            uuid.uuid4().hex[:20], "P", "2.5", "", "", "", "", "", charset_field,
-        ]),
+        "|".join(
+            [
+                "MSH",
+                "^~\\&",
+                _esc(application),
+                _esc(facility),
+                _as_sent(header.sending_application) if header else "",
+                _as_sent(header.sending_facility) if header else "",
+                now,
+                "",
+                f"ACK^{_esc(trigger)}^ACK" if trigger else "ACK",
+                uuid.uuid4().hex[:20],
+                "P",
+                "2.5",
+                "",
+                "",
+                "",
+                "",
+                "",
+                charset_field,
+            ]
+        ),
         "|".join(["MSA", code, _as_sent(control_id)]),
     ]
     if error_code is not None:
         severity = "E"
-        segments.append("|".join([
-            "ERR", "", location, f"{error_code}^{_esc(error_text)}^HL70357", severity,
-            "", "", "", _esc(reason),
-        ]))
+        segments.append(
+            "|".join(
+                [
+                    "ERR",
+                    "",
+                    location,
+                    f"{error_code}^{_esc(error_text)}^HL70357",
+                    severity,
+                    "",
+                    "",
+                    "",
+                    _esc(reason),
+                ]
+            )
+        )
     text = "\r".join(segments) + "\r"
     encoding = header.charset if header else "ascii"
     return text.encode(encoding, errors="replace")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from stafet.errors import StafetError
@@ -20,9 +20,13 @@ from stafet.ids import stable_uuid
 
 EVENT_SYSTEM = "http://medcomfhir.dk/ig/terminology/CodeSystem/medcom-messaging-eventCodes"
 ACK_EVENT = "acknowledgement-message"
-ACK_PROFILE = "http://medcomfhir.dk/ig/acknowledgement/StructureDefinition/medcom-messaging-acknowledgement"
-ACK_HEADER_PROFILE = ("http://medcomfhir.dk/ig/acknowledgement/StructureDefinition/"
-                      "medcom-messaging-acknowledgementHeader")
+ACK_PROFILE = (
+    "http://medcomfhir.dk/ig/acknowledgement/StructureDefinition/medcom-messaging-acknowledgement"
+)
+ACK_HEADER_PROFILE = (
+    "http://medcomfhir.dk/ig/acknowledgement/StructureDefinition/"
+    "medcom-messaging-acknowledgementHeader"
+)
 AckCode = Literal["ok", "transient-error", "fatal-error"]
 ACK_CODES: tuple[str, ...] = ("ok", "transient-error", "fatal-error")
 
@@ -59,12 +63,17 @@ def message_ids(bundle: Any) -> MessageIds:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise MessageError("resourceType", "a message must be a Bundle")
     if bundle.get("type") != "message":
-        raise MessageError("Bundle.type", f"must be 'message', not {str(bundle.get('type'))[:40]!r}")
+        raise MessageError(
+            "Bundle.type", f"must be 'message', not {str(bundle.get('type'))[:40]!r}"
+        )
     if not isinstance(bundle.get("id"), str) or not bundle["id"]:
         raise MessageError("Bundle.id", "required (receivers deduplicate on it)")
     entries = bundle.get("entry")
-    header = entries[0].get("resource") if isinstance(entries, list) and entries and \
-        isinstance(entries[0], dict) else None
+    header = (
+        entries[0].get("resource")
+        if isinstance(entries, list) and entries and isinstance(entries[0], dict)
+        else None
+    )
     if not isinstance(header, dict) or header.get("resourceType") != "MessageHeader":
         raise MessageError("Bundle.entry[0].resource", "the first entry must be the MessageHeader")
     if not isinstance(header.get("id"), str) or not header["id"]:
@@ -84,17 +93,22 @@ def parse_ack(body: bytes) -> Ack:
         raise MessageError("", f"not JSON: {exc}") from exc
     ids = message_ids(bundle)
     if ids.event != ACK_EVENT:
-        raise MessageError("Bundle.entry[0].resource.eventCoding.code",
-                           f"{ids.event!r} is not an {ACK_EVENT}")
+        raise MessageError(
+            "Bundle.entry[0].resource.eventCoding.code", f"{ids.event!r} is not an {ACK_EVENT}"
+        )
     header = bundle["entry"][0]["resource"]
     response = header.get("response")
     if not isinstance(response, dict) or not response.get("identifier"):
-        raise MessageError("MessageHeader.response.identifier",
-                           "required: the id of the acknowledged MessageHeader")
+        raise MessageError(
+            "MessageHeader.response.identifier",
+            "required: the id of the acknowledged MessageHeader",
+        )
     code = response.get("code")
     if code not in ACK_CODES:
-        raise MessageError("MessageHeader.response.code", f"{str(code)[:40]!r} is not one of "
-                           f"{', '.join(ACK_CODES)}")
+        raise MessageError(
+            "MessageHeader.response.code",
+            f"{str(code)[:40]!r} is not one of {', '.join(ACK_CODES)}",
+        )
     diagnostics = []
     for entry in bundle.get("entry", [])[1:]:
         resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -103,11 +117,17 @@ def parse_ack(body: bytes) -> Ack:
                 if not isinstance(issue, dict):
                     continue
                 details = issue.get("details")
-                codes = [str(c.get("code", "")) for c in _list(
-                    details.get("coding") if isinstance(details, dict) else None)
-                    if isinstance(c, dict)]
-                diagnostics.append(" ".join(str(x) for x in filter(None, [
-                    issue.get("code"), *codes, issue.get("diagnostics")])))
+                codes = [
+                    str(c.get("code", ""))
+                    for c in _list(details.get("coding") if isinstance(details, dict) else None)
+                    if isinstance(c, dict)
+                ]
+                diagnostics.append(
+                    " ".join(
+                        str(x)
+                        for x in filter(None, [issue.get("code"), *codes, issue.get("diagnostics")])
+                    )
+                )
     return Ack(ids, str(response["identifier"]), code, "; ".join(diagnostics)[:500])
 
 
@@ -115,50 +135,107 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def build_ack(acknowledged: MessageIds, code: AckCode, *, sender_endpoint: str,
-              receiver_endpoint: str, at: datetime | None = None,
-              error_code: str | None = None) -> dict[str, Any]:
+def build_ack(
+    acknowledged: MessageIds,
+    code: AckCode,
+    *,
+    sender_endpoint: str,
+    receiver_endpoint: str,
+    at: datetime | None = None,
+    error_code: str | None = None,
+) -> dict[str, Any]:
     """An Acknowledgement of ``acknowledged`` with deterministic ids: acknowledging the same
     message twice yields the same Bundle (what MedCom's dedupe rule resends)."""
-    at = at or datetime.now(timezone.utc)
-    ids = {k: stable_uuid("ack", acknowledged.bundle_id, acknowledged.header_id, k)
-           for k in ("bundle", "header", "sender", "receiver", "provenance", "outcome")}
+    at = at or datetime.now(UTC)
+    ids = {
+        k: stable_uuid("ack", acknowledged.bundle_id, acknowledged.header_id, k)
+        for k in ("bundle", "header", "sender", "receiver", "provenance", "outcome")
+    }
     header: dict[str, Any] = {
-        "resourceType": "MessageHeader", "id": ids["header"],
+        "resourceType": "MessageHeader",
+        "id": ids["header"],
         "meta": {"profile": [ACK_HEADER_PROFILE]},
         "eventCoding": {"system": EVENT_SYSTEM, "code": ACK_EVENT},
-        "destination": [{"endpoint": receiver_endpoint,
-                         "receiver": {"reference": f"Organization/{ids['receiver']}"}}],
+        "destination": [
+            {
+                "endpoint": receiver_endpoint,
+                "receiver": {"reference": f"Organization/{ids['receiver']}"},
+            }
+        ],
         "sender": {"reference": f"Organization/{ids['sender']}"},
         "source": {"endpoint": sender_endpoint},
         "response": {"identifier": acknowledged.header_id, "code": code},
     }
     entries: list[dict[str, Any]] = [
         {"fullUrl": f"MessageHeader/{ids['header']}", "resource": header},
-        {"fullUrl": f"Organization/{ids['sender']}",
-         "resource": {"resourceType": "Organization", "id": ids["sender"]}},
-        {"fullUrl": f"Organization/{ids['receiver']}",
-         "resource": {"resourceType": "Organization", "id": ids["receiver"]}},
-        {"fullUrl": f"Provenance/{ids['provenance']}", "resource": {
-            "resourceType": "Provenance", "id": ids["provenance"],
-            "target": [{"reference": f"MessageHeader/{ids['header']}"}],
-            "recorded": at.isoformat(),
-            "activity": {"coding": [{"system": "http://medcomfhir.dk/ig/terminology/CodeSystem/"
-                                     "medcom-messaging-activityCodes", "code": "acknowledgement"}]},
-            "agent": [{"who": {"reference": f"Organization/{ids['sender']}"}}],
-            "entity": [{"role": "revision",
-                        "what": {"reference": f"MessageHeader/{acknowledged.header_id}"}}]}},
+        {
+            "fullUrl": f"Organization/{ids['sender']}",
+            "resource": {"resourceType": "Organization", "id": ids["sender"]},
+        },
+        {
+            "fullUrl": f"Organization/{ids['receiver']}",
+            "resource": {"resourceType": "Organization", "id": ids["receiver"]},
+        },
+        {
+            "fullUrl": f"Provenance/{ids['provenance']}",
+            "resource": {
+                "resourceType": "Provenance",
+                "id": ids["provenance"],
+                "target": [{"reference": f"MessageHeader/{ids['header']}"}],
+                "recorded": at.isoformat(),
+                "activity": {
+                    "coding": [
+                        {
+                            "system": "http://medcomfhir.dk/ig/terminology/CodeSystem/"
+                            "medcom-messaging-activityCodes",
+                            "code": "acknowledgement",
+                        }
+                    ]
+                },
+                "agent": [{"who": {"reference": f"Organization/{ids['sender']}"}}],
+                "entity": [
+                    {
+                        "role": "revision",
+                        "what": {"reference": f"MessageHeader/{acknowledged.header_id}"},
+                    }
+                ],
+            },
+        },
     ]
     if code != "ok":
         header["response"]["details"] = {"reference": f"OperationOutcome/{ids['outcome']}"}
-        entries.append({"fullUrl": f"OperationOutcome/{ids['outcome']}", "resource": {
-            "resourceType": "OperationOutcome", "id": ids["outcome"],
-            "issue": [{"severity": "error", "code": "processing", "details": {"coding": [{
-                "system": "http://medcomfhir.dk/ig/terminology/CodeSystem/"
-                          "medcom-acknowledgement-error-codes",
-                "code": error_code or "MSG_Mailbox_Out_Of_Operation"}]}}]}})
-    return {"resourceType": "Bundle", "id": ids["bundle"], "meta": {"profile": [ACK_PROFILE]},
-            "type": "message", "timestamp": at.isoformat(), "entry": entries}
+        entries.append(
+            {
+                "fullUrl": f"OperationOutcome/{ids['outcome']}",
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "id": ids["outcome"],
+                    "issue": [
+                        {
+                            "severity": "error",
+                            "code": "processing",
+                            "details": {
+                                "coding": [
+                                    {
+                                        "system": "http://medcomfhir.dk/ig/terminology/CodeSystem/"
+                                        "medcom-acknowledgement-error-codes",
+                                        "code": error_code or "MSG_Mailbox_Out_Of_Operation",
+                                    }
+                                ]
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return {
+        "resourceType": "Bundle",
+        "id": ids["bundle"],
+        "meta": {"profile": [ACK_PROFILE]},
+        "type": "message",
+        "timestamp": at.isoformat(),
+        "entry": entries,
+    }
 
 
 def resend_copy(body: bytes, resend_number: int, at: datetime | None = None) -> bytes:
@@ -166,5 +243,5 @@ def resend_copy(body: bytes, resend_number: int, at: datetime | None = None) -> 
     other id unchanged."""
     bundle = json.loads(body)
     bundle["id"] = stable_uuid("resend", str(bundle.get("id")), str(resend_number))
-    bundle["timestamp"] = (at or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    bundle["timestamp"] = (at or datetime.now(UTC)).isoformat(timespec="seconds")
     return json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()

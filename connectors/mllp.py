@@ -14,10 +14,10 @@ once, however far behind the stream stage is.
 from __future__ import annotations
 
 import asyncio
-import re
 import json
+import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hl7.mllp import start_hl7_server
 
@@ -33,12 +33,26 @@ from stafet.hl7v2_referral import parse_hl7v2
 from stafet.logging import get_logger
 from stafet.model import ReferralEvent
 from stafet.observability import (
-    HEALTH, MESSAGES_IN, ack_code, beat_forever, broker_reporter, observe_answer, serve_health,
+    HEALTH,
+    MESSAGES_IN,
+    ack_code,
+    beat_forever,
+    broker_reporter,
+    observe_answer,
+    serve_health,
     stats_config,
 )
 from stafet.topics import (
-    DLQ_MLLP, H_CHARSET, H_EVENT_ID, H_REASON, H_RECEIVED_AT, H_SOURCE, H_STAGE, INDEX_REFERRAL,
-    INGEST_HL7V2, index_key,
+    DLQ_MLLP,
+    H_CHARSET,
+    H_EVENT_ID,
+    H_REASON,
+    H_RECEIVED_AT,
+    H_SOURCE,
+    H_STAGE,
+    INDEX_REFERRAL,
+    INGEST_HL7V2,
+    index_key,
 )
 
 log = get_logger(__name__)
@@ -62,14 +76,24 @@ class MllpListener:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        tls = server_context(self.settings.mllp_tls_cert, self.settings.mllp_tls_key,
-                             self.settings.mllp_tls_client_ca)
-        self._server = await start_hl7_server(
-            self._serve, host=self.settings.mllp_host, port=self.settings.mllp_port,
-            limit=self.settings.mllp_max_message_bytes, ssl=tls,
+        tls = server_context(
+            self.settings.mllp_tls_cert,
+            self.settings.mllp_tls_key,
+            self.settings.mllp_tls_client_ca,
         )
-        log.info("mllp.listening", host=self.settings.mllp_host, port=self.port,
-                 tls="mutual" if self.settings.mllp_tls_client_ca else bool(tls))
+        self._server = await start_hl7_server(
+            self._serve,
+            host=self.settings.mllp_host,
+            port=self.settings.mllp_port,
+            limit=self.settings.mllp_max_message_bytes,
+            ssl=tls,
+        )
+        log.info(
+            "mllp.listening",
+            host=self.settings.mllp_host,
+            port=self.port,
+            tls="mutual" if self.settings.mllp_tls_client_ca else bool(tls),
+        )
         HEALTH.set_ready("listening", True, f"MLLP on {self.settings.mllp_host}:{self.port}")
 
     @property
@@ -122,24 +146,42 @@ class MllpListener:
                     frame = await reader.readuntil(END_OF_FRAME)
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial.strip():
-                        await in_flight.put(answer(self._frame_rejection(
-                            exc.partial, "truncated frame: the connection ended after "
-                            f"{len(exc.partial)} bytes without the MLLP end block 0x1C 0x0D")))
+                        await in_flight.put(
+                            answer(
+                                self._frame_rejection(
+                                    exc.partial,
+                                    "truncated frame: the connection ended after "
+                                    f"{len(exc.partial)} bytes without the MLLP end block 0x1C 0x0D",
+                                )
+                            )
+                        )
                     return
                 except asyncio.LimitOverrunError:
-                    await in_flight.put(answer(self._frame_rejection(
-                        b"", "frame exceeds the maximum of "
-                        f"{self.settings.mllp_max_message_bytes} bytes (or has no MLLP end block)")))
+                    await in_flight.put(
+                        answer(
+                            self._frame_rejection(
+                                b"",
+                                "frame exceeds the maximum of "
+                                f"{self.settings.mllp_max_message_bytes} bytes (or has no MLLP end block)",
+                            )
+                        )
+                    )
                     return  # the stream cannot be resynchronised: close the connection
                 start = frame.find(START_OF_FRAME)
                 if start < 0:
-                    await in_flight.put(answer(self._frame_rejection(
-                        frame[:-2], "data outside an MLLP frame: a message must start with the "
-                        "start block 0x0B")))
+                    await in_flight.put(
+                        answer(
+                            self._frame_rejection(
+                                frame[:-2],
+                                "data outside an MLLP frame: a message must start with the "
+                                "start block 0x0B",
+                            )
+                        )
+                    )
                     continue
                 if frame[:start].strip():
                     log.warning("mllp.junk_before_frame", bytes=start)
-                await in_flight.put(answer(self.handle(frame[start + 1:-2], peer)))
+                await in_flight.put(answer(self.handle(frame[start + 1 : -2], peer)))
         except (ConnectionError, asyncio.CancelledError):
             return
         finally:
@@ -157,8 +199,7 @@ class MllpListener:
     PIPELINE = 32
 
     @staticmethod
-    async def _answer(in_flight: asyncio.Queue[asyncio.Future[bytes] | None],
-                      writer) -> None:  # type: ignore[no-untyped-def]
+    async def _answer(in_flight: asyncio.Queue[asyncio.Future[bytes] | None], writer) -> None:  # type: ignore[no-untyped-def]
         """Write each frame's ACK in the order the frames came (a stored message whose ACK
         cannot be written any more is simply sent again by the sender: same MSH-10, same ids)."""
         while (work := await in_flight.get()) is not None:
@@ -186,74 +227,141 @@ class MllpListener:
 
     async def _handle(self, block: bytes) -> bytes:
         s = self.settings
-        received_at = datetime.now(timezone.utc).isoformat()
+        received_at = datetime.now(UTC).isoformat()
         header: RawHeader | None = _try_header(block, s.mllp_default_charset)
         stray = next((f"0x{b:02X}" for b in (0x0B, 0x1C) if b in block), None)
         if stray is not None:  # never inside a message: two frames run together (a lost end
             # block) or a corrupt one; accepting the first half would lose the rest silently
-            return await self._reject(block, header, 100, "Segment sequence error", "",
-                                      f"the MLLP block byte {stray} occurs inside the message "
-                                      "(a missing end block 0x1C 0x0D?); send one message per "
-                                      "frame")
+            return await self._reject(
+                block,
+                header,
+                100,
+                "Segment sequence error",
+                "",
+                f"the MLLP block byte {stray} occurs inside the message "
+                "(a missing end block 0x1C 0x0D?); send one message per "
+                "frame",
+            )
         try:
-            event = parse_hl7v2(block, secret=self._secret, default_charset=s.mllp_default_charset,
-                              timezone=s.default_timezone)
+            event = parse_hl7v2(
+                block,
+                secret=self._secret,
+                default_charset=s.mllp_default_charset,
+                timezone=s.default_timezone,
+            )
         except Hl7Error as exc:
             return await self._reject(block, header, exc.code, exc.text, exc.location, exc.reason)
         except Exception as exc:  # a bug of ours, not the sender's: keep the message, say so
             log.exception("mllp.parse_failed", control_id=header.control_id if header else None)
-            return await self._reject(block, header, 207, "Application internal error", "",
-                                      f"stafet could not process the message ({type(exc).__name__})")
+            return await self._reject(
+                block,
+                header,
+                207,
+                "Application internal error",
+                "",
+                f"stafet could not process the message ({type(exc).__name__})",
+            )
         assert header is not None  # parse_adt succeeded, so MSH was readable
-        writes = [self.producer.send(
-            INGEST_HL7V2, block, key=event.patient_key.encode(),
-            headers=[(H_CHARSET, header.charset.encode()), (H_SOURCE, b"mllp"),
-                     (H_RECEIVED_AT, received_at.encode()),
-                     (H_EVENT_ID, event.event_id.encode()), *carry(event)],
-        )]
+        writes = [
+            self.producer.send(
+                INGEST_HL7V2,
+                block,
+                key=event.patient_key.encode(),
+                headers=[
+                    (H_CHARSET, header.charset.encode()),
+                    (H_SOURCE, b"mllp"),
+                    (H_RECEIVED_AT, received_at.encode()),
+                    (H_EVENT_ID, event.event_id.encode()),
+                    *carry(event),
+                ],
+            )
+        ]
         if isinstance(event, ReferralEvent) and event.kind == "submitted":
             # known to the FHIR listener at once, however far behind the stream stage is (a
             # decision may follow by FHIR); the stream stage writes its status over it
-            writes.append(self.producer.send(
-                INDEX_REFERRAL, json.dumps({"referral_id": event.referral_id,
-                                            "status": "received"}).encode(),
-                key=index_key(event.referral_id, event.patient_key)))
+            writes.append(
+                self.producer.send(
+                    INDEX_REFERRAL,
+                    json.dumps({"referral_id": event.referral_id, "status": "received"}).encode(),
+                    key=index_key(event.referral_id, event.patient_key),
+                )
+            )
         try:
             await asyncio.gather(*writes)
         except DeliveryError as exc:
             log.error("mllp.store_failed", control_id=header.control_id, error=str(exc))
-            return build_ack("AE", header, application=s.receiving_application,
-                             facility=s.receiving_facility, error_code=207,
-                             error_text="Application internal error",
-                             reason=f"not stored, please retry: {exc}")
-        log.debug("mllp.accepted", control_id=header.control_id,
-                  message_type=header.message_type, event_id=event.event_id)
-        return build_ack("AA", header, application=s.receiving_application,
-                         facility=s.receiving_facility)
+            return build_ack(
+                "AE",
+                header,
+                application=s.receiving_application,
+                facility=s.receiving_facility,
+                error_code=207,
+                error_text="Application internal error",
+                reason=f"not stored, please retry: {exc}",
+            )
+        log.debug(
+            "mllp.accepted",
+            control_id=header.control_id,
+            message_type=header.message_type,
+            event_id=event.event_id,
+        )
+        return build_ack(
+            "AA", header, application=s.receiving_application, facility=s.receiving_facility
+        )
 
-    async def _reject(self, block: bytes, header: RawHeader | None, code: int, text: str,
-                      location: str, reason: str) -> bytes:
+    async def _reject(
+        self,
+        block: bytes,
+        header: RawHeader | None,
+        code: int,
+        text: str,
+        location: str,
+        reason: str,
+    ) -> bytes:
         """AR once the message is on the DLQ; AE if even that failed (nothing may be lost)."""
         s = self.settings
         reason = mask_cpr(_LONG_DIGITS.sub(MASK, reason))  # it may echo input: a CPR in it, too
-        if not await self._dead_letter(block, f"{code} {text}"
-                                       + (f" at {location}" if location else "") + f": {reason}"):
-            return build_ack("AE", header, application=s.receiving_application,
-                             facility=s.receiving_facility, error_code=207,
-                             error_text="Application internal error",
-                             reason="the rejection could not be recorded, please retry")
-        log.warning("mllp.rejected", control_id=header.control_id if header else None,
-                    code=code, location=location, reason=reason)
-        return build_ack("AR", header, application=s.receiving_application,
-                         facility=s.receiving_facility, error_code=code, error_text=text,
-                         location=location, reason=reason)
+        if not await self._dead_letter(
+            block, f"{code} {text}" + (f" at {location}" if location else "") + f": {reason}"
+        ):
+            return build_ack(
+                "AE",
+                header,
+                application=s.receiving_application,
+                facility=s.receiving_facility,
+                error_code=207,
+                error_text="Application internal error",
+                reason="the rejection could not be recorded, please retry",
+            )
+        log.warning(
+            "mllp.rejected",
+            control_id=header.control_id if header else None,
+            code=code,
+            location=location,
+            reason=reason,
+        )
+        return build_ack(
+            "AR",
+            header,
+            application=s.receiving_application,
+            facility=s.receiving_facility,
+            error_code=code,
+            error_text=text,
+            location=location,
+            reason=reason,
+        )
 
     async def _dead_letter(self, data: bytes, reason: str) -> bool:
         try:
-            await self.producer.send(DLQ_MLLP, data, headers=[
-                (H_REASON, mask_cpr(reason).encode()), (H_STAGE, b"mllp"),
-                (H_RECEIVED_AT, datetime.now(timezone.utc).isoformat().encode()),
-            ])
+            await self.producer.send(
+                DLQ_MLLP,
+                data,
+                headers=[
+                    (H_REASON, mask_cpr(reason).encode()),
+                    (H_STAGE, b"mllp"),
+                    (H_RECEIVED_AT, datetime.now(UTC).isoformat().encode()),
+                ],
+            )
         except DeliveryError as exc:
             log.error("mllp.dlq_failed", reason=reason, error=str(exc))
             return False

@@ -16,9 +16,16 @@ START, END = b"\x0b", b"\x1c\x0d"
 class MllpClient:
     """One TCP connection to an MLLP listener; usable as a context manager."""
 
-    def __init__(self, host: str, port: int, timeout_s: float = 30.0, *,
-                 tls_ca: Path | None = None, tls_cert: Path | None = None,
-                 tls_key: Path | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout_s: float = 30.0,
+        *,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
         """``tls_ca``: speak TLS and trust this CA; ``tls_cert``/``tls_key``: present a client
         certificate (for a listener that requires mutual TLS)."""
         sock = socket.create_connection((host, port), timeout=timeout_s)
@@ -60,7 +67,7 @@ class MllpClient:
                 raise ConnectionError("the listener closed the connection without an ACK")
             self._buffer += chunk
         frame, self._buffer = self._buffer.split(END, 1)
-        return frame[frame.find(START) + 1:]
+        return frame[frame.find(START) + 1 :]
 
 
 def ack_fields(ack: bytes) -> dict[str, str]:
@@ -84,7 +91,12 @@ def ack_fields(ack: bytes) -> dict[str, str]:
 
 def _unescape(value: str) -> str:
     """HL7 escape sequences for the default delimiters back to characters."""
-    for seq, char in (("\\F\\", "|"), ("\\S\\", "^"), ("\\T\\", "&"), ("\\R\\", "~"),
-                      ("\\E\\", "\\")):
+    for seq, char in (
+        ("\\F\\", "|"),
+        ("\\S\\", "^"),
+        ("\\T\\", "&"),
+        ("\\R\\", "~"),
+        ("\\E\\", "\\"),
+    ):
         value = value.replace(seq, char)
     return value

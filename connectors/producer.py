@@ -25,16 +25,21 @@ class DurableProducer:
     def __init__(self, kafka: KafkaTarget, *, timeout_s: float = 10.0, **extra: object) -> None:
         """``kafka``: settings (this process's principal and security), or a client config."""
         self._timeout_s = timeout_s
-        self._producer = Producer(resolve_config(kafka, **{
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": PARTITIONER,
-            "linger.ms": 2,
-            "message.timeout.ms": int(timeout_s * 1000),
-            "message.max.bytes": 2_000_000,
-            "compression.type": "lz4",
-            **extra,
-        }))
+        self._producer = Producer(
+            resolve_config(
+                kafka,
+                **{
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "partitioner": PARTITIONER,
+                    "linger.ms": 2,
+                    "message.timeout.ms": int(timeout_s * 1000),
+                    "message.max.bytes": 2_000_000,
+                    "compression.type": "lz4",
+                    **extra,
+                },
+            )
+        )
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
@@ -58,15 +63,16 @@ class DurableProducer:
             loop.call_soon_threadsafe(_settle, future, outcome)
 
         try:
-            self._producer.produce(topic, value=value, key=key, headers=list(headers),
-                                   on_delivery=delivered)
+            self._producer.produce(
+                topic, value=value, key=key, headers=list(headers), on_delivery=delivered
+            )
         except BufferError as exc:
             raise DeliveryError("the producer queue is full") from exc
         except Exception as exc:  # KafkaException, e.g. message too large
             raise DeliveryError(f"Kafka refused the record: {exc}") from exc
         try:
             return await asyncio.wait_for(future, self._timeout_s + 5.0)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise DeliveryError("no acknowledgement from Kafka in time") from exc
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from confluent_kafka import ConsumerGroupTopicPartitions
 
 from stafet.config import Settings
 from stafet.connectors.delivery_sinks import LetterOutbox, OutRecord, Recorder, RestHook
@@ -28,31 +27,47 @@ from stafet.topic_reader import read_to_end
 log = get_logger(__name__)
 
 
-async def replay_pushed(settings: Settings, subscriber: Subscriber, since_ms: int | None = None,
-                        from_offsets: dict[int, int] | None = None) -> int:
+async def replay_pushed(
+    settings: Settings,
+    subscriber: Subscriber,
+    since_ms: int | None = None,
+    from_offsets: dict[int, int] | None = None,
+) -> int:
     """Send again what ``subscriber`` was given since ``since_ms`` or from the positions
     ``from_offsets`` ({partition: offset}, as in each POST's ``X-Stafet-Position``); return how
     many."""
     records = await asyncio.to_thread(
-        lambda: [OutRecord.from_message(m) for m in read_to_end(
-            client_config(settings), subscriber.out_topic, since_ms=since_ms,
-            from_offsets=from_offsets)])
+        lambda: [
+            OutRecord.from_message(m)
+            for m in read_to_end(
+                client_config(settings),
+                subscriber.out_topic,
+                since_ms=since_ms,
+                from_offsets=from_offsets,
+            )
+        ]
+    )
     records = [r for r in records if subscriber.takes(r.topic, r.recipient)]
     producer = DurableProducer(settings, timeout_s=10.0)
     recorder = Recorder(producer)
     sent = 0
     try:
         async with aiohttp.ClientSession() as session:
-            channel = (RestHook(subscriber, session, settings.delivery_timeout_s)
-                       if subscriber.delivery == "rest"
-                       else LetterOutbox(subscriber, settings.outbox_dir))
+            channel = (
+                RestHook(subscriber, session, settings.delivery_timeout_s)
+                if subscriber.delivery == "rest"
+                else LetterOutbox(subscriber, settings.outbox_dir)
+            )
             for record in records:
                 outcome = await channel.send(record.value, record, 1)
                 if not outcome.delivered:
-                    raise StafetError(f"replay stopped at message {record.message_id} "
-                                      f"({sent} of {len(records)} sent): {outcome.detail}")
-                await recorder.audit(record.audit("replayed", subscriber.id,
-                                                  detail=outcome.detail), record.key)
+                    raise StafetError(
+                        f"replay stopped at message {record.message_id} "
+                        f"({sent} of {len(records)} sent): {outcome.detail}"
+                    )
+                await recorder.audit(
+                    record.audit("replayed", subscriber.id, detail=outcome.detail), record.key
+                )
                 sent += 1
     finally:
         producer.close()
@@ -60,8 +75,13 @@ async def replay_pushed(settings: Settings, subscriber: Subscriber, since_ms: in
     return sent
 
 
-def rewind_group(settings: Settings, subscriber: Subscriber, group: str, since_ms: int | None,
-                 from_offsets: dict[int, int] | None = None) -> int:
+def rewind_group(
+    settings: Settings,
+    subscriber: Subscriber,
+    group: str,
+    since_ms: int | None,
+    from_offsets: dict[int, int] | None = None,
+) -> int:
     """Set ``group``'s offsets on the subscriber's topic to the first record at/after
     ``since_ms`` or to ``from_offsets`` (the group must have no running members); return the
     partitions moved."""
@@ -71,18 +91,26 @@ def rewind_group(settings: Settings, subscriber: Subscriber, group: str, since_m
         metadata = consumer.list_topics(subscriber.out_topic, timeout=30)
         partitions = sorted(metadata.topics[subscriber.out_topic].partitions)
         if from_offsets is not None:
-            wanted = [TopicPartition(subscriber.out_topic, p, from_offsets.get(p, 0))
-                      for p in partitions]
+            wanted = [
+                TopicPartition(subscriber.out_topic, p, from_offsets.get(p, 0)) for p in partitions
+            ]
         else:
             wanted = consumer.offsets_for_times(
                 [TopicPartition(subscriber.out_topic, p, since_ms or 0) for p in partitions],
-                timeout=30)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(subscriber.out_topic, p),
-                                                  timeout=30)[1] for p in partitions}
+                timeout=30,
+            )
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(subscriber.out_topic, p), timeout=30)[
+                1
+            ]
+            for p in partitions
+        }
     finally:
         consumer.close()
-    offsets = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0
-                              else ends[tp.partition]) for tp in wanted]
+    offsets = [
+        TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else ends[tp.partition])
+        for tp in wanted
+    ]
     admin = AdminClient({**config, "log_level": 2})
     futures = admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])
     try:

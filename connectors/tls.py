@@ -10,8 +10,9 @@ import ssl
 from pathlib import Path
 
 
-def server_context(cert: Path | None, key: Path | None = None,
-                   client_ca: Path | None = None) -> ssl.SSLContext | None:
+def server_context(
+    cert: Path | None, key: Path | None = None, client_ca: Path | None = None
+) -> ssl.SSLContext | None:
     """A TLS 1.2+ server context, or None when no certificate is configured (plain TCP)."""
     if cert is None:
         if client_ca is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -27,7 +27,7 @@ DEPENDS_ON = {"referral_event": ("encounter_event",)}
 _named_types: dict[str, Any] = {}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> Any:
     """The parsed Avro schema ``schemas/<name>.avsc`` (its dependencies parsed first)."""
     for dependency in DEPENDS_ON.get(name, ()):
@@ -36,7 +36,7 @@ def load_schema(name: str) -> Any:
     return fastavro.parse_schema(json.loads(text), named_schemas=_named_types)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _archived(name: str, version: int) -> Any:
     """An earlier version of schema ``name`` (its own named types, apart from the current)."""
     named: dict[str, Any] = {}

@@ -41,11 +41,13 @@ def addressee_key(settings: Settings) -> Fernet:
         try:
             return Fernet(settings.addressee_key.get_secret_value().encode())
         except ValueError as exc:
-            raise StafetError("STAFET_ADDRESSEE_KEY is not a Fernet key (32 url-safe base64 "
-                              "bytes): make one with `stafet letters new-key`") from exc
-    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=b"stafet addressee key v1").derive(
-        settings.patient_key_secret.get_secret_value().encode())
+            raise StafetError(
+                "STAFET_ADDRESSEE_KEY is not a Fernet key (32 url-safe base64 "
+                "bytes): make one with `stafet letters new-key`"
+            ) from exc
+    derived = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"stafet addressee key v1"
+    ).derive(settings.patient_key_secret.get_secret_value().encode())
     return Fernet(base64.urlsafe_b64encode(derived))
 
 
@@ -68,7 +70,9 @@ def open_addressee(recipient: str, key: Fernet) -> tuple[str, str]:
     try:
         plain = key.decrypt(recipient.split("|", 1)[1].encode()).decode()
     except InvalidToken as exc:
-        raise AddresseeError("the sealed addressee does not open with this key (another "
-                             "STAFET_ADDRESSEE_KEY, or altered)") from exc
+        raise AddresseeError(
+            "the sealed addressee does not open with this key (another "
+            "STAFET_ADDRESSEE_KEY, or altered)"
+        ) from exc
     system, _, identifier = plain.partition("|")
     return system, identifier

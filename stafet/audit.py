@@ -12,27 +12,29 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from stafet.cpr import mask_cpr
 
 Action = Literal[
-    "published",        # on a Kafka subscriber's own topic (it reads it itself)
-    "attempt-failed",   # one POST / write failed; will be retried
-    "delivered",        # the subscriber's endpoint accepted it (2xx) / the letter is in the outbox
-    "resent",           # no acknowledgement in time (or transient-error): sent again
-    "replayed",         # sent again on request (stafet replay)
-    "ack-ok", "ack-transient-error", "ack-fatal-error",  # MedCom Acknowledgement received
-    "dead-lettered",    # given up: on dlq.delivery, operator alerted
-    "unrouted",         # no subscriber takes it: operator alerted
-    "ack-unverified",   # an acknowledgement not signed by the subscriber: recorded, ignored
+    "published",  # on a Kafka subscriber's own topic (it reads it itself)
+    "attempt-failed",  # one POST / write failed; will be retried
+    "delivered",  # the subscriber's endpoint accepted it (2xx) / the letter is in the outbox
+    "resent",  # no acknowledgement in time (or transient-error): sent again
+    "replayed",  # sent again on request (stafet replay)
+    "ack-ok",
+    "ack-transient-error",
+    "ack-fatal-error",  # MedCom Acknowledgement received
+    "dead-lettered",  # given up: on dlq.delivery, operator alerted
+    "unrouted",  # no subscriber takes it: operator alerted
+    "ack-unverified",  # an acknowledgement not signed by the subscriber: recorded, ignored
 ]
 ACK_ACTIONS = ("ack-ok", "ack-transient-error", "ack-fatal-error")
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +87,25 @@ def summarize(records: Iterable[AuditRecord]) -> list[dict[str, Any]]:
             continue
         if r.action == "ack-unverified":
             continue
-        row = rows.setdefault((r.subscriber, r.message_id), {
-            "subscriber": r.subscriber, "recipient_kind": r.recipient_kind,
-            "recipient": r.recipient, "kind": r.kind, "message_id": r.message_id,
-            "referral_id": r.referral_id, "delivered_at": None, "sends": 0, "ack": None,
-            "ack_at": None, "status": "pending"})
+        row = rows.setdefault(
+            (r.subscriber, r.message_id),
+            {
+                "subscriber": r.subscriber,
+                "recipient_kind": r.recipient_kind,
+                "recipient": r.recipient,
+                "kind": r.kind,
+                "message_id": r.message_id,
+                "referral_id": r.referral_id,
+                "delivered_at": None,
+                "sends": 0,
+                "ack": None,
+                "ack_at": None,
+                "status": "pending",
+            },
+        )
         if r.action in ("delivered", "resent", "replayed") or (
-                r.action == "published" and row["sends"] == 0):
+            r.action == "published" and row["sends"] == 0
+        ):
             row["sends"] += 1
             row["delivered_at"] = row["delivered_at"] or r.at
             row["status"] = "published" if r.action == "published" else "delivered"
@@ -107,23 +121,40 @@ def summarize(records: Iterable[AuditRecord]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def select(trail: Iterable[tuple[bytes | None, AuditRecord]], *, referral_id: str | None = None,
-           patient_key: str | None = None, message_id: str | None = None,
-           subscriber: str | None = None) -> list[AuditRecord]:
+def select(
+    trail: Iterable[tuple[bytes | None, AuditRecord]],
+    *,
+    referral_id: str | None = None,
+    patient_key: str | None = None,
+    message_id: str | None = None,
+    subscriber: str | None = None,
+) -> list[AuditRecord]:
     """The lines about the messages that match every given criterion, with all their
     acknowledgement lines (which carry only the message id)."""
     lines = list(trail)
-    wanted = {r.message_id for key, r in lines
-              if (not referral_id or r.referral_id == referral_id)
-              and (not patient_key or (key or b"").decode() == patient_key)
-              and (not message_id or r.message_id == message_id)
-              and (not subscriber or r.subscriber == subscriber)}
-    return [r for _, r in lines if r.message_id in wanted
-            and (not subscriber or r.subscriber in (subscriber, ""))]
+    wanted = {
+        r.message_id
+        for key, r in lines
+        if (not referral_id or r.referral_id == referral_id)
+        and (not patient_key or (key or b"").decode() == patient_key)
+        and (not message_id or r.message_id == message_id)
+        and (not subscriber or r.subscriber == subscriber)
+    }
+    return [
+        r
+        for _, r in lines
+        if r.message_id in wanted and (not subscriber or r.subscriber in (subscriber, ""))
+    ]
 
 
-def query(settings: Any, *, referral_id: str | None = None, cpr: str | None = None,
-          message_id: str | None = None, subscriber: str | None = None) -> list[AuditRecord]:
+def query(
+    settings: Any,
+    *,
+    referral_id: str | None = None,
+    cpr: str | None = None,
+    message_id: str | None = None,
+    subscriber: str | None = None,
+) -> list[AuditRecord]:
     """Read ``audit.delivery`` and select (a CPR is turned into its patient key first)."""
     from stafet.ids import patient_key
     from stafet.kafka_client import client_config
@@ -131,7 +162,14 @@ def query(settings: Any, *, referral_id: str | None = None, cpr: str | None = No
     from stafet.topics import AUDIT_DELIVERY
 
     key = patient_key(cpr, settings.patient_key_secret.get_secret_value()) if cpr else None
-    trail = ((m.key(), AuditRecord.decode(m.value()))
-             for m in read_to_end(client_config(settings), AUDIT_DELIVERY))
-    return select(trail, referral_id=referral_id, patient_key=key, message_id=message_id,
-                  subscriber=subscriber)
+    trail = (
+        (m.key(), AuditRecord.decode(m.value()))
+        for m in read_to_end(client_config(settings), AUDIT_DELIVERY)
+    )
+    return select(
+        trail,
+        referral_id=referral_id,
+        patient_key=key,
+        message_id=message_id,
+        subscriber=subscriber,
+    )

@@ -49,14 +49,20 @@ def encoded(event: EncounterEvent | ReferralEvent) -> tuple[str, bytes]:
 def carry(event: EncounterEvent | ReferralEvent) -> list[tuple[str, bytes]]:
     """The ingest headers that carry ``event`` to the stream."""
     topic, value = encoded(event)
-    return [(H_CANONICAL, value), (H_CANONICAL_TOPIC, topic.encode()),
-            (H_CANONICAL_VERSION, CANONICAL_VERSION.encode())]
+    return [
+        (H_CANONICAL, value),
+        (H_CANONICAL_TOPIC, topic.encode()),
+        (H_CANONICAL_VERSION, CANONICAL_VERSION.encode()),
+    ]
 
 
 def carried(headers: dict[str, bytes]) -> tuple[str, bytes] | None:
     """(events topic, Avro bytes) from ingest headers made by this same mapping, else None."""
     value, topic = headers.get(H_CANONICAL), headers.get(H_CANONICAL_TOPIC, b"").decode()
-    if (not value or topic not in (EVENTS_ENCOUNTER, EVENTS_REFERRAL)
-            or headers.get(H_CANONICAL_VERSION) != CANONICAL_VERSION.encode()):
+    if (
+        not value
+        or topic not in (EVENTS_ENCOUNTER, EVENTS_REFERRAL)
+        or headers.get(H_CANONICAL_VERSION) != CANONICAL_VERSION.encode()
+    ):
         return None
     return topic, value

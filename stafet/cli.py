@@ -6,8 +6,8 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,8 +66,7 @@ def _kafka_mode(settings) -> str:  # type: ignore[no-untyped-def]
     """How the local broker is secured, for the line that says it is up."""
     if settings.kafka_security != "sasl_ssl":
         return "plaintext"
-    return (f"SASL_SSL, SCRAM-SHA-512; CA {settings.ca_file}, passwords in "
-            f"{settings.secrets_dir}")
+    return f"SASL_SSL, SCRAM-SHA-512; CA {settings.ca_file}, passwords in {settings.secrets_dir}"
 
 
 @kafka.command("fetch")
@@ -79,11 +78,15 @@ def kafka_fetch() -> None:
 
 
 @kafka.command("start")
-@click.option("--brokers", type=click.IntRange(1, 9), default=None,
-              help="nodes, each a broker and a KRaft controller (default STAFET_KAFKA_BROKERS, "
-              "1); 3: replication factor 3, min.insync.replicas 2; node i under "
-              "<kafka_home>/node-i on port STAFET_KAFKA_PORT + 2(i-1) (set "
-              "STAFET_KAFKA_BROKERS=3 for the other stafet commands' bootstrap list)")
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="nodes, each a broker and a KRaft controller (default STAFET_KAFKA_BROKERS, "
+    "1); 3: replication factor 3, min.insync.replicas 2; node i under "
+    "<kafka_home>/node-i on port STAFET_KAFKA_PORT + 2(i-1) (set "
+    "STAFET_KAFKA_BROKERS=3 for the other stafet commands' bootstrap list)",
+)
 def kafka_start(brokers: int | None) -> None:
     """Start the broker(s) (format storage on first start) and wait until they answer: SASL_SSL
     unless STAFET_KAFKA_SECURITY=plaintext."""
@@ -97,17 +100,24 @@ def kafka_start(brokers: int | None) -> None:
         raise click.ClickException(str(exc)) from exc
     for node in cluster.nodes:
         label = f" node {node.node_id}" if cluster.size > 1 else ""
-        click.echo(f"Kafka{label} is up on {node.bootstrap} (pid {node.pid()}, "
-                   f"log {node.log_file})")
+        click.echo(
+            f"Kafka{label} is up on {node.bootstrap} (pid {node.pid()}, log {node.log_file})"
+        )
     click.echo(f"security: {_kafka_mode(settings)}")
     if cluster.size > 1:
-        click.echo(f"bootstrap: {cluster.bootstrap} (STAFET_KAFKA_BROKERS={cluster.size} gives "
-                   "the other commands this list)")
+        click.echo(
+            f"bootstrap: {cluster.bootstrap} (STAFET_KAFKA_BROKERS={cluster.size} gives "
+            "the other commands this list)"
+        )
 
 
 @kafka.command("status")
-@click.option("--brokers", type=click.IntRange(1, 9), default=None,
-              help="nodes to look at (default: STAFET_KAFKA_BROKERS, else the running ones)")
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="nodes to look at (default: STAFET_KAFKA_BROKERS, else the running ones)",
+)
 def kafka_status(brokers: int | None) -> None:
     """Say whether every node runs and answers; exit 1 if one does not."""
     cluster = _local_kafka(brokers)
@@ -116,8 +126,9 @@ def kafka_status(brokers: int | None) -> None:
         pid, answers = node.pid(), node.answers()
         ok = ok and answers
         label = f"node {node.node_id} " if cluster.size > 1 else ""
-        click.echo(f"{label}pid: {pid or '-'}  answers on {node.bootstrap}: "
-                   f"{'yes' if answers else 'no'}")
+        click.echo(
+            f"{label}pid: {pid or '-'}  answers on {node.bootstrap}: {'yes' if answers else 'no'}"
+        )
     if cluster.size > 1:
         listed = cluster.brokers_listed()
         ok = ok and listed == cluster.size
@@ -125,14 +136,20 @@ def kafka_status(brokers: int | None) -> None:
             controller = str(cluster.active_controller(timeout_s=2.0))
         except Exception:
             controller = "-"
-        click.echo(f"brokers in the cluster metadata: {listed}/{cluster.size}  "
-                   f"active controller: {controller}")
+        click.echo(
+            f"brokers in the cluster metadata: {listed}/{cluster.size}  "
+            f"active controller: {controller}"
+        )
     sys.exit(0 if ok else 1)
 
 
 @kafka.command("stop")
-@click.option("--brokers", type=click.IntRange(1, 9), default=None,
-              help="nodes to stop (default: STAFET_KAFKA_BROKERS, else the running ones)")
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="nodes to stop (default: STAFET_KAFKA_BROKERS, else the running ones)",
+)
 def kafka_stop(brokers: int | None) -> None:
     """Stop the broker(s) started by `stafet kafka start`."""
     _local_kafka(brokers).stop()
@@ -148,16 +165,22 @@ def kafka_provision() -> None:
     settings = get_settings()
     report = provision(settings, list(municipalities()))
     named = [u for u in report.users if not u.startswith("municipality-")]
-    click.echo(f"users: {len(report.users)} created or updated ({', '.join(named)}, "
-               f"municipality-<code> ×{len(report.users) - len(named)}); passwords in "
-               f"{settings.secrets_dir} (mode 0600)")
+    click.echo(
+        f"users: {len(report.users)} created or updated ({', '.join(named)}, "
+        f"municipality-<code> ×{len(report.users) - len(named)}); passwords in "
+        f"{settings.secrets_dir} (mode 0600)"
+    )
     click.echo(f"ACLs: {report.acls_created} created, {report.acls_existing} already there")
 
 
 @main.command()
-@click.option("--check", is_flag=True, help="create nothing; report where the cluster's topics "
-              "differ from the plan (partitions, replication, retention, min.insync.replicas); "
-              "exit 1 if they do")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="create nothing; report where the cluster's topics "
+    "differ from the plan (partitions, replication, retention, min.insync.replicas); "
+    "exit 1 if they do",
+)
 def topics(check: bool) -> None:
     """Create every stafet topic that does not exist yet (or --check them)."""
     from stafet.topics import TopicPlan, ensure_topics, topic_drift
@@ -183,7 +206,9 @@ def worker() -> None:
     from stafet.streams.app import run_worker
 
     try:
-        run_worker(safe_settings("worker"))  # creates the topics it needs first (retrying while Kafka is away)
+        run_worker(
+            safe_settings("worker")
+        )  # creates the topics it needs first (retrying while Kafka is away)
     except KeyboardInterrupt:
         pass
 
@@ -235,25 +260,32 @@ def up() -> None:
     """Kafka, the worker, the MLLP and FHIR listeners and delivery, for real senders on
     loopback, until Ctrl-C. Kafka runs SASL_SSL (every child its own principal) unless
     STAFET_KAFKA_SECURITY=plaintext."""
-    from stafet.stack import running_stack
-
     import signal
     import threading
+
+    from stafet.stack import running_stack
 
     settings = safe_settings("up", _stack_settings())
     stopping = threading.Event()  # SIGTERM (systemd, Kubernetes, docker stop) or Ctrl-C
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs") as services:
-        click.echo(f"stafet is up: MLLP on {settings.mllp_host}:{settings.mllp_port}, FHIR on "
-                   f"http://{settings.fhir_host}:{settings.fhir_port}/fhir, Kafka on "
-                   f"{settings.bootstrap} ({_kafka_mode(settings)}). Logs in .stafet/logs. "
-                   "Ctrl-C or SIGTERM stops.")
+        click.echo(
+            f"stafet is up: MLLP on {settings.mllp_host}:{settings.mllp_port}, FHIR on "
+            f"http://{settings.fhir_host}:{settings.fhir_port}/fhir, Kafka on "
+            f"{settings.bootstrap} ({_kafka_mode(settings)}). Logs in .stafet/logs. "
+            "Ctrl-C or SIGTERM stops."
+        )
         from stafet.stack import health_ports
 
-        click.echo("health and metrics: " + ", ".join(
-            f"{name} http://{settings.health_host}:{port}/metrics"
-            for name, port in health_ports(settings).items() if port > 0))
+        click.echo(
+            "health and metrics: "
+            + ", ".join(
+                f"{name} http://{settings.health_host}:{port}/metrics"
+                for name, port in health_ports(settings).items()
+                if port > 0
+            )
+        )
         while not stopping.wait(1.0):  # a supervisor: whatever exited is started again
             for name, service in services.items():
                 if service.restart_if_exited(time.monotonic()):
@@ -275,19 +307,38 @@ def demo(timeout: float) -> None:
 @click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
-@click.option("--tls-ca", type=click.Path(exists=True, path_type=Path), default=None,
-              help="MLLP over TLS: trust this CA (PEM)")
-@click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), default=None,
-              help="client certificate (PEM, may hold the key) for mutual TLS")
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="MLLP over TLS: trust this CA (PEM)",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="client certificate (PEM, may hold the key) for mutual TLS",
+)
 @click.option("--tls-key", type=click.Path(exists=True, path_type=Path), default=None)
-def send(files: tuple[Path, ...], host: str | None, port: int | None, tls_ca: Path | None,
-         tls_cert: Path | None, tls_key: Path | None) -> None:
+def send(
+    files: tuple[Path, ...],
+    host: str | None,
+    port: int | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
     """Send HL7 v2 files over MLLP (one message per file, segments on lines) and print each ACK."""
     from stafet.connectors.mllp_client import MllpClient, ack_fields
 
     settings = get_settings()
-    with MllpClient(host or settings.mllp_host, port or settings.mllp_port, tls_ca=tls_ca,
-                    tls_cert=tls_cert, tls_key=tls_key) as client:
+    with MllpClient(
+        host or settings.mllp_host,
+        port or settings.mllp_port,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    ) as client:
         for path in files:
             raw = path.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r")
             ack = ack_fields(client.send(raw + b"\r"))
@@ -304,14 +355,15 @@ def inbox(municipality_code: str, from_beginning: bool, idle: float) -> None:
     from stafet.topics import municipality_topic
 
     settings = get_settings()
-    for record in read_topic(settings, municipality_topic(municipality_code),
-                             from_beginning=from_beginning, idle_s=idle):
+    for record in read_topic(
+        settings, municipality_topic(municipality_code), from_beginning=from_beginning, idle_s=idle
+    ):
         click.echo(json.dumps(summarize(record), ensure_ascii=False))
 
 
 from stafet.cli_delivery import register as _register_delivery  # noqa: E402
-from stafet.cli_directory import register as _register_directory  # noqa: E402
 from stafet.cli_deploy import register as _register_deploy  # noqa: E402
+from stafet.cli_directory import register as _register_directory  # noqa: E402
 
 _register_delivery(main)
 _register_directory(main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -24,8 +24,13 @@ def _registry(path: Path | None):  # type: ignore[no-untyped-def]
         raise click.ClickException(str(exc)) from exc
 
 
-registry_option = click.option("--registry", "registry_path", type=click.Path(path_type=Path),
-                               default=None, help="registry file (default STAFET_SUBSCRIBERS_FILE)")
+registry_option = click.option(
+    "--registry",
+    "registry_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="registry file (default STAFET_SUBSCRIBERS_FILE)",
+)
 
 
 @click.group()
@@ -43,8 +48,10 @@ def subscribers_list(registry_path: Path | None, show_all: bool) -> None:
     registry = _registry(registry_path)
     rows = describe(registry.all() if show_all else registry.subscribers)
     for row in rows:
-        click.echo(f"{row['id']:<24} {row['party']:<18} {row['delivery']:<7} {row['topic']:<26} "
-                   f"{row['recipients']:<40} {row['target']}")
+        click.echo(
+            f"{row['id']:<24} {row['party']:<18} {row['delivery']:<7} {row['topic']:<26} "
+            f"{row['recipients']:<40} {row['target']}"
+        )
     if not show_all and registry.defaults.municipalities == "kafka":
         implicit = len(registry.all()) - len(registry.subscribers)
         click.echo(f"(+ {implicit} municipalities reading their own topic over Kafka; --all)")
@@ -61,10 +68,12 @@ def subscribers_check(registry_path: Path | None) -> None:
     for p in problems:
         click.echo(f"problem: {p}", err=True)
     pushed = registry.pushed()
-    click.echo(f"{len(registry.all())} subscribers ({len(pushed)} delivered by stafet: "
-               f"{sum(s.delivery == 'rest' for s in pushed)} REST, "
-               f"{sum(s.delivery == 'letter' for s in pushed)} letter outbox)"
-               + ("" if not problems else f"; {len(problems)} problems"))
+    click.echo(
+        f"{len(registry.all())} subscribers ({len(pushed)} delivered by stafet: "
+        f"{sum(s.delivery == 'rest' for s in pushed)} REST, "
+        f"{sum(s.delivery == 'letter' for s in pushed)} letter outbox)"
+        + ("" if not problems else f"; {len(problems)} problems")
+    )
     sys.exit(1 if problems else 0)
 
 
@@ -98,26 +107,40 @@ def read_cpr() -> str:
     from stafet.cpr import is_valid_cpr
 
     stdin = sys.stdin
-    raw = (click.prompt("CPR number", hide_input=True, err=True) if stdin.isatty()
-           else stdin.readline())
+    raw = (
+        click.prompt("CPR number", hide_input=True, err=True)
+        if stdin.isatty()
+        else stdin.readline()
+    )
     cpr = raw.strip().replace("-", "")
     if not is_valid_cpr(cpr):  # the value is never echoed
-        raise click.BadParameter("not a CPR number (DDMMYY-SSSS or 10 digits)",
-                                 param_hint="--patient")
+        raise click.BadParameter(
+            "not a CPR number (DDMMYY-SSSS or 10 digits)", param_hint="--patient"
+        )
     return cpr
 
 
 @click.command()
 @click.option("--referral", "referral_id", help="a referral id")
-@click.option("--patient", "patient", is_flag=True,
-              help="a patient: the CPR number is asked for (hidden) or read from stdin, never "
-              "taken from the command line (shell history, ps)")
+@click.option(
+    "--patient",
+    "patient",
+    is_flag=True,
+    help="a patient: the CPR number is asked for (hidden) or read from stdin, never "
+    "taken from the command line (shell history, ps)",
+)
 @click.option("--message-id", help="one message id")
 @click.option("--subscriber", "subscriber_id", help="one subscriber")
 @click.option("--events", is_flag=True, help="every audit line, not one row per recipient")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines")
-def audit(referral_id: str | None, patient: bool, message_id: str | None,
-          subscriber_id: str | None, events: bool, as_json: bool) -> None:
+def audit(
+    referral_id: str | None,
+    patient: bool,
+    message_id: str | None,
+    subscriber_id: str | None,
+    events: bool,
+    as_json: bool,
+) -> None:
     """Who received what about a referral / a patient, and when (delivery and acknowledgement)."""
     from dataclasses import asdict
 
@@ -126,20 +149,29 @@ def audit(referral_id: str | None, patient: bool, message_id: str | None,
     if not any([referral_id, patient, message_id, subscriber_id]):
         raise click.UsageError("give --referral, --patient, --message-id or --subscriber")
     cpr = read_cpr() if patient else None
-    records = query(get_settings(), referral_id=referral_id, cpr=cpr, message_id=message_id,
-                    subscriber=subscriber_id)
+    records = query(
+        get_settings(),
+        referral_id=referral_id,
+        cpr=cpr,
+        message_id=message_id,
+        subscriber=subscriber_id,
+    )
     rows = [asdict(r) for r in records] if events else summarize(records)
     for row in rows:
         if as_json:
             click.echo(json.dumps(row, ensure_ascii=False))
         elif events:
-            click.echo(f"{row['at']}  {row['action']:<20} {row['subscriber'] or '-':<24} "
-                       f"{row['kind']:<22} {row['message_id']}  {row['detail']}")
+            click.echo(
+                f"{row['at']}  {row['action']:<20} {row['subscriber'] or '-':<24} "
+                f"{row['kind']:<22} {row['message_id']}  {row['detail']}"
+            )
         else:
-            click.echo(f"{row['subscriber'] or '-':<24} {row['recipient_kind'] or '-':<18} "
-                       f"{row['kind'] or '-':<22} {row['status']:<13} delivered "
-                       f"{row['delivered_at'] or '-':<29} ack {row['ack'] or '-'} "
-                       f"{row['ack_at'] or ''}  {row['message_id']}")
+            click.echo(
+                f"{row['subscriber'] or '-':<24} {row['recipient_kind'] or '-':<18} "
+                f"{row['kind'] or '-':<22} {row['status']:<13} delivered "
+                f"{row['delivered_at'] or '-':<29} ack {row['ack'] or '-'} "
+                f"{row['ack_at'] or ''}  {row['message_id']}"
+            )
     if not rows:
         click.echo("no audit records match", err=True)
 
@@ -147,13 +179,23 @@ def audit(referral_id: str | None, patient: bool, message_id: str | None,
 @click.command()
 @click.argument("subscriber_id")
 @click.option("--since", help="ISO time, e.g. 2026-12-01T08:00:00+01:00")
-@click.option("--from-position", "positions", multiple=True, metavar="PARTITION/OFFSET",
-              help="replay from these positions (X-Stafet-Position / the audit), e.g. 0/120; "
-              "repeat per partition; partitions not named are replayed from the beginning")
+@click.option(
+    "--from-position",
+    "positions",
+    multiple=True,
+    metavar="PARTITION/OFFSET",
+    help="replay from these positions (X-Stafet-Position / the audit), e.g. 0/120; "
+    "repeat per partition; partitions not named are replayed from the beginning",
+)
 @click.option("--group", help="for a Kafka subscriber: its consumer group to rewind (stopped)")
 @registry_option
-def replay(subscriber_id: str, since: str | None, positions: tuple[str, ...], group: str | None,
-           registry_path: Path | None) -> None:
+def replay(
+    subscriber_id: str,
+    since: str | None,
+    positions: tuple[str, ...],
+    group: str | None,
+    registry_path: Path | None,
+) -> None:
     """Everything a subscriber was sent since a time or a position, again, with the same ids."""
     from stafet.connectors.replay import replay_pushed, rewind_group
 
@@ -164,8 +206,10 @@ def replay(subscriber_id: str, since: str | None, positions: tuple[str, ...], gr
     subscriber = _registry(registry_path).by_id(subscriber_id)
     if subscriber.delivery == "kafka":
         if not group:
-            raise click.UsageError(f"{subscriber_id} reads Kafka itself: give --group (its "
-                                   "consumer group, stopped) to rewind it")
+            raise click.UsageError(
+                f"{subscriber_id} reads Kafka itself: give --group (its "
+                "consumer group, stopped) to rewind it"
+            )
         moved = rewind_group(get_settings(), subscriber, group, since_ms, offsets)
         click.echo(f"group {group} rewound on {moved} partitions of {subscriber.out_topic}")
         return
@@ -179,7 +223,7 @@ def _epoch_ms(text: str) -> int:
     except ValueError as exc:
         raise click.BadParameter(f"not an ISO time: {text}") from exc
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
 
 

@@ -15,14 +15,24 @@ def deploy() -> None:
 
 
 @deploy.command("strimzi")
-@click.option("--out", "out", default="deploy/k8s", show_default=True,
-              help="directory for kafka.yaml, topics.yaml, users.yaml, workloads.yaml; "
-              "'-' prints every resource to stdout")
+@click.option(
+    "--out",
+    "out",
+    default="deploy/k8s",
+    show_default=True,
+    help="directory for kafka.yaml, topics.yaml, users.yaml, workloads.yaml; "
+    "'-' prints every resource to stdout",
+)
 @click.option("--namespace", default="stafet", show_default=True)
-@click.option("--image", default="stafet:0.1.0", show_default=True,
-              help="the image built from deploy/Dockerfile")
-@click.option("--cluster", default="stafet", show_default=True,
-              help="the name of the Strimzi Kafka resource")
+@click.option(
+    "--image",
+    default="stafet:0.1.0",
+    show_default=True,
+    help="the image built from deploy/Dockerfile",
+)
+@click.option(
+    "--cluster", default="stafet", show_default=True, help="the name of the Strimzi Kafka resource"
+)
 def deploy_strimzi(out: str, namespace: str, image: str, cluster: str) -> None:
     """Strimzi Kafka, KafkaTopics, KafkaUsers and the stafet workloads as YAML (the topics
     and users from the plans `stafet topics` and `stafet kafka provision` use)."""

@@ -10,8 +10,13 @@ import click
 
 from stafet.config import get_settings
 
-directory_option = click.option("--file", "path", type=click.Path(path_type=Path), default=None,
-                                help="directory file (default STAFET_DIRECTORY_FILE)")
+directory_option = click.option(
+    "--file",
+    "path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="directory file (default STAFET_DIRECTORY_FILE)",
+)
 
 
 def _load(path: Path | None):  # type: ignore[no-untyped-def]
@@ -35,14 +40,17 @@ def directory_check(path: Path | None) -> None:
     found = _load(path)
     without = [e for e in found.entries.values() if not e.ean]
     for e in without:
-        click.echo(f"warning: {e.entry} ({e.name}) has no EAN: messages to it are dead-lettered",
-                   err=True)
+        click.echo(
+            f"warning: {e.entry} ({e.name}) has no EAN: messages to it are dead-lettered", err=True
+        )
     roles: dict[str, int] = {}
     for e in found.entries.values():
         roles[e.role] = roles.get(e.role, 0) + 1
-    click.echo(f"{found.source}: {len(found)} entries ("
-               + ", ".join(f"{n} {role}" for role, n in sorted(roles.items()))
-               + f"); {len(without)} without EAN")
+    click.echo(
+        f"{found.source}: {len(found)} entries ("
+        + ", ".join(f"{n} {role}" for role, n in sorted(roles.items()))
+        + f"); {len(without)} without EAN"
+    )
     sys.exit(0)
 
 
@@ -70,8 +78,12 @@ def directory_show(path: Path | None, municipality: str | None, entry: str | Non
 
 @directory.command("import-sor")
 @click.argument("export", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="write the directory here (default: standard output)")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="write the directory here (default: standard output)",
+)
 def directory_import_sor(export: Path, out: Path | None) -> None:
     """Turn a SOR registry CSV export into a directory file (validated)."""
     from stafet.directory import DirectoryError

@@ -16,7 +16,10 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
-    BaseSettings, PydanticBaseSettingsSource, SecretsSettingsSource, SettingsConfigDict,
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -52,15 +55,21 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Arguments, then the environment, then ``.env``, then the secret files (looked up
         when the settings are made, so a test or a child can point elsewhere)."""
         directory = settings_secrets_dir()
-        files = (SecretsSettingsSource(settings_cls, secrets_dir=directory)
-                 if directory is not None and directory.is_dir() else file_secret_settings)
+        files = (
+            SecretsSettingsSource(settings_cls, secrets_dir=directory)
+            if directory is not None and directory.is_dir()
+            else file_secret_settings
+        )
         return init_settings, env_settings, dotenv_settings, files
 
     # --- Kafka ---------------------------------------------------------------------------
@@ -70,52 +79,73 @@ class Settings(BaseSettings):
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_brokers: int = Field(
-        1, ge=1, description="nodes of the local Kafka (`stafet kafka start`): 1, or 3 for a "
+        1,
+        ge=1,
+        description="nodes of the local Kafka (`stafet kafka start`): 1, or 3 for a "
         "KRaft cluster whose node i listens on kafka_port + 2(i-1), its controller on "
-        "kafka_controller_port + 2(i-1)")
+        "kafka_controller_port + 2(i-1)",
+    )
     kafka_home: Path = Field(PROJECT_ROOT / ".stafet" / "kafka", description="config, data, log")
     kafka_libs: Path = Field(
         PROJECT_ROOT / ".stafet" / "kafka-libs", description="broker jars from Maven Central"
     )
     kafka_heap: str = "512m"
     partitions: int = Field(
-        12, ge=1, description="partitions of every stafet topic: the unit of scale-out (workers "
+        12,
+        ge=1,
+        description="partitions of every stafet topic: the unit of scale-out (workers "
         "beyond this number idle); one patient always stays on one partition",
     )
     replication_factor: int | None = Field(
-        None, ge=1, description="of every stafet topic; unset: 3 on a cluster of 3+ brokers, else "
-        "the broker count (a development broker: 1)")
+        None,
+        ge=1,
+        description="of every stafet topic; unset: 3 on a cluster of 3+ brokers, else "
+        "the broker count (a development broker: 1)",
+    )
     min_insync_replicas: int | None = Field(
-        None, ge=1, description="unset: 2 at replication factor 3+, else 1 (with acks=all a write "
-        "survives one lost broker)")
+        None,
+        ge=1,
+        description="unset: 2 at replication factor 3+, else 1 (with acks=all a write "
+        "survives one lost broker)",
+    )
     ingest_retention_days: float = Field(
-        60.0, description="ingest.* and events.*: must outlast a referral's wait for triage")
+        60.0, description="ingest.* and events.*: must outlast a referral's wait for triage"
+    )
     out_retention_days: float = Field(30.0, description="out.*: how long subscribers may lag")
     dlq_retention_days: float = Field(
-        30.0, description="dlq.*, alerts.operator, acks.inbound: time for an operator to act")
+        30.0, description="dlq.*, alerts.operator, acks.inbound: time for an operator to act"
+    )
     kafka_security: Literal["plaintext", "sasl_ssl"] = Field(
-        "plaintext", description="sasl_ssl: SCRAM-SHA-512 over TLS and ACLs (see README, Access "
+        "plaintext",
+        description="sasl_ssl: SCRAM-SHA-512 over TLS and ACLs (see README, Access "
         "control); the local broker is started in the same mode",
     )
     allow_plaintext_kafka: bool = Field(
-        False, description="let plaintext Kafka with bootstrap servers off loopback start (a "
-        "closed pilot network only, e.g. deploy/compose.yaml); refused otherwise")
+        False,
+        description="let plaintext Kafka with bootstrap servers off loopback start (a "
+        "closed pilot network only, e.g. deploy/compose.yaml); refused otherwise",
+    )
     kafka_username: str = Field(
-        "admin", description="this process's SCRAM principal (sasl_ssl); `stafet up` gives each "
+        "admin",
+        description="this process's SCRAM principal (sasl_ssl); `stafet up` gives each "
         "service its own",
     )
     kafka_password: SecretStr | None = Field(
-        None, description="its password; unset: read from kafka_secrets_dir/<username>.password",
+        None,
+        description="its password; unset: read from kafka_secrets_dir/<username>.password",
     )
     kafka_admin_password: SecretStr | None = Field(
-        None, description="the local broker's super user 'admin'; unset: generated once into "
+        None,
+        description="the local broker's super user 'admin'; unset: generated once into "
         "kafka_secrets_dir/admin.password",
     )
     kafka_ca_file: Path | None = Field(
-        None, description="CA that signed the broker's certificate; unset: the local broker's CA",
+        None,
+        description="CA that signed the broker's certificate; unset: the local broker's CA",
     )
     kafka_secrets_dir: Path | None = Field(
-        None, description="generated passwords (mode 0600); unset: <kafka_home>/secrets",
+        None,
+        description="generated passwords (mode 0600); unset: <kafka_home>/secrets",
     )
 
     # --- MLLP source connector -----------------------------------------------------------
@@ -144,8 +174,10 @@ class Settings(BaseSettings):
     fhir_max_body_bytes: int = Field(1_048_576, description="larger bodies get 413")
     fhir_produce_timeout_s: float = Field(10.0, description="then 503, the client retries")
     fhir_unknown_referral_wait_s: float = Field(
-        5.0, description="how long a decision for a referral not yet in index.referral waits for "
-        "the stream stage to index it (an HL7 v2 REF^I12 a moment ago) before it gets 422")
+        5.0,
+        description="how long a decision for a referral not yet in index.referral waits for "
+        "the stream stage to index it (an HL7 v2 REF^I12 a moment ago) before it gets 422",
+    )
     fhir_tls_cert: Path | None = Field(None, description="PEM certificate chain (+ key): HTTPS")
     fhir_tls_key: Path | None = Field(None, description="PEM private key of fhir_tls_cert")
     fhir_tls_client_ca: Path | None = Field(
@@ -153,8 +185,11 @@ class Settings(BaseSettings):
     )
 
     # --- stream worker -------------------------------------------------------------------
-    app_id: str = Field("stafet", description="the stream stage's consumer group and "
-                        "transactional-id prefix; workers with the same id share the partitions")
+    app_id: str = Field(
+        "stafet",
+        description="the stream stage's consumer group and "
+        "transactional-id prefix; workers with the same id share the partitions",
+    )
     worker_data_dir: Path = Field(PROJECT_ROOT / ".stafet" / "worker", description="RocksDB state")
     processing_guarantee: Literal["exactly-once", "at-least-once"] = Field(
         "exactly-once",
@@ -162,28 +197,35 @@ class Settings(BaseSettings):
         "(see docs/decisions.md); at-least-once only for measurements",
     )
     worker_commit_interval_s: float = Field(
-        0.5, description="how often the stream stage commits its transaction: a downstream "
+        0.5,
+        description="how often the stream stage commits its transaction: a downstream "
         "read_committed consumer sees outputs after at most about this long",
     )
     worker_session_timeout_s: float = Field(
         15.0, description="a crashed worker's partitions move to the others after this long"
     )
     worker_transaction_timeout_s: float = Field(
-        30.0, description="a crashed worker's open transaction is aborted by the broker after "
+        30.0,
+        description="a crashed worker's open transaction is aborted by the broker after "
         "this long; until then read_committed consumers wait at it (keep it well above the "
         "commit interval)",
     )
     worker_stall_exit_s: float = Field(
-        60.0, gt=0, description="the worker exits (code 70) when its main loop has not come "
+        60.0,
+        gt=0,
+        description="the worker exits (code 70) when its main loop has not come "
         "round for this long — a Kafka call blocked for good (librdkafka #5511) — so its "
         "supervisor starts a fresh one; its open transaction is fenced, nothing is lost",
     )
     state_retention_days: float = Field(
-        90.0, description="state of a finished stay or a closed referral is kept this long "
+        90.0,
+        description="state of a finished stay or a closed referral is kept this long "
         "(late corrections find what they revise), then pruned",
     )
     validate_every: int = Field(
-        20, ge=0, description="full fhir.resources validation of 1 HospitalNotification in N "
+        20,
+        ge=0,
+        description="full fhir.resources validation of 1 HospitalNotification in N "
         "(deterministic sample; 1 = every one, 0 = none); MedCom's invariants are checked on "
         "every message by the builder, and every Bundle kind is validated by the tests",
     )
@@ -194,14 +236,18 @@ class Settings(BaseSettings):
         30.0, description="how often deadlines and parked decisions are checked"
     )
     pending_decision_max_age_s: float = Field(
-        3600.0, description="a decision whose referral never arrives goes to dlq.referral after this"
+        3600.0,
+        description="a decision whose referral never arrives goes to dlq.referral after this",
     )
     unit_contact_name: str = Field(
-        "Visitationssekretariatet", description="contact in receipts/deadline letters when the "
+        "Visitationssekretariatet",
+        description="contact in receipts/deadline letters when the "
         "event names none (MedCom requires one)",
     )
     unit_contact_phone: str = Field("00 00 00 00", description="set the unit's real number")
-    default_timezone: str = Field("Europe/Copenhagen", description="for HL7 times without an offset")
+    default_timezone: str = Field(
+        "Europe/Copenhagen", description="for HL7 times without an offset"
+    )
     directory_file: Path = Field(
         PROJECT_ROOT / "deploy" / "directory.toml",
         description="the party directory: SOR + EAN of every municipality unit, hospital unit "
@@ -221,13 +267,19 @@ class Settings(BaseSettings):
         86400.0, description="keep retrying a message this long, then dlq.delivery + alert"
     )
     ack_timeout_s: float = Field(
-        1800.0, description="resend when no MedCom Acknowledgement came in this long (MedCom: 30 min)"
+        1800.0,
+        description="resend when no MedCom Acknowledgement came in this long (MedCom: 30 min)",
     )
     ack_max_resends: int = Field(2, ge=0, description="then dlq.delivery + alert (MedCom: 2)")
-    ack_check_interval_s: float = Field(5.0, description="how often overdue acknowledgements are checked")
+    ack_check_interval_s: float = Field(
+        5.0, description="how often overdue acknowledgements are checked"
+    )
     webhook_tolerance_s: float = Field(
-        300.0, gt=0, description="a signed acknowledgement whose webhook-timestamp is more than "
-        "this far in the past or the future is refused (a replay, or a clock that is off)")
+        300.0,
+        gt=0,
+        description="a signed acknowledgement whose webhook-timestamp is more than "
+        "this far in the past or the future is refused (a replay, or a clock that is off)",
+    )
 
     # --- identity and secrets -------------------------------------------------------------
     patient_key_secret: SecretStr = Field(
@@ -237,19 +289,29 @@ class Settings(BaseSettings):
     )
 
     addressee_key: SecretStr | None = Field(
-        None, description="Fernet key sealing a person's CPR in stafet.recipient headers and "
+        None,
+        description="Fernet key sealing a person's CPR in stafet.recipient headers and "
         "outbox envelopes (stafet/addressee.py; `stafet letters new-key`); unset: derived from "
-        "patient_key_secret. The letter service needs it, not the patient-key secret")
+        "patient_key_secret. The letter service needs it, not the patient-key secret",
+    )
 
     # --- health and metrics (stafet/observability.py) ---------------------------------------
-    health_host: str = Field("127.0.0.1", description="where /healthz, /readyz and /metrics "
-                             "listen (0.0.0.0 in a container, for the probes and Prometheus)")
+    health_host: str = Field(
+        "127.0.0.1",
+        description="where /healthz, /readyz and /metrics "
+        "listen (0.0.0.0 in a container, for the probes and Prometheus)",
+    )
     health_port: int = Field(
-        9180, ge=-1, description="their port (0: any free port, logged; -1: none). `stafet up` "
-        "gives its children 9180 worker, 9181 mllp, 9182 fhir, 9183 deliver (from this base)")
+        9180,
+        ge=-1,
+        description="their port (0: any free port, logged; -1: none). `stafet up` "
+        "gives its children 9180 worker, 9181 mllp, 9182 fhir, 9183 deliver (from this base)",
+    )
     delivery_session_timeout_s: float = Field(
-        6.0, description="a standby `stafet deliver` takes over this long after the active one "
-        "died (Kafka group membership; the broker's minimum is 6 s)")
+        6.0,
+        description="a standby `stafet deliver` takes over this long after the active one "
+        "died (Kafka group membership; the broker's minimum is 6 s)",
+    )
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"
@@ -260,7 +322,8 @@ class Settings(BaseSettings):
         """The bootstrap servers to use (the local broker, or every node of the local cluster,
         when none are configured)."""
         return self.bootstrap_servers or ",".join(
-            f"127.0.0.1:{self.kafka_port + 2 * i}" for i in range(self.kafka_brokers))
+            f"127.0.0.1:{self.kafka_port + 2 * i}" for i in range(self.kafka_brokers)
+        )
 
     @property
     def secrets_dir(self) -> Path:

@@ -49,8 +49,12 @@ WORKER_DATA_DIR = "/var/lib/stafet/worker"
 OUTBOX_DIR = "/var/spool/stafet/outbox"
 APP_SECRET, CONFIG_MAP, OUTBOX_CLAIM = "stafet-app", "stafet-config", "stafet-letter-outbox"
 
-_STRIMZI_RESOURCE = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactionalId",
-                     "CLUSTER": "cluster"}
+_STRIMZI_RESOURCE = {
+    "TOPIC": "topic",
+    "GROUP": "group",
+    "TRANSACTIONAL_ID": "transactionalId",
+    "CLUSTER": "cluster",
+}
 _STRIMZI_PATTERN = {"LITERAL": "literal", "PREFIXED": "prefix"}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -109,29 +113,57 @@ def kafka_cluster(settings: Settings, target: Target) -> list[Resource]:
     transaction and offset logs and the worker's changelogs inherit them)."""
     rf, isr = TopicPlan.from_settings(settings).replication(BROKERS)
     pool = {
-        "apiVersion": STRIMZI_API, "kind": "KafkaNodePool",
+        "apiVersion": STRIMZI_API,
+        "kind": "KafkaNodePool",
         "metadata": _meta("dual-role", target, labels=_cluster_label(target)),
-        "spec": {"replicas": BROKERS, "roles": ["controller", "broker"],
-                 "storage": {"type": "jbod", "volumes": [
-                     {"id": 0, "type": "persistent-claim", "size": "100Gi",
-                      "kraftMetadata": "shared", "deleteClaim": False}]}},
+        "spec": {
+            "replicas": BROKERS,
+            "roles": ["controller", "broker"],
+            "storage": {
+                "type": "jbod",
+                "volumes": [
+                    {
+                        "id": 0,
+                        "type": "persistent-claim",
+                        "size": "100Gi",
+                        "kraftMetadata": "shared",
+                        "deleteClaim": False,
+                    }
+                ],
+            },
+        },
     }
     kafka = {
-        "apiVersion": STRIMZI_API, "kind": "Kafka",
+        "apiVersion": STRIMZI_API,
+        "kind": "Kafka",
         # the opt-in older operators need; from 0.48 KRaft + node pools are the only mode
-        "metadata": _meta(target.cluster, target, annotations={
-            "strimzi.io/node-pools": "enabled", "strimzi.io/kraft": "enabled"}),
+        "metadata": _meta(
+            target.cluster,
+            target,
+            annotations={"strimzi.io/node-pools": "enabled", "strimzi.io/kraft": "enabled"},
+        ),
         "spec": {
             "kafka": {
-                "version": KAFKA_VERSION, "metadataVersion": METADATA_VERSION,
-                "listeners": [{"name": "tls", "port": LISTENER_PORT, "type": "internal",
-                               "tls": True, "authentication": {"type": "scram-sha-512"}}],
+                "version": KAFKA_VERSION,
+                "metadataVersion": METADATA_VERSION,
+                "listeners": [
+                    {
+                        "name": "tls",
+                        "port": LISTENER_PORT,
+                        "type": "internal",
+                        "tls": True,
+                        "authentication": {"type": "scram-sha-512"},
+                    }
+                ],
                 "authorization": {"type": "simple"},
-                "config": {"default.replication.factor": rf, "min.insync.replicas": isr,
-                           "offsets.topic.replication.factor": rf,
-                           "transaction.state.log.replication.factor": rf,
-                           "transaction.state.log.min.isr": isr,
-                           "auto.create.topics.enable": False},
+                "config": {
+                    "default.replication.factor": rf,
+                    "min.insync.replicas": isr,
+                    "offsets.topic.replication.factor": rf,
+                    "transaction.state.log.replication.factor": rf,
+                    "transaction.state.log.min.isr": isr,
+                    "auto.create.topics.enable": False,
+                },
             },
             "entityOperator": {"topicOperator": {}, "userOperator": {}},
         },
@@ -145,11 +177,20 @@ def kafka_topics(settings: Settings, target: Target) -> list[Resource]:
     plan = TopicPlan.from_settings(settings)
     rf, isr = plan.replication(BROKERS)
     configs = plan.configs(isr)
-    topics = [{"apiVersion": STRIMZI_API, "kind": "KafkaTopic",
-               "metadata": _meta(k8s_name(topic), target, labels=_cluster_label(target)),
-               "spec": {"topicName": topic, "partitions": partitions_of(topic, settings.partitions),
-                        "replicas": rf, "config": configs[topic]}}
-              for topic in all_topics()]
+    topics = [
+        {
+            "apiVersion": STRIMZI_API,
+            "kind": "KafkaTopic",
+            "metadata": _meta(k8s_name(topic), target, labels=_cluster_label(target)),
+            "spec": {
+                "topicName": topic,
+                "partitions": partitions_of(topic, settings.partitions),
+                "replicas": rf,
+                "config": configs[topic],
+            },
+        }
+        for topic in all_topics()
+    ]
     names = [t["metadata"]["name"] for t in topics]
     if len(set(names)) != len(names):
         raise ValueError("two topics map to one Kubernetes name")
@@ -159,19 +200,28 @@ def kafka_topics(settings: Settings, target: Target) -> list[Resource]:
 def acl_rules(grants: Iterable[Grant]) -> list[dict[str, Any]]:
     """Strimzi ``acls`` for one principal's grants: one rule per resource pattern, with its
     operations (Strimzi spells them in CamelCase: DESCRIBE_CONFIGS → DescribeConfigs)."""
-    key = lambda g: (g.resource, g.name, g.pattern)
+
+    def key(g: Any) -> tuple[Any, ...]:
+        return (g.resource, g.name, g.pattern)
+
     rules = []
     for (resource, name, pattern), same in groupby(sorted(grants, key=key), key=key):
         spec: dict[str, Any] = {"type": _STRIMZI_RESOURCE[resource]}
         if resource != "CLUSTER":
             spec.update(name=name, patternType=_STRIMZI_PATTERN[pattern])
-        rules.append({"resource": spec, "host": "*", "operations": sorted(
-            g.operation.title().replace("_", "") for g in same)})
+        rules.append(
+            {
+                "resource": spec,
+                "host": "*",
+                "operations": sorted(g.operation.title().replace("_", "") for g in same),
+            }
+        )
     return rules
 
 
-def kafka_users(settings: Settings, target: Target,
-                codes: Iterable[str] | None = None) -> list[Resource]:
+def kafka_users(
+    settings: Settings, target: Target, codes: Iterable[str] | None = None
+) -> list[Resource]:
     """One ``KafkaUser`` per principal (the four services, one per municipality): SCRAM-SHA-512,
     its ACLs from the plan. The User Operator puts each password in a Secret of the user's name
     (key ``password``), which the pods mount as ``<principal>.password``."""
@@ -184,11 +234,17 @@ def kafka_users(settings: Settings, target: Target,
     for principal, grants in by_principal.items():
         if k8s_name(principal) != principal:  # the KafkaUser's name is the SCRAM user name
             raise ValueError(f"principal {principal!r} is not a Kubernetes name")
-        users.append({"apiVersion": STRIMZI_API, "kind": "KafkaUser",
-                      "metadata": _meta(principal, target, labels=_cluster_label(target)),
-                      "spec": {"authentication": {"type": "scram-sha-512"},
-                               "authorization": {"type": "simple",
-                                                 "acls": acl_rules(grants)}}})
+        users.append(
+            {
+                "apiVersion": STRIMZI_API,
+                "kind": "KafkaUser",
+                "metadata": _meta(principal, target, labels=_cluster_label(target)),
+                "spec": {
+                    "authentication": {"type": "scram-sha-512"},
+                    "authorization": {"type": "simple", "acls": acl_rules(grants)},
+                },
+            }
+        )
     return users
 
 
@@ -198,37 +254,56 @@ def service_workloads(settings: Settings) -> list[Workload]:
     runs twice: one active, one standby (control.delivery)."""
     return [
         Workload("worker", WORKER, 2, (("STAFET_WORKER_DATA_DIR", WORKER_DATA_DIR),)),
-        Workload("mllp", MLLP, 2, (("STAFET_MLLP_HOST", "0.0.0.0"),
-                                   ("STAFET_MLLP_PORT", str(MLLP_PORT))), ("mllp", MLLP_PORT)),
-        Workload("fhir", FHIR, 1, (("STAFET_FHIR_HOST", "0.0.0.0"),
-                                   ("STAFET_FHIR_PORT", str(FHIR_PORT)),
-                                   # off loopback the listener needs mutual TLS (stafet/safety.py)
-                                   ("STAFET_FHIR_TLS_CERT", f"{FHIR_TLS_DIR}/tls.crt"),
-                                   ("STAFET_FHIR_TLS_KEY", f"{FHIR_TLS_DIR}/tls.key"),
-                                   ("STAFET_FHIR_TLS_CLIENT_CA", f"{FHIR_TLS_DIR}/ca.crt")),
-                 ("https", FHIR_PORT)),
+        Workload(
+            "mllp",
+            MLLP,
+            2,
+            (("STAFET_MLLP_HOST", "0.0.0.0"), ("STAFET_MLLP_PORT", str(MLLP_PORT))),
+            ("mllp", MLLP_PORT),
+        ),
+        Workload(
+            "fhir",
+            FHIR,
+            1,
+            (
+                ("STAFET_FHIR_HOST", "0.0.0.0"),
+                ("STAFET_FHIR_PORT", str(FHIR_PORT)),
+                # off loopback the listener needs mutual TLS (stafet/safety.py)
+                ("STAFET_FHIR_TLS_CERT", f"{FHIR_TLS_DIR}/tls.crt"),
+                ("STAFET_FHIR_TLS_KEY", f"{FHIR_TLS_DIR}/tls.key"),
+                ("STAFET_FHIR_TLS_CLIENT_CA", f"{FHIR_TLS_DIR}/ca.crt"),
+            ),
+            ("https", FHIR_PORT),
+        ),
         Workload("deliver", DELIVERY, 2, (("STAFET_OUTBOX_DIR", OUTBOX_DIR),), patient_key=False),
     ]
 
 
 def _env(settings: Settings, target: Target, w: Workload) -> list[dict[str, str]]:
     common = {
-        "STAFET_BOOTSTRAP_SERVERS": target.bootstrap, "STAFET_KAFKA_SECURITY": "sasl_ssl",
-        "STAFET_KAFKA_USERNAME": w.principal, "STAFET_KAFKA_SECRETS_DIR": KAFKA_SECRETS_DIR,
-        "STAFET_KAFKA_CA_FILE": f"{KAFKA_CA_DIR}/ca.crt", "STAFET_KAFKA_HOME": "/tmp/kafka",
-        "STAFET_APP_ID": settings.app_id, "STAFET_PARTITIONS": str(settings.partitions),
+        "STAFET_BOOTSTRAP_SERVERS": target.bootstrap,
+        "STAFET_KAFKA_SECURITY": "sasl_ssl",
+        "STAFET_KAFKA_USERNAME": w.principal,
+        "STAFET_KAFKA_SECRETS_DIR": KAFKA_SECRETS_DIR,
+        "STAFET_KAFKA_CA_FILE": f"{KAFKA_CA_DIR}/ca.crt",
+        "STAFET_KAFKA_HOME": "/tmp/kafka",
+        "STAFET_APP_ID": settings.app_id,
+        "STAFET_PARTITIONS": str(settings.partitions),
         "STAFET_REPLICATION_FACTOR": str(TopicPlan.from_settings(settings).replication(BROKERS)[0]),
-        "STAFET_HEALTH_HOST": "0.0.0.0", "STAFET_HEALTH_PORT": str(HEALTH_PORT),
+        "STAFET_HEALTH_HOST": "0.0.0.0",
+        "STAFET_HEALTH_PORT": str(HEALTH_PORT),
         "STAFET_DIRECTORY_FILE": f"{CONFIG_DIR}/directory.toml",
-        "STAFET_SUBSCRIBERS_FILE": f"{CONFIG_DIR}/subscribers.toml", "STAFET_LOG_JSON": "true",
+        "STAFET_SUBSCRIBERS_FILE": f"{CONFIG_DIR}/subscribers.toml",
+        "STAFET_LOG_JSON": "true",
     }
     if w.patient_key:  # one file per secret setting, named like its variable
         common["STAFET_SECRETS_DIR"] = APP_SECRET_DIR
     return [{"name": k, "value": v} for k, v in {**common, **dict(w.env)}.items()]
 
 
-def _secret_volume(name: str, secret: str, key: str, path: str,
-                   *more: tuple[str, str]) -> dict[str, Any]:
+def _secret_volume(
+    name: str, secret: str, key: str, path: str, *more: tuple[str, str]
+) -> dict[str, Any]:
     # 0440 + the pod's fsGroup: readable by the non-root user, by nobody else
     items = [{"key": k, "path": p} for k, p in ((key, path), *more)]
     return {"name": name, "secret": {"secretName": secret, "defaultMode": 0o440, "items": items}}
@@ -237,22 +312,36 @@ def _secret_volume(name: str, secret: str, key: str, path: str,
 def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts): the principal's password where ``password_for`` reads it
     (``<secrets dir>/<principal>.password``), the cluster CA, config, scratch space."""
-    volumes = [_secret_volume("kafka-password", w.principal, "password",
-                              f"{w.principal}.password"),
-               _secret_volume("kafka-ca", target.ca_secret, "ca.crt", "ca.crt"),
-               {"name": "config", "configMap": {"name": CONFIG_MAP}},
-               {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
-    mounts = [{"name": "kafka-password", "mountPath": KAFKA_SECRETS_DIR, "readOnly": True},
-              {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
-              {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-              {"name": "tmp", "mountPath": "/tmp"}]
+    volumes = [
+        _secret_volume("kafka-password", w.principal, "password", f"{w.principal}.password"),
+        _secret_volume("kafka-ca", target.ca_secret, "ca.crt", "ca.crt"),
+        {"name": "config", "configMap": {"name": CONFIG_MAP}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+    ]
+    mounts = [
+        {"name": "kafka-password", "mountPath": KAFKA_SECRETS_DIR, "readOnly": True},
+        {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
     if w.patient_key:  # STAFET_SECRETS_DIR: the file STAFET_PATIENT_KEY_SECRET
-        volumes.append(_secret_volume("app-secret", APP_SECRET, "STAFET_PATIENT_KEY_SECRET",
-                                      "STAFET_PATIENT_KEY_SECRET"))
+        volumes.append(
+            _secret_volume(
+                "app-secret", APP_SECRET, "STAFET_PATIENT_KEY_SECRET", "STAFET_PATIENT_KEY_SECRET"
+            )
+        )
         mounts.append({"name": "app-secret", "mountPath": APP_SECRET_DIR, "readOnly": True})
     if w.name == "fhir":
-        volumes.append(_secret_volume("fhir-tls", FHIR_TLS_SECRET, "tls.crt", "tls.crt",
-                                      ("tls.key", "tls.key"), ("ca.crt", "ca.crt")))
+        volumes.append(
+            _secret_volume(
+                "fhir-tls",
+                FHIR_TLS_SECRET,
+                "tls.crt",
+                "tls.crt",
+                ("tls.key", "tls.key"),
+                ("ca.crt", "ca.crt"),
+            )
+        )
         mounts.append({"name": "fhir-tls", "mountPath": FHIR_TLS_DIR, "readOnly": True})
     if w.name == "worker":
         mounts.append({"name": "worker-data", "mountPath": WORKER_DATA_DIR})
@@ -263,8 +352,12 @@ def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[di
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "health"}, "periodSeconds": period,
-            "timeoutSeconds": 3, "failureThreshold": failures}
+    return {
+        "httpGet": {"path": path, "port": "health"},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
 
 
 def pod_template(settings: Settings, target: Target, w: Workload) -> dict[str, Any]:
@@ -274,31 +367,55 @@ def pod_template(settings: Settings, target: Target, w: Workload) -> dict[str, A
     if w.port:
         ports.append({"name": w.port[0], "containerPort": w.port[1]})
     container = {
-        "name": w.name, "image": target.image, "args": [w.name], "ports": ports,
-        "env": _env(settings, target, w), "volumeMounts": mounts,
+        "name": w.name,
+        "image": target.image,
+        "args": [w.name],
+        "ports": ports,
+        "env": _env(settings, target, w),
+        "volumeMounts": mounts,
         "startupProbe": _probe("/healthz", 10, 30),  # state restore may take minutes
         "livenessProbe": _probe("/healthz", 10, 3),
         "readinessProbe": _probe("/readyz", 5, 2),
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi" if w.name == "worker"
-                                   else "256Mi"},
-                      "limits": {"memory": "2Gi" if w.name == "worker" else "512Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "512Mi" if w.name == "worker" else "256Mi"},
+            "limits": {"memory": "2Gi" if w.name == "worker" else "512Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
     return {
-        "metadata": {"labels": _labels(w), "annotations": {
-            "prometheus.io/scrape": "true", "prometheus.io/port": str(HEALTH_PORT),
-            "prometheus.io/path": "/metrics"}},
+        "metadata": {
+            "labels": _labels(w),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(HEALTH_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
         "spec": {
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 45,  # SIGTERM: finish, commit, leave the group
-            "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
-                                "fsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}},
-            "topologySpreadConstraints": [{
-                "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": _labels(w)}}],
-            "containers": [container], "volumes": volumes,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": UID,
+                "runAsGroup": UID,
+                "fsGroup": UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": _labels(w)},
+                }
+            ],
+            "containers": [container],
+            "volumes": volumes,
         },
     }
 
@@ -308,60 +425,100 @@ def _labels(w: Workload) -> dict[str, str]:
 
 
 def _controller(settings: Settings, target: Target, w: Workload) -> Resource:
-    spec: dict[str, Any] = {"replicas": w.replicas, "selector": {"matchLabels": _labels(w)},
-                            "template": pod_template(settings, target, w)}
+    spec: dict[str, Any] = {
+        "replicas": w.replicas,
+        "selector": {"matchLabels": _labels(w)},
+        "template": pod_template(settings, target, w),
+    }
     if w.name == "worker":  # a stable hostname keeps the transactional id across restarts
-        spec.update(serviceName=f"stafet-{w.name}", podManagementPolicy="Parallel",
-                    volumeClaimTemplates=[{
-                        "metadata": {"name": "worker-data"},
-                        "spec": {"accessModes": ["ReadWriteOnce"],
-                                 "resources": {"requests": {"storage": "10Gi"}}}}])
+        spec.update(
+            serviceName=f"stafet-{w.name}",
+            podManagementPolicy="Parallel",
+            volumeClaimTemplates=[
+                {
+                    "metadata": {"name": "worker-data"},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "10Gi"}},
+                    },
+                }
+            ],
+        )
         kind, api = "StatefulSet", "apps/v1"
     else:
         kind, api = "Deployment", "apps/v1"
         if w.name == "fhir":  # never two at once (see service_workloads)
             spec["strategy"] = {"type": "Recreate"}
-    return {"apiVersion": api, "kind": kind,
-            "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)), "spec": spec}
+    return {
+        "apiVersion": api,
+        "kind": kind,
+        "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)),
+        "spec": spec,
+    }
 
 
 def _service(target: Target, w: Workload) -> Resource:
     if w.port is None:  # the worker's headless Service (the StatefulSet's pod names)
-        spec: dict[str, Any] = {"clusterIP": "None",
-                                "ports": [{"name": "health", "port": HEALTH_PORT}]}
+        spec: dict[str, Any] = {
+            "clusterIP": "None",
+            "ports": [{"name": "health", "port": HEALTH_PORT}],
+        }
     else:
-        spec = {"type": "ClusterIP", "ports": [{"name": w.port[0], "port": w.port[1],
-                                                "targetPort": w.port[0], "protocol": "TCP"}]}
+        spec = {
+            "type": "ClusterIP",
+            "ports": [
+                {"name": w.port[0], "port": w.port[1], "targetPort": w.port[0], "protocol": "TCP"}
+            ],
+        }
     spec["selector"] = _labels(w)
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)), "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)),
+        "spec": spec,
+    }
 
 
 def workloads(settings: Settings, target: Target) -> list[Resource]:
     """StatefulSet / Deployments, their Services, a PodDisruptionBudget each (at most one pod
     down by a voluntary disruption), and the letter outbox claim (ReadWriteMany)."""
-    out: list[Resource] = [{
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": _meta(OUTBOX_CLAIM, target),
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "5Gi"}}},
-    }]
+    out: list[Resource] = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": _meta(OUTBOX_CLAIM, target),
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "5Gi"}},
+            },
+        }
+    ]
     for w in service_workloads(settings):
-        out += [_controller(settings, target, w), _service(target, w), {
-            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(w)}}}]
+        out += [
+            _controller(settings, target, w),
+            _service(target, w),
+            {
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)),
+                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(w)}},
+            },
+        ]
     return out
 
 
 def manifests(settings: Settings, target: Target = Target()) -> dict[str, list[Resource]]:
     """Every resource, by the file it is written to."""
-    return {"kafka.yaml": kafka_cluster(settings, target),
-            "topics.yaml": kafka_topics(settings, target),
-            "users.yaml": kafka_users(settings, target),
-            "workloads.yaml": workloads(settings, target)}
+    return {
+        "kafka.yaml": kafka_cluster(settings, target),
+        "topics.yaml": kafka_topics(settings, target),
+        "users.yaml": kafka_users(settings, target),
+        "workloads.yaml": workloads(settings, target),
+    }
 
 
 def render(resources: Iterable[Resource]) -> str:
     """A multi-document YAML stream with the do-not-edit header."""
-    return HEADER + "".join("---\n" + yaml.safe_dump(r, sort_keys=False, width=100)
-                            for r in resources)
+    return HEADER + "".join(
+        "---\n" + yaml.safe_dump(r, sort_keys=False, width=100) for r in resources
+    )

@@ -90,8 +90,10 @@ class Addressee:
     def routable(self) -> Addressee:
         """This entry, or :class:`Unaddressable` if MedCom cannot route to it (no EAN)."""
         if not self.ean:
-            raise Unaddressable(f"{self.entry} ({self.name}, SOR {self.sor}) has no EAN location "
-                                "number in the directory: MedCom cannot route a message to it")
+            raise Unaddressable(
+                f"{self.entry} ({self.name}, SOR {self.sor}) has no EAN location "
+                "number in the directory: MedCom cannot route a message to it"
+            )
         return self
 
 
@@ -121,8 +123,11 @@ class Directory:
         return found
 
     def municipal_units(self, code: str) -> list[Addressee]:
-        return [e for role in MUNICIPAL_ROLES
-                if (e := self.entries.get(f"municipality/{code}/{role}")) is not None]
+        return [
+            e
+            for role in MUNICIPAL_ROLES
+            if (e := self.entries.get(f"municipality/{code}/{role}")) is not None
+        ]
 
     def by_sor(self, sor: str) -> Addressee:
         found = self._by_sor.get(sor)
@@ -144,16 +149,20 @@ class Directory:
             if found is None:
                 raise Unaddressable(f"GP ydernummer {party.identifier} is not in {self.source}")
             return found.routable()
-        raise Unaddressable(f"a {party.kind} identified by {party.identifier_system} cannot be "
-                            "looked up in the directory")
+        raise Unaddressable(
+            f"a {party.kind} identified by {party.identifier_system} cannot be "
+            "looked up in the directory"
+        )
 
 
 # --- the file ----------------------------------------------------------------------------------
 
-_FIELDS: Final = {"municipality": {"code", "name", "unit"},
-                  "unit": {"role", "name", "sor", "ean"},
-                  "hospital": {"name", "sor", "ean"},
-                  "gp": {"ydernummer", "name", "sor", "ean"}}
+_FIELDS: Final = {
+    "municipality": {"code", "name", "unit"},
+    "unit": {"role", "name", "sor", "ean"},
+    "hospital": {"name", "sor", "ean"},
+    "gp": {"ydernummer", "name", "sor", "ean"},
+}
 
 
 def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # type: ignore[type-arg]
@@ -162,8 +171,10 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
     entries: list[Addressee] = []
     unknown = set(data) - {"version", "municipality", "hospital", "gp"}
     if unknown:
-        errors.append(f"unknown sections {sorted(unknown)}; expected [[municipality]], "
-                      "[[hospital]] and [[gp]]")
+        errors.append(
+            f"unknown sections {sorted(unknown)}; expected [[municipality]], "
+            "[[hospital]] and [[gp]]"
+        )
     known = municipalities()
     seen_codes: set[str] = set()
 
@@ -173,8 +184,9 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
         if value is None:
             return []
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            errors.append(f"{where}{key} must be an array of tables ([[{key}]]), not "
-                          f"{type(value).__name__}")
+            errors.append(
+                f"{where}{key} must be an array of tables ([[{key}]]), not {type(value).__name__}"
+            )
             return []
         return value
 
@@ -196,7 +208,9 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
         name, sor = text(item, "name", where), text(item, "sor", where)
         ean = text(item, "ean", where, required=False)
         if sor is not None and not re.fullmatch(r"[0-9]{11,18}", sor):
-            errors.append(f"{where}: sor {sor!r} is not a SOR code (11-18 digits, DK-core min-digits-sor)")
+            errors.append(
+                f"{where}: sor {sor!r} is not a SOR code (11-18 digits, DK-core min-digits-sor)"
+            )
         if ean is not None and (problem := gln_problem(ean)):
             errors.append(f"{where}: ean {problem}")
         if name and sor:
@@ -216,18 +230,26 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
         for unit_item in tables(m, "unit", f"{where}: "):
             role = unit_item.get("role")
             if role not in MUNICIPAL_ROLES:
-                errors.append(f"{where}: unit role {role!r} is not one of "
-                              f"{', '.join(MUNICIPAL_ROLES)}")
+                errors.append(
+                    f"{where}: unit role {role!r} is not one of {', '.join(MUNICIPAL_ROLES)}"
+                )
                 continue
             if role in roles:
                 errors.append(f"{where}: two {role} units")
                 continue
             roles.append(role)
-            unit(unit_item, f"{where} unit {role}", f"municipality/{code}/{role}", role,
-                 municipality=code)
+            unit(
+                unit_item,
+                f"{where} unit {role}",
+                f"municipality/{code}/{role}",
+                role,
+                municipality=code,
+            )
         if "central" not in roles:
-            errors.append(f"{where}: missing unit: no central unit (role = \"central\"), which "
-                          "receives the municipality's hospital notifications")
+            errors.append(
+                f'{where}: missing unit: no central unit (role = "central"), which '
+                "receives the municipality's hospital notifications"
+            )
     for n, h in enumerate(tables(data, "hospital", ""), start=1):
         sor = h["sor"].strip() if isinstance(h.get("sor"), str) else f"#{n}"
         unit(h, f"hospital {sor}", f"hospital/{sor}", "hospital")
@@ -242,9 +264,12 @@ def parse_directory(data: dict, *, source: str = "directory") -> Directory:  # t
         for e in entries:
             if value := getattr(e, attribute):
                 holders.setdefault(value, []).append(e.entry)
-        errors += [f"duplicate {attribute.upper()} {value}: {' and '.join(names)} (one "
-                   f"{attribute.upper()} names one receiver)"
-                   for value, names in holders.items() if len(names) > 1]
+        errors += [
+            f"duplicate {attribute.upper()} {value}: {' and '.join(names)} (one "
+            f"{attribute.upper()} names one receiver)"
+            for value, names in holders.items()
+            if len(names) > 1
+        ]
     yders = [e.ydernummer for e in entries if e.ydernummer]
     errors += [f"gp {y}: listed twice" for y in sorted({y for y in yders if yders.count(y) > 1})]
     if errors:
@@ -271,8 +296,11 @@ class DirectoryFile:
                 self._good = load_directory(self.path)
                 log.info("directory.reloaded", path=str(self.path), entries=len(self._good))
             except DirectoryError as exc:
-                log.error("directory.reload_failed", error=str(exc)[:2000],
-                          kept=f"the previous directory ({len(self._good)} entries)")
+                log.error(
+                    "directory.reload_failed",
+                    error=str(exc)[:2000],
+                    kept=f"the previous directory ({len(self._good)} entries)",
+                )
         return self._good
 
 
@@ -294,8 +322,10 @@ def load_directory(path: Path) -> Directory:
     try:
         stamp = path.stat().st_mtime_ns
     except FileNotFoundError as exc:
-        raise DirectoryError(f"party directory {path} does not exist (STAFET_DIRECTORY_FILE); "
-                             "see deploy/directory.toml for the format") from exc
+        raise DirectoryError(
+            f"party directory {path} does not exist (STAFET_DIRECTORY_FILE); "
+            "see deploy/directory.toml for the format"
+        ) from exc
     return _load(path, stamp)
 
 
@@ -310,7 +340,14 @@ def _load(path: Path, _stamp: int) -> Directory:
 
 def describe(directory: Directory, *, municipality: str | None = None) -> list[dict[str, str]]:
     """Rows for ``stafet directory show``."""
-    return [{"entry": e.entry, "name": e.name, "sor": e.sor, "ean": e.ean or "(none)",
-             "recipient": e.recipient}
-            for e in directory.entries.values()
-            if municipality is None or e.municipality == municipality]
+    return [
+        {
+            "entry": e.entry,
+            "name": e.name,
+            "sor": e.sor,
+            "ean": e.ean or "(none)",
+            "recipient": e.recipient,
+        }
+        for e in directory.entries.values()
+        if municipality is None or e.municipality == municipality
+    ]

@@ -21,7 +21,13 @@ from stafet.kafka_client import PARTITIONER, client_config
 from stafet.logging import get_logger
 from stafet.topic_reader import fetch_record
 from stafet.topics import (
-    DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, EVENTS_REFERRAL, H_ORIGIN, H_REASON, H_RECEIVED_AT,
+    DLQ_NORMALIZE,
+    DLQ_NOTIFY,
+    DLQ_REFERRAL,
+    EVENTS_REFERRAL,
+    H_ORIGIN,
+    H_REASON,
+    H_RECEIVED_AT,
     H_STAGE,
 )
 
@@ -37,23 +43,35 @@ def resend(settings: Settings, dlq_topic: str, partition: int, offset: int) -> s
     """Produce the dead letter at ``dlq_topic/partition/offset`` back to its origin; return the
     topic it went to."""
     if dlq_topic not in RESENDABLE:
-        raise StafetError(f"{dlq_topic} is not resent: only {', '.join(RESENDABLE)} (rejected "
-                          "input is sent again by its sender; deliveries by stafet replay)")
+        raise StafetError(
+            f"{dlq_topic} is not resent: only {', '.join(RESENDABLE)} (rejected "
+            "input is sent again by its sender; deliveries by stafet replay)"
+        )
     msg = fetch_record(client_config(settings), dlq_topic, partition, offset)
     headers = {k: v for k, v in (msg.headers() or []) if v is not None}
     origin = headers.get(H_ORIGIN, b"").decode("utf-8", "replace")
     target = origin.rsplit("/", 2)[0] if origin.count("/") >= 2 else DEFAULT_TARGET.get(dlq_topic)
     if not target or not target.startswith(("ingest.", "events.")):
-        raise StafetError(f"{dlq_topic}/{partition}/{offset} names no topic to go back to "
-                          f"(stafet.origin {origin or 'missing'})")
+        raise StafetError(
+            f"{dlq_topic}/{partition}/{offset} names no topic to go back to "
+            f"(stafet.origin {origin or 'missing'})"
+        )
     kept = [(k, v) for k, v in headers.items() if k not in DEAD_LETTER_HEADERS]
     kept.append((H_RESENT_FROM, f"{dlq_topic}/{partition}/{offset}".encode()))
     outcome: list[Any] = []
-    producer = Producer(client_config(settings, **{
-        "acks": "all", "enable.idempotence": True, "partitioner": PARTITIONER}))
+    producer = Producer(
+        client_config(
+            settings, **{"acks": "all", "enable.idempotence": True, "partitioner": PARTITIONER}
+        )
+    )
     try:
-        producer.produce(target, value=msg.value(), key=msg.key(), headers=kept,
-                         on_delivery=lambda err, _: outcome.append(err))
+        producer.produce(
+            target,
+            value=msg.value(),
+            key=msg.key(),
+            headers=kept,
+            on_delivery=lambda err, _: outcome.append(err),
+        )
         producer.flush(30)
     except KafkaException as exc:
         raise StafetError(f"resending to {target}: {exc}") from exc

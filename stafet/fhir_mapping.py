@@ -21,7 +21,14 @@ from zoneinfo import ZoneInfo
 from stafet.cpr import is_valid_cpr, mask_cpr
 from stafet.ids import patient_key, stable_uuid
 from stafet.model import (
-    Assessment, Contact, Decision, Party, PartyKind, PatientInfo, ReferralEvent, ReferralKind,
+    Assessment,
+    Contact,
+    Decision,
+    Party,
+    PartyKind,
+    PatientInfo,
+    ReferralEvent,
+    ReferralKind,
 )
 from stafet.schemas.municipalities import municipality
 
@@ -85,19 +92,29 @@ class Ctx:
         if not isinstance(target, str) or not target:
             return None
         if target.startswith("#"):
-            found = next((Res(c, f"{owner.path}.contained[{n}]")
-                          for n, c in enumerate(owner.data.get("contained") or [])
-                          if c.get("id") == target[1:]), None)
+            found = next(
+                (
+                    Res(c, f"{owner.path}.contained[{n}]")
+                    for n, c in enumerate(owner.data.get("contained") or [])
+                    if c.get("id") == target[1:]
+                ),
+                None,
+            )
             required = True
         else:
             found = self.entries.get(target) or self.entries.get("/".join(target.split("/")[-2:]))
         if found is None and required:
-            self.add(f"{path}.reference", "structure", f"reference '{target}' does not resolve "
-                     "to a contained resource or an entry of the Bundle")
+            self.add(
+                f"{path}.reference",
+                "structure",
+                f"reference '{target}' does not resolve "
+                "to a contained resource or an entry of the Bundle",
+            )
         return found
 
 
 # --- small helpers -----------------------------------------------------------------------------
+
 
 def referral_id(service_request: dict[str, Any]) -> str:
     """The referral id: the first ServiceRequest.identifier with a value."""
@@ -116,8 +133,9 @@ def _codes(concept: Any) -> list[str]:
 
 def _text(concept: Any) -> str | None:
     concept = concept or {}
-    return concept.get("text") or next((c["display"] for c in concept.get("coding") or []
-                                        if c.get("display")), None)
+    return concept.get("text") or next(
+        (c["display"] for c in concept.get("coding") or [] if c.get("display")), None
+    )
 
 
 def _name(names: Any) -> tuple[str | None, tuple[str, ...]]:
@@ -139,8 +157,7 @@ def _time(value: str | None, path: str, ctx: Ctx) -> str:
         ctx.add(path, "required", f"{path} (the event time) is required")
         return ""
     if not isinstance(value, str):  # fhir.resources (lax) lets a JSON number through
-        ctx.add(path, "value", f"{path} must be a dateTime string, not a "
-                f"{type(value).__name__}")
+        ctx.add(path, "value", f"{path} must be a dateTime string, not a {type(value).__name__}")
         return ""
     try:
         if _DATE.match(value):
@@ -149,8 +166,11 @@ def _time(value: str | None, path: str, ctx: Ctx) -> str:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        ctx.add(path, "value", f"'{value}' needs at least a full date (YYYY-MM-DD), or a time "
-                "with a UTC offset")
+        ctx.add(
+            path,
+            "value",
+            f"'{value}' needs at least a full date (YYYY-MM-DD), or a time with a UTC offset",
+        )
         return ""
     return moment.isoformat()
 
@@ -158,16 +178,22 @@ def _time(value: str | None, path: str, ctx: Ctx) -> str:
 def _cpr(identifiers: Any, path: str, ctx: Ctx, who: str) -> str:
     """The valid CPR among ``identifiers`` (issues name the element, never the number)."""
     ids = identifiers or []
-    n, value = next(((n, i.get("value") or "") for n, i in enumerate(ids)
-                     if i.get("system") == CPR_SYSTEM), (-1, ""))
+    n, value = next(
+        ((n, i.get("value") or "") for n, i in enumerate(ids) if i.get("system") == CPR_SYSTEM),
+        (-1, ""),
+    )
     if n < 0:
-        ctx.add(f"{path}.identifier", "required",
-                f"{who} needs a CPR identifier (system {CPR_SYSTEM})")
+        ctx.add(
+            f"{path}.identifier", "required", f"{who} needs a CPR identifier (system {CPR_SYSTEM})"
+        )
         return ""
     value = value.replace("-", "").strip()
     if not is_valid_cpr(value):
-        ctx.add(f"{path}.identifier[{n}].value", "value",
-                f"the CPR number of {who} is not 10 digits starting with a valid date")
+        ctx.add(
+            f"{path}.identifier[{n}].value",
+            "value",
+            f"the CPR number of {who} is not 10 digits starting with a valid date",
+        )
         return ""
     return value
 
@@ -184,8 +210,15 @@ def _endpoint(system: str, *elements: Any) -> bool:
     return system != CPR_SYSTEM
 
 
-def _party(ref: Any, owner: Res, path: str, ctx: Ctx, what: str,
-           systems: tuple[str, ...] = (SOR_SYSTEM,), required: bool = True) -> Party | None:
+def _party(
+    ref: Any,
+    owner: Res,
+    path: str,
+    ctx: Ctx,
+    what: str,
+    systems: tuple[str, ...] = (SOR_SYSTEM,),
+    required: bool = True,
+) -> Party | None:
     """A party from a Reference: its logical identifier + display, or the resource it points at."""
     if not ref:
         if required:
@@ -196,18 +229,21 @@ def _party(ref: Any, owner: Res, path: str, ctx: Ctx, what: str,
     target = found.data if found else {}
     ident, where = logical, f"{path}.identifier"
     if not logical.get("value"):
-        ident = next((i for i in target.get("identifier") or [] if i.get("system") in systems),
-                     {})
+        ident = next((i for i in target.get("identifier") or [] if i.get("system") in systems), {})
         where = f"{found.path}.identifier" if found else f"{path}.identifier"
     if not ident.get("value"):
         if found is not None or not ref.get("reference"):
-            ctx.add(where, "required", f"{what} needs an identifier with system "
-                    + " or ".join(systems))
+            ctx.add(
+                where, "required", f"{what} needs an identifier with system " + " or ".join(systems)
+            )
         return None
     system, value = ident.get("system"), str(ident["value"]).strip()
     if system not in systems:
-        ctx.add(f"{where}.system", "value", f"{what}: identifier system '{system}' is not "
-                + " or ".join(systems))
+        ctx.add(
+            f"{where}.system",
+            "value",
+            f"{what}: identifier system '{system}' is not " + " or ".join(systems),
+        )
         return None
     if not value.isdigit():
         ctx.add(f"{where}.value", "value", f"{what}: '{value}' is not a SOR code or ydernummer")
@@ -216,8 +252,13 @@ def _party(ref: Any, owner: Res, path: str, ctx: Ctx, what: str,
     if isinstance(name, list):  # Practitioner.name
         name = _full_name(name)
     kind: PartyKind = "gp" if system == YDER_SYSTEM else "hospital-unit"
-    return Party(kind=kind, identifier_system=system, identifier=value, name=name or None,
-                 has_fhir_endpoint=_endpoint(system, ref, target))
+    return Party(
+        kind=kind,
+        identifier_system=system,
+        identifier=value,
+        name=name or None,
+        has_fhir_endpoint=_endpoint(system, ref, target),
+    )
 
 
 def _child(ref: Any, owner: Res, path: str, ctx: Ctx, *, residence: bool) -> PatientInfo | None:
@@ -231,8 +272,12 @@ def _child(ref: Any, owner: Res, path: str, ctx: Ctx, *, residence: bool) -> Pat
         if ref.get("reference") and (residence or not logical):
             return None  # the dangling reference is already an issue
         if residence:
-            ctx.add(path, "required", "the child must be a Patient resource (contained #child) "
-                    "with CPR and municipality of residence")
+            ctx.add(
+                path,
+                "required",
+                "the child must be a Patient resource (contained #child) "
+                "with CPR and municipality of residence",
+            )
             return None
         cpr = _cpr([logical] if logical else [], path, ctx, "the child")
         return PatientInfo(cpr=cpr) if cpr else None
@@ -244,32 +289,50 @@ def _child(ref: Any, owner: Res, path: str, ctx: Ctx, *, residence: bool) -> Pat
     code, region = _residence(patient, found.path, ctx, residence)
     family, given = _name(patient.get("name"))
     birth = patient.get("birthDate")
-    return PatientInfo(cpr=cpr, family=family, given=given, gender=patient.get("gender"),
-                       birth_date=birth if isinstance(birth, str) and _DATE.match(birth)
-                       else None,
-                       municipality_code=code, region_code=region) if cpr else None
+    return (
+        PatientInfo(
+            cpr=cpr,
+            family=family,
+            given=given,
+            gender=patient.get("gender"),
+            birth_date=birth if isinstance(birth, str) and _DATE.match(birth) else None,
+            municipality_code=code,
+            region_code=region,
+        )
+        if cpr
+        else None
+    )
 
 
-def _residence(patient: dict[str, Any], path: str, ctx: Ctx,
-               required: bool) -> tuple[str, str | None]:
+def _residence(
+    patient: dict[str, Any], path: str, ctx: Ctx, required: bool
+) -> tuple[str, str | None]:
     """Municipality of residence: DK-core extension, else ``district``, of the home address."""
     addresses = patient.get("address") or []
     n = next((n for n, a in enumerate(addresses) if a.get("use") == "home"), 0)
     address = addresses[n] if addresses else {}
-    from_ext = next(iter(_codes((_ext(address, MUNICIPALITY_EXT) or {})
-                                .get("valueCodeableConcept"))), None)
+    from_ext = next(
+        iter(_codes((_ext(address, MUNICIPALITY_EXT) or {}).get("valueCodeableConcept"))), None
+    )
     district = (address.get("district") or "").strip() or None
     code = from_ext or district
     if code and code.isdigit() and len(code) < 4:
         code = code.zfill(4)
     where = f"{path}.address[{n}]" + (".extension" if from_ext else ".district")
     if from_ext and district and district.zfill(4) != code:
-        ctx.add(f"{path}.address[{n}]", "invalid", f"the municipality extension ({code}) and "
-                f"address.district ({district}) disagree")
+        ctx.add(
+            f"{path}.address[{n}]",
+            "invalid",
+            f"the municipality extension ({code}) and address.district ({district}) disagree",
+        )
     if not code:
         if required:
-            ctx.add(f"{path}.address", "required", "the child's municipality of residence is "
-                    f"required (address extension {MUNICIPALITY_EXT} or address.district)")
+            ctx.add(
+                f"{path}.address",
+                "required",
+                "the child's municipality of residence is "
+                f"required (address extension {MUNICIPALITY_EXT} or address.district)",
+            )
         return "", None
     found = municipality(code)
     if found is None:
@@ -300,33 +363,58 @@ def _referral_ref(ref: Any, owner: Res, path: str, ctx: Ctx) -> str:
     if found is not None and found.data.get("resourceType") == "ServiceRequest":
         return referral_id(found.data)
     if not value and not ref.get("reference"):
-        ctx.add(f"{path}.identifier.value", "required",
-                f"{path} needs identifier.value = the referral id (ServiceRequest.identifier)")
+        ctx.add(
+            f"{path}.identifier.value",
+            "required",
+            f"{path} needs identifier.value = the referral id (ServiceRequest.identifier)",
+        )
     return value or ""
 
 
 # --- the three resources -----------------------------------------------------------------------
 
+
 def map_service_request(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     sr, path, start = res.data, res.path, len(ctx.issues)
     status, version = sr.get("status"), (sr.get("meta") or {}).get("versionId") or "1"
-    kinds: dict[str, ReferralKind] = {"on-hold": "modified", "revoked": "cancelled",
-                                      "entered-in-error": "cancelled",
-                                      "active": "submitted" if version == "1" else "modified"}
+    kinds: dict[str, ReferralKind] = {
+        "on-hold": "modified",
+        "revoked": "cancelled",
+        "entered-in-error": "cancelled",
+        "active": "submitted" if version == "1" else "modified",
+    }
     kind = kinds.get(status or "")
     if kind is None:
-        ctx.add(f"{path}.status", "not-supported", f"ServiceRequest.status '{status}' is not a "
-                "referral step: active, on-hold, revoked or entered-in-error")
+        ctx.add(
+            f"{path}.status",
+            "not-supported",
+            f"ServiceRequest.status '{status}' is not a "
+            "referral step: active, on-hold, revoked or entered-in-error",
+        )
     rid = referral_id(sr)
     if not rid:
-        ctx.add(f"{path}.identifier", "required", "ServiceRequest.identifier[0].value (the "
-                "referral id) is required")
+        ctx.add(
+            f"{path}.identifier",
+            "required",
+            "ServiceRequest.identifier[0].value (the referral id) is required",
+        )
     child = _child(sr.get("subject"), res, f"{path}.subject", ctx, residence=kind == "submitted")
-    referrer = _party(sr.get("requester"), res, f"{path}.requester", ctx, "the referrer",
-                      (YDER_SYSTEM, SOR_SYSTEM))
+    referrer = _party(
+        sr.get("requester"),
+        res,
+        f"{path}.requester",
+        ctx,
+        "the referrer",
+        (YDER_SYSTEM, SOR_SYSTEM),
+    )
     performers = sr.get("performer") or []
-    receiver = _party(performers[0] if performers else None, res, f"{path}.performer[0]", ctx,
-                      "the receiving unit")
+    receiver = _party(
+        performers[0] if performers else None,
+        res,
+        f"{path}.performer[0]",
+        ctx,
+        "the receiving unit",
+    )
     guardians, units = [], []
     for n, ref in enumerate(sr.get("supportingInfo") or []):
         found = ctx.resolve(ref, res, f"{path}.supportingInfo[{n}]", required=False)
@@ -341,48 +429,93 @@ def map_service_request(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None
         return None
     event_id, source_id = _identity(sr, "ServiceRequest")
     return ReferralEvent(
-        event_id=event_id, source="fhir", source_message_id=source_id, kind=kind,
-        referral_id=rid, event_time=when, patient_key=patient_key(child.cpr, secret),
-        child=child, referrer=referrer, receiver=receiver,
-        guardians=tuple(g for g in guardians if g), municipal_units=tuple(u for u in units if u),
-        reason_for_referral=_text(reasons[0]) if reasons else None)
+        event_id=event_id,
+        source="fhir",
+        source_message_id=source_id,
+        kind=kind,
+        referral_id=rid,
+        event_time=when,
+        patient_key=patient_key(child.cpr, secret),
+        child=child,
+        referrer=referrer,
+        receiver=receiver,
+        guardians=tuple(g for g in guardians if g),
+        municipal_units=tuple(u for u in units if u),
+        reason_for_referral=_text(reasons[0]) if reasons else None,
+    )
 
 
 def _guardian(person: Res, ctx: Ctx) -> Party | None:
-    roles = [c.get("code") for concept in person.data.get("relationship") or []
-             for c in concept.get("coding") or [] if c.get("system") == ROLE_CODE_SYSTEM]
+    roles = [
+        c.get("code")
+        for concept in person.data.get("relationship") or []
+        for c in concept.get("coding") or []
+        if c.get("system") == ROLE_CODE_SYSTEM
+    ]
     role = next((r for r in roles if r in GUARDIAN_ROLES), None)
     if role is None:
-        ctx.add(f"{person.path}.relationship", "value", "a guardian's relationship must be MTH, "
-                f"FTH or GUARD from {ROLE_CODE_SYSTEM}")
+        ctx.add(
+            f"{person.path}.relationship",
+            "value",
+            f"a guardian's relationship must be MTH, FTH or GUARD from {ROLE_CODE_SYSTEM}",
+        )
     cpr = _cpr(person.data.get("identifier"), person.path, ctx, "the guardian")
     if role is None or not cpr:
         return None
-    return Party(kind="guardian", identifier_system=CPR_SYSTEM, identifier=cpr,
-                 name=_full_name(person.data.get("name")), relationship=role,
-                 has_fhir_endpoint=_endpoint(CPR_SYSTEM, person.data))
+    return Party(
+        kind="guardian",
+        identifier_system=CPR_SYSTEM,
+        identifier=cpr,
+        name=_full_name(person.data.get("name")),
+        relationship=role,
+        has_fhir_endpoint=_endpoint(CPR_SYSTEM, person.data),
+    )
 
 
 def _unit(org: Res, ctx: Ctx, child: PatientInfo | None) -> Party | None:
     """PPR / family department: by SOR when known, else by the child's municipality code."""
-    kind = next((c.get("code") for concept in org.data.get("type") or []
-                 for c in concept.get("coding") or []
-                 if c.get("system") == UNIT_TYPE_SYSTEM and c.get("code") in UNIT_TYPES), None)
+    kind = next(
+        (
+            c.get("code")
+            for concept in org.data.get("type") or []
+            for c in concept.get("coding") or []
+            if c.get("system") == UNIT_TYPE_SYSTEM and c.get("code") in UNIT_TYPES
+        ),
+        None,
+    )
     if kind is None:
-        ctx.add(f"{org.path}.type", "value", "a municipal unit needs a type coding ppr or "
-                f"family-department from {UNIT_TYPE_SYSTEM}")
+        ctx.add(
+            f"{org.path}.type",
+            "value",
+            "a municipal unit needs a type coding ppr or "
+            f"family-department from {UNIT_TYPE_SYSTEM}",
+        )
         return None
     name = org.data.get("name")
-    sor = next((i.get("value") for i in org.data.get("identifier") or []
-                if i.get("system") == SOR_SYSTEM and i.get("value")), None)
+    sor = next(
+        (
+            i.get("value")
+            for i in org.data.get("identifier") or []
+            if i.get("system") == SOR_SYSTEM and i.get("value")
+        ),
+        None,
+    )
     if sor is not None:
-        return Party(kind=kind, identifier_system=SOR_SYSTEM, identifier=sor, name=name,
-                     has_fhir_endpoint=_endpoint(SOR_SYSTEM, org.data))
+        return Party(
+            kind=kind,
+            identifier_system=SOR_SYSTEM,
+            identifier=sor,
+            name=name,
+            has_fhir_endpoint=_endpoint(SOR_SYSTEM, org.data),
+        )
     # Without SOR the unit is named by municipality + kind, so it stays a recipient of its own
     # (the municipality's central mailbox is the municipality code itself).
     code = child.municipality_code if child else ""
-    return Party(kind=kind, identifier_system=UNIT_SYSTEM, identifier=f"{code}/{kind}",
-                 name=name) if code else None
+    return (
+        Party(kind=kind, identifier_system=UNIT_SYSTEM, identifier=f"{code}/{kind}", name=name)
+        if code
+        else None
+    )
 
 
 def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
@@ -390,45 +523,80 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     status = task.get("status")
     business = [*_codes(task.get("businessStatus")), _text(task.get("businessStatus")) or ""]
     forward = "forward" in _codes(task.get("code")) or "forwarded" in business
-    contact_change = CONTACT_CHANGED in business and status in ("ready", "in-progress",
-                                                                "accepted", "completed")
-    decided = (None if contact_change
-               else "rejected" if status == "rejected"
-               else "forwarded" if forward and status in ("ready", "in-progress", "accepted",
-                                                          "completed")
-               else "accepted" if status == "accepted"
-               else "expired" if status in ("failed", "cancelled") and "expired" in business
-               else None)
+    contact_change = CONTACT_CHANGED in business and status in (
+        "ready",
+        "in-progress",
+        "accepted",
+        "completed",
+    )
+    decided = (
+        None
+        if contact_change
+        else "rejected"
+        if status == "rejected"
+        else "forwarded"
+        if forward and status in ("ready", "in-progress", "accepted", "completed")
+        else "accepted"
+        if status == "accepted"
+        else "expired"
+        if status in ("failed", "cancelled") and "expired" in business
+        else None
+    )
     if decided is None and not contact_change:
-        ctx.add(f"{path}.status", "not-supported", f"Task.status '{status}' is not a triage "
-                "decision: accepted, rejected, forward (code 'forward') or expired (failed + "
-                "businessStatus 'expired'), nor a contact person change (businessStatus "
-                f"'{CONTACT_CHANGED}'); withdraw a referral by revoking its ServiceRequest")
+        ctx.add(
+            f"{path}.status",
+            "not-supported",
+            f"Task.status '{status}' is not a triage "
+            "decision: accepted, rejected, forward (code 'forward') or expired (failed + "
+            "businessStatus 'expired'), nor a contact person change (businessStatus "
+            f"'{CONTACT_CHANGED}'); withdraw a referral by revoking its ServiceRequest",
+        )
     rid = _referral_ref(task.get("focus"), res, f"{path}.focus", ctx)
     child = _child(task.get("for"), res, f"{path}.for", ctx, residence=False)
     owner = _party(task.get("owner"), res, f"{path}.owner", ctx, "the deciding unit")
-    referrer = _party(task.get("requester"), res, f"{path}.requester", ctx, "the referrer",
-                      (YDER_SYSTEM, SOR_SYSTEM), required=False)
+    referrer = _party(
+        task.get("requester"),
+        res,
+        f"{path}.requester",
+        ctx,
+        "the referrer",
+        (YDER_SYSTEM, SOR_SYSTEM),
+        required=False,
+    )
     reason = task.get("statusReason")
     reason_code = next(iter(_codes(reason)), None)
     if decided == "rejected" and not reason_code:
-        ctx.add(f"{path}.statusReason", "required", "a rejection needs a coded statusReason ("
-                + ", ".join(REASON_CODES) + ")")
+        ctx.add(
+            f"{path}.statusReason",
+            "required",
+            "a rejection needs a coded statusReason (" + ", ".join(REASON_CODES) + ")",
+        )
     elif reason_code and reason_code not in REASON_CODES:
-        ctx.add(f"{path}.statusReason.coding[0].code", "value", f"reason '{reason_code}' is not "
-                "one of " + ", ".join(REASON_CODES))
+        ctx.add(
+            f"{path}.statusReason.coding[0].code",
+            "value",
+            f"reason '{reason_code}' is not one of " + ", ".join(REASON_CODES),
+        )
     outputs: dict[str, str] = {}
     for n, output in enumerate(task.get("output") or []):
         kind = (output.get("type") or {}).get("text") or next(iter(_codes(output.get("type"))), "")
         if kind not in OUTPUT_TYPES or not isinstance(output.get("valueString"), str):
-            ctx.add(f"{path}.output[{n}]", "value", f"output '{kind}': type must be one of "
-                    + ", ".join(OUTPUT_TYPES) + " with a valueString")
+            ctx.add(
+                f"{path}.output[{n}]",
+                "value",
+                f"output '{kind}': type must be one of "
+                + ", ".join(OUTPUT_TYPES)
+                + " with a valueString",
+            )
             continue
         outputs[kind] = output["valueString"]
     contact = _contact(outputs, f"{path}.output", ctx)
     if contact_change and not (contact and contact.phone):
-        ctx.add(f"{path}.output", "required", "a contact person change needs outputs "
-                "contact-name and contact-phone")
+        ctx.add(
+            f"{path}.output",
+            "required",
+            "a contact person change needs outputs contact-name and contact-phone",
+        )
     notes = "\n".join(n["text"] for n in task.get("note") or [] if n.get("text")) or None
     when = _time(task.get("lastModified") or task.get("authoredOn"), f"{path}.lastModified", ctx)
     if len(ctx.issues) > start or child is None or (decided is None and not contact_change):
@@ -436,19 +604,42 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     event_id, source_id = _identity(task, "Task")
     if contact_change:
         return ReferralEvent(
-            event_id=event_id, source="fhir", source_message_id=source_id, kind="contact",
-            referral_id=rid, event_time=when, patient_key=patient_key(child.cpr, secret),
-            child=child, referrer=referrer, receiver=owner, contact=contact)
+            event_id=event_id,
+            source="fhir",
+            source_message_id=source_id,
+            kind="contact",
+            referral_id=rid,
+            event_time=when,
+            patient_key=patient_key(child.cpr, secret),
+            child=child,
+            referrer=referrer,
+            receiver=owner,
+            contact=contact,
+        )
     assert decided is not None
     decision = Decision(
         status=decided,  # type: ignore[arg-type]
-        reason_code=reason_code, reason_text=_text(reason), note=notes,
-        alternative=outputs.get("alternative"), responsible=outputs.get("responsible"),
-        contact=contact, forwarded_to=owner if decided == "forwarded" else None)
+        reason_code=reason_code,
+        reason_text=_text(reason),
+        note=notes,
+        alternative=outputs.get("alternative"),
+        responsible=outputs.get("responsible"),
+        contact=contact,
+        forwarded_to=owner if decided == "forwarded" else None,
+    )
     return ReferralEvent(
-        event_id=event_id, source="fhir", source_message_id=source_id, kind="decision",
-        referral_id=rid, event_time=when, patient_key=patient_key(child.cpr, secret),
-        child=child, referrer=referrer, receiver=owner, decision=decision)
+        event_id=event_id,
+        source="fhir",
+        source_message_id=source_id,
+        kind="decision",
+        referral_id=rid,
+        event_time=when,
+        patient_key=patient_key(child.cpr, secret),
+        child=child,
+        referrer=referrer,
+        receiver=owner,
+        decision=decision,
+    )
 
 
 def _contact(parts: dict[str, str], path: str, ctx: Ctx) -> Contact | None:
@@ -463,15 +654,26 @@ def _contact(parts: dict[str, str], path: str, ctx: Ctx) -> Contact | None:
 def map_communication(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     comm, path, start = res.data, res.path, len(ctx.issues)
     if comm.get("status") != "completed":
-        ctx.add(f"{path}.status", "not-supported", f"Communication.status '{comm.get('status')}'"
-                ": send the status letter when it is completed")
+        ctx.add(
+            f"{path}.status",
+            "not-supported",
+            f"Communication.status '{comm.get('status')}'"
+            ": send the status letter when it is completed",
+        )
     based_on = comm.get("basedOn") or []
     rid = _referral_ref(based_on[0] if based_on else None, res, f"{path}.basedOn[0]", ctx)
     child = _child(comm.get("subject"), res, f"{path}.subject", ctx, residence=False)
     receiver = _party(comm.get("sender"), res, f"{path}.sender", ctx, "the unit", required=False)
     recipients = comm.get("recipient") or []
-    referrer = _party(recipients[0] if recipients else None, res, f"{path}.recipient[0]", ctx,
-                      "the referrer", (YDER_SYSTEM, SOR_SYSTEM), required=False)
+    referrer = _party(
+        recipients[0] if recipients else None,
+        res,
+        f"{path}.recipient[0]",
+        ctx,
+        "the referrer",
+        (YDER_SYSTEM, SOR_SYSTEM),
+        required=False,
+    )
     parts: dict[str, str] = {}
     untagged = iter(("summary", "treatment-plan"))
     for n, payload in enumerate(comm.get("payload") or []):
@@ -479,26 +681,44 @@ def map_communication(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
             continue  # attachments stay on ingest.fhir; the letters carry the text parts
         tag = (_ext(payload, PAYLOAD_PART_EXT) or {}).get("valueCode") or next(untagged, None)
         if tag not in PAYLOAD_PARTS or tag in parts:
-            ctx.add(f"{path}.payload[{n}]", "value", f"payload part '{tag}': each of "
-                    + ", ".join(PAYLOAD_PARTS) + " at most once")
+            ctx.add(
+                f"{path}.payload[{n}]",
+                "value",
+                f"payload part '{tag}': each of " + ", ".join(PAYLOAD_PARTS) + " at most once",
+            )
             continue
         parts[str(tag)] = payload["contentString"]
     if not parts.get("summary"):
-        ctx.add(f"{path}.payload", "required", "the assessment needs a summary (payload "
-                "contentString tagged 'summary', or the first untagged one)")
+        ctx.add(
+            f"{path}.payload",
+            "required",
+            "the assessment needs a summary (payload "
+            "contentString tagged 'summary', or the first untagged one)",
+        )
     contact = _contact(parts, f"{path}.payload", ctx)
     when = _time(comm.get("sent"), f"{path}.sent", ctx)
     if len(ctx.issues) > start or child is None:
         return None
     event_id, source_id = _identity(comm, "Communication")
     return ReferralEvent(
-        event_id=event_id, source="fhir", source_message_id=source_id, kind="assessment",
-        referral_id=rid, event_time=when, patient_key=patient_key(child.cpr, secret),
-        child=child, referrer=referrer, receiver=receiver,
-        assessment=Assessment(summary=parts["summary"], treatment_plan=parts.get("treatment-plan"),
-                              contact=contact))
+        event_id=event_id,
+        source="fhir",
+        source_message_id=source_id,
+        kind="assessment",
+        referral_id=rid,
+        event_time=when,
+        patient_key=patient_key(child.cpr, secret),
+        child=child,
+        referrer=referrer,
+        receiver=receiver,
+        assessment=Assessment(
+            summary=parts["summary"], treatment_plan=parts.get("treatment-plan"), contact=contact
+        ),
+    )
 
 
 MAPPERS: dict[str, Callable[[Res, Ctx, str], ReferralEvent | None]] = {
-    "ServiceRequest": map_service_request, "Task": map_task, "Communication": map_communication,
+    "ServiceRequest": map_service_request,
+    "Task": map_task,
+    "Communication": map_communication,
 }

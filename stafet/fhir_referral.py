@@ -90,9 +90,25 @@ from pydantic import ValidationError
 
 from stafet.cpr import mask_cpr
 from stafet.fhir_mapping import (
-    CPR_SYSTEM, FHIR_ENDPOINT_EXT, MAPPERS, MUNICIPALITY_EXT, MUNICIPALITY_SYSTEM, OUTPUT_TYPES,
-    PAYLOAD_PART_EXT, PAYLOAD_PARTS, REASON_CODES, REASON_SYSTEM, ROLE_CODE_SYSTEM, SOR_SYSTEM,
-    UNIT_TYPE_SYSTEM, UNIT_TYPES, YDER_SYSTEM, Ctx, Issue, Res, referral_id,
+    CPR_SYSTEM,
+    FHIR_ENDPOINT_EXT,
+    MAPPERS,
+    MUNICIPALITY_EXT,
+    MUNICIPALITY_SYSTEM,
+    OUTPUT_TYPES,
+    PAYLOAD_PART_EXT,
+    PAYLOAD_PARTS,
+    REASON_CODES,
+    REASON_SYSTEM,
+    ROLE_CODE_SYSTEM,
+    SOR_SYSTEM,
+    UNIT_TYPE_SYSTEM,
+    UNIT_TYPES,
+    YDER_SYSTEM,
+    Ctx,
+    Issue,
+    Res,
+    referral_id,
 )
 from stafet.model import ReferralEvent
 
@@ -102,8 +118,15 @@ BUNDLE_TYPES = ("message", "collection", "transaction", "batch")
 BUSINESS_CODES = frozenset({"not-found", "code-invalid"})
 #: nesting of JSON objects / arrays a body may have (a Bundle of referrals needs about 15)
 MAX_DEPTH = 64
-_STRUCTURE_ERRORS = {"list_type", "dict_type", "model_type", "model_attributes_type",
-                     "json_invalid", "extra_forbidden", "is_instance_of"}
+_STRUCTURE_ERRORS = {
+    "list_type",
+    "dict_type",
+    "model_type",
+    "model_attributes_type",
+    "json_invalid",
+    "extra_forbidden",
+    "is_instance_of",
+}
 
 
 class FhirInputError(Exception):
@@ -133,15 +156,25 @@ def parse_fhir_referral(
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
         reason = str(exc)[:200] if isinstance(exc, ValueError) else "nested too deeply"
-        raise FhirInputError([Issue("", mask_cpr(f"the body is not JSON: {reason}"),
-                                    "structure")]) from None
+        raise FhirInputError(
+            [Issue("", mask_cpr(f"the body is not JSON: {reason}"), "structure")]
+        ) from None
     if not isinstance(data, dict):
-        raise FhirInputError([Issue("", "the body must be a JSON object (a FHIR resource)",
-                                    "structure")])
+        raise FhirInputError(
+            [Issue("", "the body must be a JSON object (a FHIR resource)", "structure")]
+        )
     if (depth := _depth(data)) > MAX_DEPTH:  # validation recurses: its limit would depend on
         # the caller's stack, so the connector and the stream could decide differently
-        raise FhirInputError([Issue("", f"the body is nested more than {MAX_DEPTH} levels deep "
-                                    f"({depth}); FHIR referrals need far fewer", "structure")])
+        raise FhirInputError(
+            [
+                Issue(
+                    "",
+                    f"the body is nested more than {MAX_DEPTH} levels deep "
+                    f"({depth}); FHIR referrals need far fewer",
+                    "structure",
+                )
+            ]
+        )
     rtype = data.get("resourceType")
     if rtype == "Bundle":
         resources = _bundle(data, ctx)
@@ -149,9 +182,12 @@ def parse_fhir_referral(
         resources = [Res(data, rtype)] if _valid(data, rtype, ctx) else []
     else:
         known = isinstance(rtype, str)
-        ctx.add("resourceType", "not-supported" if known else "required",
-                f"resourceType {repr(rtype)[:60] if known else 'missing'}: send a ServiceRequest, "
-                "Task, Communication or a Bundle of them")
+        ctx.add(
+            "resourceType",
+            "not-supported" if known else "required",
+            f"resourceType {repr(rtype)[:60] if known else 'missing'}: send a ServiceRequest, "
+            "Task, Communication or a Bundle of them",
+        )
         raise FhirInputError(ctx.issues)
     in_body = {referral_id(r.data) for r in resources if r.data["resourceType"] == "ServiceRequest"}
     events = []
@@ -159,18 +195,31 @@ def parse_fhir_referral(
         event = MAPPERS[res.data["resourceType"]](res, ctx, secret)
         if event is None:
             continue
-        if (event.kind in ("decision", "assessment", "contact") and known_referral is not None
-                and event.referral_id not in in_body and not known_referral(event.referral_id)):
+        if (
+            event.kind in ("decision", "assessment", "contact")
+            and known_referral is not None
+            and event.referral_id not in in_body
+            and not known_referral(event.referral_id)
+        ):
             where = "basedOn[0]" if event.kind == "assessment" else "focus"
-            ctx.add(f"{res.path}.{where}", "not-found", f"unknown referral "
-                    f"'{event.referral_id}': no ServiceRequest with this identifier was received")
+            ctx.add(
+                f"{res.path}.{where}",
+                "not-found",
+                f"unknown referral "
+                f"'{event.referral_id}': no ServiceRequest with this identifier was received",
+            )
         events.append(event)
     if len({e.patient_key for e in events}) > 1:
-        ctx.add("Bundle.entry", "invalid", "all resources of one Bundle must concern the same "
-                "child (one CPR); send one Bundle per child")
+        ctx.add(
+            "Bundle.entry",
+            "invalid",
+            "all resources of one Bundle must concern the same "
+            "child (one CPR); send one Bundle per child",
+        )
     if not events and not ctx.issues:
-        ctx.add("Bundle.entry", "required", "the Bundle holds no ServiceRequest, Task or "
-                "Communication")
+        ctx.add(
+            "Bundle.entry", "required", "the Bundle holds no ServiceRequest, Task or Communication"
+        )
     if ctx.issues:
         raise FhirInputError(ctx.issues)
     return events
@@ -183,8 +232,9 @@ def _depth(data: Any) -> int:
         node, level = stack.pop()
         if isinstance(node, (dict, list)):
             deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in
-                         (node.values() if isinstance(node, dict) else node))
+            stack.extend(
+                (child, level + 1) for child in (node.values() if isinstance(node, dict) else node)
+            )
     return deepest
 
 
@@ -195,12 +245,18 @@ def _bundle(bundle: dict[str, Any], ctx: Ctx) -> list[Res]:
         if _valid(bundle, "Bundle", ctx):
             ctx.add("Bundle.entry", "required", "the Bundle has no entries")
         raise FhirInputError(ctx.issues)
-    skeleton = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"}
-                                    for e in entries]}
+    skeleton = {
+        **bundle,
+        "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries],
+    }
     _valid(skeleton, "Bundle", ctx)
     if bundle.get("type") not in BUNDLE_TYPES:
-        ctx.add("Bundle.type", "not-supported", f"Bundle.type {str(bundle.get('type'))[:40]!r} "
-                "is not supported: use " + ", ".join(BUNDLE_TYPES))
+        ctx.add(
+            "Bundle.type",
+            "not-supported",
+            f"Bundle.type {str(bundle.get('type'))[:40]!r} "
+            "is not supported: use " + ", ".join(BUNDLE_TYPES),
+        )
     out = []
     for n, entry in enumerate(entries):
         resource, path = entry.get("resource"), f"Bundle.entry[{n}].resource"
@@ -226,15 +282,23 @@ def _valid(resource: dict[str, Any], path: str, ctx: Ctx) -> bool:
         get_fhir_model_class(str(rtype)).model_validate(resource)
         rid = resource.get("id")  # fhir.resources checks the characters of an id, not its length
         if isinstance(rid, str) and len(rid) > 64:
-            ctx.add(f"{path}.id", "value", f"the id is {len(rid)} characters long; a FHIR id has "
-                    "at most 64")
+            ctx.add(
+                f"{path}.id",
+                "value",
+                f"the id is {len(rid)} characters long; a FHIR id has at most 64",
+            )
             return False
         return True
     except ValidationError as exc:
         for err in exc.errors():
             kind = str(err["type"])
-            code = ("required" if kind == "missing" or kind.endswith(".missing")
-                    else "structure" if kind in _STRUCTURE_ERRORS else "value")
+            code = (
+                "required"
+                if kind == "missing" or kind.endswith(".missing")
+                else "structure"
+                if kind in _STRUCTURE_ERRORS
+                else "value"
+            )
             message = " ".join(str(err["msg"]).split())[:200]
             given = err.get("input")
             if code == "value" and isinstance(given, str) and len(given) <= 60:
@@ -242,12 +306,17 @@ def _valid(resource: dict[str, Any], path: str, ctx: Ctx) -> bool:
             ctx.add(path + _loc(err["loc"]), code, message)
     except Exception as exc:  # noqa: BLE001 - an unknown resourceType raises KeyError/ValueError
         contained = resource.get("contained") if rtype != "Bundle" else None
-        unknown = [(n, c.get("resourceType") if isinstance(c, dict) else None)
-                   for n, c in enumerate(contained if isinstance(contained, list) else [])]
+        unknown = [
+            (n, c.get("resourceType") if isinstance(c, dict) else None)
+            for n, c in enumerate(contained if isinstance(contained, list) else [])
+        ]
         unknown = [(n, t) for n, t in unknown if not _known_type(t)]
         for n, t in unknown:
-            ctx.add(f"{path}.contained[{n}]", "not-supported",
-                    f"{str(t)[:60]!r} is not a FHIR R4 resource type")
+            ctx.add(
+                f"{path}.contained[{n}]",
+                "not-supported",
+                f"{str(t)[:60]!r} is not a FHIR R4 resource type",
+            )
         if not unknown and not _known_type(rtype):
             ctx.add(path, "not-supported", f"{str(rtype)[:60]!r} is not a FHIR R4 resource type")
         elif not unknown:
@@ -275,8 +344,24 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 __all__ = [
-    "BUNDLE_TYPES", "BUSINESS_CODES", "CPR_SYSTEM", "EVENT_TYPES", "FHIR_ENDPOINT_EXT",
-    "FhirInputError", "Issue", "MUNICIPALITY_EXT", "MUNICIPALITY_SYSTEM", "OUTPUT_TYPES",
-    "PAYLOAD_PARTS", "PAYLOAD_PART_EXT", "REASON_CODES", "REASON_SYSTEM", "ROLE_CODE_SYSTEM",
-    "SOR_SYSTEM", "UNIT_TYPES", "UNIT_TYPE_SYSTEM", "YDER_SYSTEM", "parse_fhir_referral",
+    "BUNDLE_TYPES",
+    "BUSINESS_CODES",
+    "CPR_SYSTEM",
+    "EVENT_TYPES",
+    "FHIR_ENDPOINT_EXT",
+    "FhirInputError",
+    "Issue",
+    "MUNICIPALITY_EXT",
+    "MUNICIPALITY_SYSTEM",
+    "OUTPUT_TYPES",
+    "PAYLOAD_PARTS",
+    "PAYLOAD_PART_EXT",
+    "REASON_CODES",
+    "REASON_SYSTEM",
+    "ROLE_CODE_SYSTEM",
+    "SOR_SYSTEM",
+    "UNIT_TYPES",
+    "UNIT_TYPE_SYSTEM",
+    "YDER_SYSTEM",
+    "parse_fhir_referral",
 ]

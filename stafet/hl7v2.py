@@ -99,16 +99,28 @@ def read_header(raw: bytes, default_charset: str = "utf-8", *, strict: bool = Tr
         raise _err(100, "MSH", "the message does not start with an MSH segment")
     sep = raw[3:4]
     if not 0x21 <= raw[3] <= 0x7E or sep.isalnum():
-        raise _err(102, "MSH^1^1", f"the field separator MSH-1 (byte 0x{raw[3]:02x}) must be a "
-                   "printable character that is not a letter or digit, usually '|'")
+        raise _err(
+            102,
+            "MSH^1^1",
+            f"the field separator MSH-1 (byte 0x{raw[3]:02x}) must be a "
+            "printable character that is not a letter or digit, usually '|'",
+        )
     first = raw.split(b"\r", 1)[0].split(sep)
     encoding = first[1] if len(first) > 1 else b""
-    if (not 4 <= len(encoding) <= 5 or len(set(encoding)) < len(encoding) or sep in encoding
-            or not all(0x21 <= c <= 0x7E and not chr(c).isalnum() for c in encoding)):
-        raise _err(102, "MSH^1^2", f"the encoding characters MSH-2 "
-                   f"'{encoding[:8].decode('latin-1')}' must be 4 (or 5) distinct printable "
-                   f"characters, not letters, digits or the field separator MSH-1 "
-                   f"'{sep.decode('latin-1')}', usually ^~\\&")
+    if (
+        not 4 <= len(encoding) <= 5
+        or len(set(encoding)) < len(encoding)
+        or sep in encoding
+        or not all(0x21 <= c <= 0x7E and not chr(c).isalnum() for c in encoding)
+    ):
+        raise _err(
+            102,
+            "MSH^1^2",
+            f"the encoding characters MSH-2 "
+            f"'{encoding[:8].decode('latin-1')}' must be 4 (or 5) distinct printable "
+            f"characters, not letters, digits or the field separator MSH-1 "
+            f"'{sep.decode('latin-1')}', usually ^~\\&",
+        )
     raw_field = lambda n: first[n - 1] if len(first) >= n else b""  # noqa: E731
     declared = raw_field(18).decode("latin-1").strip().split("~")[0].upper()
     if declared:
@@ -133,8 +145,9 @@ def message_event_id(raw: bytes, header: RawHeader) -> str:
     body = normalise_segments(raw)
     rest = body.split(b"\r", 1)[1] if b"\r" in body else b""
     digest = hashlib.sha256(rest).hexdigest()[:32]
-    return stable_uuid("hl7v2", header.sending_application, header.sending_facility,
-                       header.control_id, digest)
+    return stable_uuid(
+        "hl7v2", header.sending_application, header.sending_facility, header.control_id, digest
+    )
 
 
 def decode(raw: bytes, default_charset: str = "utf-8") -> tuple[str, RawHeader]:
@@ -144,9 +157,12 @@ def decode(raw: bytes, default_charset: str = "utf-8") -> tuple[str, RawHeader]:
     try:
         return raw.decode(header.charset), header
     except UnicodeDecodeError as exc:
-        declared = f"MSH-18 '{header.declared_charset}'" if header.declared_charset else "the default"
+        declared = (
+            f"MSH-18 '{header.declared_charset}'" if header.declared_charset else "the default"
+        )
         raise _err(
-            102, "MSH^1^18",
+            102,
+            "MSH^1^18",
             f"the message is not valid {header.charset} ({declared}): byte 0x{raw[exc.start]:02x}"
             f" at offset {exc.start}",
         ) from exc
@@ -194,7 +210,8 @@ class Segments:
         self.field_sep = text[3:4] or "|"
         encoding = text[4:8] if len(text) >= 8 else "^~\\&"
         self.component_sep, self.repetition_sep, self.escape, self.subcomponent_sep = (
-            (encoding + "^~\\&"[len(encoding):])[:4])
+            encoding + "^~\\&"[len(encoding) :]
+        )[:4]
         self.order = [line.split(self.field_sep, 1)[0] for line in self.lines]
         self._first = {name: i for i, name in reversed(list(enumerate(self.order)))}
         self._fields: dict[str, list[str]] = {}
@@ -239,8 +256,7 @@ class Segments:
             return self._get_via_python_hl7(segment, field, component, repetition)
         return leaf.strip()
 
-    def _get_via_python_hl7(self, segment: str, field: int, component: int,
-                            repetition: int) -> str:
+    def _get_via_python_hl7(self, segment: str, field: int, component: int, repetition: int) -> str:
         try:
             seg = self.message.segment(segment)
             return str(seg.extract_field(segment, field, repetition, component)).strip()
@@ -254,19 +270,30 @@ class Segments:
             return []
         if segment == "MSH" and field in (1, 2):
             return [[fields[field]]]
-        return [rep.split(self.component_sep)
-                for rep in fields[field].split(self.repetition_sep)]
+        return [rep.split(self.component_sep) for rep in fields[field].split(self.repetition_sep)]
 
 
-def check_structure(seg: Segments, required: tuple[str, ...] = ("MSH", "EVN", "PID", "PV1")) -> None:
+def check_structure(
+    seg: Segments, required: tuple[str, ...] = ("MSH", "EVN", "PID", "PV1")
+) -> None:
     """The required segments are present, MSH first, and in this order."""
     for name in required:
         if name not in seg.order:
-            other = next((line for line in seg.lines
-                          if line[:3] == name and line[3:4] not in ("", seg.field_sep)), None)
+            other = next(
+                (
+                    line
+                    for line in seg.lines
+                    if line[:3] == name and line[3:4] not in ("", seg.field_sep)
+                ),
+                None,
+            )
             if other is not None:  # e.g. MSH-1 '#' while the other segments use '|'
-                raise _err(102, name, f"segment {name} is not separated by the field separator "
-                           f"'{seg.field_sep}' of MSH-1 (it uses {other[3]!r})")
+                raise _err(
+                    102,
+                    name,
+                    f"segment {name} is not separated by the field separator "
+                    f"'{seg.field_sep}' of MSH-1 (it uses {other[3]!r})",
+                )
             raise _err(100, name, f"required segment {name} is missing")
     positions = [seg.order.index(name) for name in required]
     if positions != sorted(positions) or positions[0] != 0:
@@ -278,14 +305,19 @@ def patient_cpr(seg: Segments) -> str:
     """The CPR in PID-3 (validated)."""
     reps = seg.repetitions("PID", 3)
     # CX.4 is an HD and may come with subcomponents (CPR&1.2.208.176.1.2&ISO): compare its first
-    tagged = [r for r in reps
-              if any(t.split("&")[0] in ("CPR", "NNDNK") for t in (r + ["", "", "", "", ""])[3:5])]
+    tagged = [
+        r
+        for r in reps
+        if any(t.split("&")[0] in ("CPR", "NNDNK") for t in (r + ["", "", "", "", ""])[3:5])
+    ]
     candidates = tagged or [r for r in reps if r and len(r[0].replace("-", "")) == 10]
     if not candidates or not candidates[0][0]:
         raise _err(101, "PID^1^3", "no CPR number in PID-3 (CX.4 = CPR or CX.5 = NNDNK, 10 digits)")
     value = candidates[0][0].replace("-", "").strip()
     if not is_valid_cpr(value):
-        raise _err(102, "PID^1^3", "the CPR number in PID-3 is not 10 digits starting with a valid date")
+        raise _err(
+            102, "PID^1^3", "the CPR number in PID-3 is not 10 digits starting with a valid date"
+        )
     return value
 
 
@@ -315,7 +347,8 @@ def sender(seg: Segments) -> Organization:
     if namespace.isdigit():
         return Organization(sor=namespace, name=None)
     raise _err(
-        101, "MSH^1^4",
+        101,
+        "MSH^1^4",
         "MSH-4 must carry the sender's SOR code (MSH-4.2 with MSH-4.3 = SOR, or a numeric MSH-4.1)",
     )
 
@@ -365,8 +398,11 @@ def parse_adt(
     if msg_type != "ADT":
         raise _err(200, "MSH^1^9", f"message type '{msg_type}' is not supported here (ADT only)")
     if trigger not in SUPPORTED_TRIGGERS:
-        raise _err(201, "MSH^1^9", f"ADT event '{trigger}' is not supported; supported: "
-                   + ", ".join(SUPPORTED_TRIGGERS))
+        raise _err(
+            201,
+            "MSH^1^9",
+            f"ADT event '{trigger}' is not supported; supported: " + ", ".join(SUPPORTED_TRIGGERS),
+        )
     control_id = seg.get("MSH", 10)
     if not control_id:
         raise _err(101, "MSH^1^10", "MSH-10 message control id is empty")

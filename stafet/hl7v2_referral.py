@@ -21,8 +21,18 @@ from zoneinfo import ZoneInfo
 
 from stafet.cpr import is_valid_cpr
 from stafet.hl7v2 import (
-    Hl7Error, Segments, _err, check_structure, message_event_id, normalise_segments, parse_adt,
-    parse_segments, patient_cpr, read_header, residence, to_iso,
+    Hl7Error,
+    Segments,
+    _err,
+    check_structure,
+    message_event_id,
+    normalise_segments,
+    parse_adt,
+    parse_segments,
+    patient_cpr,
+    read_header,
+    residence,
+    to_iso,
 )
 from stafet.ids import patient_key
 from stafet.model import Contact, Decision, EncounterEvent, Party, PatientInfo, ReferralEvent
@@ -30,8 +40,12 @@ from stafet.model import Contact, Decision, EncounterEvent, Party, PatientInfo, 
 SOR_SYSTEM = "urn:oid:1.2.208.176.1.1"
 YDER_SYSTEM = "urn:oid:1.2.208.176.1.4"
 CPR_SYSTEM = "urn:oid:1.2.208.176.1.2"
-REFERRAL_TRIGGERS = {("REF", "I12"): "submitted", ("REF", "I13"): "modified",
-                     ("REF", "I14"): "cancelled", ("RRI", "I12"): "decision"}
+REFERRAL_TRIGGERS = {
+    ("REF", "I12"): "submitted",
+    ("REF", "I13"): "modified",
+    ("REF", "I14"): "cancelled",
+    ("RRI", "I12"): "decision",
+}
 DECISIONS = {"A": "accepted", "R": "rejected", "P": "forwarded", "E": "expired"}
 #: RF1-1 = C on an RRI^I12: the child's contact person at the unit changed (a local code beside
 #: table 0283's; the new contact in CTD as for decisions) — every party of the referral is told
@@ -46,8 +60,9 @@ def parse_hl7v2(
     """Any message the MLLP listener accepts: ADT → encounter event, REF/RRI → referral event."""
     msg_type = read_header(normalise_segments(raw), default_charset).message_type.split("^")[0]
     if msg_type in ("REF", "RRI"):
-        return parse_referral(raw, secret=secret, default_charset=default_charset,
-                              timezone=timezone)
+        return parse_referral(
+            raw, secret=secret, default_charset=default_charset, timezone=timezone
+        )
     return parse_adt(raw, secret=secret, default_charset=default_charset, timezone=timezone)
 
 
@@ -58,21 +73,29 @@ def _party(seg: Segments, index: int) -> tuple[str, Party] | None:
     role_code = str(prd[1]).split("^")[0].strip().upper() if len(prd) > 1 else ""
     role = PRD_ROLES.get(role_code)
     if role is None:
-        raise _err(103, f"PRD^{index + 1}^1", f"unknown provider role '{role_code}' "
-                   "(RP, RT, PPR or FAM)")
+        raise _err(
+            103, f"PRD^{index + 1}^1", f"unknown provider role '{role_code}' (RP, RT, PPR or FAM)"
+        )
     name = str(prd[2]).replace("^", " ").strip() if len(prd) > 2 else ""
     ident = str(prd[7]).split("^") if len(prd) > 7 else [""]
     value, kind = ident[0].strip(), (ident[1].strip().upper() if len(ident) > 1 else "")
     if not value:
         raise _err(101, f"PRD^{index + 1}^7", f"PRD-7 identifier missing for role {role_code}")
     system = YDER_SYSTEM if kind == "YDER" else SOR_SYSTEM
-    party_kind = {"referrer": "gp" if kind == "YDER" else "hospital-unit",
-                  "receiver": "hospital-unit"}.get(role, role)
+    party_kind = {
+        "referrer": "gp" if kind == "YDER" else "hospital-unit",
+        "receiver": "hospital-unit",
+    }.get(role, role)
     # Organisations (GP practices by ydernummer, units by SOR) are reached through MedCom;
     # PRD-5 (communication information) = LETTER marks a referrer that reads paper letters.
     by_letter = len(prd) > 5 and str(prd[5]).split("^")[0].strip().upper() == "LETTER"
-    return role, Party(kind=party_kind, identifier_system=system, identifier=value,  # type: ignore[arg-type]
-                       name=name or None, has_fhir_endpoint=not by_letter)
+    return role, Party(
+        kind=party_kind,
+        identifier_system=system,
+        identifier=value,  # type: ignore[arg-type]
+        name=name or None,
+        has_fhir_endpoint=not by_letter,
+    )
 
 
 def _guardians(seg: Segments) -> tuple[Party, ...]:
@@ -81,12 +104,21 @@ def _guardians(seg: Segments) -> tuple[Party, ...]:
         relationship = str(nk1[3]).split("^")[0].strip().upper() if len(nk1) > 3 else ""
         ident = str(nk1[33]).split("^")[0].strip() if len(nk1) > 33 else ""
         if not ident or not is_valid_cpr(ident):
-            raise _err(102, f"NK1^{index + 1}^33", "the guardian's CPR in NK1-33 is missing or invalid")
+            raise _err(
+                102, f"NK1^{index + 1}^33", "the guardian's CPR in NK1-33 is missing or invalid"
+            )
         name_parts = str(nk1[2]).split("^") if len(nk1) > 2 else []
         name = " ".join(p for p in [*name_parts[1:3], name_parts[0] if name_parts else ""] if p)
-        out.append(Party(kind="guardian", identifier_system=CPR_SYSTEM, identifier=ident,
-                         name=name or None, relationship=relationship or None,
-                         has_fhir_endpoint=False))
+        out.append(
+            Party(
+                kind="guardian",
+                identifier_system=CPR_SYSTEM,
+                identifier=ident,
+                name=name or None,
+                relationship=relationship or None,
+                has_fhir_endpoint=False,
+            )
+        )
     return tuple(out)
 
 
@@ -118,8 +150,11 @@ def parse_referral(
     key = (seg.get("MSH", 9, 1), seg.get("MSH", 9, 2))
     kind = REFERRAL_TRIGGERS.get(key)
     if kind is None:
-        raise _err(201, "MSH^1^9", f"'{key[0]}^{key[1]}' is not supported; supported: "
-                   "REF^I12, REF^I13, REF^I14, RRI^I12")
+        raise _err(
+            201,
+            "MSH^1^9",
+            f"'{key[0]}^{key[1]}' is not supported; supported: REF^I12, REF^I13, REF^I14, RRI^I12",
+        )
     control_id = seg.get("MSH", 10)
     if not control_id:
         raise _err(101, "MSH^1^10", "MSH-10 message control id is empty")
@@ -142,31 +177,44 @@ def parse_referral(
     referrer = (parties.get("referrer") or [None])[0]
     receiver = (parties.get("receiver") or [None])[0]
     if kind == "submitted" and (referrer is None or receiver is None):
-        raise _err(101, "PRD", "a referral needs PRD with role RP (referrer) and RT (receiving unit)")
+        raise _err(
+            101, "PRD", "a referral needs PRD with role RP (referrer) and RT (receiving unit)"
+        )
 
     decision = contact = None
     notes = _notes(seg)
     if kind == "decision" and seg.get("RF1", 1).upper() == CONTACT_CHANGED:
         kind, contact = "contact", _contact(seg)
         if contact is None or not contact.phone:
-            raise _err(101, "CTD^1^2", "a contact person change (RF1-1 = C) needs the new "
-                       "contact's name (CTD-2) and phone (CTD-6)")
+            raise _err(
+                101,
+                "CTD^1^2",
+                "a contact person change (RF1-1 = C) needs the new "
+                "contact's name (CTD-2) and phone (CTD-6)",
+            )
     elif kind == "decision":
         status = DECISIONS.get(seg.get("RF1", 1).upper())
         if status is None:
-            raise _err(103, "RF1^1^1", f"RF1-1 referral status '{seg.get('RF1', 1)}' is not "
-                       "A, R, P, E or C")
+            raise _err(
+                103,
+                "RF1^1^1",
+                f"RF1-1 referral status '{seg.get('RF1', 1)}' is not A, R, P, E or C",
+            )
         reason_code = seg.get("RF1", 10, 1) or None
         if status == "rejected" and not reason_code:
             raise _err(101, "RF1^1^10", "a rejection (RF1-1 = R) needs a reason in RF1-10")
         if reason_code and reason_code not in REASON_CODES:
-            raise _err(103, "RF1^1^10", f"reason '{reason_code}' is not one of "
-                       + ", ".join(REASON_CODES))
+            raise _err(
+                103, "RF1^1^10", f"reason '{reason_code}' is not one of " + ", ".join(REASON_CODES)
+            )
         decision = Decision(
             status=status,  # type: ignore[arg-type]
-            reason_code=reason_code, reason_text=seg.get("RF1", 10, 2) or None,
-            note=notes.get("NOTE"), alternative=notes.get("ALT"),
-            responsible=notes.get("RESP"), contact=_contact(seg),
+            reason_code=reason_code,
+            reason_text=seg.get("RF1", 10, 2) or None,
+            note=notes.get("NOTE"),
+            alternative=notes.get("ALT"),
+            responsible=notes.get("RESP"),
+            contact=_contact(seg),
             forwarded_to=receiver if status == "forwarded" else None,
         )
 
@@ -181,8 +229,13 @@ def parse_referral(
         referral_id=referral_id,
         event_time=event_time,
         patient_key=patient_key(cpr, secret),
-        child=PatientInfo(cpr=cpr, family=family or None, given=tuple(g for g in [given] if g),
-                          municipality_code=municipality_code, region_code=region_code),
+        child=PatientInfo(
+            cpr=cpr,
+            family=family or None,
+            given=tuple(g for g in [given] if g),
+            municipality_code=municipality_code,
+            region_code=region_code,
+        ),
         referrer=referrer,
         receiver=receiver,
         guardians=_guardians(seg),

@@ -50,12 +50,14 @@ def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """confluent-kafka configuration for this process's principal, plus ``extra``."""
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap}
     if settings.kafka_security == "sasl_ssl":
-        config.update({
-            "security.protocol": "SASL_SSL",
-            "sasl.mechanisms": SCRAM_MECHANISM,
-            "sasl.username": settings.kafka_username,
-            "sasl.password": password_for(settings, settings.kafka_username).get_secret_value(),
-        })
+        config.update(
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanisms": SCRAM_MECHANISM,
+                "sasl.username": settings.kafka_username,
+                "sasl.password": password_for(settings, settings.kafka_username).get_secret_value(),
+            }
+        )
         if (ca := ca_location(settings)) is not None:
             config["ssl.ca.location"] = ca
     return {**config, **extra}
@@ -66,14 +68,16 @@ def as_admin(settings: Settings) -> Settings:
     plaintext settings are returned as they are."""
     if settings.kafka_security != "sasl_ssl":
         return settings
-    return settings.model_copy(update={"kafka_username": ADMIN,
-                                       "kafka_password": password_for(settings, ADMIN)})
+    return settings.model_copy(
+        update={"kafka_username": ADMIN, "kafka_password": password_for(settings, ADMIN)}
+    )
 
 
 def as_principal(settings: Settings, principal: str) -> Settings:
     """The same settings as another principal (``stafet up`` gives each service its own)."""
-    return settings.model_copy(update={"kafka_username": principal,
-                                       "kafka_password": password_for(settings, principal)})
+    return settings.model_copy(
+        update={"kafka_username": principal, "kafka_password": password_for(settings, principal)}
+    )
 
 
 def resolve_config(target: KafkaTarget, **extra: Any) -> dict[str, Any]:

@@ -137,7 +137,8 @@ class LocalKafka:
                 f"the storage in {self.data_dir} was formatted for {formatted}, not {mode}: set "
                 f"STAFET_KAFKA_SECURITY={formatted} to use it as it is, or start afresh in {mode} "
                 "with `make clean` (deletes .stafet/) or another STAFET_KAFKA_HOME (and "
-                "STAFET_WORKER_DATA_DIR)")
+                "STAFET_WORKER_DATA_DIR)"
+            )
 
     def admin_config(self, **extra: object) -> dict[str, object]:
         """confluent-kafka config of the broker's super user (plaintext: no credentials)."""
@@ -156,12 +157,21 @@ class LocalKafka:
             return
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise KafkaToolingError("Maven (mvn) is not installed: run `make install` or "
-                                    "`apt-get install -y maven`")
+            raise KafkaToolingError(
+                "Maven (mvn) is not installed: run `make install` or `apt-get install -y maven`"
+            )
         self.libs.mkdir(parents=True, exist_ok=True)
         log.info("kafka.fetch", version=KAFKA_VERSION, libs=str(self.libs))
-        cmd = [mvn, "-q", "-B", "-f", str(DEPLOY_DIR / "pom.xml"), f"-Dlibs.dir={self.libs}",
-               f"-Dkafka.version={KAFKA_VERSION}", "dependency:copy-dependencies"]
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(DEPLOY_DIR / "pom.xml"),
+            f"-Dlibs.dir={self.libs}",
+            f"-Dkafka.version={KAFKA_VERSION}",
+            "dependency:copy-dependencies",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise KafkaToolingError(f"resolving Kafka jars failed:\n{result.stdout}{result.stderr}")
@@ -172,31 +182,50 @@ class LocalKafka:
     def _java(self, *args: str, heap: str = "256m") -> list[str]:
         java = shutil.which("java")
         if java is None:
-            raise KafkaToolingError("Java 17+ is not installed: run `make install` or "
-                                    "`apt-get install -y openjdk-17-jre-headless`")
-        return [java, f"-Xmx{heap}",
-                f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.yaml'}",
-                "-cp", f"{self.libs}/*", *args]
+            raise KafkaToolingError(
+                "Java 17+ is not installed: run `make install` or "
+                "`apt-get install -y openjdk-17-jre-headless`"
+            )
+        return [
+            java,
+            f"-Xmx{heap}",
+            f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.yaml'}",
+            "-cp",
+            f"{self.libs}/*",
+            *args,
+        ]
 
     def render_config(self) -> str:
         """server.properties for this broker; in sasl_ssl mode it holds the admin password."""
         template = string.Template((DEPLOY_DIR / "server.properties.template").read_text())
         rf, min_isr = replication_for(self.brokers)
         values: dict[str, object] = dict(
-            port=self.port, controller_port=self.controller_port, data_dir=self.data_dir,
-            partitions=self.partitions, client_listener="PLAINTEXT",
-            controller_protocol="PLAINTEXT", security="", node_id=self.node_id,
+            port=self.port,
+            controller_port=self.controller_port,
+            data_dir=self.data_dir,
+            partitions=self.partitions,
+            client_listener="PLAINTEXT",
+            controller_protocol="PLAINTEXT",
+            security="",
+            node_id=self.node_id,
             voters=self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
-            replication_factor=rf, min_isr=min_isr,
+            replication_factor=rf,
+            min_isr=min_isr,
         )
         if self.secure:
             tls = ensure_tls(self.settings.tls_dir)
             secure = string.Template((DEPLOY_DIR / "sasl_ssl.properties.template").read_text())
-            values.update(client_listener="SASL_SSL", controller_protocol="SASL_SSL",
-                          security=secure.substitute(
-                              admin_password=password_for(self.settings, ADMIN, create=True)
-                              .get_secret_value(),
-                              keystore=tls.keystore, ca_file=tls.ca))
+            values.update(
+                client_listener="SASL_SSL",
+                controller_protocol="SASL_SSL",
+                security=secure.substitute(
+                    admin_password=password_for(
+                        self.settings, ADMIN, create=True
+                    ).get_secret_value(),
+                    keystore=tls.keystore,
+                    ca_file=tls.ca,
+                ),
+            )
         return template.substitute(values)
 
     def write_config(self) -> None:
@@ -232,9 +261,16 @@ class LocalKafka:
             # launcher reads the main class and its arguments from a 0600 @argfile
             password = password_for(self.settings, ADMIN, create=True).get_secret_value()
             argfile = self.home / "format.args"
-            write_private(argfile, " ".join([
-                *tool, "--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN},password={password}]",
-            ]).encode())
+            write_private(
+                argfile,
+                " ".join(
+                    [
+                        *tool,
+                        "--add-scram",
+                        f"{SCRAM_MECHANISM}=[name={ADMIN},password={password}]",
+                    ]
+                ).encode(),
+            )
             try:
                 result = subprocess.run(self._java(f"@{argfile}"), capture_output=True, text=True)
             finally:
@@ -279,7 +315,9 @@ class LocalKafka:
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(
                 self._java("kafka.Kafka", str(self.config_file), heap=self.heap),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
@@ -297,7 +335,9 @@ class LocalKafka:
                 return
             time.sleep(0.5)
         self.stop()
-        raise KafkaToolingError(f"the broker did not answer within {wait_s:.0f}s; see {self.log_file}")
+        raise KafkaToolingError(
+            f"the broker did not answer within {wait_s:.0f}s; see {self.log_file}"
+        )
 
     def kill(self) -> None:
         """SIGKILL: a crashed broker (fault tests); its storage is kept for a restart."""
@@ -364,7 +404,8 @@ class LocalKafkaCluster:
     def __init__(self, settings: Settings, nodes: tuple[LocalKafka, ...]) -> None:
         self.nodes = nodes
         self.settings = settings.model_copy(
-            update={"bootstrap_servers": ",".join(n.bootstrap for n in nodes)})
+            update={"bootstrap_servers": ",".join(n.bootstrap for n in nodes)}
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, brokers: int | None = None) -> LocalKafkaCluster:
@@ -380,16 +421,24 @@ class LocalKafkaCluster:
             raise KafkaToolingError(
                 f"the ports of {n} nodes overlap (client {[c for c, _ in ports]}, controller "
                 f"{[c for _, c in ports]}): choose STAFET_KAFKA_CONTROLLER_PORT apart from "
-                "STAFET_KAFKA_PORT")
+                "STAFET_KAFKA_PORT"
+            )
         voters = ",".join(f"{i}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports, start=1))
         nodes = tuple(
-            LocalKafka(home=settings.kafka_home / f"node-{i}", libs=settings.kafka_libs,
-                       port=port, controller_port=controller, partitions=settings.partitions,
-                       heap=settings.kafka_heap,
-                       settings=settings.model_copy(
-                           update={"bootstrap_servers": f"127.0.0.1:{port}"}),
-                       node_id=i, voters=voters, brokers=n)
-            for i, (port, controller) in enumerate(ports, start=1))
+            LocalKafka(
+                home=settings.kafka_home / f"node-{i}",
+                libs=settings.kafka_libs,
+                port=port,
+                controller_port=controller,
+                partitions=settings.partitions,
+                heap=settings.kafka_heap,
+                settings=settings.model_copy(update={"bootstrap_servers": f"127.0.0.1:{port}"}),
+                node_id=i,
+                voters=voters,
+                brokers=n,
+            )
+            for i, (port, controller) in enumerate(ports, start=1)
+        )
         return cls(settings, nodes)
 
     # --- what LocalKafka offers too (stafet up, the test stacks) --------------------------------
@@ -451,8 +500,10 @@ class LocalKafkaCluster:
         """True when every node answers and the cluster metadata lists all of them."""
         if self.size == 1:
             return self.nodes[0].answers(timeout)
-        return (all(n.answers(timeout) for n in self.nodes)
-                and self.brokers_listed(timeout) == self.size)
+        return (
+            all(n.answers(timeout) for n in self.nodes)
+            and self.brokers_listed(timeout) == self.size
+        )
 
     def start(self, wait_s: float = 120.0) -> None:
         """Start every node that is not running — concurrently, since a KRaft quorum elects
@@ -470,8 +521,10 @@ class LocalKafkaCluster:
         self.fetch()
         ids = {i for i in (n.formatted_cluster_id() for n in self.nodes) if i is not None}
         if len(ids) > 1:
-            raise KafkaToolingError(f"the nodes under {self.home} were formatted for different "
-                                    f"clusters ({', '.join(sorted(ids))}): run `make clean`")
+            raise KafkaToolingError(
+                f"the nodes under {self.home} were formatted for different "
+                f"clusters ({', '.join(sorted(ids))}): run `make clean`"
+            )
         cluster_id = ids.pop() if ids else new_cluster_id()
         for node in self.nodes:
             node.write_config()
@@ -480,20 +533,27 @@ class LocalKafkaCluster:
         deadline = time.monotonic() + wait_s
         try:
             with ThreadPoolExecutor(len(launched) or 1) as pool:
-                for future in [pool.submit(self.node(i).wait_until_answering, proc, wait_s)
-                               for i, proc in launched.items()]:
+                for future in [
+                    pool.submit(self.node(i).wait_until_answering, proc, wait_s)
+                    for i, proc in launched.items()
+                ]:
                     future.result()
             while self.brokers_listed() != self.size:
                 if time.monotonic() > deadline:
                     raise KafkaToolingError(
                         f"the cluster metadata does not list {self.size} brokers after "
-                        f"{wait_s:.0f}s; see {self.home}/node-*/broker.log")
+                        f"{wait_s:.0f}s; see {self.home}/node-*/broker.log"
+                    )
                 time.sleep(0.5)
         except BaseException:
             self.stop()
             raise
-        log.info("kafka.started", bootstrap=self.bootstrap, brokers=self.size,
-                 pids=[p.pid for p in launched.values()])
+        log.info(
+            "kafka.started",
+            bootstrap=self.bootstrap,
+            brokers=self.size,
+            pids=[p.pid for p in launched.values()],
+        )
 
     def stop(self, wait_s: float = 30.0) -> None:
         """Stop every node, all at once (a node stopped after the quorum lost its majority
@@ -504,13 +564,17 @@ class LocalKafkaCluster:
 
     def _refuse_other_layout(self) -> None:
         """The single node and a cluster's node 1 share a port: only one of them may run."""
-        other = (running_cluster_nodes(self.settings) if self.size == 1
-                 else ([1] if LocalKafka.single(self.settings).pid() is not None else []))
+        other = (
+            running_cluster_nodes(self.settings)
+            if self.size == 1
+            else ([1] if LocalKafka.single(self.settings).pid() is not None else [])
+        )
         if other:
-            what = ("a cluster of local brokers" if self.size == 1
-                    else "the single-node broker")
-            raise KafkaToolingError(f"{what} already runs from {self.home}: `stafet kafka stop` "
-                                    "it first (or choose another STAFET_KAFKA_HOME)")
+            what = "a cluster of local brokers" if self.size == 1 else "the single-node broker"
+            raise KafkaToolingError(
+                f"{what} already runs from {self.home}: `stafet kafka stop` "
+                "it first (or choose another STAFET_KAFKA_HOME)"
+            )
 
     # --- for fault tests ---------------------------------------------------------------------
 
@@ -529,8 +593,9 @@ class LocalKafkaCluster:
             if agreed and self.node(agreed[0][1]).pid() is not None:
                 return agreed[0][1]
             if time.monotonic() > deadline:
-                raise KafkaToolingError(f"no majority of live nodes agrees on a running KRaft "
-                                        f"leader: {votes}")
+                raise KafkaToolingError(
+                    f"no majority of live nodes agrees on a running KRaft leader: {votes}"
+                )
             time.sleep(0.2)
 
     def metadata(self, topics: list[str] | None = None, timeout: float = 10.0) -> Any:
@@ -543,19 +608,23 @@ class LocalKafkaCluster:
     def partition_leaders(self, topics: list[str]) -> dict[tuple[str, int], int]:
         """The leader (node id, -1 for none) of every partition of ``topics``."""
         metadata = self.metadata()
-        return {(t, p): part.leader for t in topics
-                for p, part in metadata.topics[t].partitions.items()}
+        return {
+            (t, p): part.leader for t in topics for p, part in metadata.topics[t].partitions.items()
+        }
 
     def under_replicated(self, topics: list[str] | None = None) -> list[tuple[str, int]]:
         """Partitions (of ``topics``; None: every topic) whose ISR is not all their replicas,
         or that have no leader."""
         metadata = self.metadata()
         names = topics if topics is not None else list(metadata.topics)
-        return [(t, p) for t in names for p, part in metadata.topics[t].partitions.items()
-                if part.leader < 0 or set(part.isrs) != set(part.replicas)]
+        return [
+            (t, p)
+            for t in names
+            for p, part in metadata.topics[t].partitions.items()
+            if part.leader < 0 or set(part.isrs) != set(part.replicas)
+        ]
 
-    def wait_in_sync(self, timeout_s: float = 120.0,
-                     topics: list[str] | None = None) -> float:
+    def wait_in_sync(self, timeout_s: float = 120.0, topics: list[str] | None = None) -> float:
         """Wait until every partition's ISR is all its replicas again; return how long it took."""
         started = time.monotonic()
         while True:
@@ -567,8 +636,10 @@ class LocalKafkaCluster:
             if not lagging:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
-                raise KafkaToolingError(f"{len(lagging)} partitions still under-replicated "
-                                        f"after {timeout_s:.0f}s, e.g. {lagging[:5]}")
+                raise KafkaToolingError(
+                    f"{len(lagging)} partitions still under-replicated "
+                    f"after {timeout_s:.0f}s, e.g. {lagging[:5]}"
+                )
             time.sleep(0.5)
 
 

@@ -64,17 +64,24 @@ class Grant:
     operation: str  # READ | WRITE | DESCRIBE | CREATE | …
 
     def binding(self) -> AclBinding:
-        return AclBinding(ResourceType[self.resource], self.name,
-                          ResourcePatternType[self.pattern], f"User:{self.principal}", "*",
-                          AclOperation[self.operation], AclPermissionType.ALLOW)
+        return AclBinding(
+            ResourceType[self.resource],
+            self.name,
+            ResourcePatternType[self.pattern],
+            f"User:{self.principal}",
+            "*",
+            AclOperation[self.operation],
+            AclPermissionType.ALLOW,
+        )
 
 
 def municipality_principal(code: str) -> str:
     return f"{MUNICIPALITY_PREFIX}{code}"
 
 
-def _grants(principal: str, resource: str, name: str, pattern: str,
-            operations: Iterable[str]) -> list[Grant]:
+def _grants(
+    principal: str, resource: str, name: str, pattern: str, operations: Iterable[str]
+) -> list[Grant]:
     return [Grant(principal, resource, name, pattern, op) for op in operations]
 
 
@@ -82,8 +89,10 @@ def municipality_grants(code: str) -> list[Grant]:
     """Read its own topic; consumer groups ``municipality-<code>…`` (codes are all 4 digits,
     so no municipality's prefix is a prefix of another's)."""
     who = municipality_principal(code)
-    return [*_grants(who, "TOPIC", f"out.municipality.{code}", LITERAL, ("READ", "DESCRIBE")),
-            *_grants(who, "GROUP", who, PREFIXED, ("READ",))]
+    return [
+        *_grants(who, "TOPIC", f"out.municipality.{code}", LITERAL, ("READ", "DESCRIBE")),
+        *_grants(who, "GROUP", who, PREFIXED, ("READ",)),
+    ]
 
 
 def worker_grants(app_id: str) -> list[Grant]:
@@ -102,8 +111,9 @@ def worker_grants(app_id: str) -> list[Grant]:
         *_grants(w, "TOPIC", "out.", PREFIXED, ("WRITE", *look)),
         *_grants(w, "TOPIC", "dlq.", PREFIXED, ("WRITE", *look)),
         *_grants(w, "TOPIC", "alerts.operator", LITERAL, ("WRITE", *look)),
-        *_grants(w, "TOPIC", f"changelog__{app_id}--", PREFIXED,
-                 ("READ", "WRITE", "CREATE", *look)),
+        *_grants(
+            w, "TOPIC", f"changelog__{app_id}--", PREFIXED, ("READ", "WRITE", "CREATE", *look)
+        ),
         *_grants(w, "GROUP", app_id, LITERAL, ("READ", "DESCRIBE")),
         *_grants(w, "GROUP", "stafet-reader-", PREFIXED, ("DESCRIBE",)),
         *_grants(w, "TRANSACTIONAL_ID", f"{app_id}-", PREFIXED, ("WRITE", "DESCRIBE")),
@@ -112,21 +122,28 @@ def worker_grants(app_id: str) -> list[Grant]:
 
 def mllp_grants() -> list[Grant]:
     """The MLLP listener only writes (idempotent producer: WRITE suffices on Kafka ≥ 3)."""
-    return [*_grants(MLLP, "TOPIC", "ingest.hl7v2", LITERAL, ("WRITE", "DESCRIBE")),
-            *_grants(MLLP, "TOPIC", "dlq.mllp", LITERAL, ("WRITE", "DESCRIBE")),
-            *_grants(MLLP, "TOPIC", "index.referral", LITERAL, ("WRITE", "DESCRIBE"))]
+    return [
+        *_grants(MLLP, "TOPIC", "ingest.hl7v2", LITERAL, ("WRITE", "DESCRIBE")),
+        *_grants(MLLP, "TOPIC", "dlq.mllp", LITERAL, ("WRITE", "DESCRIBE")),
+        *_grants(MLLP, "TOPIC", "index.referral", LITERAL, ("WRITE", "DESCRIBE")),
+    ]
 
 
 def fhir_grants() -> list[Grant]:
     """The FHIR listener writes its topics and reads, by assign() (no group membership, no
     commits), index.referral (referral ids, never an HL7 message) to check decisions against,
     and acks.inbound + ingest.fhir for its memory of inbound MedCom message ids."""
-    return [*_grants(FHIR, "TOPIC", "ingest.fhir", LITERAL, ("READ", "WRITE", "DESCRIBE")),
-            *_grants(FHIR, "TOPIC", "index.referral", LITERAL, ("READ", "DESCRIBE")),
-            *_grants(FHIR, "TOPIC", "dlq.fhir", LITERAL, ("WRITE", "DESCRIBE")),
-            *_grants(FHIR, "TOPIC", "acks.inbound", LITERAL, ("READ", "WRITE", "DESCRIBE")),
-            *(g for prefix in READER_GROUPS
-              for g in _grants(FHIR, "GROUP", prefix, PREFIXED, ("DESCRIBE",)))]
+    return [
+        *_grants(FHIR, "TOPIC", "ingest.fhir", LITERAL, ("READ", "WRITE", "DESCRIBE")),
+        *_grants(FHIR, "TOPIC", "index.referral", LITERAL, ("READ", "DESCRIBE")),
+        *_grants(FHIR, "TOPIC", "dlq.fhir", LITERAL, ("WRITE", "DESCRIBE")),
+        *_grants(FHIR, "TOPIC", "acks.inbound", LITERAL, ("READ", "WRITE", "DESCRIBE")),
+        *(
+            g
+            for prefix in READER_GROUPS
+            for g in _grants(FHIR, "GROUP", prefix, PREFIXED, ("DESCRIBE",))
+        ),
+    ]
 
 
 def delivery_grants() -> list[Grant]:
@@ -153,10 +170,12 @@ def operator_grants() -> list[Grant]:
     patient key); DESCRIBE on every topic and group, for partitions, ends and committed offsets
     (consumer lag) — and no READ of any topic that holds a message."""
     o = OPERATOR
-    return [*_grants(o, "TOPIC", "alerts.operator", LITERAL, ("READ",)),
-            *_grants(o, "TOPIC", "audit.delivery", LITERAL, ("READ",)),
-            *_grants(o, "TOPIC", "*", LITERAL, ("DESCRIBE", "DESCRIBE_CONFIGS")),
-            *_grants(o, "GROUP", "*", LITERAL, ("DESCRIBE",))]
+    return [
+        *_grants(o, "TOPIC", "alerts.operator", LITERAL, ("READ",)),
+        *_grants(o, "TOPIC", "audit.delivery", LITERAL, ("READ",)),
+        *_grants(o, "TOPIC", "*", LITERAL, ("DESCRIBE", "DESCRIBE_CONFIGS")),
+        *_grants(o, "GROUP", "*", LITERAL, ("DESCRIBE",)),
+    ]
 
 
 def dlq_operator_grants() -> list[Grant]:
@@ -164,16 +183,24 @@ def dlq_operator_grants() -> list[Grant]:
     this is a principal of its own) and writes a fixed one back to where ``stafet dlq resend``
     sends it — the ingest and event topics — without reading those."""
     d = DLQ_OPERATOR
-    return [*_grants(d, "TOPIC", "dlq.", PREFIXED, ("READ", "DESCRIBE")),
-            *_grants(d, "TOPIC", "ingest.", PREFIXED, ("WRITE", "DESCRIBE")),
-            *_grants(d, "TOPIC", "events.", PREFIXED, ("WRITE", "DESCRIBE")),
-            *_grants(d, "GROUP", "stafet-reader-", PREFIXED, ("DESCRIBE",))]
+    return [
+        *_grants(d, "TOPIC", "dlq.", PREFIXED, ("READ", "DESCRIBE")),
+        *_grants(d, "TOPIC", "ingest.", PREFIXED, ("WRITE", "DESCRIBE")),
+        *_grants(d, "TOPIC", "events.", PREFIXED, ("WRITE", "DESCRIBE")),
+        *_grants(d, "GROUP", "stafet-reader-", PREFIXED, ("DESCRIBE",)),
+    ]
 
 
 def acl_plan(municipality_codes: Iterable[str], app_id: str) -> list[Grant]:
     """Every ACL stafet needs, sorted (pure: same input, same plan)."""
-    grants = [*worker_grants(app_id), *mllp_grants(), *fhir_grants(), *delivery_grants(),
-              *operator_grants(), *dlq_operator_grants()]
+    grants = [
+        *worker_grants(app_id),
+        *mllp_grants(),
+        *fhir_grants(),
+        *delivery_grants(),
+        *operator_grants(),
+        *dlq_operator_grants(),
+    ]
     for code in municipality_codes:
         grants += municipality_grants(code)
     return sorted(set(grants))
@@ -181,8 +208,11 @@ def acl_plan(municipality_codes: Iterable[str], app_id: str) -> list[Grant]:
 
 def principals(municipality_codes: Iterable[str]) -> list[str]:
     """Every SCRAM user stafet creates (besides the bootstrap super user)."""
-    return [*SERVICE_PRINCIPALS, *OPERATOR_PRINCIPALS,
-            *(municipality_principal(c) for c in municipality_codes)]
+    return [
+        *SERVICE_PRINCIPALS,
+        *OPERATOR_PRINCIPALS,
+        *(municipality_principal(c) for c in municipality_codes),
+    ]
 
 
 @dataclass(frozen=True)
@@ -196,13 +226,27 @@ class ProvisionReport:
 
 def _existing(admin: AdminClient, timeout: float) -> set[Grant]:
     """The ALLOW ACLs on the broker, as grants (to report what was new)."""
-    any_filter = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
-                                  AclOperation.ANY, AclPermissionType.ANY)
+    any_filter = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        None,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
     found = set()
     for b in admin.describe_acls(any_filter, request_timeout=timeout).result():
         if b.permission_type == AclPermissionType.ALLOW and b.principal.startswith("User:"):
-            found.add(Grant(b.principal[5:], b.restype.name, b.name, b.resource_pattern_type.name,
-                            b.operation.name))
+            found.add(
+                Grant(
+                    b.principal[5:],
+                    b.restype.name,
+                    b.name,
+                    b.resource_pattern_type.name,
+                    b.operation.name,
+                )
+            )
     return found
 
 
@@ -217,8 +261,9 @@ def _wait_until_enforced(admin: AdminClient, plan: set[Grant], timeout: float) -
         time.sleep(0.2)
 
 
-def provision(settings: Settings, municipality_codes: Sequence[str], *,
-              timeout: float = 30.0) -> ProvisionReport:
+def provision(
+    settings: Settings, municipality_codes: Sequence[str], *, timeout: float = 30.0
+) -> ProvisionReport:
     """Create or update the SCRAM users and create the ACLs (run as a super user).
 
     Passwords come from the settings or the generated 0600 files under the secrets directory,
@@ -230,20 +275,22 @@ def provision(settings: Settings, municipality_codes: Sequence[str], *,
     users = principals(municipality_codes)
     upserts = [
         UserScramCredentialUpsertion(
-            user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS),
-            password_for(settings, user, create=True).get_secret_value().encode())
+            user,
+            ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS),
+            password_for(settings, user, create=True).get_secret_value().encode(),
+        )
         for user in users
     ]
     try:
-        for future in admin.alter_user_scram_credentials(
-                upserts, request_timeout=timeout).values():
+        for future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).values():
             future.result()
         plan = acl_plan(municipality_codes, settings.app_id)
         before = _existing(admin, timeout)
         new = [g for g in plan if g not in before]
         if new:
-            for future in admin.create_acls([g.binding() for g in new],
-                                            request_timeout=timeout).values():
+            for future in admin.create_acls(
+                [g.binding() for g in new], request_timeout=timeout
+            ).values():
                 future.result()
             _wait_until_enforced(admin, set(plan), timeout)
     except KafkaException as exc:

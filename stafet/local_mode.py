@@ -106,8 +106,9 @@ def for_local_stack(settings: Settings, brokers: int | None = None) -> Settings:
     unless the user chose; a storage formatted plaintext stops it with what to do."""
     if mode_was_set(settings):
         return settings
-    formatted = local_storage_mode(settings, brokers if brokers is not None else
-                                   settings.kafka_brokers)
+    formatted = local_storage_mode(
+        settings, brokers if brokers is not None else settings.kafka_brokers
+    )
     if formatted not in (None, STACK_DEFAULT):
         raise LocalModeMismatch(
             f"the local Kafka storage in {settings.kafka_home} was formatted for {formatted} (by "
@@ -116,7 +117,8 @@ def for_local_stack(settings: Settings, brokers: int | None = None) -> Settings:
             "Nothing was changed. Either\n"
             f"  - keep it {formatted}: STAFET_KAFKA_SECURITY={formatted} make demo (or make up; "
             f"or the line STAFET_KAFKA_SECURITY={formatted} in .env), or\n"
-            f"  - start afresh, secured: {_fresh_start(settings)}; then make demo")
+            f"  - start afresh, secured: {_fresh_start(settings)}; then make demo"
+        )
     return settings.model_copy(update={"kafka_security": STACK_DEFAULT})
 
 
@@ -132,7 +134,11 @@ def _default_home() -> Path:
 def _fresh_start(settings: Settings) -> str:
     """How to drop a local storage: nothing here deletes data by itself."""
     if settings.kafka_home == _default_home():
-        return ("`make clean` (stops the broker and deletes .stafet/ — the local topics and "
-                "their messages, the worker state, the letter outbox, the logs)")
-    return (f"`stafet kafka stop`, then delete {settings.kafka_home} and the worker state "
-            f"{settings.worker_data_dir}")
+        return (
+            "`make clean` (stops the broker and deletes .stafet/ — the local topics and "
+            "their messages, the worker state, the letter outbox, the logs)"
+        )
+    return (
+        f"`stafet kafka stop`, then delete {settings.kafka_home} and the worker state "
+        f"{settings.worker_data_dir}"
+    )

@@ -11,9 +11,24 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 NotificationCode = Literal[
-    "STIN", "STAA", "STOR", "SLOR", "SLHJ", "MORS",
-    "RE_STIN", "RE_STAA", "RE_STOR", "RE_SLOR", "RE_SLHJ", "RE_MORS",
-    "AN_STIN", "AN_STAA", "AN_STOR", "AN_SLOR", "AN_SLHJ", "AN_MORS",
+    "STIN",
+    "STAA",
+    "STOR",
+    "SLOR",
+    "SLHJ",
+    "MORS",
+    "RE_STIN",
+    "RE_STAA",
+    "RE_STOR",
+    "RE_SLOR",
+    "RE_SLHJ",
+    "RE_MORS",
+    "AN_STIN",
+    "AN_STAA",
+    "AN_STOR",
+    "AN_SLOR",
+    "AN_SLHJ",
+    "AN_MORS",
 ]
 EncounterClass = Literal["IMP", "EMER"]
 EncounterStatus = Literal["in-progress", "onleave", "finished", "entered-in-error"]
@@ -97,8 +112,9 @@ class EncounterEvent:
 
 # --- referrals (child and adolescent psychiatry) ---------------------------------------------
 
-ReferralKind = Literal["submitted", "modified", "cancelled", "decision", "assessment", "tick",
-                       "contact"]
+ReferralKind = Literal[
+    "submitted", "modified", "cancelled", "decision", "assessment", "tick", "contact"
+]
 # "tick" is internal: the deadline timer asks the owner of a referral to check its deadlines.
 DecisionStatus = Literal["accepted", "rejected", "forwarded", "expired"]
 PartyKind = Literal[
@@ -204,11 +220,18 @@ class ReferralEvent:
             receiver=party(record.get("receiver")),
             guardians=tuple(Party(**g) for g in record.get("guardians") or ()),
             municipal_units=tuple(Party(**u) for u in record.get("municipal_units") or ()),
-            decision=Decision(**{**decision, "contact": contact(decision.get("contact")),
-                                 "forwarded_to": party(decision.get("forwarded_to"))})
-            if decision else None,
+            decision=Decision(
+                **{
+                    **decision,
+                    "contact": contact(decision.get("contact")),
+                    "forwarded_to": party(decision.get("forwarded_to")),
+                }
+            )
+            if decision
+            else None,
             assessment=Assessment(**{**assessment, "contact": contact(assessment.get("contact"))})
-            if assessment else None,
+            if assessment
+            else None,
             reason_for_referral=record.get("reason_for_referral"),
             contact=contact(record.get("contact")),
         )

@@ -30,27 +30,49 @@ log = get_logger(__name__)
 
 # --- the series (one definition each; labels say where) ------------------------------------
 
-MESSAGES_IN = Counter("stafet_messages_in_total", "Records or requests a stage took in",
-                      ["stage"])
-MESSAGES_OUT = Counter("stafet_messages_out_total", "Records a stage wrote on (not counting "
-                       "dead letters and alerts)", ["stage"])
-DEAD_LETTERS = Counter("stafet_dead_letters_total", "Inputs a stage sent to its dead-letter topic",
-                       ["stage"])
+MESSAGES_IN = Counter("stafet_messages_in_total", "Records or requests a stage took in", ["stage"])
+MESSAGES_OUT = Counter(
+    "stafet_messages_out_total",
+    "Records a stage wrote on (not counting dead letters and alerts)",
+    ["stage"],
+)
+DEAD_LETTERS = Counter(
+    "stafet_dead_letters_total", "Inputs a stage sent to its dead-letter topic", ["stage"]
+)
 ACK_LATENCY = Histogram(
-    "stafet_ack_latency_seconds", "From a message's arrival to its answer (MLLP ACK / HTTP "
-    "response): the sender's wait, the broker's acks=all write included", ["source", "code"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
-CONSUMER_LAG = Gauge("stafet_consumer_lag", "Records behind the partitions' ends, per consumer "
-                     "group and topic (from librdkafka statistics)", ["group", "topic"])
-DELIVERIES = Counter("stafet_deliveries_total", "Delivery outcomes per subscriber: delivered, "
-                     "retried, dead_lettered, resent", ["subscriber", "outcome"])
-ACKNOWLEDGEMENTS = Counter("stafet_acknowledgements_total", "MedCom Acknowledgements counted per "
-                           "subscriber and code (ok, transient-error, fatal-error, unverified)",
-                           ["subscriber", "code"])
-ACKS_PENDING = Gauge("stafet_acknowledgements_pending", "Delivered messages still waiting for "
-                     "their acknowledgement", ["subscriber"])
-LAST_DELIVERY = Gauge("stafet_delivery_last_success_timestamp_seconds", "When a subscriber last "
-                      "took a message", ["subscriber"])
+    "stafet_ack_latency_seconds",
+    "From a message's arrival to its answer (MLLP ACK / HTTP "
+    "response): the sender's wait, the broker's acks=all write included",
+    ["source", "code"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+CONSUMER_LAG = Gauge(
+    "stafet_consumer_lag",
+    "Records behind the partitions' ends, per consumer "
+    "group and topic (from librdkafka statistics)",
+    ["group", "topic"],
+)
+DELIVERIES = Counter(
+    "stafet_deliveries_total",
+    "Delivery outcomes per subscriber: delivered, retried, dead_lettered, resent",
+    ["subscriber", "outcome"],
+)
+ACKNOWLEDGEMENTS = Counter(
+    "stafet_acknowledgements_total",
+    "MedCom Acknowledgements counted per "
+    "subscriber and code (ok, transient-error, fatal-error, unverified)",
+    ["subscriber", "code"],
+)
+ACKS_PENDING = Gauge(
+    "stafet_acknowledgements_pending",
+    "Delivered messages still waiting for their acknowledgement",
+    ["subscriber"],
+)
+LAST_DELIVERY = Gauge(
+    "stafet_delivery_last_success_timestamp_seconds",
+    "When a subscriber last took a message",
+    ["subscriber"],
+)
 DELIVERY_ACTIVE = Gauge("stafet_delivery_active", "1 on the active stafet deliver, 0 on a standby")
 
 #: statistics.interval.ms for every consumer that reports its lag
@@ -69,16 +91,21 @@ def lag_reporter(group: str, *, readiness: bool = False) -> Callable[[str], None
         except ValueError:
             return
         for topic, info in stats.get("topics", {}).items():
-            known = [lag for p in info.get("partitions", {}).values()
-                     if p.get("partition", -1) >= 0 and (lag := partition_lag(p)) >= 0]
+            known = [
+                lag
+                for p in info.get("partitions", {}).values()
+                if p.get("partition", -1) >= 0 and (lag := partition_lag(p)) >= 0
+            ]
             if known:
                 CONSUMER_LAG.labels(group=group, topic=topic).set(sum(known))
         group_state = stats.get("cgrp", {})
         if readiness and group_state:
-            HEALTH.set_ready("group", group_state.get("state") == "up"
-                             and group_state.get("join_state") == "steady",
-                             f"consumer group {group}: {group_state.get('state')}/"
-                             f"{group_state.get('join_state')}")
+            HEALTH.set_ready(
+                "group",
+                group_state.get("state") == "up" and group_state.get("join_state") == "steady",
+                f"consumer group {group}: {group_state.get('state')}/"
+                f"{group_state.get('join_state')}",
+            )
 
     return report
 
@@ -133,8 +160,9 @@ def observe_answer(source: str, code: str, started: float) -> None:
 class Health:
     """What ``/healthz`` and ``/readyz`` answer: a heartbeat and named readiness conditions."""
 
-    def __init__(self, stale_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(
+        self, stale_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.stale_after_s, self._clock = stale_after_s, clock
         self._last_beat = clock()
         self._ready: dict[str, tuple[bool, str]] = {}
@@ -215,17 +243,21 @@ class HealthServer:
         except OSError as exc:
             from stafet.errors import StafetError
 
-            raise StafetError(f"the health endpoint cannot listen on {host}:{port} ({exc}); set "
-                              "STAFET_HEALTH_PORT to a free port (0: any)") from exc
+            raise StafetError(
+                f"the health endpoint cannot listen on {host}:{port} ({exc}); set "
+                "STAFET_HEALTH_PORT to a free port (0: any)"
+            ) from exc
         self._server.daemon_threads = True
         self.host, self.port = host, self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
 
     def start(self) -> HealthServer:
         self._thread.start()
-        log.info("health.listening", host=self.host, port=self.port,
-                 paths="/healthz /readyz /metrics")
+        log.info(
+            "health.listening", host=self.host, port=self.port, paths="/healthz /readyz /metrics"
+        )
         return self
 
     def stop(self) -> None:
@@ -263,8 +295,11 @@ def scrape(host: str, port: int, timeout_s: float = 5.0) -> dict[Sample, float]:
 
     with urlopen(f"http://{host}:{port}/metrics", timeout=timeout_s) as response:  # noqa: S310
         text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def probe(host: str, port: int, path: str, timeout_s: float = 5.0) -> tuple[int, dict[str, Any]]:

@@ -50,7 +50,7 @@ def bootstrap_hosts(bootstrap: str) -> list[str]:
     hosts = []
     for server in filter(None, (s.strip() for s in bootstrap.split(","))):
         server = server.split("://", 1)[-1]
-        host = server[1:server.index("]")] if server.startswith("[") else server.rsplit(":", 1)[0]
+        host = server[1 : server.index("]")] if server.startswith("[") else server.rsplit(":", 1)[0]
         hosts.append(host)
     return hosts
 
@@ -68,29 +68,42 @@ def _listener_hosts(settings: Settings, process: Process) -> dict[str, str]:
 def problems(settings: Settings, process: Process) -> list[str]:
     """Every unsafe choice for ``process`` under ``settings`` (empty: it may start)."""
     remote_kafka = [h for h in bootstrap_hosts(settings.bootstrap) if not is_loopback(h)]
-    exposed = {name: host for name, host in _listener_hosts(settings, process).items()
-               if not is_loopback(host)}
+    exposed = {
+        name: host
+        for name, host in _listener_hosts(settings, process).items()
+        if not is_loopback(host)
+    }
     found: list[str] = []
-    if remote_kafka and settings.kafka_security == "plaintext" and not settings.allow_plaintext_kafka:
+    if (
+        remote_kafka
+        and settings.kafka_security == "plaintext"
+        and not settings.allow_plaintext_kafka
+    ):
         found.append(
             f"Kafka is plaintext (STAFET_KAFKA_SECURITY=plaintext) but the bootstrap servers "
             f"{', '.join(remote_kafka)} are not on loopback: set STAFET_KAFKA_SECURITY=sasl_ssl "
             "with STAFET_KAFKA_USERNAME and its password (STAFET_KAFKA_PASSWORD, or its file in "
-            "STAFET_SECRETS_DIR), or STAFET_ALLOW_PLAINTEXT_KAFKA=true on a closed pilot network")
-    if (remote_kafka or exposed) and process in USES_PATIENT_KEY and \
-            settings.patient_key_secret.get_secret_value() == DEVELOPMENT_PATIENT_KEY_SECRET:
+            "STAFET_SECRETS_DIR), or STAFET_ALLOW_PLAINTEXT_KAFKA=true on a closed pilot network"
+        )
+    if (
+        (remote_kafka or exposed)
+        and process in USES_PATIENT_KEY
+        and settings.patient_key_secret.get_secret_value() == DEVELOPMENT_PATIENT_KEY_SECRET
+    ):
         where = _where(remote_kafka, exposed)
         found.append(
             f"the built-in development patient-key secret is in use with {where}: it is "
             "published, so patient keys could be reversed — set STAFET_PATIENT_KEY_SECRET "
             "(best as the file STAFET_PATIENT_KEY_SECRET in STAFET_SECRETS_DIR; e.g. "
-            "`openssl rand -hex 32`), the same on every stafet process of a deployment")
+            "`openssl rand -hex 32`), the same on every stafet process of a deployment"
+        )
     if "STAFET_FHIR_HOST" in exposed and settings.fhir_tls_client_ca is None:
         found.append(
             f"the FHIR listener would accept decisions, communications and acknowledgements on "
             f"{exposed['STAFET_FHIR_HOST']} without client certificates: off loopback it needs "
             "mutual TLS — set STAFET_FHIR_TLS_CERT, STAFET_FHIR_TLS_KEY and "
-            "STAFET_FHIR_TLS_CLIENT_CA (the CA that signs the senders' certificates)")
+            "STAFET_FHIR_TLS_CLIENT_CA (the CA that signs the senders' certificates)"
+        )
     return found
 
 
@@ -120,5 +133,6 @@ def refuse_unsafe(settings: Settings, process: Process) -> None:
     """Raise :class:`UnsafeConfiguration` listing every problem, or return."""
     found = problems(settings, process)
     if found:
-        raise UnsafeConfiguration(f"stafet {process} refuses to start:\n"
-                                  + "\n".join(f"  - {p}" for p in found))
+        raise UnsafeConfiguration(
+            f"stafet {process} refuses to start:\n" + "\n".join(f"  - {p}" for p in found)
+        )

@@ -23,8 +23,14 @@ from pathlib import Path
 
 from stafet.directory import DirectoryError, parse_directory
 
-COLUMNS = {"sor": "SOR-kode", "name": "Enhedsnavn", "ean": "EAN-lokationsnummer",
-           "municipality": "Kommunekode", "ydernummer": "Ydernummer", "role": "Rolle"}
+COLUMNS = {
+    "sor": "SOR-kode",
+    "name": "Enhedsnavn",
+    "ean": "EAN-lokationsnummer",
+    "municipality": "Kommunekode",
+    "ydernummer": "Ydernummer",
+    "role": "Rolle",
+}
 
 
 def _role(row: dict[str, str]) -> str:
@@ -54,10 +60,18 @@ def read_sor_csv(data: bytes) -> list[dict[str, str]]:
     headings = {h.strip(): h for h in reader.fieldnames or []}
     missing = [COLUMNS[k] for k in ("sor", "name") if COLUMNS[k] not in headings]
     if missing:
-        raise DirectoryError(f"SOR export: no column {', '.join(missing)} (columns found: "
-                             f"{', '.join(headings) or 'none'})")
-    return [{ours: (row.get(headings[theirs]) or "").strip()
-             for ours, theirs in COLUMNS.items() if theirs in headings} for row in reader]
+        raise DirectoryError(
+            f"SOR export: no column {', '.join(missing)} (columns found: "
+            f"{', '.join(headings) or 'none'})"
+        )
+    return [
+        {
+            ours: (row.get(headings[theirs]) or "").strip()
+            for ours, theirs in COLUMNS.items()
+            if theirs in headings
+        }
+        for row in reader
+    ]
 
 
 def sor_export_to_toml(data: bytes, *, source: str = "SOR export") -> str:
@@ -68,26 +82,45 @@ def sor_export_to_toml(data: bytes, *, source: str = "SOR export") -> str:
         role = _role(row)
         if role in ("central", "ppr", "family-department"):
             if not row.get("municipality"):
-                raise DirectoryError(f"{source} line {n}: {role} unit {row['name']!r} has no "
-                                     "Kommunekode")
+                raise DirectoryError(
+                    f"{source} line {n}: {role} unit {row['name']!r} has no Kommunekode"
+                )
             municipal.setdefault(row["municipality"].zfill(4), []).append({**row, "role": role})
         elif role == "gp":
             gps.append(row)
         elif role == "hospital":
             hospitals.append(row)
         else:
-            raise DirectoryError(f"{source} line {n}: Rolle {role!r} is not central, ppr, "
-                                 "family-department, hospital or gp")
+            raise DirectoryError(
+                f"{source} line {n}: Rolle {role!r} is not central, ppr, "
+                "family-department, hospital or gp"
+            )
     out = [f"# Party directory imported from {source}\nversion = 1\n"]
     for code, units in sorted(municipal.items()):
         out.append(f'\n[[municipality]]\ncode = "{code}"\n')
-        out += [_table("municipality.unit", {"role": u["role"], "name": u["name"],
-                                             "sor": u["sor"], "ean": u.get("ean")})
-                for u in units]
-    out += [_table("hospital", {"name": h["name"], "sor": h["sor"], "ean": h.get("ean")})
-            for h in hospitals]
-    out += [_table("gp", {"ydernummer": g["ydernummer"], "name": g["name"], "sor": g["sor"],
-                          "ean": g.get("ean")}) for g in gps]
+        out += [
+            _table(
+                "municipality.unit",
+                {"role": u["role"], "name": u["name"], "sor": u["sor"], "ean": u.get("ean")},
+            )
+            for u in units
+        ]
+    out += [
+        _table("hospital", {"name": h["name"], "sor": h["sor"], "ean": h.get("ean")})
+        for h in hospitals
+    ]
+    out += [
+        _table(
+            "gp",
+            {
+                "ydernummer": g["ydernummer"],
+                "name": g["name"],
+                "sor": g["sor"],
+                "ean": g.get("ean"),
+            },
+        )
+        for g in gps
+    ]
     toml = "".join(out)
     import tomllib
 

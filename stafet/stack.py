@@ -11,8 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,8 +62,11 @@ class Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stafet.cli", *self.args], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env={**inherited_environment(self.withheld), **self.env},
+            [sys.executable, "-m", "stafet.cli", *self.args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**inherited_environment(self.withheld), **self.env},
             start_new_session=True,
         )
         log.info("service.started", service=self.name, pid=self.process.pid, log=str(self.log_path))
@@ -112,10 +115,13 @@ class Service:
         if self.next_start == 0.0:  # just noticed: schedule the restart
             quick = now - self.started_at < 60
             self.restarts = self.restarts + 1 if quick else 0
-            self.next_start = now + min(30.0, 2.0 ** self.restarts) if quick else now
-            log.warning("service.exited", service=self.name,
-                        returncode=self.process.returncode if self.process else None,
-                        restart_in_s=round(self.next_start - now, 1))
+            self.next_start = now + min(30.0, 2.0**self.restarts) if quick else now
+            log.warning(
+                "service.exited",
+                service=self.name,
+                returncode=self.process.returncode if self.process else None,
+                restart_in_s=round(self.next_start - now, 1),
+            )
         if now < self.next_start:
             return False
         self.next_start = 0.0
@@ -132,16 +138,22 @@ class Service:
 
 #: the settings that are secrets: never passed to a child in its environment
 SECRET_VARIABLES = frozenset(
-    f"STAFET_{name.upper()}" for name, info in Settings.model_fields.items()
-    if "SecretStr" in str(info.annotation))
+    f"STAFET_{name.upper()}"
+    for name, info in Settings.model_fields.items()
+    if "SecretStr" in str(info.annotation)
+)
 
 
 def inherited_environment(withheld: frozenset[str] = frozenset()) -> dict[str, str]:
     """Our environment without any secret setting or other ``withheld`` variable (a child
     reads its secrets from files)."""
-    return {k: v for k, v in os.environ.items()
-            if k.upper() not in SECRET_VARIABLES and k not in withheld
-            and k not in (SECRETS_DIR_ENV, CREDENTIALS_DIR_ENV)}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in SECRET_VARIABLES
+        and k not in withheld
+        and k not in (SECRETS_DIR_ENV, CREDENTIALS_DIR_ENV)
+    }
 
 
 def settings_env(settings: Settings, extra_secrets: dict[str, str] | None = None) -> dict[str, str]:
@@ -158,7 +170,9 @@ def settings_env(settings: Settings, extra_secrets: dict[str, str] | None = None
         if isinstance(value, SecretStr):
             secrets[f"STAFET_{name.upper()}"] = value.get_secret_value()
             continue
-        env[f"STAFET_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[f"STAFET_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
     if secrets:
         env[SECRETS_DIR_ENV] = str(write_secret_files(settings.secrets_dir, secrets))
     return env
@@ -174,8 +188,13 @@ def write_secret_files(secrets_dir: Path, secrets: dict[str, str]) -> Path:
     return directory
 
 
-def service_env(settings: Settings, principal: str, *, health_port: int = 0,
-                extra_secrets: dict[str, str] | None = None) -> dict[str, str]:
+def service_env(
+    settings: Settings,
+    principal: str,
+    *,
+    health_port: int = 0,
+    extra_secrets: dict[str, str] | None = None,
+) -> dict[str, str]:
     """``settings_env`` for a child that connects as ``principal`` (sasl_ssl): its own password
     (from its file, or the one configured for it), never the admin's; its health endpoints on
     ``health_port`` (0: any free port — several children on one host must not share one)."""
@@ -230,7 +249,9 @@ def health_ports(settings: Settings) -> dict[str, int]:
 
 
 @contextmanager
-def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True) -> Iterator[dict[str, Service]]:
+def running_stack(
+    settings: Settings, *, log_dir: Path, stop_kafka: bool = True
+) -> Iterator[dict[str, Service]]:
     """Kafka + topics + worker + MLLP and FHIR listeners + delivery, torn down on exit."""
     kafka = LocalKafka.from_settings(settings)
     started_kafka = kafka.pid() is None
@@ -239,17 +260,34 @@ def running_stack(settings: Settings, *, log_dir: Path, stop_kafka: bool = True)
     ports = health_ports(settings)
     hook_secrets = subscriber_secret_files(settings)
     services = {
-        "worker": Service("worker", ["worker"], log_dir / "worker.log",
-                          service_env(settings, WORKER, health_port=ports["worker"])),
-        "mllp": Service("mllp", ["mllp"], log_dir / "mllp.log",
-                        service_env(settings, MLLP, health_port=ports["mllp"])),
-        "fhir": Service("fhir", ["fhir"], log_dir / "fhir.log",
-                        service_env(settings, FHIR, health_port=ports["fhir"])),
+        "worker": Service(
+            "worker",
+            ["worker"],
+            log_dir / "worker.log",
+            service_env(settings, WORKER, health_port=ports["worker"]),
+        ),
+        "mllp": Service(
+            "mllp",
+            ["mllp"],
+            log_dir / "mllp.log",
+            service_env(settings, MLLP, health_port=ports["mllp"]),
+        ),
+        "fhir": Service(
+            "fhir",
+            ["fhir"],
+            log_dir / "fhir.log",
+            service_env(settings, FHIR, health_port=ports["fhir"]),
+        ),
         # REST hooks, the letter outbox, acknowledgements and the audit trail
-        "deliver": Service("deliver", ["deliver"], log_dir / "deliver.log",
-                           service_env(settings, DELIVERY, health_port=ports["deliver"],
-                                       extra_secrets=hook_secrets),
-                           withheld=frozenset(hook_secrets)),
+        "deliver": Service(
+            "deliver",
+            ["deliver"],
+            log_dir / "deliver.log",
+            service_env(
+                settings, DELIVERY, health_port=ports["deliver"], extra_secrets=hook_secrets
+            ),
+            withheld=frozenset(hook_secrets),
+        ),
     }
     try:
         for service in services.values():
@@ -267,8 +305,10 @@ def stop_services(services: dict[str, Service]) -> None:
     """SIGTERM in the order data flows: the listeners first (no new input; what is in flight is
     answered), then the worker and delivery together (each commits and leaves its group), each
     given 20 s before SIGKILL."""
-    waves = [[s for s in services.values() if s.name in ("mllp", "fhir")],
-             [s for s in services.values() if s.name not in ("mllp", "fhir")]]
+    waves = [
+        [s for s in services.values() if s.name in ("mllp", "fhir")],
+        [s for s in services.values() if s.name not in ("mllp", "fhir")],
+    ]
     for wave in waves:
         for service in wave:
             service.terminate()

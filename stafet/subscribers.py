@@ -44,8 +44,9 @@ from stafet.schemas.municipalities import municipalities
 from stafet.topics import OUT_LETTER, OUT_MUNICIPALITY_PREFIX, OUT_REFERRER, municipality_topic
 
 Channel = Literal["kafka", "rest", "letter"]
-PartyKind = Literal["municipality", "ppr", "family-department", "referrer", "letter-service",
-                    "other"]
+PartyKind = Literal[
+    "municipality", "ppr", "family-department", "referrer", "letter-service", "other"
+]
 SHARED_TOPICS = (OUT_REFERRER, OUT_LETTER)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: Standard Webhooks secrets: "whsec_" + base64 of at least 24 random bytes (the spec: 24 to 64)
@@ -60,16 +61,20 @@ def secret_key(secret: str) -> bytes:
     string differently, and a short key can be guessed. ValueError says what is wrong, never
     the secret."""
     if not secret.startswith(SECRET_PREFIX):
-        raise ValueError(f"it is not a Standard Webhooks secret: it must start with "
-                         f"{SECRET_PREFIX} (followed by base64 of {MIN_SECRET_BYTES}-64 random "
-                         "bytes; `stafet subscribers new-secret` makes one)")
+        raise ValueError(
+            f"it is not a Standard Webhooks secret: it must start with "
+            f"{SECRET_PREFIX} (followed by base64 of {MIN_SECRET_BYTES}-64 random "
+            "bytes; `stafet subscribers new-secret` makes one)"
+        )
     try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"the part after {SECRET_PREFIX} is not valid base64") from exc
     if len(key) < MIN_SECRET_BYTES:
-        raise ValueError(f"it decodes to {len(key)} bytes; at least {MIN_SECRET_BYTES} are "
-                         "required (`stafet subscribers new-secret` makes one)")
+        raise ValueError(
+            f"it decodes to {len(key)} bytes; at least {MIN_SECRET_BYTES} are "
+            "required (`stafet subscribers new-secret` makes one)"
+        )
     return key
 
 
@@ -110,14 +115,21 @@ class Subscriber(BaseModel):
         if not topic.startswith("out."):
             raise ValueError(f"topic {topic} is not an out.* topic")
         if self.delivery == "kafka" and not topic.startswith(OUT_MUNICIPALITY_PREFIX):
-            raise ValueError(f"{topic} is shared by many parties: a subscriber reads only its own "
-                             "out.municipality.<code> topic over Kafka; use rest or letter")
+            raise ValueError(
+                f"{topic} is shared by many parties: a subscriber reads only its own "
+                "out.municipality.<code> topic over Kafka; use rest or letter"
+            )
         if self.delivery == "rest" and (self.url is None or self.secret_env is None):
             raise ValueError("a rest subscriber needs url and secret_env")
-        if self.url is not None and self.url.startswith("http://") and \
-                urlsplit(self.url).hostname not in LOOPBACK:
-            raise ValueError(f"{self.url}: messages carry CPR numbers; use https:// (plain "
-                             "http only on loopback)")
+        if (
+            self.url is not None
+            and self.url.startswith("http://")
+            and urlsplit(self.url).hostname not in LOOPBACK
+        ):
+            raise ValueError(
+                f"{self.url}: messages carry CPR numbers; use https:// (plain "
+                "http only on loopback)"
+            )
         if self.delivery == "letter" and topic != OUT_LETTER:
             raise ValueError(f"letters are on {OUT_LETTER}, not {topic}")
         if self.delivery != "rest" and self.expects_ack:
@@ -156,14 +168,17 @@ class Subscriber(BaseModel):
         if not value:
             value, where = read_secret_file(self.secret_env), f"secret file {self.secret_env}"
         if not value:
-            raise RegistryError(f"subscriber {self.id}: its webhook secret {self.secret_env} is "
-                                "not set (neither an environment variable nor a file in "
-                                "STAFET_SECRETS_DIR / $CREDENTIALS_DIRECTORY)")
+            raise RegistryError(
+                f"subscriber {self.id}: its webhook secret {self.secret_env} is "
+                "not set (neither an environment variable nor a file in "
+                "STAFET_SECRETS_DIR / $CREDENTIALS_DIRECTORY)"
+            )
         try:
             secret_key(value)
         except ValueError as exc:
-            raise RegistryError(f"subscriber {self.id}: the webhook secret in {where}: "
-                                f"{exc}") from None
+            raise RegistryError(
+                f"subscriber {self.id}: the webhook secret in {where}: {exc}"
+            ) from None
         return SecretStr(value)
 
 
@@ -187,21 +202,32 @@ class Registry:
             raise RegistryError(f"subscriber ids used twice: {', '.join(dupes)}")
         pushed = [s for s in self.subscribers if s.delivery != "kafka"]
         for n, a in enumerate(pushed):  # one pushed subscriber per record: one delivery state
-            for b in pushed[n + 1:]:
-                if a.out_topic == b.out_topic and (not a.recipients or not b.recipients or
-                                                   set(a.recipients) & set(b.recipients)):
-                    raise RegistryError(f"subscribers {a.id} and {b.id} would both be sent the "
-                                        f"same records of {a.out_topic}; give them disjoint "
-                                        "recipients")
+            for b in pushed[n + 1 :]:
+                if a.out_topic == b.out_topic and (
+                    not a.recipients or not b.recipients or set(a.recipients) & set(b.recipients)
+                ):
+                    raise RegistryError(
+                        f"subscribers {a.id} and {b.id} would both be sent the "
+                        f"same records of {a.out_topic}; give them disjoint "
+                        "recipients"
+                    )
 
     def all(self) -> list[Subscriber]:
         """Every subscriber, including the implicit Kafka readers of unlisted municipalities."""
         listed = list(self.subscribers)
         if self.defaults.municipalities == "kafka":
             covered = {s.municipality for s in listed if s.party == "municipality"}
-            listed += [Subscriber(id=f"municipality-{code}", name=m.name, party="municipality",
-                                  delivery="kafka", municipality=code)
-                       for code, m in sorted(municipalities().items()) if code not in covered]
+            listed += [
+                Subscriber(
+                    id=f"municipality-{code}",
+                    name=m.name,
+                    party="municipality",
+                    delivery="kafka",
+                    municipality=code,
+                )
+                for code, m in sorted(municipalities().items())
+                if code not in covered
+            ]
         return listed
 
     def by_id(self, subscriber_id: str) -> Subscriber:
@@ -243,12 +269,17 @@ def load_registry(path: Path, directory: Directory | None = None) -> Registry:
     return parse_registry(data, source=str(path), directory=directory)
 
 
-def parse_registry(data: dict, *, source: str = "registry",  # type: ignore[type-arg]
-                   directory: Directory | None = None) -> Registry:
+def parse_registry(
+    data: dict,
+    *,
+    source: str = "registry",  # type: ignore[type-arg]
+    directory: Directory | None = None,
+) -> Registry:
     unknown = set(data) - {"defaults", "subscriber"}
     if unknown:
-        raise RegistryError(f"{source}: unknown sections {sorted(unknown)}; expected [defaults] "
-                            "and [[subscriber]]")
+        raise RegistryError(
+            f"{source}: unknown sections {sorted(unknown)}; expected [defaults] and [[subscriber]]"
+        )
     errors: list[str] = []
     subscribers = []
     for n, entry in enumerate(data.get("subscriber", []), start=1):
@@ -256,8 +287,10 @@ def parse_registry(data: dict, *, source: str = "registry",  # type: ignore[type
             subscribers.append(Subscriber.model_validate(entry))
         except ValidationError as exc:
             name = entry.get("id", f"#{n}") if isinstance(entry, dict) else f"#{n}"
-            errors += [f"subscriber {name}: {'.'.join(map(str, e['loc'])) or 'entry'}: "
-                       f"{e['msg']}" for e in exc.errors()]
+            errors += [
+                f"subscriber {name}: {'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}"
+                for e in exc.errors()
+            ]
     try:
         defaults = Defaults.model_validate(data.get("defaults", {}))
     except ValidationError as exc:
@@ -270,8 +303,9 @@ def parse_registry(data: dict, *, source: str = "registry",  # type: ignore[type
     return Registry(tuple(subscribers), defaults)
 
 
-def _resolve_entries(subscriber: Subscriber, directory: Directory | None,
-                     errors: list[str]) -> Subscriber:
+def _resolve_entries(
+    subscriber: Subscriber, directory: Directory | None, errors: list[str]
+) -> Subscriber:
     if not subscriber.entries:
         return subscriber
     if directory is None:
@@ -300,9 +334,19 @@ def describe(subscribers: Iterable[Subscriber]) -> list[dict[str, str]]:
     """One row per subscriber for ``stafet subscribers list`` (no secrets, only their names)."""
     rows = []
     for s in subscribers:
-        target = {"kafka": f"reads {s.out_topic}", "rest": f"POST {s.url}",
-                  "letter": f"outbox {s.outbox or '(default)'}"}[s.delivery]
-        rows.append({"id": s.id, "party": s.party, "delivery": s.delivery, "topic": s.out_topic,
-                     "recipients": ",".join(mask_cpr(r) for r in s.recipients) or "*",
-                     "target": target})
+        target = {
+            "kafka": f"reads {s.out_topic}",
+            "rest": f"POST {s.url}",
+            "letter": f"outbox {s.outbox or '(default)'}",
+        }[s.delivery]
+        rows.append(
+            {
+                "id": s.id,
+                "party": s.party,
+                "delivery": s.delivery,
+                "topic": s.out_topic,
+                "recipients": ",".join(mask_cpr(r) for r in s.recipients) or "*",
+                "target": target,
+            }
+        )
     return rows

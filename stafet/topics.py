@@ -14,8 +14,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from stafet.errors import StafetError
-from stafet.logging import get_logger
 from stafet.kafka_client import KafkaTarget, resolve_config
+from stafet.logging import get_logger
 from stafet.schemas.municipalities import municipalities
 
 log = get_logger(__name__)
@@ -86,11 +86,22 @@ def municipality_topic(code: str) -> str:
 
 
 def all_topics() -> list[str]:
-    return [INGEST_HL7V2, INGEST_FHIR, EVENTS_ENCOUNTER, EVENTS_REFERRAL, TIMERS_REFERRAL,
-            INDEX_REFERRAL,
-            OUT_REFERRER, OUT_LETTER,
-            ACKS_INBOUND, AUDIT_DELIVERY, ALERTS_OPERATOR, *DLQ_TOPICS, CONTROL_DELIVERY,
-            *(municipality_topic(code) for code in municipalities())]
+    return [
+        INGEST_HL7V2,
+        INGEST_FHIR,
+        EVENTS_ENCOUNTER,
+        EVENTS_REFERRAL,
+        TIMERS_REFERRAL,
+        INDEX_REFERRAL,
+        OUT_REFERRER,
+        OUT_LETTER,
+        ACKS_INBOUND,
+        AUDIT_DELIVERY,
+        ALERTS_OPERATOR,
+        *DLQ_TOPICS,
+        CONTROL_DELIVERY,
+        *(municipality_topic(code) for code in municipalities()),
+    ]
 
 
 def partitions_of(topic: str, partitions: int) -> int:
@@ -117,19 +128,29 @@ class TopicPlan:
 
     @classmethod
     def from_settings(cls, settings: Any) -> TopicPlan:
-        return cls(settings.ingest_retention_days, settings.out_retention_days,
-                   settings.dlq_retention_days, settings.replication_factor,
-                   settings.min_insync_replicas)
+        return cls(
+            settings.ingest_retention_days,
+            settings.out_retention_days,
+            settings.dlq_retention_days,
+            settings.replication_factor,
+            settings.min_insync_replicas,
+        )
 
     def replication(self, brokers: int) -> tuple[int, int]:
         """(replication factor, min.insync.replicas) on a cluster of ``brokers``."""
         rf = self.replication_factor or min(3, max(brokers, 1))
         if rf > brokers:
-            raise StafetError(f"replication factor {rf} needs {rf} brokers; the cluster has "
-                              f"{brokers} (STAFET_REPLICATION_FACTOR)")
+            raise StafetError(
+                f"replication factor {rf} needs {rf} brokers; the cluster has "
+                f"{brokers} (STAFET_REPLICATION_FACTOR)"
+            )
         if brokers >= 3 and rf < 3:
-            log.warning("topics.low_replication", replication_factor=rf, brokers=brokers,
-                        hint="one broker lost can lose acknowledged records")
+            log.warning(
+                "topics.low_replication",
+                replication_factor=rf,
+                brokers=brokers,
+                hint="one broker lost can lose acknowledged records",
+            )
         isr = self.min_insync_replicas or (2 if rf >= 3 else 1)
         if isr > rf:
             raise StafetError(f"min.insync.replicas {isr} exceeds the replication factor {rf}")
@@ -154,8 +175,9 @@ class TopicPlan:
         return out
 
 
-def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *,
-                  plan: TopicPlan = TopicPlan()) -> list[str]:
+def ensure_topics(
+    kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *, plan: TopicPlan = TopicPlan()
+) -> list[str]:
     """Create every stafet topic that does not exist yet as ``plan`` says; return the ones
     created. (The stream stage's changelog topics, ``changelog__<app id>--…``, are created by
     the worker itself, with the replication of its input topics.) An existing topic is left as
@@ -178,9 +200,15 @@ def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *,
     rf, isr = plan.replication(len(metadata.brokers))
     configs = plan.configs(isr)
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions_of(name, partitions), replication_factor=rf,
-                  config=configs[name])
-         for name in missing],
+        [
+            NewTopic(
+                name,
+                num_partitions=partitions_of(name, partitions),
+                replication_factor=rf,
+                config=configs[name],
+            )
+            for name in missing
+        ],
         operation_timeout=timeout,
     )
     denied = set()
@@ -197,8 +225,9 @@ def ensure_topics(kafka: KafkaTarget, partitions: int, timeout: float = 30.0, *,
     return created
 
 
-def topic_drift(kafka: KafkaTarget, partitions: int, plan: TopicPlan = TopicPlan(),
-                timeout: float = 30.0) -> list[str]:
+def topic_drift(
+    kafka: KafkaTarget, partitions: int, plan: TopicPlan = TopicPlan(), timeout: float = 30.0
+) -> list[str]:
     """Where the cluster's stafet topics differ from ``plan``: missing topics, partitions,
     replication factor, and every planned config (retention, compaction, min.insync.replicas)."""
     admin = AdminClient(resolve_config(kafka, log_level=2))
@@ -207,18 +236,23 @@ def topic_drift(kafka: KafkaTarget, partitions: int, plan: TopicPlan = TopicPlan
         rf, isr = plan.replication(len(metadata.brokers))
         wanted = plan.configs(isr)
         present = [t for t in wanted if t in metadata.topics]
-        futures = admin.describe_configs([ConfigResource("TOPIC", t) for t in present],
-                                         request_timeout=timeout)
-        actual = {resource.name: {k: v.value for k, v in future.result().items()}
-                  for resource, future in futures.items()}
+        futures = admin.describe_configs(
+            [ConfigResource("TOPIC", t) for t in present], request_timeout=timeout
+        )
+        actual = {
+            resource.name: {k: v.value for k, v in future.result().items()}
+            for resource, future in futures.items()
+        }
     except KafkaException as exc:
         raise StafetError(f"cannot describe the topics: {exc}") from exc
     drift = [f"{t}: missing" for t in wanted if t not in metadata.topics]
     for topic in present:
         meta = metadata.topics[topic]
         if len(meta.partitions) != partitions_of(topic, partitions):
-            drift.append(f"{topic}: {len(meta.partitions)} partitions, plan "
-                         f"{partitions_of(topic, partitions)}")
+            drift.append(
+                f"{topic}: {len(meta.partitions)} partitions, plan "
+                f"{partitions_of(topic, partitions)}"
+            )
         replicas = {len(p.replicas) for p in meta.partitions.values()}
         if replicas != {rf}:
             drift.append(f"{topic}: replication factor {sorted(replicas)}, plan {rf}")
@@ -233,8 +267,13 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], timeout: float) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         topics = admin.list_topics(timeout=timeout).topics
-        if all(name in topics and topics[name].partitions and not topics[name].error
-               and all(p.leader >= 0 for p in topics[name].partitions.values()) for name in names):
+        if all(
+            name in topics
+            and topics[name].partitions
+            and not topics[name].error
+            and all(p.leader >= 0 for p in topics[name].partitions.values())
+            for name in names
+        ):
             return
         time.sleep(0.2)
     raise StafetError(f"topics have no leader after {timeout:.0f}s")

@@ -41,8 +41,15 @@ from stafet.config import Settings
 from stafet.kafka_client import client_config
 from stafet.logging import get_logger
 from stafet.observability import (
-    DEAD_LETTERS, HEALTH, MESSAGES_IN, MESSAGES_OUT, lag_reporter, serve_health, stats_config,
+    DEAD_LETTERS,
+    HEALTH,
+    MESSAGES_IN,
+    MESSAGES_OUT,
+    lag_reporter,
+    serve_health,
+    stats_config,
 )
+from stafet.schemas.municipalities import municipalities
 from stafet.streams.normalize import normalize_fhir, normalize_hl7
 from stafet.streams.notify import notify
 from stafet.streams.records import Inbound, Output, dead_letter, headers_dict, operator_alert
@@ -50,19 +57,39 @@ from stafet.streams.referrals import ReferralStep
 from stafet.streams.staged_state import StagedState
 from stafet.streams.watchdog import Watchdog
 from stafet.topics import (
-    ALERTS_OPERATOR, DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, EVENTS_ENCOUNTER, EVENTS_REFERRAL,
-    INDEX_REFERRAL, INGEST_FHIR, INGEST_HL7V2, OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
+    ALERTS_OPERATOR,
+    DLQ_NORMALIZE,
+    DLQ_NOTIFY,
+    DLQ_REFERRAL,
+    EVENTS_ENCOUNTER,
+    EVENTS_REFERRAL,
+    INDEX_REFERRAL,
+    INGEST_FHIR,
+    INGEST_HL7V2,
+    OUT_LETTER,
+    OUT_REFERRER,
+    TIMERS_REFERRAL,
+    municipality_topic,
 )
-from stafet.schemas.municipalities import municipalities
 
 log = get_logger(__name__)
 
+
 #: what every step may write (the callable topic in ``to_topic`` must return a declared Topic)
 def output_topics() -> list[str]:
-    return [EVENTS_ENCOUNTER, EVENTS_REFERRAL, TIMERS_REFERRAL, INDEX_REFERRAL, OUT_REFERRER,
-            OUT_LETTER,
-            DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL, ALERTS_OPERATOR,
-            *(municipality_topic(code) for code in municipalities())]
+    return [
+        EVENTS_ENCOUNTER,
+        EVENTS_REFERRAL,
+        TIMERS_REFERRAL,
+        INDEX_REFERRAL,
+        OUT_REFERRER,
+        OUT_LETTER,
+        DLQ_NORMALIZE,
+        DLQ_NOTIFY,
+        DLQ_REFERRAL,
+        ALERTS_OPERATOR,
+        *(municipality_topic(code) for code in municipalities()),
+    ]
 
 
 class OutputValue(Serializer):
@@ -114,8 +141,9 @@ class Stage:
     def __init__(self, name: str, dlq: str, step: Step, limits: TopicLimits) -> None:
         self.name, self.dlq, self.step, self.limits = name, dlq, step, limits
 
-    def __call__(self, value: bytes | None, key: bytes | None, headers: Any,
-                 state: Any = None) -> list[Output]:
+    def __call__(
+        self, value: bytes | None, key: bytes | None, headers: Any, state: Any = None
+    ) -> list[Output]:
         """The quixstreams callback: the record in hand, from the message context."""
         ctx = message_context()
         record = Inbound(ctx.topic, ctx.partition, ctx.offset, key, value, headers_dict(headers))
@@ -127,16 +155,25 @@ class Stage:
         MESSAGES_IN.labels(stage=self.name).inc()
         staged = StagedState(state) if state is not None else None
         outputs = self.step(record, staged)
-        too_large = [(o, limit) for o in outputs
-                     if o.size() > (limit := self.limits.limit(o.topic))]
+        too_large = [
+            (o, limit) for o in outputs if o.size() > (limit := self.limits.limit(o.topic))
+        ]
         if too_large:  # would fail the whole transaction forever: dead-letter the input instead
-            reason = "; ".join(f"output for {o.topic} is {o.size()} bytes, over its "
-                               f"max.message.bytes {limit}" for o, limit in too_large)
+            reason = "; ".join(
+                f"output for {o.topic} is {o.size()} bytes, over its max.message.bytes {limit}"
+                for o, limit in too_large
+            )
             log.error(f"{self.name}.output_too_large", origin=record.origin, reason=reason)
             DEAD_LETTERS.labels(stage=self.name).inc()
-            return [dead_letter(self.dlq, self.name, record, reason),
-                    operator_alert(self.name, f"{record.origin} dead-lettered: {reason}",
-                                   origin=record.origin, topic=self.dlq)]
+            return [
+                dead_letter(self.dlq, self.name, record, reason),
+                operator_alert(
+                    self.name,
+                    f"{record.origin} dead-lettered: {reason}",
+                    origin=record.origin,
+                    topic=self.dlq,
+                ),
+            ]
         if staged is not None:
             staged.commit()
         _count(self.name, self.dlq, outputs)
@@ -149,8 +186,9 @@ def _count(stage: str, dlq: str, outputs: list[Output]) -> None:
     dead = sum(1 for o in outputs if o.topic == dlq)
     if dead:
         DEAD_LETTERS.labels(stage=stage).inc(dead)
-    out = sum(1 for o in outputs if o.topic not in (dlq, ALERTS_OPERATOR, TIMERS_REFERRAL,
-                                                     INDEX_REFERRAL))
+    out = sum(
+        1 for o in outputs if o.topic not in (dlq, ALERTS_OPERATOR, TIMERS_REFERRAL, INDEX_REFERRAL)
+    )
     if out:
         MESSAGES_OUT.labels(stage=stage).inc(out)
 
@@ -180,40 +218,70 @@ def build_application(settings: Settings) -> Application:
         auto_offset_reset="earliest",
         state_dir=str(settings.worker_data_dir),
         commit_interval=settings.worker_commit_interval_s,
-        consumer_extra_config={"session.timeout.ms": int(settings.worker_session_timeout_s * 1000),
-                               "heartbeat.interval.ms": int(min(3.0, settings.worker_session_timeout_s / 3) * 1000),
-                               "log_level": 3, **stats_config(lag_reporter(settings.app_id, readiness=True))},
+        consumer_extra_config={
+            "session.timeout.ms": int(settings.worker_session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(min(3.0, settings.worker_session_timeout_s / 3) * 1000),
+            "log_level": 3,
+            **stats_config(lag_reporter(settings.app_id, readiness=True)),
+        },
         producer_extra_config={
             "transactional.id": transactional_id(settings),
-            "linger.ms": 5, "log_level": 3,
-            "transaction.timeout.ms": int(settings.worker_transaction_timeout_s * 1000)},
+            "linger.ms": 5,
+            "log_level": 3,
+            "transaction.timeout.ms": int(settings.worker_transaction_timeout_s * 1000),
+        },
         loglevel=None,  # its loggers go through our CPR-masking handler (stafet.logging)
         auto_create_topics=True,  # only the changelogs are missing; `stafet topics` made the rest
     )
-    topic = {name: app.topic(name, key_deserializer="bytes", value_deserializer="bytes",
-                             key_serializer="bytes", value_serializer=OutputValue())
-             for name in {*output_topics(), INGEST_HL7V2, INGEST_FHIR}}
+    topic = {
+        name: app.topic(
+            name,
+            key_deserializer="bytes",
+            value_deserializer="bytes",
+            key_serializer="bytes",
+            value_serializer=OutputValue(),
+        )
+        for name in {*output_topics(), INGEST_HL7V2, INGEST_FHIR}
+    }
     limits = TopicLimits(config, output_topics())
     validate = sampled(settings.validate_every)
     referrals = ReferralStep(settings)
     stages = [
-        (INGEST_HL7V2, Stage("normalize", DLQ_NORMALIZE,
-                             lambda r, s: normalize_hl7(r, settings), limits), False),
-        (INGEST_FHIR, Stage("normalize", DLQ_NORMALIZE,
-                            lambda r, s: normalize_fhir(r, settings), limits), False),
-        (EVENTS_ENCOUNTER, Stage("notify", DLQ_NOTIFY,
-                                 lambda r, s: notify(r, s, settings, validate=validate(r)),
-                                 limits), True),
+        (
+            INGEST_HL7V2,
+            Stage("normalize", DLQ_NORMALIZE, lambda r, s: normalize_hl7(r, settings), limits),
+            False,
+        ),
+        (
+            INGEST_FHIR,
+            Stage("normalize", DLQ_NORMALIZE, lambda r, s: normalize_fhir(r, settings), limits),
+            False,
+        ),
+        (
+            EVENTS_ENCOUNTER,
+            Stage(
+                "notify",
+                DLQ_NOTIFY,
+                lambda r, s: notify(r, s, settings, validate=validate(r)),
+                limits,
+            ),
+            True,
+        ),
         (EVENTS_REFERRAL, Stage("referrals", DLQ_REFERRAL, referrals, limits), True),
     ]
     for source, stage, stateful in stages:
         sdf = app.dataframe(topic[source])
         if stateful:
-            sdf = sdf.apply(lambda v, k, t, h, state, stage=stage: stage(v, k, h, state),
-                            stateful=True, metadata=True, expand=True)
+            sdf = sdf.apply(
+                lambda v, k, t, h, state, stage=stage: stage(v, k, h, state),
+                stateful=True,
+                metadata=True,
+                expand=True,
+            )
         else:
-            sdf = sdf.apply(lambda v, k, t, h, stage=stage: stage(v, k, h),
-                            metadata=True, expand=True)
+            sdf = sdf.apply(
+                lambda v, k, t, h, stage=stage: stage(v, k, h), metadata=True, expand=True
+            )
         sdf = sdf.set_headers(lambda v, k, t, h: list(v.headers.items()))
         sdf.to_topic(lambda v, k, t, h: topic[v.topic], key=lambda v: v.key)
     return app
@@ -294,8 +362,12 @@ def run_worker(settings: Settings) -> None:
             started = time.monotonic()
             HEALTH.beat()  # alive between applications too (statistics beat while one runs)
             try:
-                ensure_topics(settings, settings.partitions, timeout=10.0,
-                              plan=TopicPlan.from_settings(settings))
+                ensure_topics(
+                    settings,
+                    settings.partitions,
+                    timeout=10.0,
+                    plan=TopicPlan.from_settings(settings),
+                )
                 stopper.run(build_application(settings))
                 if stopper.stopping.is_set():
                     return

@@ -25,12 +25,23 @@ from stafet.errors import StafetError
 from stafet.ids import stable_uuid
 from stafet.model import EncounterEvent
 from stafet.streams.medcom_addressing import (
-    GLN_SYSTEM, MESSAGING_ORGANIZATION, SOR_ENDPOINT, endpoint, organization,
+    GLN_SYSTEM,
+    MESSAGING_ORGANIZATION,
+    SOR_ENDPOINT,
+    endpoint,
+    organization,
     organization_problems,
 )
 
-__all__ = ["GLN_SYSTEM", "SOR_ENDPOINT", "SOR_SYSTEM", "NotificationBuildError",
-           "build_hospital_notification", "message_header_id", "validate_bundle"]
+__all__ = [
+    "GLN_SYSTEM",
+    "SOR_ENDPOINT",
+    "SOR_SYSTEM",
+    "NotificationBuildError",
+    "build_hospital_notification",
+    "message_header_id",
+    "validate_bundle",
+]
 CPR_SYSTEM: Final = "urn:oid:1.2.208.176.1.2"
 MUNICIPALITY_SYSTEM: Final = "http://hl7.dk/fhir/core/CodeSystem/dk-core-municipality-codes"
 ACTCODE_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -53,7 +64,8 @@ PROFILES: Final[dict[str, str]] = {
 }
 EXT_REPORT_OF_ADMISSION: Final = _HN + "medcom-messaging-reportOfAdmissionExtension"
 EXT_REPORT_OF_ADMISSION_RECIPIENT: Final = (
-    _HN + "medcom-messaging-reportOfAdmissionRecipientExtension")
+    _HN + "medcom-messaging-reportOfAdmissionRecipientExtension"
+)
 EXT_LEAVE_PERIOD: Final = _HN + "medcom-hospitalnotifiation-leave-period-extension"  # sic
 EXT_DESTINATION_USE: Final = _MESSAGING + "medcom-messaging-destinationUseExtension"
 
@@ -62,8 +74,14 @@ EXT_DESTINATION_USE: Final = _MESSAGING + "medcom-messaging-destinationUseExtens
 #: There is no leave code for acute ambulant stays and no "deceased" code at all.
 HOSPITAL_NOTIFICATION_ACTIVITIES: Final = frozenset(
     prefix + base
-    for base in ("admit-inpatient", "admit-emergency", "start-leave-inpatient",
-                 "end-leave-inpatient", "discharge-inpatient-home", "discharge-emergency-home")
+    for base in (
+        "admit-inpatient",
+        "admit-emergency",
+        "start-leave-inpatient",
+        "end-leave-inpatient",
+        "discharge-inpatient-home",
+        "discharge-emergency-home",
+    )
     for prefix in ("", "revise-", "cancel-")
 )  # all 18 are listed there; nothing else is allowed (invariant medcom-hospitalNotification-3)
 
@@ -102,12 +120,29 @@ MORS_ON_LEAVE_ACTIVITY: Final = "start-leave-inpatient"  # MedCom test script MO
 
 #: Encounter elements the profile fixes to 0..0 (data minimisation, Retssikkerhedsloven §12c).
 FORBIDDEN_ENCOUNTER_ELEMENTS: Final = (
-    "type", "serviceType", "priority", "reasonCode", "reasonReference", "diagnosis", "location",
-    "hospitalization", "participant", "basedOn", "appointment", "length", "partOf",
+    "type",
+    "serviceType",
+    "priority",
+    "reasonCode",
+    "reasonReference",
+    "diagnosis",
+    "location",
+    "hospitalization",
+    "participant",
+    "basedOn",
+    "appointment",
+    "length",
+    "partOf",
 )
-_KINDS: Final = {"bundle": "Bundle", "messageheader": "MessageHeader", "patient": "Patient",
-                 "encounter": "Encounter", "sender": "Organization", "recipient": "Organization",
-                 "provenance": "Provenance"}  # id kind -> resource type
+_KINDS: Final = {
+    "bundle": "Bundle",
+    "messageheader": "MessageHeader",
+    "patient": "Patient",
+    "encounter": "Encounter",
+    "sender": "Organization",
+    "recipient": "Organization",
+    "provenance": "Provenance",
+}  # id kind -> resource type
 ENCOUNTER_STATUSES: Final = frozenset({"in-progress", "onleave", "finished", "entered-in-error"})
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
@@ -131,7 +166,8 @@ def activity_code(event: EncounterEvent) -> str:
     activity = ACTIVITY_CODES.get((code, enc.class_code))
     if activity is None:
         raise NotificationBuildError(
-            f"{code} has no MedCom activity code for Encounter.class {enc.class_code}")
+            f"{code} has no MedCom activity code for Encounter.class {enc.class_code}"
+        )
     if code.endswith("MORS") and enc.class_code == "IMP" and enc.leave_start and not enc.leave_end:
         return MORS_ON_LEAVE_ACTIVITY
     return activity
@@ -167,39 +203,55 @@ def build_hospital_notification(
     ids = {kind: stable_uuid(event.event_id, recipient.municipality, kind) for kind in _KINDS}
     ref = {kind: f"{resource_type}/{ids[kind]}" for kind, resource_type in _KINDS.items()}
     try:
-        organizations = [organization(recipient, ids["recipient"]),
-                         organization(sender, ids["sender"])]
+        organizations = [
+            organization(recipient, ids["recipient"]),
+            organization(sender, ids["sender"]),
+        ]
     except Unaddressable as exc:
         raise NotificationBuildError(str(exc)) from exc
     destination, source = endpoint(recipient), endpoint(sender)
 
     wants_report = report_of_admission and code in ("STIN", "STAA")
     header = _resource("MessageHeader", ids["messageheader"])
-    header["text"] = _header_text(event, activity, recipient, sender, destination, ids,
-                                  wants_report)
+    header["text"] = _header_text(
+        event, activity, recipient, sender, destination, ids, wants_report
+    )
     if wants_report:  # the report goes back to the sender, as in MedCom's STIN/STAA examples
         header["extension"] = [
             {"url": EXT_REPORT_OF_ADMISSION, "valueBoolean": True},
-            {"url": EXT_REPORT_OF_ADMISSION_RECIPIENT,
-             "valueReference": {"reference": ref["sender"]}},
+            {
+                "url": EXT_REPORT_OF_ADMISSION_RECIPIENT,
+                "valueReference": {"reference": ref["sender"]},
+            },
         ]
     header |= {
         "eventCoding": {"system": EVENT_SYSTEM, "code": EVENT_CODE},
-        "destination": [{
-            "extension": [{"url": EXT_DESTINATION_USE,
-                           "valueCoding": {"system": DESTINATION_USE_SYSTEM, "code": "primary"}}],
-            "endpoint": destination,
-            "receiver": {"reference": ref["recipient"]},
-        }],
+        "destination": [
+            {
+                "extension": [
+                    {
+                        "url": EXT_DESTINATION_USE,
+                        "valueCoding": {"system": DESTINATION_USE_SYSTEM, "code": "primary"},
+                    }
+                ],
+                "endpoint": destination,
+                "receiver": {"reference": ref["recipient"]},
+            }
+        ],
         "sender": {"reference": ref["sender"]},
         "source": {"endpoint": source},
         "focus": [{"reference": ref["encounter"]}],
     }
 
-    name = {"use": "official", **({"family": patient.family} if patient.family else {}),
-            **({"given": list(patient.given)} if patient.given else {})}
+    name = {
+        "use": "official",
+        **({"family": patient.family} if patient.family else {}),
+        **({"given": list(patient.given)} if patient.given else {}),
+    }
     pat = _resource("Patient", ids["patient"]) | {
-        "identifier": [{"system": CPR_SYSTEM, "value": patient.cpr}], "name": [name]}
+        "identifier": [{"system": CPR_SYSTEM, "value": patient.cpr}],
+        "name": [name],
+    }
     if code == "AN_MORS":
         pat["deceasedBoolean"] = False  # the death notice is withdrawn: say so explicitly
     elif patient.deceased or code.endswith("MORS"):
@@ -228,14 +280,17 @@ def build_hospital_notification(
     if previous_header_id:
         role = "removal" if code.startswith("AN_") else "revision"
         provenance["entity"] = [
-            {"role": role, "what": {"reference": f"MessageHeader/{previous_header_id}"}}]
+            {"role": role, "what": {"reference": f"MessageHeader/{previous_header_id}"}}
+        ]
 
     resources = [header, pat, encounter, *organizations, provenance]
     return _resource("Bundle", ids["bundle"]) | {
         "type": "message",
         "timestamp": sent_at,
-        "entry": [{"fullUrl": f"{FULL_URL_BASE}/{r['resourceType']}/{r['id']}", "resource": r}
-                  for r in resources],
+        "entry": [
+            {"fullUrl": f"{FULL_URL_BASE}/{r['resourceType']}/{r['id']}", "resource": r}
+            for r in resources
+        ],
     }
 
 
@@ -256,8 +311,15 @@ def _leave_period(event: EncounterEvent) -> dict[str, str] | None:
     return {"start": enc.leave_start, **({"end": enc.leave_end} if enc.leave_end else {})}
 
 
-def _header_text(event: EncounterEvent, activity: str, recipient: Addressee, sender: Addressee,
-                 destination: str, ids: dict[str, str], report: bool) -> dict[str, str]:
+def _header_text(
+    event: EncounterEvent,
+    activity: str,
+    recipient: Addressee,
+    sender: Addressee,
+    destination: str,
+    ids: dict[str, str],
+    report: bool,
+) -> dict[str, str]:
     """The MessageHeader narrative (required); no CPR or clinical detail, only routing facts."""
     e = html.escape
     lines = [
@@ -271,8 +333,10 @@ def _header_text(event: EncounterEvent, activity: str, recipient: Addressee, sen
     if report:
         lines.append(f"Report of admission requested, to {e(sender.name)}")
     div = "".join(f"<p>{line}</p>" for line in lines)
-    return {"status": "extensions" if report else "generated",
-            "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{div}</div>'}
+    return {
+        "status": "extensions" if report else "generated",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{div}</div>',
+    }
 
 
 @cache
@@ -317,69 +381,101 @@ def _check_medcom(bundle: dict[str, Any]) -> None:
     stamp = bundle.get("timestamp")
     _require(_INSTANT.match(stamp or ""), f"Bundle.timestamp {stamp!r} needs a time and UTC offset")
     resources = [e.get("resource") or {} for e in bundle.get("entry") or []]
-    _require(resources and resources[0].get("resourceType") == "MessageHeader",
-             "entry[0] must be the MessageHeader")
+    _require(
+        resources and resources[0].get("resourceType") == "MessageHeader",
+        "entry[0] must be the MessageHeader",
+    )
     by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
     header = resources[0]
 
     def resolve(reference: dict[str, Any] | None, what: str, resource_type: str) -> dict[str, Any]:
         target = by_ref.get((reference or {}).get("reference", "")) or {}
-        _require(target.get("resourceType") == resource_type,
-                 f"{what} must reference a {resource_type} in the Bundle")
+        _require(
+            target.get("resourceType") == resource_type,
+            f"{what} must reference a {resource_type} in the Bundle",
+        )
         return target
 
     coding = header.get("eventCoding") or {}
-    _require((coding.get("system"), coding.get("code")) == (EVENT_SYSTEM, EVENT_CODE),
-             f"MessageHeader.eventCoding must be {EVENT_SYSTEM}#{EVENT_CODE}")
+    _require(
+        (coding.get("system"), coding.get("code")) == (EVENT_SYSTEM, EVENT_CODE),
+        f"MessageHeader.eventCoding must be {EVENT_SYSTEM}#{EVENT_CODE}",
+    )
     text = header.get("text") or {}
-    _require(text.get("status") not in (None, "empty") and text.get("div"),
-             "MessageHeader.text (narrative) is required")
+    _require(
+        text.get("status") not in (None, "empty") and text.get("div"),
+        "MessageHeader.text (narrative) is required",
+    )
     destinations = header.get("destination") or []
-    _require(len(destinations) == 1,
-             f"MessageHeader needs exactly one destination (no cc), has {len(destinations)}")
-    uses = [x.get("valueCoding", {}).get("code") for x in destinations[0].get("extension") or []
-            if x.get("url") == EXT_DESTINATION_USE]
+    _require(
+        len(destinations) == 1,
+        f"MessageHeader needs exactly one destination (no cc), has {len(destinations)}",
+    )
+    uses = [
+        x.get("valueCoding", {}).get("code")
+        for x in destinations[0].get("extension") or []
+        if x.get("url") == EXT_DESTINATION_USE
+    ]
     _require(uses == ["primary"], f"MessageHeader.destination must have use 'primary', has {uses}")
     resolve(destinations[0].get("receiver"), "MessageHeader.destination.receiver", "Organization")
     resolve(header.get("sender"), "MessageHeader.sender", "Organization")
-    _require((header.get("source") or {}).get("endpoint"),
-             "MessageHeader.source.endpoint is required (acknowledgements go there)")
+    _require(
+        (header.get("source") or {}).get("endpoint"),
+        "MessageHeader.source.endpoint is required (acknowledgements go there)",
+    )
     focus = header.get("focus") or []
     _require(len(focus) == 1, "MessageHeader.focus must be exactly one Encounter")
     encounter = resolve(focus[0], "MessageHeader.focus", "Encounter")
 
     patients = [r for r in resources if r.get("resourceType") == "Patient"]
     _require(len(patients) == 1, f"exactly one Patient is allowed, found {len(patients)}")
-    cprs = [i.get("value") or "" for i in patients[0].get("identifier") or []
-            if i.get("system") == CPR_SYSTEM]
-    _require(cprs and is_cpr_shape(cprs[0]),
-             f"Patient needs a CPR identifier ({CPR_SYSTEM}) with a 10-digit value")
+    cprs = [
+        i.get("value") or ""
+        for i in patients[0].get("identifier") or []
+        if i.get("system") == CPR_SYSTEM
+    ]
+    _require(
+        cprs and is_cpr_shape(cprs[0]),
+        f"Patient needs a CPR identifier ({CPR_SYSTEM}) with a 10-digit value",
+    )
 
     present = [k for k in FORBIDDEN_ENCOUNTER_ELEMENTS if k in encounter]
     _require(not present, f"Encounter must not carry {', '.join(present)} (data minimisation)")
     status = encounter.get("status")
     _require(status in ENCOUNTER_STATUSES, f"Encounter.status {status!r} is not allowed")
     cls = encounter.get("class") or {}
-    _require(cls.get("system") == ACTCODE_SYSTEM and cls.get("code") in ("IMP", "EMER"),
-             f"Encounter.class must be {ACTCODE_SYSTEM} IMP or EMER")
+    _require(
+        cls.get("system") == ACTCODE_SYSTEM and cls.get("code") in ("IMP", "EMER"),
+        f"Encounter.class must be {ACTCODE_SYSTEM} IMP or EMER",
+    )
     _require((encounter.get("period") or {}).get("start"), "Encounter.period.start is required")
     episodes = encounter.get("episodeOfCare") or []
-    _require(any((e.get("identifier") or {}).get("value") for e in episodes),
-             "Encounter.episodeOfCare.identifier is required")
+    _require(
+        any((e.get("identifier") or {}).get("value") for e in episodes),
+        "Encounter.episodeOfCare.identifier is required",
+    )
     resolve(encounter.get("serviceProvider"), "Encounter.serviceProvider", "Organization")
     resolve(encounter.get("subject"), "Encounter.subject", "Patient")
-    _require(status != "onleave" or any(
-        x.get("url") == EXT_LEAVE_PERIOD and (x.get("valuePeriod") or {}).get("start")
-        for x in encounter.get("extension") or []),
-        "Encounter with status onleave needs the leave-period extension with a start")
+    _require(
+        status != "onleave"
+        or any(
+            x.get("url") == EXT_LEAVE_PERIOD and (x.get("valuePeriod") or {}).get("start")
+            for x in encounter.get("extension") or []
+        ),
+        "Encounter with status onleave needs the leave-period extension with a start",
+    )
 
     provenances = [r for r in resources if r.get("resourceType") == "Provenance"]
     own = f"MessageHeader/{header.get('id')}"
-    _require(any(t.get("reference") == own for p in provenances for t in p.get("target") or []),
-             f"no Provenance targets this message's MessageHeader ({own})")
+    _require(
+        any(t.get("reference") == own for p in provenances for t in p.get("target") or []),
+        f"no Provenance targets this message's MessageHeader ({own})",
+    )
     for p in provenances:
         for agent in p.get("agent") or []:
             resolve(agent.get("who"), f"Provenance {p.get('id')} agent.who", "Organization")
         codes = [c.get("code") for c in (p.get("activity") or {}).get("coding") or []]
-        _require(codes and codes[0] in HOSPITAL_NOTIFICATION_ACTIVITIES,
-                 f"Provenance {p.get('id')} activity {codes} is not a HospitalNotification code")
+        _require(
+            codes and codes[0] in HOSPITAL_NOTIFICATION_ACTIVITIES,
+            f"Provenance {p.get('id')} activity {codes} is not a HospitalNotification code",
+        )

@@ -21,8 +21,9 @@ GLN_SYSTEM: Final = "https://www.gs1.org/gln"
 GLN_SYSTEMS: Final = frozenset({GLN_SYSTEM, "http://www.gs1.org/gln", "urn:oid:1.3.88"})
 CVR_SYSTEM: Final = "http://cvr.dk"
 SOR_ENDPOINT: Final = "https://sor2.sum.dsdn.dk/#id={}"
-MESSAGING_ORGANIZATION: Final = ("http://medcomfhir.dk/ig/messaging/StructureDefinition/"
-                                 "medcom-messaging-organization")
+MESSAGING_ORGANIZATION: Final = (
+    "http://medcomfhir.dk/ig/messaging/StructureDefinition/medcom-messaging-organization"
+)
 
 
 def endpoint(addressee: Addressee) -> str:
@@ -33,11 +34,16 @@ def endpoint(addressee: Addressee) -> str:
 def organization(addressee: Addressee, rid: str) -> dict[str, Any]:
     """A MedComMessagingOrganization (EAN before SOR, as in MedCom's examples)."""
     routable = addressee.routable()
-    return {"resourceType": "Organization", "id": rid,
-            "meta": {"profile": [MESSAGING_ORGANIZATION]},
-            "identifier": [{"system": GLN_SYSTEM, "value": routable.ean},
-                           {"system": SOR_SYSTEM, "value": routable.sor}],
-            "name": routable.name}
+    return {
+        "resourceType": "Organization",
+        "id": rid,
+        "meta": {"profile": [MESSAGING_ORGANIZATION]},
+        "identifier": [
+            {"system": GLN_SYSTEM, "value": routable.ean},
+            {"system": SOR_SYSTEM, "value": routable.sor},
+        ],
+        "name": routable.name,
+    }
 
 
 def organization_problems(bundle: dict[str, Any]) -> list[str]:
@@ -47,10 +53,16 @@ def organization_problems(bundle: dict[str, Any]) -> list[str]:
     by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
     header = resources[0] if resources else {}
     destinations = header.get("destination") or [{}]
-    ends = {"MessageHeader.sender": (header.get("sender"),
-                                     (header.get("source") or {}).get("endpoint")),
-            "MessageHeader.destination.receiver": (destinations[0].get("receiver"),
-                                                   destinations[0].get("endpoint"))}
+    ends = {
+        "MessageHeader.sender": (
+            header.get("sender"),
+            (header.get("source") or {}).get("endpoint"),
+        ),
+        "MessageHeader.destination.receiver": (
+            destinations[0].get("receiver"),
+            destinations[0].get("endpoint"),
+        ),
+    }
     messaging: set[str] = set()
     for what, (reference, end) in ends.items():
         ref = (reference or {}).get("reference", "")
@@ -74,15 +86,18 @@ def organization_problems(bundle: dict[str, Any]) -> list[str]:
         if ref in messaging or claims:
             role = "sender/receiver" if ref in messaging else "MedComMessagingOrganization"
             if len(sors) != 1:
-                problems.append(f"{ref} ({role}): needs exactly one identifier:SOR-ID, "
-                                f"has {len(sors)}")
+                problems.append(
+                    f"{ref} ({role}): needs exactly one identifier:SOR-ID, has {len(sors)}"
+                )
             if len(eans) != 1:
-                problems.append(f"{ref} ({role}): needs exactly one identifier:EAN-ID (GLN), "
-                                f"has {len(eans)}")
+                problems.append(
+                    f"{ref} ({role}): needs exactly one identifier:EAN-ID (GLN), has {len(eans)}"
+                )
             problems += [f"{ref}: EAN-ID {p}" for e in eans if (p := gln_problem(e))]
     return problems
 
 
 def _values(org: dict[str, Any], systems: frozenset[str] | set[str]) -> list[str]:
-    return [str(i.get("value") or "") for i in org.get("identifier") or []
-            if i.get("system") in systems]
+    return [
+        str(i.get("value") or "") for i in org.get("identifier") or [] if i.get("system") in systems
+    ]

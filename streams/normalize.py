@@ -14,7 +14,10 @@ from stafet.logging import get_logger
 from stafet.model import EncounterEvent, ReferralEvent
 from stafet.streams.records import Inbound, Output, dead_letter
 from stafet.topics import (
-    DLQ_NORMALIZE, H_CHARSET, H_EVENT_ID, H_RECEIVED_AT,
+    DLQ_NORMALIZE,
+    H_CHARSET,
+    H_EVENT_ID,
+    H_RECEIVED_AT,
 )
 
 log = get_logger(__name__)
@@ -27,8 +30,11 @@ def reject(record: Inbound, exc: Exception, *, bad_input: bool) -> list[Output]:
         log.warning("normalize.rejected", error=str(exc), origin=record.origin)
         return [dead_letter(DLQ_NORMALIZE, "normalize", record, str(exc))]
     log.error("normalize.failed", origin=record.origin, exc_info=exc)
-    return [dead_letter(DLQ_NORMALIZE, "normalize", record,
-                        f"internal error: {type(exc).__name__}: {exc}")]
+    return [
+        dead_letter(
+            DLQ_NORMALIZE, "normalize", record, f"internal error: {type(exc).__name__}: {exc}"
+        )
+    ]
 
 
 def _event_headers(event_id: str, record: Inbound) -> dict[str, bytes]:
@@ -54,9 +60,12 @@ def normalize_hl7(record: Inbound, settings: Settings) -> list[Output]:
         return [Output(topic, record.key, value, _event_headers(event_id.decode(), record))]
     charset = (record.headers.get(H_CHARSET) or settings.mllp_default_charset.encode()).decode()
     try:
-        parsed = parse_hl7v2(record.value or b"",
-                             secret=settings.patient_key_secret.get_secret_value(),
-                             default_charset=charset, timezone=settings.default_timezone)
+        parsed = parse_hl7v2(
+            record.value or b"",
+            secret=settings.patient_key_secret.get_secret_value(),
+            default_charset=charset,
+            timezone=settings.default_timezone,
+        )
         return [_event_output(parsed, record)]
     except Hl7Error as exc:
         return reject(record, exc, bad_input=True)
@@ -67,8 +76,9 @@ def normalize_hl7(record: Inbound, settings: Settings) -> list[Output]:
 def normalize_fhir(record: Inbound, settings: Settings) -> list[Output]:
     """FHIR referral resources (one resource or a Bundle) → canonical events."""
     try:
-        parsed = parse_fhir_referral(record.value or b"",
-                                     secret=settings.patient_key_secret.get_secret_value())
+        parsed = parse_fhir_referral(
+            record.value or b"", secret=settings.patient_key_secret.get_secret_value()
+        )
         return [_event_output(p, record) for p in parsed]
     except FhirInputError as exc:
         return reject(record, exc, bad_input=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from stafet.cpr import mask_cpr
@@ -59,38 +59,64 @@ class Output:
 
     def size(self) -> int:
         """Bytes this record takes in a batch, near enough to compare with max.message.bytes."""
-        return (len(self.key or b"") + len(self.value or b"")
-                + sum(len(k) + len(v) for k, v in self.headers.items()) + 128)
+        return (
+            len(self.key or b"")
+            + len(self.value or b"")
+            + sum(len(k) + len(v) for k, v in self.headers.items())
+            + 128
+        )
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def dead_letter(dlq: str, stage: str, record: Inbound, reason: str) -> Output:
     """The original record, with why it failed (CPR-masked) and where it came from."""
-    return dead_letter_value(dlq, stage, key=record.key, value=record.value, reason=reason,
-                             headers={**record.headers, H_ORIGIN: record.origin.encode()})
+    return dead_letter_value(
+        dlq,
+        stage,
+        key=record.key,
+        value=record.value,
+        reason=reason,
+        headers={**record.headers, H_ORIGIN: record.origin.encode()},
+    )
 
 
-def dead_letter_value(dlq: str, stage: str, *, key: bytes | None, value: bytes | None,
-                      reason: str, headers: dict[str, bytes] | None = None) -> Output:
+def dead_letter_value(
+    dlq: str,
+    stage: str,
+    *,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    headers: dict[str, bytes] | None = None,
+) -> Output:
     """Like :func:`dead_letter` for a record that is not the one in hand (a parked decision)."""
-    return Output(dlq, key, value, {
-        **(headers or {}),
-        H_REASON: mask_cpr(reason)[:MAX_REASON].encode(),
-        H_STAGE: stage.encode(),
-        H_RECEIVED_AT: now_iso().encode(),
-    })
+    return Output(
+        dlq,
+        key,
+        value,
+        {
+            **(headers or {}),
+            H_REASON: mask_cpr(reason)[:MAX_REASON].encode(),
+            H_STAGE: stage.encode(),
+            H_RECEIVED_AT: now_iso().encode(),
+        },
+    )
 
 
 def operator_alert(stage: str, reason: str, **fields: Any) -> Output:
     """A record on ``alerts.operator``: something a person must look at (same shape as the
     delivery process's alerts)."""
-    body = {"at": now_iso(), "severity": "error", "stage": stage, "reason": mask_cpr(reason),
-            **{k: mask_cpr(str(v)) for k, v in fields.items()}}
-    return Output(ALERTS_OPERATOR, stage.encode(),
-                  json.dumps(body, ensure_ascii=False).encode())
+    body = {
+        "at": now_iso(),
+        "severity": "error",
+        "stage": stage,
+        "reason": mask_cpr(reason),
+        **{k: mask_cpr(str(v)) for k, v in fields.items()},
+    }
+    return Output(ALERTS_OPERATOR, stage.encode(), json.dumps(body, ensure_ascii=False).encode())
 
 
 def headers_dict(headers: Any) -> dict[str, bytes]:

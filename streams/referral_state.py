@@ -57,8 +57,9 @@ def municipality_party(code: str) -> Party:
     """The municipality's central mailbox as a recipient."""
     found = municipality(code)
     name = f"{found.name} Kommune" if found else f"Kommune {code}"
-    return Party(kind="municipality", identifier_system=MUNICIPALITY_SYSTEM, identifier=code,
-                 name=name)
+    return Party(
+        kind="municipality", identifier_system=MUNICIPALITY_SYSTEM, identifier=code, name=name
+    )
 
 
 def _party(data: dict[str, Any] | None) -> Party | None:
@@ -69,8 +70,9 @@ def enrich(event: ReferralEvent, state: dict[str, Any]) -> ReferralEvent:
     """A decision names only the referral; the state supplies the child and the parties."""
     child = PatientInfo(**{**state["child"], "given": tuple(state["child"].get("given") or ())})
     if event.child.family or event.child.given:
-        child = replace(child, family=event.child.family or child.family,
-                        given=event.child.given or child.given)
+        child = replace(
+            child, family=event.child.family or child.family, given=event.child.given or child.given
+        )
     return replace(
         event,
         child=child,
@@ -99,8 +101,12 @@ def _new_state(event: ReferralEvent) -> dict[str, Any]:
 
 
 def _with_history(state: dict[str, Any], event: ReferralEvent, status: str) -> dict[str, Any]:
-    entry = {"event_id": event.event_id, "kind": event.kind, "status": status,
-             "at": event.event_time}
+    entry = {
+        "event_id": event.event_id,
+        "kind": event.kind,
+        "status": status,
+        "at": event.event_time,
+    }
     return {**state, "status": status, "history": [*state["history"], entry]}
 
 
@@ -109,9 +115,14 @@ def seen(state: dict[str, Any] | None, event_id: str) -> bool:
     return bool(state) and any(h["event_id"] == event_id for h in state["history"])
 
 
-def apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
-          deadline: timedelta,
-          units_of: Callable[[str], tuple[Party, ...]] = lambda code: ()) -> Outcome:
+def apply(
+    state: dict[str, Any] | None,
+    event: ReferralEvent,
+    *,
+    now: datetime,
+    deadline: timedelta,
+    units_of: Callable[[str], tuple[Party, ...]] = lambda code: (),
+) -> Outcome:
     """The next state and the deliveries for ``event``; raises :class:`Park` or :class:`Refuse`.
 
     The state remembers everyone who was sent something (``told``): a modification or a
@@ -121,17 +132,27 @@ def apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
         return outcome
     told = {(p["identifier_system"], p["identifier"]): p for p in outcome.state.get("told", [])}
     for delivery in outcome.deliveries:
-        told.setdefault((delivery.recipient.identifier_system, delivery.recipient.identifier),
-                        asdict(delivery.recipient))
+        told.setdefault(
+            (delivery.recipient.identifier_system, delivery.recipient.identifier),
+            asdict(delivery.recipient),
+        )
     return replace(outcome, state={**outcome.state, "told": list(told.values())})
 
 
-def _apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
-           deadline: timedelta, units_of: Callable[[str], tuple[Party, ...]]) -> Outcome:
+def _apply(
+    state: dict[str, Any] | None,
+    event: ReferralEvent,
+    *,
+    now: datetime,
+    deadline: timedelta,
+    units_of: Callable[[str], tuple[Party, ...]],
+) -> Outcome:
     if event.kind == "submitted":
         if state is not None and state["status"] != "cancelled":
-            raise Refuse(f"referral {event.referral_id} was already submitted "
-                         f"(status {state['status']}); send a modification (REF^I13) instead")
+            raise Refuse(
+                f"referral {event.referral_id} was already submitted "
+                f"(status {state['status']}); send a modification (REF^I13) instead"
+            )
         new = _with_history(_new_state(event), event, "submitted")
         return Outcome(new, _to_referrer(new, "receipt"), event)
     if event.kind == "tick":
@@ -148,32 +169,42 @@ def _apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
         return Outcome(_with_history(new, event, status), _to_told(state, "modified"), enriched)
     if event.kind == "cancelled":
         if status in DECIDED:
-            raise Refuse(f"referral {event.referral_id} is already {status}; it cannot be cancelled")
-        return Outcome(_with_history(state, event, "cancelled"), _to_told(state, "cancelled"),
-                       enriched)
+            raise Refuse(
+                f"referral {event.referral_id} is already {status}; it cannot be cancelled"
+            )
+        return Outcome(
+            _with_history(state, event, "cancelled"), _to_told(state, "cancelled"), enriched
+        )
     if event.kind == "contact":
         if event.contact is None:
-            raise Refuse(f"a contact person change for referral {event.referral_id} names no "
-                         "contact")
+            raise Refuse(
+                f"a contact person change for referral {event.referral_id} names no contact"
+            )
         if status in ENDED:
-            raise Refuse(f"a contact person change for referral {event.referral_id}, which is "
-                         f"{status}: nobody is told")
+            raise Refuse(
+                f"a contact person change for referral {event.referral_id}, which is "
+                f"{status}: nobody is told"
+            )
         new = {**_with_history(state, event, status), "contact": asdict(event.contact)}
         return Outcome(new, every_party(enriched, units_of, "contact"), enriched)
     if event.kind == "assessment":
         if status not in ("accepted", "assessed"):
-            raise Refuse(f"assessment for referral {event.referral_id} which is {status}, "
-                         "not accepted")
+            raise Refuse(
+                f"assessment for referral {event.referral_id} which is {status}, not accepted"
+            )
         new = _with_history(state, event, "assessed")
-        recipients = (*_to_referrer(new, "assessment"),
-                      Delivery(municipality_party(state["child"]["municipality_code"]),
-                               "assessment"))
+        recipients = (
+            *_to_referrer(new, "assessment"),
+            Delivery(municipality_party(state["child"]["municipality_code"]), "assessment"),
+        )
         return Outcome(new, recipients, enriched)
     # a triage decision
     assert event.decision is not None
     if status not in OPEN:
-        raise Refuse(f"referral {event.referral_id} is already {status}: a second decision "
-                     f"({event.decision.status}) is not applied")
+        raise Refuse(
+            f"referral {event.referral_id} is already {status}: a second decision "
+            f"({event.decision.status}) is not applied"
+        )
     decided = event.decision.status
     new = _with_history(state, event, decided)
     if decided == "forwarded" and event.decision.forwarded_to is not None:
@@ -181,21 +212,26 @@ def _apply(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
         # the forwarding unit writes the letters; the new unit is the receiver from now on and
         # is told itself (it must triage the referral)
         enriched = replace(enriched, receiver=_party(state.get("receiver")))
-        return Outcome(new, (*_to_referrer(new, "status"),
-                             Delivery(event.decision.forwarded_to, "forward")), enriched)
+        return Outcome(
+            new,
+            (*_to_referrer(new, "status"), Delivery(event.decision.forwarded_to, "forward")),
+            enriched,
+        )
     if decided != "rejected":
         return Outcome(new, _to_referrer(new, "status"), enriched)
     return Outcome(new, rejection_recipients(enriched, units_of), enriched)
 
 
-def rejection_recipients(event: ReferralEvent, units_of: Callable[[str], tuple[Party, ...]] = (
-        lambda code: ())) -> tuple[Delivery, ...]:
+def rejection_recipients(
+    event: ReferralEvent, units_of: Callable[[str], tuple[Party, ...]] = (lambda code: ())
+) -> tuple[Delivery, ...]:
     """Everyone who must pick up the ball when a referral is rejected."""
     return every_party(event, units_of, "rejection")
 
 
-def every_party(event: ReferralEvent, units_of: Callable[[str], tuple[Party, ...]],
-                kind: str) -> tuple[Delivery, ...]:
+def every_party(
+    event: ReferralEvent, units_of: Callable[[str], tuple[Party, ...]], kind: str
+) -> tuple[Delivery, ...]:
     """The referrer, the municipality, PPR and the family department (from ``units_of``, the
     party directory, where the referral names none of its own) and each guardian, once each."""
     parties: list[Party] = []
@@ -216,8 +252,11 @@ def _to_told(state: dict[str, Any], kind: str) -> tuple[Delivery, ...]:
     """Everyone already sent something about the referral, but the unit now holding it."""
     receiver = state.get("receiver") or {}
     mine = (receiver.get("identifier_system"), receiver.get("identifier"))
-    return tuple(Delivery(Party(**p), kind) for p in state.get("told", [])
-                 if (p["identifier_system"], p["identifier"]) != mine)
+    return tuple(
+        Delivery(Party(**p), kind)
+        for p in state.get("told", [])
+        if (p["identifier_system"], p["identifier"]) != mine
+    )
 
 
 def _to_referrer(state: dict[str, Any], kind: str) -> tuple[Delivery, ...]:
@@ -225,8 +264,9 @@ def _to_referrer(state: dict[str, Any], kind: str) -> tuple[Delivery, ...]:
     return (Delivery(referrer, kind),) if referrer else ()
 
 
-def _tick(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
-          deadline: timedelta) -> Outcome:
+def _tick(
+    state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime, deadline: timedelta
+) -> Outcome:
     """Deadline check: alert once when the assessment guarantee has passed without a decision."""
     if state is None or state["status"] not in OPEN or state.get("deadline_alerted"):
         return Outcome(state or {}, (), event)
@@ -234,8 +274,10 @@ def _tick(state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime,
         return Outcome(state, (), event)
     enriched = enrich(event, state)
     new = {**state, "deadline_alerted": True}
-    recipients = (*_to_referrer(state, "deadline"),
-                  Delivery(municipality_party(state["child"]["municipality_code"]), "deadline"))
+    recipients = (
+        *_to_referrer(state, "deadline"),
+        Delivery(municipality_party(state["child"]["municipality_code"]), "deadline"),
+    )
     return Outcome(new, recipients, enriched)
 
 

@@ -20,31 +20,58 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stafet.addressee import addressee_key, recipient_header
 from stafet.config import Settings
-from stafet.directory import SOR_SYSTEM, Unaddressable, directory_file
 from stafet.connectors.letters import render_letter_pdf
+from stafet.directory import SOR_SYSTEM, Unaddressable, directory_file
 from stafet.ids import stable_uuid
 from stafet.logging import get_logger
 from stafet.model import Contact, Party, PatientInfo, ReferralEvent
 from stafet.schemas.codec import decode, encode
 from stafet.streams.carecommunication import (
-    build_care_communication, delivery_channel, letter_text, message_ids,
+    build_care_communication,
+    delivery_channel,
+    letter_text,
+    message_ids,
     validate_care_communication,
 )
 from stafet.streams.records import (
-    Inbound, Output, State, dead_letter, dead_letter_value, operator_alert,
+    Inbound,
+    Output,
+    State,
+    dead_letter,
+    dead_letter_value,
+    operator_alert,
 )
 from stafet.streams.referral_state import (
-    Delivery, Outcome, Park, Refuse, apply, deadline_at, municipality_party, seen,
+    Delivery,
+    Outcome,
+    Park,
+    Refuse,
+    apply,
+    deadline_at,
+    municipality_party,
+    seen,
 )
 from stafet.topics import (
-    DLQ_REFERRAL, EVENTS_REFERRAL, H_BUNDLE_ID, H_EVENT_ID, H_MESSAGE_ID, H_RECEIVED_AT,
-    H_RECIPIENT, H_RECIPIENT_EAN, H_REDELIVER, INDEX_REFERRAL, index_key,
-    OUT_LETTER, OUT_REFERRER, TIMERS_REFERRAL, municipality_topic,
+    DLQ_REFERRAL,
+    EVENTS_REFERRAL,
+    H_BUNDLE_ID,
+    H_EVENT_ID,
+    H_MESSAGE_ID,
+    H_RECEIVED_AT,
+    H_RECIPIENT,
+    H_RECIPIENT_EAN,
+    H_REDELIVER,
+    INDEX_REFERRAL,
+    OUT_LETTER,
+    OUT_REFERRER,
+    TIMERS_REFERRAL,
+    index_key,
+    municipality_topic,
 )
 
 log = get_logger(__name__)
@@ -56,7 +83,7 @@ CLOSED = ("rejected", "expired", "cancelled", "assessed")
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ReferralStep:
@@ -67,8 +94,9 @@ class ReferralStep:
         self.max_parked = timedelta(seconds=settings.pending_decision_max_age_s)
         self.keep_closed = timedelta(days=settings.state_retention_days)
         self.directory = directory_file(settings.directory_file)
-        self.unit_contact = Contact(name=settings.unit_contact_name,
-                                    phone=settings.unit_contact_phone)
+        self.unit_contact = Contact(
+            name=settings.unit_contact_name, phone=settings.unit_contact_phone
+        )
         self.addressee_key = addressee_key(settings)
 
     # --- one record ---------------------------------------------------------------------
@@ -80,8 +108,12 @@ class ReferralStep:
             return [dead_letter(DLQ_REFERRAL, "referrals", record, f"undecodable: {exc}")]
         book: dict[str, Any] = dict(state.get("book") or {})
         before, known = self.wakeups(book), self.statuses(book)
-        outputs, book = self.handle(first, book, record.headers.get(H_RECEIVED_AT),
-                                    redeliver=record.headers.get(H_REDELIVER))
+        outputs, book = self.handle(
+            first,
+            book,
+            record.headers.get(H_RECEIVED_AT),
+            redeliver=record.headers.get(H_REDELIVER),
+        )
         book = self.prune(book)
         outputs += self.timer_changes(first.patient_key, before, self.wakeups(book))
         outputs += self.index_changes(first.patient_key, known, self.statuses(book))
@@ -91,8 +123,13 @@ class ReferralStep:
             state.delete("book")
         return outputs
 
-    def handle(self, first: ReferralEvent, book: dict[str, Any], received_at: bytes | None,
-               redeliver: bytes | None = None) -> tuple[list[Output], dict[str, Any]]:
+    def handle(
+        self,
+        first: ReferralEvent,
+        book: dict[str, Any],
+        received_at: bytes | None,
+        redeliver: bytes | None = None,
+    ) -> tuple[list[Output], dict[str, Any]]:
         """Apply one event (and any decisions it releases) to the patient's referrals.
 
         ``redeliver`` (the header of a per-recipient dead letter sent back, once its cause is
@@ -114,8 +151,9 @@ class ReferralStep:
             if event.kind == "tick":
                 outputs += self._expire_parked(event.referral_id, pending)
             try:
-                outcome = apply(state, event, now=_now(), deadline=self.deadline,
-                                units_of=self.directory_units)
+                outcome = apply(
+                    state, event, now=_now(), deadline=self.deadline, units_of=self.directory_units
+                )
                 messages = []
                 for delivery in outcome.deliveries:
                     try:
@@ -123,8 +161,9 @@ class ReferralStep:
                     except Exception as exc:
                         if event.kind not in ALWAYS_APPLIED:
                             raise  # the event's own fault: refused whole, the sender can fix it
-                        messages += self.undeliverable(outcome, delivery,
-                                                       f"{type(exc).__name__}: {exc}")
+                        messages += self.undeliverable(
+                            outcome, delivery, f"{type(exc).__name__}: {exc}"
+                        )
             except Park as park:
                 parked = pending.setdefault(event.referral_id, [])
                 if all(p["record"]["event_id"] != event.event_id for p in parked):
@@ -145,16 +184,25 @@ class ReferralStep:
             if outcome.state:
                 states[event.referral_id] = outcome.state
             if event.kind == "submitted":
-                queue.extend(ReferralEvent.from_record(p["record"])
-                             for p in pending.pop(event.referral_id, []))
+                queue.extend(
+                    ReferralEvent.from_record(p["record"])
+                    for p in pending.pop(event.referral_id, [])
+                )
         return outputs, {"referrals": states, "pending": pending}
 
     def directory_units(self, code: str) -> tuple[Party, ...]:
         """The municipality's PPR and family department as the directory names them."""
         directory = self.directory.get()
-        return tuple(Party(kind=u.role, identifier_system=SOR_SYSTEM, identifier=u.sor,  # type: ignore[arg-type]
-                           name=u.name)
-                     for u in directory.municipal_units(code) if u.role != "central")
+        return tuple(
+            Party(
+                kind=u.role,
+                identifier_system=SOR_SYSTEM,
+                identifier=u.sor,  # type: ignore[arg-type]
+                name=u.name,
+            )
+            for u in directory.municipal_units(code)
+            if u.role != "central"
+        )
 
     def render(self, outcome: Outcome, delivery: Delivery) -> list[Output]:
         """The message of one delivery, or — when the directory cannot address its recipient —
@@ -163,8 +211,9 @@ class ReferralStep:
         try:
             return [self._message(outcome, delivery)]
         except Unaddressable as exc:
-            log.warning("referral.unaddressable", referral_id=outcome.event.referral_id,
-                        error=str(exc))
+            log.warning(
+                "referral.unaddressable", referral_id=outcome.event.referral_id, error=str(exc)
+            )
             return self.undeliverable(outcome, delivery, f"Unaddressable: {exc}")
 
     def undeliverable(self, outcome: Outcome, delivery: Delivery, why: str) -> list[Output]:
@@ -172,27 +221,41 @@ class ReferralStep:
         ``stafet.redeliver`` which message it was) plus an operator alert. Sent back to
         ``events.referral`` after the cause is fixed, it yields exactly that message."""
         event, party = outcome.event, delivery.recipient
-        reason = (f"{delivery.kind} for referral {event.referral_id} to {party.kind} "
-                  f"{party.identifier}: {why}")
-        dead = dead_letter_value(DLQ_REFERRAL, "referrals", key=event.patient_key.encode(),
-                                 value=encode("referral_event", event.to_record()),
-                                 reason=reason)
+        reason = (
+            f"{delivery.kind} for referral {event.referral_id} to {party.kind} "
+            f"{party.identifier}: {why}"
+        )
+        dead = dead_letter_value(
+            DLQ_REFERRAL,
+            "referrals",
+            key=event.patient_key.encode(),
+            value=encode("referral_event", event.to_record()),
+            reason=reason,
+        )
         dead.headers[H_REDELIVER] = f"{delivery.kind}|{party_digest(party)}".encode()
         return [dead, operator_alert("referrals", reason, referral_id=event.referral_id)]
 
-    def _redeliver(self, event: ReferralEvent, state: dict[str, Any],
-                   header: bytes) -> list[Output]:
+    def _redeliver(
+        self, event: ReferralEvent, state: dict[str, Any], header: bytes
+    ) -> list[Output]:
         kind, _, digest = header.decode("utf-8", "replace").partition("|")
-        code = event.child.municipality_code or state.get("child", {}).get(
-            "municipality_code", "")
-        candidates = [event.referrer, *event.municipal_units, *event.guardians,
-                      event.decision.forwarded_to if event.decision else None,
-                      municipality_party(code), *self.directory_units(code),
-                      *(Party(**p) for p in state.get("told", []))]
+        code = event.child.municipality_code or state.get("child", {}).get("municipality_code", "")
+        candidates = [
+            event.referrer,
+            *event.municipal_units,
+            *event.guardians,
+            event.decision.forwarded_to if event.decision else None,
+            municipality_party(code),
+            *self.directory_units(code),
+            *(Party(**p) for p in state.get("told", [])),
+        ]
         party = next((p for p in candidates if p is not None and party_digest(p) == digest), None)
         if party is None:
-            return [self._refuse(event, f"redelivery {kind}: no such recipient of referral "
-                                        f"{event.referral_id}")]
+            return [
+                self._refuse(
+                    event, f"redelivery {kind}: no such recipient of referral {event.referral_id}"
+                )
+            ]
         delivery = Delivery(party, kind)
         log.info("referral.redelivered", referral_id=event.referral_id, kind=kind)
         return self.render(Outcome(state, (delivery,), event), delivery)
@@ -202,19 +265,28 @@ class ReferralStep:
         bundle_id, header_id = message_ids(event.event_id, recipient, delivery.kind)
         key = event.patient_key.encode()
         headers = {
-            H_EVENT_ID: event.event_id.encode(), H_MESSAGE_ID: header_id.encode(),
-            H_BUNDLE_ID: bundle_id.encode(), "stafet.kind": delivery.kind.encode(),
+            H_EVENT_ID: event.event_id.encode(),
+            H_MESSAGE_ID: header_id.encode(),
+            H_BUNDLE_ID: bundle_id.encode(),
+            "stafet.kind": delivery.kind.encode(),
             "stafet.referral_id": event.referral_id.encode(),
             "stafet.recipient_kind": recipient.kind.encode(),
             # subscribers route on this; a guardian's CPR only sealed (stafet/addressee.py)
-            H_RECIPIENT: recipient_header(recipient.identifier_system, recipient.identifier,
-                                          self.addressee_key).encode(),
+            H_RECIPIENT: recipient_header(
+                recipient.identifier_system, recipient.identifier, self.addressee_key
+            ).encode(),
         }
-        contact = event.contact or (event.decision.contact if event.decision else None) or (
-            event.assessment.contact if event.assessment else None)
+        contact = (
+            event.contact
+            or (event.decision.contact if event.decision else None)
+            or (event.assessment.contact if event.assessment else None)
+        )
         if contact is None or not contact.phone:  # MedCom needs a phone: the unit's, then
-            contact = (Contact(name=contact.name, phone=self.unit_contact.phone) if contact
-                       else self.unit_contact)
+            contact = (
+                Contact(name=contact.name, phone=self.unit_contact.phone)
+                if contact
+                else self.unit_contact
+            )
         if delivery_channel(recipient) == "letter":
             text = letter_text(event, recipient, delivery.kind, contact=contact)  # type: ignore[arg-type]
             headers["content-type"] = b"application/pdf"
@@ -222,31 +294,49 @@ class ReferralStep:
         assert event.receiver is not None, "a referral without a receiving unit sends nothing"
         directory = self.directory.get()
         sender, to = directory.resolve(event.receiver), directory.resolve(recipient)
-        bundle = build_care_communication(event, recipient, delivery.kind, sender=sender, to=to,  # type: ignore[arg-type]
-                                          contact=contact)
+        bundle = build_care_communication(
+            event,
+            recipient,
+            delivery.kind,
+            sender=sender,
+            to=to,  # type: ignore[arg-type]
+            contact=contact,
+        )
         validate_care_communication(bundle)
         headers["content-type"] = b"application/fhir+json; fhirVersion=4.0"
         headers[H_RECIPIENT] = to.recipient.encode()
         headers[H_RECIPIENT_EAN] = (to.ean or "").encode()
-        topic = (municipality_topic(to.municipality or event.child.municipality_code)
-                 if recipient.kind in MUNICIPAL else OUT_REFERRER)
+        topic = (
+            municipality_topic(to.municipality or event.child.municipality_code)
+            if recipient.kind in MUNICIPAL
+            else OUT_REFERRER
+        )
         body = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
         return Output(topic, key, body, headers)
 
     def _refuse(self, event: ReferralEvent, reason: str) -> Output:
         log.warning("referral.refused", referral_id=event.referral_id, reason=reason)
-        return dead_letter_value(DLQ_REFERRAL, "referrals", key=event.patient_key.encode(),
-                                 value=encode("referral_event", event.to_record()), reason=reason)
+        return dead_letter_value(
+            DLQ_REFERRAL,
+            "referrals",
+            key=event.patient_key.encode(),
+            value=encode("referral_event", event.to_record()),
+            reason=reason,
+        )
 
-    def _expire_parked(self, referral_id: str,
-                       pending: dict[str, list[dict[str, Any]]]) -> list[Output]:
+    def _expire_parked(
+        self, referral_id: str, pending: dict[str, list[dict[str, Any]]]
+    ) -> list[Output]:
         outputs, keep = [], []
         for parked in pending.get(referral_id, []):
             if _now() - datetime.fromisoformat(parked["parked_at"]) >= self.max_parked:
-                outputs.append(self._refuse(
-                    ReferralEvent.from_record(parked["record"]),
-                    f"referral {referral_id} never arrived: its decision waited "
-                    f"{self.max_parked.total_seconds():.0f}s"))
+                outputs.append(
+                    self._refuse(
+                        ReferralEvent.from_record(parked["record"]),
+                        f"referral {referral_id} never arrived: its decision waited "
+                        f"{self.max_parked.total_seconds():.0f}s",
+                    )
+                )
             else:
                 keep.append(parked)
         if keep:
@@ -267,10 +357,11 @@ class ReferralStep:
                 at = datetime.fromisoformat(state["history"][-1]["at"])
             except (TypeError, ValueError):
                 return False
-            return now - (at if at.tzinfo else at.replace(tzinfo=timezone.utc)) >= self.keep_closed
+            return now - (at if at.tzinfo else at.replace(tzinfo=UTC)) >= self.keep_closed
 
-        referrals = {rid: s for rid, s in book.get("referrals", {}).items()
-                     if not closed_long_ago(s)}
+        referrals = {
+            rid: s for rid, s in book.get("referrals", {}).items() if not closed_long_ago(s)
+        }
         return {"referrals": referrals, "pending": book.get("pending", {})}
 
     # --- timers ---------------------------------------------------------------------------
@@ -294,22 +385,27 @@ class ReferralStep:
         return {rid: s.get("status", "") for rid, s in book.get("referrals", {}).items()}
 
     @staticmethod
-    def index_changes(patient_key: str, before: dict[str, str],
-                      after: dict[str, str]) -> list[Output]:
+    def index_changes(
+        patient_key: str, before: dict[str, str], after: dict[str, str]
+    ) -> list[Output]:
         """``index.referral`` records for referrals that appeared, changed status or were pruned
         (a tombstone): the durable list the FHIR listener checks decisions against."""
         outputs = []
         for rid in sorted(set(before) | set(after)):
             if before.get(rid) == after.get(rid):
                 continue
-            value = (json.dumps({"referral_id": rid, "status": after[rid]}).encode()
-                     if rid in after else None)
+            value = (
+                json.dumps({"referral_id": rid, "status": after[rid]}).encode()
+                if rid in after
+                else None
+            )
             outputs.append(Output(INDEX_REFERRAL, index_key(rid, patient_key), value))
         return outputs
 
     @staticmethod
-    def timer_changes(patient_key: str, before: dict[str, tuple[str, str]],
-                      after: dict[str, tuple[str, str]]) -> list[Output]:
+    def timer_changes(
+        patient_key: str, before: dict[str, tuple[str, str]], after: dict[str, tuple[str, str]]
+    ) -> list[Output]:
         """The ``timers.referral`` records that make the scheduler's view equal ``after``."""
         outputs = []
         for rid in sorted(set(before) | set(after)):
@@ -320,9 +416,20 @@ class ReferralStep:
                 outputs.append(Output(TIMERS_REFERRAL, key, None))
                 continue
             due_at, since = after[rid]
-            outputs.append(Output(TIMERS_REFERRAL, key, json.dumps({
-                "patient_key": patient_key, "referral_id": rid, "due_at": due_at,
-                "since": since}).encode()))
+            outputs.append(
+                Output(
+                    TIMERS_REFERRAL,
+                    key,
+                    json.dumps(
+                        {
+                            "patient_key": patient_key,
+                            "referral_id": rid,
+                            "due_at": due_at,
+                            "since": since,
+                        }
+                    ).encode(),
+                )
+            )
         return outputs
 
 
@@ -335,12 +442,19 @@ def tick(patient_key: str, referral_id: str, since: str) -> ReferralEvent:
     """The scheduler's request to check one referral; deterministic id per referral deadline."""
     return ReferralEvent(
         event_id=stable_uuid("deadline", patient_key, referral_id, since),
-        source="hl7v2", source_message_id="timer", kind="tick", referral_id=referral_id,
-        event_time=_now().isoformat(), patient_key=patient_key,
+        source="hl7v2",
+        source_message_id="timer",
+        kind="tick",
+        referral_id=referral_id,
+        event_time=_now().isoformat(),
+        patient_key=patient_key,
         child=PatientInfo(cpr="", municipality_code=""),
     )
 
 
 def tick_output(patient_key: str, referral_id: str, since: str) -> Output:
-    return Output(EVENTS_REFERRAL, patient_key.encode(),
-                  encode("referral_event", tick(patient_key, referral_id, since).to_record()))
+    return Output(
+        EVENTS_REFERRAL,
+        patient_key.encode(),
+        encode("referral_event", tick(patient_key, referral_id, since).to_record()),
+    )

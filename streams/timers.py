@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
@@ -58,8 +58,13 @@ class TimerBook:
 class ReferralScheduler(threading.Thread):
     """A daemon thread: consume timers, produce ticks (idempotent producer, acks=all)."""
 
-    def __init__(self, config: dict[str, Any], interval_s: float, retry_s: float | None = None,
-                 group_id: str = "stafet-reader-timers") -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        interval_s: float,
+        retry_s: float | None = None,
+        group_id: str = "stafet-reader-timers",
+    ) -> None:
         super().__init__(name="referral-scheduler", daemon=True)
         self.config = config
         self.interval_s = interval_s
@@ -79,17 +84,31 @@ class ReferralScheduler(threading.Thread):
                 self.stopping.wait(5.0)
 
     def _run(self) -> None:
-        consumer = Consumer({**self.config, "group.id": self.group_id,
-                             "enable.auto.commit": False, "isolation.level": "read_committed",
-                             "log_level": 3})
-        producer = Producer({**self.config, "enable.idempotence": True, "acks": "all",
-                             "partitioner": PARTITIONER,
-                             "linger.ms": 5, "log_level": 3})
+        consumer = Consumer(
+            {
+                **self.config,
+                "group.id": self.group_id,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "log_level": 3,
+            }
+        )
+        producer = Producer(
+            {
+                **self.config,
+                "enable.idempotence": True,
+                "acks": "all",
+                "partitioner": PARTITIONER,
+                "linger.ms": 5,
+                "log_level": 3,
+            }
+        )
         try:
             metadata = consumer.list_topics(TIMERS_REFERRAL, timeout=30)
             partitions = sorted(metadata.topics[TIMERS_REFERRAL].partitions)
-            consumer.assign([TopicPartition(TIMERS_REFERRAL, p, OFFSET_BEGINNING)
-                             for p in partitions])
+            consumer.assign(
+                [TopicPartition(TIMERS_REFERRAL, p, OFFSET_BEGINNING) for p in partitions]
+            )
             self.book = TimerBook(self.book.retry_s)
             next_check = time.monotonic() + self.interval_s
             while not self.stopping.is_set():
@@ -107,7 +126,7 @@ class ReferralScheduler(threading.Thread):
             consumer.close()
 
     def _fire(self, producer: Producer) -> None:
-        due = self.book.due(datetime.now(timezone.utc), time.monotonic())
+        due = self.book.due(datetime.now(UTC), time.monotonic())
         for timer in due:
             out = tick_output(timer["patient_key"], timer["referral_id"], timer["since"])
             producer.produce(out.topic, key=out.key, value=out.value)

@@ -37,8 +37,10 @@ def main_thread_stack(limit: int = 8) -> list[str]:
     frame = sys._current_frames().get(threading.main_thread().ident or -1)
     if frame is None:
         return []
-    return [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
-            for f in traceback.extract_stack(frame)[-limit:]]
+    return [
+        f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+        for f in traceback.extract_stack(frame)[-limit:]
+    ]
 
 
 def _exit_now() -> None:
@@ -50,8 +52,14 @@ def _exit_now() -> None:
 class Watchdog(threading.Thread):
     """Ends the process when ``health`` has not beaten for ``limit_s`` seconds."""
 
-    def __init__(self, limit_s: float, health: Health = HEALTH, *, every_s: float = 1.0,
-                 exit_process: Callable[[], None] = _exit_now) -> None:
+    def __init__(
+        self,
+        limit_s: float,
+        health: Health = HEALTH,
+        *,
+        every_s: float = 1.0,
+        exit_process: Callable[[], None] = _exit_now,
+    ) -> None:
         super().__init__(daemon=True, name="watchdog")
         self.limit_s, self.health, self.every_s = limit_s, health, every_s
         self._exit_process = exit_process
@@ -61,8 +69,13 @@ class Watchdog(threading.Thread):
         while not self._stopping.wait(self.every_s):
             silent_s = self.health.silent_s()
             if silent_s > self.limit_s:
-                log.error("worker.stalled", silent_s=round(silent_s, 1), limit_s=self.limit_s,
-                          exit_code=EXIT_STALLED, main_thread=main_thread_stack())
+                log.error(
+                    "worker.stalled",
+                    silent_s=round(silent_s, 1),
+                    limit_s=self.limit_s,
+                    exit_code=EXIT_STALLED,
+                    main_thread=main_thread_stack(),
+                )
                 self._exit_process()
                 return
 

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.log_scan import (  # noqa: F401 - the CPR log scan's hooks and fixture
-    _cpr_log_scan_roots, pytest_configure, pytest_runtest_logreport, pytest_sessionfinish,
-    pytest_sessionstart, pytest_terminal_summary,
+    _cpr_log_scan_roots,
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_terminal_summary,
 )
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"

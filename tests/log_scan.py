@@ -56,8 +56,10 @@ class Scan:
     hits: list[Hit] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"CPR log scan: {self.files} log files, {self.lines} lines; {self.sections} "
-                f"captured outputs, {self.section_lines} lines: {len(self.hits)} CPR numbers")
+        return (
+            f"CPR log scan: {self.files} log files, {self.lines} lines; {self.sections} "
+            f"captured outputs, {self.section_lines} lines: {len(self.hits)} CPR numbers"
+        )
 
 
 def masked(line: str) -> str:
@@ -100,8 +102,7 @@ def scan_files(paths: Iterable[Path], scan: Scan | None = None) -> Scan:
     scan = scan or Scan()
     for path in paths:
         scan.files += 1
-        scan.lines += scan_text(path.read_text(encoding="utf-8", errors="replace"), str(path),
-                                scan)
+        scan.lines += scan_text(path.read_text(encoding="utf-8", errors="replace"), str(path), scan)
     return scan
 
 

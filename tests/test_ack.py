@@ -63,29 +63,51 @@ def test_control_ids_are_fresh_and_msa2_is_msh10_as_sent():
 
 
 def test_err_segment_for_ar():
-    raw = build_ack("AR", header(), error_code=101, error_text="Required field missing",
-                    location="PID^1^3", reason="no CPR number in PID-3")
+    raw = build_ack(
+        "AR",
+        header(),
+        error_code=101,
+        error_text="Required field missing",
+        location="PID^1^3",
+        reason="no CPR number in PID-3",
+    )
     ack = parsed(raw)
     err = ack.segment("ERR")
     assert str(err[2]) == "PID^1^3"
     assert str(err[3]) == "101^Required field missing^HL70357"
     assert field(ack, "ERR", 4) == "E"
     assert field(ack, "ERR", 8) == "no CPR number in PID-3"
-    assert ack_fields(raw) == {"code": "AR", "control_id": "MSG0001", "error_location": "PID^1^3",
-                               "error_code": "101", "error_text": "no CPR number in PID-3"}
+    assert ack_fields(raw) == {
+        "code": "AR",
+        "control_id": "MSG0001",
+        "error_location": "PID^1^3",
+        "error_code": "101",
+        "error_text": "no CPR number in PID-3",
+    }
 
 
 def test_ae_carries_a_transient_error():
-    raw = build_ack("AE", header(), error_code=207, error_text="Application internal error",
-                    reason="not stored, please retry")
+    raw = build_ack(
+        "AE",
+        header(),
+        error_code=207,
+        error_text="Application internal error",
+        reason="not stored, please retry",
+    )
     fields = ack_fields(raw)
     assert (fields["code"], fields["error_code"]) == ("AE", "207")
     assert "please retry" in fields["error_text"]
 
 
 def test_delimiters_in_reason_do_not_break_the_segment():
-    raw = build_ack("AR", header(), error_code=102, error_text="Data type error",
-                    location="EVN^1^2", reason=NASTY + "\rnext line")
+    raw = build_ack(
+        "AR",
+        header(),
+        error_code=102,
+        error_text="Data type error",
+        location="EVN^1^2",
+        reason=NASTY + "\rnext line",
+    )
     text = raw.decode("utf-8")
     assert text.count("\r") == 3  # MSH, MSA, ERR: the CR in the reason did not split a segment
     ack = parsed(raw)
@@ -99,8 +121,14 @@ def test_delimiters_in_reason_do_not_break_the_segment():
 def test_ack_uses_the_senders_charset_8859_1():
     h = header("8859/1")
     assert h.charset == "iso-8859-1"
-    raw = build_ack("AR", h, error_code=103, error_text="Table value not found",
-                    location="PID^1^11^1^9", reason="ukendt kommune for Allé, Ærø og Århus")
+    raw = build_ack(
+        "AR",
+        h,
+        error_code=103,
+        error_text="Table value not found",
+        location="PID^1^11^1^9",
+        reason="ukendt kommune for Allé, Ærø og Århus",
+    )
     assert "Ærø og Århus".encode("latin-1") in raw
     with pytest.raises(UnicodeDecodeError):
         raw.decode("utf-8")
@@ -110,22 +138,30 @@ def test_ack_uses_the_senders_charset_8859_1():
 
 
 def test_ack_uses_the_senders_charset_utf8():
-    raw = build_ack("AR", header(), error_code=103, error_text="Table value not found",
-                    reason="Ærø")
-    assert "Ærø".encode("utf-8") in raw
+    raw = build_ack(
+        "AR", header(), error_code=103, error_text="Table value not found", reason="Ærø"
+    )
+    assert "Ærø".encode() in raw
     assert field(parsed(raw), "MSH", 18) == "UNICODE UTF-8"
 
 
 def test_sender_name_with_danish_letters_is_echoed_in_its_charset():
     for charset, encoding in (("8859/1", "iso-8859-1"), ("UNICODE UTF-8", "utf-8")):
-        raw_msg = MESSAGE.format(charset=charset).replace("BUC Test^", "BUC Århus^").encode(encoding)
+        raw_msg = (
+            MESSAGE.format(charset=charset).replace("BUC Test^", "BUC Århus^").encode(encoding)
+        )
         ack = parsed(build_ack("AA", decode(raw_msg)[1]), encoding)
         assert field(ack, "MSH", 6) == "BUC Århus"
 
 
 def test_ack_without_a_readable_header():
-    raw = build_ack("AR", None, error_code=100, error_text="Segment sequence error",
-                    reason="the message does not start with an MSH segment (æ)")
+    raw = build_ack(
+        "AR",
+        None,
+        error_code=100,
+        error_text="Segment sequence error",
+        reason="the message does not start with an MSH segment (æ)",
+    )
     raw.decode("ascii")  # no header, no charset: plain ASCII, non-ASCII replaced
     ack = parsed(raw, "ascii")
     assert str(ack.segment("MSH")[9]) == "ACK"
@@ -140,8 +176,14 @@ def test_ack_from_a_real_rejection_names_code_location_and_reason():
     with pytest.raises(Hl7Error) as info:
         parse_adt(raw.encode(), secret="s")
     exc = info.value
-    ack = build_ack("AR", header(), error_code=exc.code, error_text=exc.text,
-                    location=exc.location, reason=exc.reason)
+    ack = build_ack(
+        "AR",
+        header(),
+        error_code=exc.code,
+        error_text=exc.text,
+        location=exc.location,
+        reason=exc.reason,
+    )
     fields = ack_fields(ack)
     assert (fields["error_code"], fields["error_location"]) == ("201", "MSH^1^9")
     assert "ADT event 'A02' is not supported" in fields["error_text"]

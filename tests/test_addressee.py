@@ -11,7 +11,11 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from stafet.addressee import (
-    AddresseeError, addressee_key, is_sealed, open_addressee, recipient_header,
+    AddresseeError,
+    addressee_key,
+    is_sealed,
+    open_addressee,
+    recipient_header,
 )
 from stafet.config import Settings
 from stafet.errors import StafetError
@@ -30,8 +34,10 @@ def test_a_person_is_sealed_and_opens_with_the_key() -> None:
 
 def test_organisations_stay_in_clear_for_routing() -> None:
     key = addressee_key(Settings(_env_file=None))
-    assert recipient_header("urn:oid:1.2.208.176.1.4", "123456", key) == \
-        "urn:oid:1.2.208.176.1.4|123456"
+    assert (
+        recipient_header("urn:oid:1.2.208.176.1.4", "123456", key)
+        == "urn:oid:1.2.208.176.1.4|123456"
+    )
     with pytest.raises(AddresseeError, match="not a sealed addressee"):
         open_addressee("urn:oid:1.2.208.176.1.4|123456", key)
 
@@ -51,14 +57,17 @@ def test_a_configured_key_is_used_and_a_bad_one_is_refused() -> None:
     configured = Fernet.generate_key().decode()
     key = addressee_key(Settings(_env_file=None, addressee_key=configured))
     sealed = recipient_header(CPR_SYSTEM, GUARDIAN, key)
-    assert Fernet(configured.encode()).decrypt(sealed.split("|", 1)[1].encode()) == \
-        f"{CPR_SYSTEM}|{GUARDIAN}".encode()
+    assert (
+        Fernet(configured.encode()).decrypt(sealed.split("|", 1)[1].encode())
+        == f"{CPR_SYSTEM}|{GUARDIAN}".encode()
+    )
     with pytest.raises(StafetError, match="not a Fernet key"):
         addressee_key(Settings(_env_file=None, addressee_key="too-short"))
 
 
-def test_the_letter_service_opens_an_envelope_from_the_cli(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_letter_service_opens_an_envelope_from_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from stafet.cli import main
     from stafet.config import get_settings
 

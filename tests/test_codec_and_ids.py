@@ -22,36 +22,70 @@ LARS = "0505159995"
 
 def event(**encounter) -> EncounterEvent:
     """A STOR-shaped event for Lars Berggren (MedCom test patient) with every field filled."""
-    info = dict(visit_number="V-1001", episode_of_care_id=stable_uuid("episode", "600000000000099", "V-1001"),
-                class_code="IMP", status="onleave", start="2024-01-15T08:00:00+01:00",
-                end=None, leave_start="2024-01-20T09:00:00+01:00", leave_end=None)
+    info = dict(
+        visit_number="V-1001",
+        episode_of_care_id=stable_uuid("episode", "600000000000099", "V-1001"),
+        class_code="IMP",
+        status="onleave",
+        start="2024-01-15T08:00:00+01:00",
+        end=None,
+        leave_start="2024-01-20T09:00:00+01:00",
+        leave_end=None,
+    )
     info.update(encounter)
     return EncounterEvent(
         event_id=stable_uuid("hl7v2", "EPJ", "BUC Test^600000000000099^SOR", "MSG0001"),
-        source_message_id="MSG0001", source_system="EPJ^BUC Test^600000000000099^SOR",
-        hl7_trigger="A21", notification_code="STOR", event_time="2024-01-20T09:00:00+01:00",
+        source_message_id="MSG0001",
+        source_system="EPJ^BUC Test^600000000000099^SOR",
+        hl7_trigger="A21",
+        notification_code="STOR",
+        event_time="2024-01-20T09:00:00+01:00",
         patient_key=patient_key(LARS, "s"),
         sender=Organization(sor="600000000000099", name="BUC Århus", gln="5790000209354"),
-        patient=PatientInfo(cpr=LARS, family="Berggren", given=("Lars", "Test"),
-                            birth_date="2015-05-05", gender="male", deceased=False,
-                            municipality_code="0219", region_code="DK-84"),
+        patient=PatientInfo(
+            cpr=LARS,
+            family="Berggren",
+            given=("Lars", "Test"),
+            birth_date="2015-05-05",
+            gender="male",
+            deceased=False,
+            municipality_code="0219",
+            region_code="DK-84",
+        ),
         encounter=EncounterInfo(**info),
     )
 
 
 def slor(**encounter) -> EncounterEvent:
     base = dict(status="in-progress", leave_start=None, leave_end="2024-01-22T18:00:00+01:00")
-    return replace(event(), hl7_trigger="A22", notification_code="SLOR",
-                   encounter=replace(event().encounter, **{**base, **encounter}))
+    return replace(
+        event(),
+        hl7_trigger="A22",
+        notification_code="SLOR",
+        encounter=replace(event().encounter, **{**base, **encounter}),
+    )
 
 
-@pytest.mark.parametrize("original", [
-    event(),
-    slor(end=None),
-    replace(event(), sender=Organization(sor="1"), patient=PatientInfo(cpr=LARS, municipality_code="0751")),
-    replace(event(), patient=replace(event().patient, deceased=True, given=()),
-            encounter=replace(event().encounter, status="finished", end="2024-02-01T10:00:00+01:00")),
-], ids=["full", "slor", "minimal", "deceased"])
+@pytest.mark.parametrize(
+    "original",
+    [
+        event(),
+        slor(end=None),
+        replace(
+            event(),
+            sender=Organization(sor="1"),
+            patient=PatientInfo(cpr=LARS, municipality_code="0751"),
+        ),
+        replace(
+            event(),
+            patient=replace(event().patient, deceased=True, given=()),
+            encounter=replace(
+                event().encounter, status="finished", end="2024-02-01T10:00:00+01:00"
+            ),
+        ),
+    ],
+    ids=["full", "slor", "minimal", "deceased"],
+)
 def test_avro_round_trip(original):
     data = encode("encounter_event", original.to_record())
     assert data[:1] == FORMAT_VERSION == b"\x01"
@@ -61,7 +95,9 @@ def test_avro_round_trip(original):
 
 
 def test_encoding_is_deterministic():
-    assert encode("encounter_event", event().to_record()) == encode("encounter_event", event().to_record())
+    assert encode("encounter_event", event().to_record()) == encode(
+        "encounter_event", event().to_record()
+    )
 
 
 @pytest.mark.parametrize("prefix", [b"\x00", b"\x02", b"{"])
@@ -76,8 +112,15 @@ def test_decode_rejects_empty_input():
         decode("encounter_event", b"")
 
 
-@pytest.mark.parametrize("path", [("patient_key",), ("patient", "municipality_code"),
-                                  ("encounter", "visit_number"), ("sender", "sor")])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("patient_key",),
+        ("patient", "municipality_code"),
+        ("encounter", "visit_number"),
+        ("sender", "sor"),
+    ],
+)
 def test_encode_rejects_a_record_missing_a_required_field(path):
     record = event().to_record()
     target = record
@@ -100,8 +143,12 @@ def test_stable_uuid():
     assert a == stable_uuid("hl7v2", "EPJ", "BUC", "MSG0001")
     assert uuid.UUID(a).version == 5
     assert a == str(uuid.uuid5(STAFET_NAMESPACE, "hl7v2|EPJ|BUC|MSG0001"))
-    others = {stable_uuid("hl7v2", "EPJ", "BUC", "MSG0002"), stable_uuid("hl7v2", "BUC", "EPJ", "MSG0001"),
-              stable_uuid("episode", "EPJ", "BUC", "MSG0001"), stable_uuid("hl7v2", "EPJ", "BUC")}
+    others = {
+        stable_uuid("hl7v2", "EPJ", "BUC", "MSG0002"),
+        stable_uuid("hl7v2", "BUC", "EPJ", "MSG0001"),
+        stable_uuid("episode", "EPJ", "BUC", "MSG0001"),
+        stable_uuid("hl7v2", "EPJ", "BUC"),
+    }
     assert a not in others and len(others) == 4
     assert str(STAFET_NAMESPACE) == str(uuid.uuid5(uuid.NAMESPACE_URL, "https://stafet.dk/ns/ids"))
 
@@ -166,7 +213,9 @@ def test_with_known_leave_leaves_other_events_alone():
     assert with_known_leave(own, known) is own  # the event's own leave start wins
     assert with_known_leave(slor(), None) == slor()
     assert with_known_leave(slor(), "") == slor()
-    stin = replace(event(), encounter=replace(event().encounter, leave_start=None, status="in-progress"))
+    stin = replace(
+        event(), encounter=replace(event().encounter, leave_start=None, status="in-progress")
+    )
     assert with_known_leave(stin, known) is stin  # not a return from leave
 
 

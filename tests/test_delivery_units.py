@@ -17,15 +17,25 @@ from stafet.connectors.ack_tracker import AckTracker
 from stafet.connectors.delivery import backoff_s
 from stafet.connectors.delivery_sinks import OutRecord, signed_headers
 from stafet.connectors.medcom_ack import (
-    MessageError, MessageIds, build_ack, message_ids, parse_ack, resend_copy,
+    MessageError,
+    MessageIds,
+    build_ack,
+    message_ids,
+    parse_ack,
+    resend_copy,
 )
 
 from .webhook_secrets import whsec
 
 AARHUS, ODENSE, SHARED = whsec("s-aarhus"), whsec("s-odense"), whsec("shared")
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "domain" / "medcom-examples" / \
-    "acknowledgement"
+EXAMPLES = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "domain"
+    / "medcom-examples"
+    / "acknowledgement"
+)
 
 
 def test_medcoms_own_acknowledgements_parse():
@@ -35,18 +45,25 @@ def test_medcoms_own_acknowledgements_parse():
         codes[ack.code] = ack
     assert set(codes) == {"ok", "transient-error", "fatal-error"}
     assert codes["ok"].acknowledged_id == "42cb9200-f421-4d08-8391-7d51a2503cb4"
-    assert "MSG_Mailbox_Out_Of_Operation" in codes["transient-error"].diagnostics + \
-        codes["fatal-error"].diagnostics
+    assert (
+        "MSG_Mailbox_Out_Of_Operation"
+        in codes["transient-error"].diagnostics + codes["fatal-error"].diagnostics
+    )
 
 
-@pytest.mark.parametrize(("mutate", "path"), [
-    (lambda b: b.update(type="collection"), "Bundle.type"),
-    (lambda b: b.pop("id"), "Bundle.id"),
-    (lambda b: b["entry"][0]["resource"].pop("response"), "MessageHeader.response.identifier"),
-    (lambda b: b["entry"][0]["resource"]["response"].update(code="maybe"),
-     "MessageHeader.response.code"),
-    (lambda b: b["entry"].reverse(), "Bundle.entry[0].resource"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda b: b.update(type="collection"), "Bundle.type"),
+        (lambda b: b.pop("id"), "Bundle.id"),
+        (lambda b: b["entry"][0]["resource"].pop("response"), "MessageHeader.response.identifier"),
+        (
+            lambda b: b["entry"][0]["resource"]["response"].update(code="maybe"),
+            "MessageHeader.response.code",
+        ),
+        (lambda b: b["entry"].reverse(), "Bundle.entry[0].resource"),
+    ],
+)
 def test_bad_acknowledgements_name_the_problem(mutate, path):
     bundle = json.loads(next(EXAMPLES.glob("*.json")).read_bytes())
     mutate(bundle)
@@ -57,8 +74,13 @@ def test_bad_acknowledgements_name_the_problem(mutate, path):
 
 def test_built_ack_round_trips_and_is_deterministic():
     ids = MessageIds("b-1", "h-1", "care-communication-message")
-    a = build_ack(ids, "fatal-error", sender_endpoint="x", receiver_endpoint="y",
-                  error_code="MSG_VALUESET_VALUE_UNKNOWN")
+    a = build_ack(
+        ids,
+        "fatal-error",
+        sender_endpoint="x",
+        receiver_endpoint="y",
+        error_code="MSG_VALUESET_VALUE_UNKNOWN",
+    )
     b = build_ack(ids, "fatal-error", sender_endpoint="x", receiver_endpoint="y")
     assert a["id"] == b["id"] and a["entry"][0]["resource"]["id"] == b["entry"][0]["resource"]["id"]
     parsed = parse_ack(json.dumps(a).encode())
@@ -67,9 +89,21 @@ def test_built_ack_round_trips_and_is_deterministic():
 
 
 def test_resend_copy_keeps_every_id_but_the_bundles():
-    original = {"resourceType": "Bundle", "id": "b-1", "type": "message", "timestamp": "t0",
-                "entry": [{"resource": {"resourceType": "MessageHeader", "id": "h-1",
-                                        "eventCoding": {"code": "x"}}}]}
+    original = {
+        "resourceType": "Bundle",
+        "id": "b-1",
+        "type": "message",
+        "timestamp": "t0",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "MessageHeader",
+                    "id": "h-1",
+                    "eventCoding": {"code": "x"},
+                }
+            }
+        ],
+    }
     body = json.dumps(original).encode()
     first, second = json.loads(resend_copy(body, 1)), json.loads(resend_copy(body, 2))
     assert first["id"] != "b-1" and first["id"] != second["id"]
@@ -119,9 +153,15 @@ def _tracker(clock: list[float], resent: list[tuple[str, int]]):
     async def fetch(pending):
         return _record(pending.message_id)
 
-    tracker = AckTracker(recorder, {"aarhus": AARHUS, "odense": ODENSE},
-                         timeout_s=1800, max_resends=2, resend=resend, fetch=fetch,
-                         clock=lambda: clock[0])
+    tracker = AckTracker(
+        recorder,
+        {"aarhus": AARHUS, "odense": ODENSE},
+        timeout_s=1800,
+        max_resends=2,
+        resend=resend,
+        fetch=fetch,
+        clock=lambda: clock[0],
+    )
     return tracker, recorder
 
 
@@ -185,10 +225,12 @@ def test_state_is_rebuilt_from_the_audit_trail():
     clock, resent = [10_000.0], []
     tracker, _ = _tracker(clock, resent)
     rec = _record("m1")
-    trail = [rec.audit("delivered", "aarhus", at="1970-01-01T00:00:00+00:00"),
-             rec.audit("resent", "aarhus", at="1970-01-01T02:00:00+00:00"),
-             _record("m2").audit("delivered", "aarhus", at="1970-01-01T00:00:00+00:00"),
-             AuditRecord(action="ack-ok", subscriber="", message_id="m2")]
+    trail = [
+        rec.audit("delivered", "aarhus", at="1970-01-01T00:00:00+00:00"),
+        rec.audit("resent", "aarhus", at="1970-01-01T02:00:00+00:00"),
+        _record("m2").audit("delivered", "aarhus", at="1970-01-01T00:00:00+00:00"),
+        AuditRecord(action="ack-ok", subscriber="", message_id="m2"),
+    ]
     for line in trail:
         tracker.replay(line, b"k")
     assert set(tracker.pending) == {"m1"} and tracker.pending["m1"].resends == 1
@@ -200,18 +242,36 @@ def test_state_is_rebuilt_from_the_audit_trail():
 
 
 def test_summary_one_row_per_recipient_with_ack_and_masked_recipient():
-    rec = OutRecord("out.letter", 0, 1, b"k", b"", {
-        "stafet.message_id": "m1", "stafet.kind": "rejection", "stafet.referral_id": "R1",
-        "stafet.recipient": "urn:oid:1.2.208.176.1.2|1502779995",
-        "stafet.recipient_kind": "guardian"}, 0)
-    lines = [rec.audit("attempt-failed", "letters", at="t1"),
-             rec.audit("delivered", "letters", at="t2"),
-             AuditRecord(action="ack-ok", subscriber="", message_id="m1", at="t3")]
+    rec = OutRecord(
+        "out.letter",
+        0,
+        1,
+        b"k",
+        b"",
+        {
+            "stafet.message_id": "m1",
+            "stafet.kind": "rejection",
+            "stafet.referral_id": "R1",
+            "stafet.recipient": "urn:oid:1.2.208.176.1.2|1502779995",
+            "stafet.recipient_kind": "guardian",
+        },
+        0,
+    )
+    lines = [
+        rec.audit("attempt-failed", "letters", at="t1"),
+        rec.audit("delivered", "letters", at="t2"),
+        AuditRecord(action="ack-ok", subscriber="", message_id="m1", at="t3"),
+    ]
     decoded = [AuditRecord.decode(line.encode()) for line in lines]
     assert "1502779995" not in decoded[0].recipient
     [row] = summarize(select([(b"k", r) for r in decoded], referral_id="R1"))
     assert (row["subscriber"], row["delivered_at"], row["ack"], row["ack_at"], row["status"]) == (
-        "letters", "t2", "ok", "t3", "acknowledged")
+        "letters",
+        "t2",
+        "ok",
+        "t3",
+        "acknowledged",
+    )
     assert select([(b"k", r) for r in decoded], referral_id="other") == []
     assert len(select([(b"k", r) for r in decoded], patient_key="k")) == 3
 
@@ -263,7 +323,6 @@ def test_an_ack_that_arrives_during_a_resend_is_not_followed_by_a_dead_letter():
     assert resent == [("m1", 1)] and recorder.dead == [] and "m1" in tracker.finished
 
 
-
 def test_one_system_may_serve_two_subscribers_with_one_secret():
     recorder, resent = FakeRecorder(), []
 
@@ -274,8 +333,14 @@ def test_one_system_may_serve_two_subscribers_with_one_secret():
     async def fetch(p):
         return _record(p.message_id)
 
-    tracker = AckTracker(recorder, {"gp-1": SHARED, "gp-2": SHARED}, timeout_s=1800,
-                         max_resends=2, resend=resend, fetch=fetch)
+    tracker = AckTracker(
+        recorder,
+        {"gp-1": SHARED, "gp-2": SHARED},
+        timeout_s=1800,
+        max_resends=2,
+        resend=resend,
+        fetch=fetch,
+    )
     tracker.expect("gp-2", _record("m1"))
     asyncio.run(_signed(tracker, "m1", "ok", secret=SHARED))
     assert "m1" in tracker.finished and recorder.audits[-1].subscriber == "gp-2"

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from stafet.schemas.municipalities import municipalities
 
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.deploy_manifests import Target, manifests, render
@@ -31,18 +30,32 @@ from stafet.kafka_security import (
     municipality_grants,
     municipality_principal,
 )
+from stafet.schemas.municipalities import municipalities
 from stafet.topics import CONTROL_DELIVERY, TopicPlan, all_topics, municipality_topic
 
 K8S_DIR = PROJECT_ROOT / "deploy" / "k8s"
 REGENERATE = "`.venv/bin/stafet deploy strimzi --out deploy/k8s` (no STAFET_* variables set)"
 #: Strimzi's vocabulary back to the plan's (written out here, independent of the generator)
-RESOURCE = {"topic": "TOPIC", "group": "GROUP", "transactionalId": "TRANSACTIONAL_ID",
-            "cluster": "CLUSTER"}
+RESOURCE = {
+    "topic": "TOPIC",
+    "group": "GROUP",
+    "transactionalId": "TRANSACTIONAL_ID",
+    "cluster": "CLUSTER",
+}
 PATTERN = {"literal": "LITERAL", "prefix": "PREFIXED"}
-OPERATION = {"Read": "READ", "Write": "WRITE", "Create": "CREATE", "Delete": "DELETE",
-             "Alter": "ALTER", "Describe": "DESCRIBE", "ClusterAction": "CLUSTER_ACTION",
-             "AlterConfigs": "ALTER_CONFIGS", "DescribeConfigs": "DESCRIBE_CONFIGS",
-             "IdempotentWrite": "IDEMPOTENT_WRITE", "All": "ALL"}
+OPERATION = {
+    "Read": "READ",
+    "Write": "WRITE",
+    "Create": "CREATE",
+    "Delete": "DELETE",
+    "Alter": "ALTER",
+    "Describe": "DESCRIBE",
+    "ClusterAction": "CLUSTER_ACTION",
+    "AlterConfigs": "ALTER_CONFIGS",
+    "DescribeConfigs": "DESCRIBE_CONFIGS",
+    "IdempotentWrite": "IDEMPOTENT_WRITE",
+    "All": "ALL",
+}
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -60,8 +73,10 @@ def settings() -> Settings:
 @pytest.fixture(scope="module")
 def files(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     """Every file as generated, printed and parsed back."""
-    return {name: list(yaml.safe_load_all(render(resources)))
-            for name, resources in manifests(settings).items()}
+    return {
+        name: list(yaml.safe_load_all(render(resources)))
+        for name, resources in manifests(settings).items()
+    }
 
 
 def of_kind(files: dict[str, list[dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
@@ -99,19 +114,33 @@ def acl_set(user: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
         res = rule["resource"]
         assert rule["host"] == "*"
         for op in rule["operations"]:
-            out.add((principal, RESOURCE[res["type"]], res.get("name", "kafka-cluster"),
-                     PATTERN[res.get("patternType", "literal")], OPERATION[op]))
+            out.add(
+                (
+                    principal,
+                    RESOURCE[res["type"]],
+                    res.get("name", "kafka-cluster"),
+                    PATTERN[res.get("patternType", "literal")],
+                    OPERATION[op],
+                )
+            )
     return out
 
 
-def test_one_kafka_user_per_principal_with_exactly_its_grants(files: dict,
-                                                              settings: Settings) -> None:
+def test_one_kafka_user_per_principal_with_exactly_its_grants(
+    files: dict, settings: Settings
+) -> None:
     users = {u["metadata"]["name"]: u for u in of_kind(files, "KafkaUser")}
     codes = list(municipalities())
-    assert set(users) == {*SERVICE_PRINCIPALS, "stafet-operator", "stafet-dlq-operator",
-                          *(municipality_principal(c) for c in codes)}
-    plan = {(g.principal, g.resource, g.name, g.pattern, g.operation)
-            for g in acl_plan(codes, settings.app_id)}
+    assert set(users) == {
+        *SERVICE_PRINCIPALS,
+        "stafet-operator",
+        "stafet-dlq-operator",
+        *(municipality_principal(c) for c in codes),
+    }
+    plan = {
+        (g.principal, g.resource, g.name, g.pattern, g.operation)
+        for g in acl_plan(codes, settings.app_id)
+    }
     for name, user in users.items():
         assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
         assert user["spec"]["authorization"]["type"] == "simple"
@@ -119,11 +148,19 @@ def test_one_kafka_user_per_principal_with_exactly_its_grants(files: dict,
     # spot checks of what the plan means, so a plan and generator both wrong cannot pass
     assert acl_set(users["municipality-0751"]) == {
         (g.principal, g.resource, g.name, g.pattern, g.operation)
-        for g in municipality_grants("0751")}
-    assert ("stafet-worker", "TRANSACTIONAL_ID", f"{settings.app_id}-", "PREFIXED",
-            "WRITE") in acl_set(users[WORKER])
-    assert not any(p[1] == "TOPIC" and p[2] == "out.municipality.0101"
-                   for p in acl_set(users["municipality-0751"]))
+        for g in municipality_grants("0751")
+    }
+    assert (
+        "stafet-worker",
+        "TRANSACTIONAL_ID",
+        f"{settings.app_id}-",
+        "PREFIXED",
+        "WRITE",
+    ) in acl_set(users[WORKER])
+    assert not any(
+        p[1] == "TOPIC" and p[2] == "out.municipality.0101"
+        for p in acl_set(users["municipality-0751"])
+    )
 
 
 def test_kafka_cluster_is_kraft_with_scram_tls_and_the_plans_defaults(files: dict) -> None:
@@ -139,23 +176,35 @@ def test_kafka_cluster_is_kraft_with_scram_tls_and_the_plans_defaults(files: dic
     assert spec["config"]["default.replication.factor"] == 3
     assert spec["config"]["min.insync.replicas"] == 2
     assert spec["config"]["transaction.state.log.min.isr"] == 2
-    assert {r["apiVersion"] for r in [pool, kafka, *of_kind(files, "KafkaTopic"),
-                                      *of_kind(files, "KafkaUser")]} == {"kafka.strimzi.io/v1beta2"}
+    assert {
+        r["apiVersion"]
+        for r in [pool, kafka, *of_kind(files, "KafkaTopic"), *of_kind(files, "KafkaUser")]
+    } == {"kafka.strimzi.io/v1beta2"}
 
 
 def pods(files: dict) -> dict[str, dict[str, Any]]:
-    return {r["metadata"]["name"]: r for r in files["workloads.yaml"]
-            if r["kind"] in ("Deployment", "StatefulSet")}
+    return {
+        r["metadata"]["name"]: r
+        for r in files["workloads.yaml"]
+        if r["kind"] in ("Deployment", "StatefulSet")
+    }
 
 
 def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) -> None:
     controllers = pods(files)
     assert {n: c["kind"] for n, c in controllers.items()} == {
-        "stafet-worker": "StatefulSet", "stafet-mllp": "Deployment",
-        "stafet-fhir": "Deployment", "stafet-deliver": "Deployment"}
+        "stafet-worker": "StatefulSet",
+        "stafet-mllp": "Deployment",
+        "stafet-fhir": "Deployment",
+        "stafet-deliver": "Deployment",
+    }
     assert controllers["stafet-deliver"]["spec"]["replicas"] == 2
-    principal = {"stafet-worker": WORKER, "stafet-mllp": MLLP, "stafet-fhir": FHIR,
-                 "stafet-deliver": DELIVERY}
+    principal = {
+        "stafet-worker": WORKER,
+        "stafet-mllp": MLLP,
+        "stafet-fhir": FHIR,
+        "stafet-deliver": DELIVERY,
+    }
     for name, controller in controllers.items():
         pod = controller["spec"]["template"]["spec"]
         (c,) = pod["containers"]
@@ -172,8 +221,11 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         assert annotations["prometheus.io/path"] == "/metrics"
         env = {e["name"]: e for e in c["env"]}
         assert all(set(e) == {"name", "value"} for e in c["env"]), "a secret in the environment"
-        assert not any("PASSWORD" in n or ("SECRET" in n and n not in (
-            "STAFET_KAFKA_SECRETS_DIR", "STAFET_SECRETS_DIR")) for n in env), name
+        assert not any(
+            "PASSWORD" in n
+            or ("SECRET" in n and n not in ("STAFET_KAFKA_SECRETS_DIR", "STAFET_SECRETS_DIR"))
+            for n in env
+        ), name
         assert env["STAFET_KAFKA_USERNAME"]["value"] == principal[name]
         assert env["STAFET_KAFKA_SECURITY"]["value"] == "sasl_ssl"
         assert env["STAFET_HEALTH_PORT"]["value"] == "9180"
@@ -193,26 +245,35 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         if "app-secret" in volumes:  # the patient key as a file in STAFET_SECRETS_DIR
             assert env["STAFET_SECRETS_DIR"]["value"] == mounts["app-secret"]
             assert volumes["app-secret"]["secret"]["items"] == [
-                {"key": "STAFET_PATIENT_KEY_SECRET", "path": "STAFET_PATIENT_KEY_SECRET"}]
+                {"key": "STAFET_PATIENT_KEY_SECRET", "path": "STAFET_PATIENT_KEY_SECRET"}
+            ]
         assert ("app-secret" in volumes) == (name != "stafet-deliver")
     # the FHIR listener binds 0.0.0.0, so it must have mutual TLS or it refuses to start
     (fhir,) = controllers["stafet-fhir"]["spec"]["template"]["spec"]["containers"]
     fhir_env = {e["name"]: e["value"] for e in fhir["env"]}
     fhir_mounts = {m["name"]: m["mountPath"] for m in fhir["volumeMounts"]}
     assert {fhir_env[f"STAFET_FHIR_TLS_{k}"] for k in ("CERT", "KEY", "CLIENT_CA")} == {
-        f"{fhir_mounts['fhir-tls']}/{f}" for f in ("tls.crt", "tls.key", "ca.crt")}
+        f"{fhir_mounts['fhir-tls']}/{f}" for f in ("tls.crt", "tls.key", "ca.crt")
+    }
     from stafet.safety import problems
 
-    as_deployed = Settings(_env_file=None, patient_key_secret="from-the-secret-file", **{
-        k[7:].lower(): v for k, v in fhir_env.items()
-        if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"})
+    as_deployed = Settings(
+        _env_file=None,
+        patient_key_secret="from-the-secret-file",
+        **{
+            k[7:].lower(): v
+            for k, v in fhir_env.items()
+            if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"
+        },
+    )
     assert problems(as_deployed, "fhir") == []
     worker = controllers["stafet-worker"]
     (claim,) = worker["spec"]["volumeClaimTemplates"]
     (c,) = worker["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert {"name": claim["metadata"]["name"], "mountPath": env["STAFET_WORKER_DATA_DIR"]} \
-        in c["volumeMounts"]
+    assert {"name": claim["metadata"]["name"], "mountPath": env["STAFET_WORKER_DATA_DIR"]} in c[
+        "volumeMounts"
+    ]
 
 
 def test_services_and_disruption_budgets(files: dict) -> None:
@@ -224,8 +285,10 @@ def test_services_and_disruption_budgets(files: dict) -> None:
     for name, controller in pods(files).items():
         selector = controller["spec"]["selector"]["matchLabels"]
         assert budgets[name]["selector"]["matchLabels"] == selector
-        assert controller["spec"]["template"]["metadata"]["labels"].items() >= \
-            controller["spec"]["selector"]["matchLabels"].items()
+        assert (
+            controller["spec"]["template"]["metadata"]["labels"].items()
+            >= controller["spec"]["selector"]["matchLabels"].items()
+        )
     for r in docs:
         assert DNS_1123_LABEL.match(r["metadata"]["name"]), r["metadata"]["name"]
 
@@ -235,7 +298,8 @@ def test_committed_manifests_are_what_the_generator_prints(settings: Settings) -
         path = K8S_DIR / name
         assert path.exists(), f"{path} missing: run {REGENERATE}"
         assert path.read_text(encoding="utf-8") == render(resources), (
-            f"{path} differs from the topic / ACL plan: run {REGENERATE} and commit it")
+            f"{path} differs from the topic / ACL plan: run {REGENERATE} and commit it"
+        )
     assert sorted(p.name for p in K8S_DIR.glob("*.yaml")) == sorted(manifests(settings))
 
 
@@ -243,13 +307,29 @@ def test_cli_writes_the_files_and_stdout(tmp_path: Path, settings: Settings) -> 
     from stafet.cli import main
 
     env = {"STAFET_LOG_JSON": "false"}
-    result = CliRunner().invoke(main, ["deploy", "strimzi", "--out", str(tmp_path),
-                                       "--namespace", "pilot", "--image", "reg/stafet:1"], env=env)
+    result = CliRunner().invoke(
+        main,
+        [
+            "deploy",
+            "strimzi",
+            "--out",
+            str(tmp_path),
+            "--namespace",
+            "pilot",
+            "--image",
+            "reg/stafet:1",
+        ],
+        env=env,
+    )
     assert result.exit_code == 0, result.output
     workloads = list(yaml.safe_load_all((tmp_path / "workloads.yaml").read_text()))
     assert {r["metadata"]["namespace"] for r in workloads if r} == {"pilot"}
-    images = {c["image"] for r in workloads if r and r["kind"] in ("Deployment", "StatefulSet")
-              for c in r["spec"]["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for r in workloads
+        if r and r["kind"] in ("Deployment", "StatefulSet")
+        for c in r["spec"]["template"]["spec"]["containers"]
+    }
     assert images == {"reg/stafet:1"}
     stdout = CliRunner().invoke(main, ["deploy", "strimzi", "--out", "-"], env=env)
     assert stdout.exit_code == 0
@@ -278,28 +358,38 @@ def test_compose_has_three_kraft_brokers_and_the_services() -> None:
     assert node_ids == {1, 2, 3}
     voters = {s["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"] for s in brokers.values()}
     assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
-    assert all(s["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-               for s in brokers.values())
+    assert all(
+        s["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller" for s in brokers.values()
+    )
     assert len({s["volumes"][0] for s in brokers.values()}) == 3
     stafet = {n: s for n, s in services.items() if n not in brokers}
     assert {n: s["command"] for n, s in stafet.items()} == {
-        "topics": ["topics"], "worker": ["worker"], "mllp": ["mllp"], "fhir": ["fhir"],
-        "deliver-a": ["deliver"], "deliver-b": ["deliver"]}
+        "topics": ["topics"],
+        "worker": ["worker"],
+        "mllp": ["mllp"],
+        "fhir": ["fhir"],
+        "deliver-a": ["deliver"],
+        "deliver-b": ["deliver"],
+    }
     for name, s in stafet.items():
         assert str(s["environment"]["STAFET_REPLICATION_FACTOR"]) == "3"
         if name != "topics":
             assert "/healthz" in " ".join(s["healthcheck"]["test"])
             assert s["depends_on"]["topics"]["condition"] == "service_completed_successfully"
-    assert all(services["topics"]["depends_on"][b]["condition"] == "service_healthy"
-               for b in brokers)
+    assert all(
+        services["topics"]["depends_on"][b]["condition"] == "service_healthy" for b in brokers
+    )
     # every service as configured would start (stafet/safety.py), given its secret files
     from stafet.safety import problems
 
     for name, s in stafet.items():
         mounted = {m["target"].rsplit("/", 1)[-1] for m in s.get("secrets", [])}
         assert "STAFET_PATIENT_KEY_SECRET" in mounted, name
-        env = {k[7:].lower(): str(v) for k, v in s["environment"].items()
-               if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"}
+        env = {
+            k[7:].lower(): str(v)
+            for k, v in s["environment"].items()
+            if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"
+        }
         as_run = Settings(_env_file=None, patient_key_secret="from-the-secret-file", **env)
         process = "deliver" if name.startswith("deliver") else name
         if process != "topics":

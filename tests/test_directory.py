@@ -13,7 +13,12 @@ from click.testing import CliRunner
 from stafet.cli import main
 from stafet.demo.directory_sample import sample_directory_toml
 from stafet.directory import (
-    SOR_SYSTEM, YDER_SYSTEM, DirectoryError, Unaddressable, gln_problem, load_directory,
+    SOR_SYSTEM,
+    YDER_SYSTEM,
+    DirectoryError,
+    Unaddressable,
+    gln_problem,
+    load_directory,
     parse_directory,
 )
 from stafet.model import Party
@@ -70,34 +75,65 @@ def test_a_good_directory_answers_every_lookup() -> None:
         d.resolve(party)
     with pytest.raises(Unaddressable, match="SOR 6999 is not in test.toml"):
         d.resolve(Party(kind="ppr", identifier_system=SOR_SYSTEM, identifier="6999"))
-    unit = Party(kind="ppr", identifier_system="https://stafet.dk/fhir/NamingSystem/municipal-unit",
-                 identifier="0751/ppr")  # a FHIR referral's unit without SOR
+    unit = Party(
+        kind="ppr",
+        identifier_system="https://stafet.dk/fhir/NamingSystem/municipal-unit",
+        identifier="0751/ppr",
+    )  # a FHIR referral's unit without SOR
     assert d.resolve(unit).sor == "6000000007510011"
     with pytest.raises(Unaddressable, match="municipality 0101 has no central unit"):
         d.municipal_unit("0101")
     with pytest.raises(Unaddressable, match="guardian"):
-        d.resolve(Party(kind="guardian", identifier_system="urn:oid:1.2.208.176.1.2",
-                        identifier="0505209996"))
+        d.resolve(
+            Party(
+                kind="guardian",
+                identifier_system="urn:oid:1.2.208.176.1.2",
+                identifier="0505209996",
+            )
+        )
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (("5799910075110", "5799910075103"),
-     "duplicate EAN 5799910075103: municipality/0751/central and municipality/0751/ppr"),
-    (('ean = "5799920000997"', 'ean = "5799920000998"'),
-     "hospital 600000000000099: ean '5799920000998' has a wrong check digit (expected 7)"),
-    (('code = "0751"', 'code = "0999"'),
-     "municipality 0999: code '0999' is not one of the 98 municipality codes"),
-    (('role = "central"', 'role = "family-department"'),
-     "municipality 0751: missing unit: no central unit"),
-    (('role = "ppr"', 'role = "school"'), "municipality 0751: unit role 'school' is not one of"),
-    (('sor = "600000000000099"', 'sor = "6000"'),
-     "hospital 6000: sor '6000' is not a SOR code (11-18 digits"),
-    (('ydernummer = "100009"', 'ydernummer = "1X"'), "gp 1X: ydernummer '1X' is not 5-6 digits"),
-    (('name = "BUC Test"', 'name = "BUC Test"\nfax = "1"'),
-     "hospital 600000000000099: unknown field 'fax'"),
-    (('sor = "6000000002100009"', 'sor = "600000000000099"'),
-     "duplicate SOR 600000000000099: hospital/600000000000099 and gp/100009"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("5799910075110", "5799910075103"),
+            "duplicate EAN 5799910075103: municipality/0751/central and municipality/0751/ppr",
+        ),
+        (
+            ('ean = "5799920000997"', 'ean = "5799920000998"'),
+            "hospital 600000000000099: ean '5799920000998' has a wrong check digit (expected 7)",
+        ),
+        (
+            ('code = "0751"', 'code = "0999"'),
+            "municipality 0999: code '0999' is not one of the 98 municipality codes",
+        ),
+        (
+            ('role = "central"', 'role = "family-department"'),
+            "municipality 0751: missing unit: no central unit",
+        ),
+        (
+            ('role = "ppr"', 'role = "school"'),
+            "municipality 0751: unit role 'school' is not one of",
+        ),
+        (
+            ('sor = "600000000000099"', 'sor = "6000"'),
+            "hospital 6000: sor '6000' is not a SOR code (11-18 digits",
+        ),
+        (
+            ('ydernummer = "100009"', 'ydernummer = "1X"'),
+            "gp 1X: ydernummer '1X' is not 5-6 digits",
+        ),
+        (
+            ('name = "BUC Test"', 'name = "BUC Test"\nfax = "1"'),
+            "hospital 600000000000099: unknown field 'fax'",
+        ),
+        (
+            ('sor = "6000000002100009"', 'sor = "600000000000099"'),
+            "duplicate SOR 600000000000099: hospital/600000000000099 and gp/100009",
+        ),
+    ],
+)
 def test_bad_input_is_named_by_entry_and_field(change: tuple[str, str], message: str) -> None:
     with pytest.raises(DirectoryError) as caught:
         parse(GOOD.replace(*change))
@@ -106,8 +142,9 @@ def test_bad_input_is_named_by_entry_and_field(change: tuple[str, str], message:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    bad = GOOD.replace('ean = "5799920000997"', 'ean = "1"').replace('code = "0751"',
-                                                                    'code = "0998"')
+    bad = GOOD.replace('ean = "5799920000997"', 'ean = "1"').replace(
+        'code = "0751"', 'code = "0998"'
+    )
     text = str(pytest.raises(DirectoryError, parse, bad).value)
     assert "not 13 digits" in text and "0998" in text
 
@@ -117,18 +154,25 @@ def test_the_shipped_sample_is_the_generators_output_and_valid() -> None:
     assert shipped == sample_directory_toml(), "regenerate: python -m stafet.demo.directory_sample"
     d = load_directory(ROOT / "deploy" / "directory.toml")
     assert {d.municipal_unit(code).municipality for code in ("0101", "0751", "0860")} == {
-        "0101", "0751", "0860"}
+        "0101",
+        "0751",
+        "0860",
+    }
     assert len([e for e in d.entries.values() if e.role == "central"]) == 98
     assert sorted(e.entry for e in d.entries.values() if not e.ean) == [
-        "gp/100009", "hospital/600000000000095"]
+        "gp/100009",
+        "hospital/600000000000095",
+    ]
 
 
 def test_sor_export_import_round_trip() -> None:
     data = (ROOT / "examples" / "sor-export.csv").read_bytes()
     d = parse(sor_export_to_toml(data))
     assert d.municipal_unit("0751", "family-department").sor == "6000000007510012"
-    assert d.resolve(Party(kind="gp", identifier_system=YDER_SYSTEM,
-                           identifier="100001")).ean == "5799931000016"
+    assert (
+        d.resolve(Party(kind="gp", identifier_system=YDER_SYSTEM, identifier="100001")).ean
+        == "5799931000016"
+    )
     assert d.by_sor("600000000000095").ean is None  # kept, and dead-lettered when addressed
     latin1 = data.decode("utf-8").encode("latin-1")  # æøå in ISO-8859-1
     assert len(parse(sor_export_to_toml(latin1))) == len(d)
@@ -161,17 +205,34 @@ def test_cli_check_fails_on_a_bad_file(tmp_path: Path) -> None:
 
 def test_subscribers_refer_to_directory_entries() -> None:
     d = parse(GOOD)
-    registry = parse_registry({"subscriber": [{
-        "id": "ppr-aarhus", "name": "PPR Aarhus", "party": "ppr", "municipality": "0751",
-        "delivery": "rest", "url": "https://ppr.example/fhir", "secret_env": "S",
-        "entries": ["municipality/0751/ppr"]}]}, directory=d)
+    registry = parse_registry(
+        {
+            "subscriber": [
+                {
+                    "id": "ppr-aarhus",
+                    "name": "PPR Aarhus",
+                    "party": "ppr",
+                    "municipality": "0751",
+                    "delivery": "rest",
+                    "url": "https://ppr.example/fhir",
+                    "secret_env": "S",
+                    "entries": ["municipality/0751/ppr"],
+                }
+            ]
+        },
+        directory=d,
+    )
     [sub] = registry.subscribers
     assert sub.takes("out.municipality.0751", f"{SOR_SYSTEM}|6000000007510011")
-    assert not sub.takes("out.municipality.0751", "http://hl7.dk/fhir/core/CodeSystem/"
-                                                  "dk-core-municipality-codes|0751")
+    assert not sub.takes(
+        "out.municipality.0751",
+        "http://hl7.dk/fhir/core/CodeSystem/dk-core-municipality-codes|0751",
+    )
     with pytest.raises(RegistryError, match="ppr-aarhus: entries: no entry 'gp/1'"):
-        parse_registry({"subscriber": [{**sub.model_dump(exclude={"recipients"}),
-                                        "entries": ["gp/1"]}]}, directory=d)
+        parse_registry(
+            {"subscriber": [{**sub.model_dump(exclude={"recipients"}), "entries": ["gp/1"]}]},
+            directory=d,
+        )
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*/*.json")), ids=lambda p: p.name[7:15])
@@ -185,8 +246,9 @@ def test_every_topic_has_an_explicit_retention_or_compaction() -> None:
 
     configs = TopicPlan.from_settings(Settings(ingest_retention_days=45)).configs()
     assert set(configs) == set(all_topics())
-    assert all("retention.ms" in c or c.get("cleanup.policy") == "compact"
-               for c in configs.values())
+    assert all(
+        "retention.ms" in c or c.get("cleanup.policy") == "compact" for c in configs.values()
+    )
     assert configs[INGEST_FHIR]["retention.ms"] == str(45 * 86_400_000)  # > 30 days of triage
     assert configs[INDEX_REFERRAL] == {"cleanup.policy": "compact", "min.insync.replicas": "1"}
     assert configs["audit.delivery"] == {"retention.ms": "-1", "min.insync.replicas": "1"}

@@ -10,12 +10,15 @@ from typing import Any
 
 import pytest
 
-from stafet.fhir_mapping import UNIT_SYSTEM
-
 from stafet.connectors.fhir_openapi import openapi
 from stafet.demo import fhir_samples as s
+from stafet.fhir_mapping import UNIT_SYSTEM
 from stafet.fhir_referral import (
-    MUNICIPALITY_SYSTEM, SOR_SYSTEM, YDER_SYSTEM, FhirInputError, Issue, parse_fhir_referral,
+    SOR_SYSTEM,
+    YDER_SYSTEM,
+    FhirInputError,
+    Issue,
+    parse_fhir_referral,
 )
 from stafet.ids import patient_key
 from stafet.model import Contact
@@ -44,6 +47,7 @@ def only(resource: Any, **kw: Any) -> Issue:
 
 # --- accepted shapes ---------------------------------------------------------------------------
 
+
 def test_gp_referral_maps_child_parties_and_reason():
     [event] = parse(s.referral("HEN-1"))
     assert (event.kind, event.source, event.referral_id) == ("submitted", "fhir", "HEN-1")
@@ -54,20 +58,35 @@ def test_gp_referral_maps_child_parties_and_reason():
     assert (child.municipality_code, child.region_code) == ("0751", "DK-82")
     assert (child.birth_date, child.gender) == ("2020-05-05", "female")
     assert event.referrer is not None and event.receiver is not None
-    assert (event.referrer.kind, event.referrer.identifier_system, event.referrer.identifier,
-            event.referrer.has_fhir_endpoint) == ("gp", YDER_SYSTEM, "099999", True)
+    assert (
+        event.referrer.kind,
+        event.referrer.identifier_system,
+        event.referrer.identifier,
+        event.referrer.has_fhir_endpoint,
+    ) == ("gp", YDER_SYSTEM, "099999", True)
     assert (event.receiver.kind, event.receiver.identifier, event.receiver.name) == (
-        "hospital-unit", "600000000000001", "BUC Aarhus (demo)")
+        "hospital-unit",
+        "600000000000001",
+        "BUC Aarhus (demo)",
+    )
     assert [(g.relationship, g.identifier, g.name) for g in event.guardians] == [
-        ("GUARD", RUDDI, "Ruddi Test Berggren"), ("MTH", KIRSTEN, "Kirsten Test Berggren")]
+        ("GUARD", RUDDI, "Ruddi Test Berggren"),
+        ("MTH", KIRSTEN, "Kirsten Test Berggren"),
+    ]
     assert all(not g.has_fhir_endpoint for g in event.guardians)
     ppr, family = event.municipal_units
-    assert (ppr.kind, ppr.identifier_system, ppr.identifier) == ("ppr", SOR_SYSTEM,
-                                                                 "6000000007510011")
+    assert (ppr.kind, ppr.identifier_system, ppr.identifier) == (
+        "ppr",
+        SOR_SYSTEM,
+        "6000000007510011",
+    )
     # no SOR: named by municipality + kind, so it is not merged with the central mailbox
-    assert (family.kind, family.identifier_system, family.identifier,
-            family.has_fhir_endpoint) == ("family-department", UNIT_SYSTEM,
-                                          "0751/family-department", True)
+    assert (family.kind, family.identifier_system, family.identifier, family.has_fhir_endpoint) == (
+        "family-department",
+        UNIT_SYSTEM,
+        "0751/family-department",
+        True,
+    )
     assert event.reason_for_referral and "ADHD" in event.reason_for_referral
     assert event.decision is None and event.assessment is None
 
@@ -79,11 +98,17 @@ def test_municipality_from_address_district(district):
     assert parse(resource)[0].child.municipality_code == "0751"
 
 
-@pytest.mark.parametrize(("status", "version", "kind"), [
-    ("active", None, "submitted"), ("active", "1", "submitted"), ("active", "2", "modified"),
-    ("on-hold", None, "modified"), ("revoked", "3", "cancelled"),
-    ("entered-in-error", None, "cancelled"),
-])
+@pytest.mark.parametrize(
+    ("status", "version", "kind"),
+    [
+        ("active", None, "submitted"),
+        ("active", "1", "submitted"),
+        ("active", "2", "modified"),
+        ("on-hold", None, "modified"),
+        ("revoked", "3", "cancelled"),
+        ("entered-in-error", None, "cancelled"),
+    ],
+)
 def test_service_request_status_gives_the_kind(status, version, kind):
     assert parse(s.referral(status=status, version=version))[0].kind == kind
 
@@ -115,11 +140,14 @@ def test_accepted_forwarded_and_expired_tasks():
 
 
 def test_contact_changed_task_names_the_new_contact():
-    task = s.acceptance_task() | {"status": "in-progress",
-                                  "businessStatus": {"coding": [{"code": "contact-changed"}]},
-                                  "output": [
-        {"type": {"text": "contact-name"}, "valueString": "Jonas Kjær"},
-        {"type": {"text": "contact-phone"}, "valueString": "8765 4321"}]}
+    task = s.acceptance_task() | {
+        "status": "in-progress",
+        "businessStatus": {"coding": [{"code": "contact-changed"}]},
+        "output": [
+            {"type": {"text": "contact-name"}, "valueString": "Jonas Kjær"},
+            {"type": {"text": "contact-phone"}, "valueString": "8765 4321"},
+        ],
+    }
     [event] = parse(task)
     assert event.kind == "contact" and event.decision is None
     assert event.contact == Contact(name="Jonas Kjær", phone="8765 4321")
@@ -132,8 +160,14 @@ def test_contact_changed_task_names_the_new_contact():
 
 def test_task_for_may_reference_a_contained_patient():
     task = s.rejection_task()
-    task["contained"] = [{"resourceType": "Patient", "id": "c", "identifier": [
-        {"system": "urn:oid:1.2.208.176.1.2", "value": RIKKE}], "name": [{"family": "Berggren"}]}]
+    task["contained"] = [
+        {
+            "resourceType": "Patient",
+            "id": "c",
+            "identifier": [{"system": "urn:oid:1.2.208.176.1.2", "value": RIKKE}],
+            "name": [{"family": "Berggren"}],
+        }
+    ]
     task["for"] = {"reference": "#c"}
     [event] = parse(task)
     assert (event.child.cpr, event.child.family) == (RIKKE, "Berggren")
@@ -142,7 +176,10 @@ def test_task_for_may_reference_a_contained_patient():
 def test_status_communication_is_an_assessment():
     [event] = parse(s.status_communication("HEN-1"))
     assert (event.kind, event.referral_id, event.event_time) == (
-        "assessment", "HEN-1", "2027-01-15T11:00:00+01:00")
+        "assessment",
+        "HEN-1",
+        "2027-01-15T11:00:00+01:00",
+    )
     a = event.assessment
     assert a is not None and a.summary.startswith("Udredningen viser angst")
     assert a.treatment_plan and "kognitiv terapi" in a.treatment_plan
@@ -161,16 +198,29 @@ def test_bundle_entries_reference_each_other_by_full_url():
     referral = s.referral("HEN-B")
     patient = referral.pop("contained")[0]
     referral.pop("supportingInfo")
-    header = {"resourceType": "MessageHeader", "eventCoding": {"code": "referral"},
-              "source": {"endpoint": "https://gp.example/fhir"}}
+    header = {
+        "resourceType": "MessageHeader",
+        "eventCoding": {"code": "referral"},
+        "source": {"endpoint": "https://gp.example/fhir"},
+    }
     task = s.rejection_task("HEN-B")
-    bundle = {"resourceType": "Bundle", "type": "message", "entry": [
-        {"fullUrl": "urn:uuid:1", "resource": header},
-        {"fullUrl": "urn:uuid:2", "resource": patient},
-        {"fullUrl": "urn:uuid:3", "resource": referral | {"subject": {"reference": "urn:uuid:2"}}},
-        {"fullUrl": "urn:uuid:4", "resource": task | {
-            "focus": {"reference": "urn:uuid:3"}, "for": {"reference": "urn:uuid:2"}}},
-    ]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "message",
+        "entry": [
+            {"fullUrl": "urn:uuid:1", "resource": header},
+            {"fullUrl": "urn:uuid:2", "resource": patient},
+            {
+                "fullUrl": "urn:uuid:3",
+                "resource": referral | {"subject": {"reference": "urn:uuid:2"}},
+            },
+            {
+                "fullUrl": "urn:uuid:4",
+                "resource": task
+                | {"focus": {"reference": "urn:uuid:3"}, "for": {"reference": "urn:uuid:2"}},
+            },
+        ],
+    }
     submitted, decision = parse(bundle, known_referral=lambda _: False)
     assert (submitted.kind, decision.kind) == ("submitted", "decision")
     assert submitted.referral_id == decision.referral_id == "HEN-B"
@@ -187,6 +237,7 @@ def test_known_referral_passes():
 
 
 # --- errors: path and code ---------------------------------------------------------------------
+
 
 def _without(resource: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in resource.items() if k not in keys}
@@ -212,60 +263,138 @@ def _guardian_role(code: str) -> dict[str, Any]:
 
 
 ERRORS = [
-    ("wrong resourceType", {"resourceType": "Patient", "id": "x"}, "resourceType",
-     "not-supported"),
+    ("wrong resourceType", {"resourceType": "Patient", "id": "x"}, "resourceType", "not-supported"),
     ("no resourceType", {"status": "active"}, "resourceType", "required"),
     ("not a FHIR type", {"resourceType": "Henvisning"}, "resourceType", "not-supported"),
     ("malformed JSON", b'{"resourceType": "Task",', "", "structure"),
     ("JSON array", b"[]", "", "structure"),
     ("missing focus", _without(s.rejection_task(), "focus"), "Task.focus", "required"),
-    ("focus without id", s.rejection_task() | {"focus": {"display": "x"}},
-     "Task.focus.identifier.value", "required"),
-    ("invalid CPR", _child_cpr("3213209996"), "ServiceRequest.contained[0].identifier[0].value",
-     "value"),
-    ("no CPR in Task.for", s.rejection_task() | {"for": {"display": "Rikke"}},
-     "Task.for.identifier", "required"),
-    ("unknown municipality", _municipality("0999"),
-     "ServiceRequest.contained[0].address[0].district", "code-invalid"),
+    (
+        "focus without id",
+        s.rejection_task() | {"focus": {"display": "x"}},
+        "Task.focus.identifier.value",
+        "required",
+    ),
+    (
+        "invalid CPR",
+        _child_cpr("3213209996"),
+        "ServiceRequest.contained[0].identifier[0].value",
+        "value",
+    ),
+    (
+        "no CPR in Task.for",
+        s.rejection_task() | {"for": {"display": "Rikke"}},
+        "Task.for.identifier",
+        "required",
+    ),
+    (
+        "unknown municipality",
+        _municipality("0999"),
+        "ServiceRequest.contained[0].address[0].district",
+        "code-invalid",
+    ),
     ("no municipality", _municipality(None), "ServiceRequest.contained[0].address", "required"),
-    ("rejection without reason", _without(s.rejection_task(), "statusReason"),
-     "Task.statusReason", "required"),
-    ("unknown reason code", s.rejection_task(reason_code="no-beds"),
-     "Task.statusReason.coding[0].code", "value"),
-    ("unsupported Task status", s.acceptance_task() | {"status": "requested"}, "Task.status",
-     "not-supported"),
+    (
+        "rejection without reason",
+        _without(s.rejection_task(), "statusReason"),
+        "Task.statusReason",
+        "required",
+    ),
+    (
+        "unknown reason code",
+        s.rejection_task(reason_code="no-beds"),
+        "Task.statusReason.coding[0].code",
+        "value",
+    ),
+    (
+        "unsupported Task status",
+        s.acceptance_task() | {"status": "requested"},
+        "Task.status",
+        "not-supported",
+    ),
     ("draft referral", s.referral(status="draft"), "ServiceRequest.status", "not-supported"),
     ("no owner", _without(s.rejection_task(), "owner"), "Task.owner", "required"),
-    ("owner not SOR", s.rejection_task() | {"owner": s.GP.ref()},
-     "Task.owner.identifier.system", "value"),
-    ("unknown output", s.acceptance_task() | {"output": [{"type": {"text": "x"},
-                                                           "valueString": "y"}]},
-     "Task.output[0]", "value"),
-    ("no event time", _without(s.rejection_task(), "lastModified", "authoredOn"),
-     "Task.lastModified", "required"),
-    ("time without offset", s.rejection_task() | {"lastModified": "2026-11-30T14:05:00"},
-     "Task.lastModified", "value"),
-    ("status missing (pydantic)", _without(s.rejection_task(), "status"), "Task.status",
-     "required"),
-    ("unknown element (pydantic)", s.rejection_task() | {"henvisning": 1}, "Task.henvisning",
-     "structure"),
-    ("list expected (pydantic)", s.rejection_task() | {"note": {"text": "x"}}, "Task.note",
-     "structure"),
-    ("unknown contained type", s.referral() | {"contained": [
-        *s.referral()["contained"], {"resourceType": "Barn", "id": "b"}]},
-     "ServiceRequest.contained[5]", "not-supported"),
-    ("dangling contained reference", s.referral() | {"subject": {"reference": "#nobody"}},
-     "ServiceRequest.subject.reference", "structure"),
-    ("bad guardian role", _guardian_role("SPS"), "ServiceRequest.contained[1].relationship",
-     "value"),
+    (
+        "owner not SOR",
+        s.rejection_task() | {"owner": s.GP.ref()},
+        "Task.owner.identifier.system",
+        "value",
+    ),
+    (
+        "unknown output",
+        s.acceptance_task() | {"output": [{"type": {"text": "x"}, "valueString": "y"}]},
+        "Task.output[0]",
+        "value",
+    ),
+    (
+        "no event time",
+        _without(s.rejection_task(), "lastModified", "authoredOn"),
+        "Task.lastModified",
+        "required",
+    ),
+    (
+        "time without offset",
+        s.rejection_task() | {"lastModified": "2026-11-30T14:05:00"},
+        "Task.lastModified",
+        "value",
+    ),
+    (
+        "status missing (pydantic)",
+        _without(s.rejection_task(), "status"),
+        "Task.status",
+        "required",
+    ),
+    (
+        "unknown element (pydantic)",
+        s.rejection_task() | {"henvisning": 1},
+        "Task.henvisning",
+        "structure",
+    ),
+    (
+        "list expected (pydantic)",
+        s.rejection_task() | {"note": {"text": "x"}},
+        "Task.note",
+        "structure",
+    ),
+    (
+        "unknown contained type",
+        s.referral()
+        | {"contained": [*s.referral()["contained"], {"resourceType": "Barn", "id": "b"}]},
+        "ServiceRequest.contained[5]",
+        "not-supported",
+    ),
+    (
+        "dangling contained reference",
+        s.referral() | {"subject": {"reference": "#nobody"}},
+        "ServiceRequest.subject.reference",
+        "structure",
+    ),
+    (
+        "bad guardian role",
+        _guardian_role("SPS"),
+        "ServiceRequest.contained[1].relationship",
+        "value",
+    ),
     ("bundle type", s.bundle(s.referral(), type_="searchset"), "Bundle.type", "not-supported"),
-    ("bundle of two children", s.bundle(s.referral(), s.rejection_task(cpr=RUDDI)),
-     "Bundle.entry", "invalid"),
+    (
+        "bundle of two children",
+        s.bundle(s.referral(), s.rejection_task(cpr=RUDDI)),
+        "Bundle.entry",
+        "invalid",
+    ),
     ("empty bundle", s.bundle(), "Bundle.entry", "required"),
-    ("communication without summary", s.status_communication() | {"payload": [
-        {"contentAttachment": {"title": "brev.pdf"}}]}, "Communication.payload", "required"),
-    ("entry error path", s.bundle(s.referral(), _without(s.rejection_task(), "focus")),
-     "Bundle.entry[1].resource.focus", "required"),
+    (
+        "communication without summary",
+        s.status_communication() | {"payload": [{"contentAttachment": {"title": "brev.pdf"}}]},
+        "Communication.payload",
+        "required",
+    ),
+    (
+        "entry error path",
+        s.bundle(s.referral(), _without(s.rejection_task(), "focus")),
+        "Bundle.entry[1].resource.focus",
+        "required",
+    ),
 ]
 
 
@@ -284,8 +413,11 @@ def test_no_cpr_in_any_reason(name, resource, path, code):
 def test_every_issue_is_listed_at_once():
     task = _without(s.rejection_task(), "focus", "owner", "statusReason")
     found = {(i.path, i.code) for i in issues(task)}
-    assert found == {("Task.focus", "required"), ("Task.owner", "required"),
-                     ("Task.statusReason", "required")}
+    assert found == {
+        ("Task.focus", "required"),
+        ("Task.owner", "required"),
+        ("Task.statusReason", "required"),
+    }
 
 
 def test_unknown_referral_is_not_found_and_a_business_rule():
@@ -320,6 +452,7 @@ def test_wrong_municipality_reason_has_no_cpr_even_in_the_message():
 
 # --- determinism -------------------------------------------------------------------------------
 
+
 def test_identical_input_gives_identical_events():
     body = s.to_bytes(s.bundle(s.referral(), s.rejection_task()))
     assert parse(body) == parse(body)
@@ -349,6 +482,7 @@ def test_different_resources_get_different_ids():
 
 # --- OpenAPI -----------------------------------------------------------------------------------
 
+
 def _refs(node: Any) -> list[str]:
     if isinstance(node, dict):
         own = [node["$ref"]] if "$ref" in node else []
@@ -363,9 +497,14 @@ def test_openapi_refs_resolve_and_examples_are_accepted():
     assert doc["openapi"].startswith("3.1")
     for ref in _refs(doc):
         assert ref.split("/")[-1] in doc["components"]["schemas"], ref
-    examples = [ex["value"] for path in doc["paths"].values() if "post" in path
-                for ex in path["post"]["requestBody"]["content"]["application/fhir+json"]
-                ["examples"].values()]
+    examples = [
+        ex["value"]
+        for path in doc["paths"].values()
+        if "post" in path
+        for ex in path["post"]["requestBody"]["content"]["application/fhir+json"][
+            "examples"
+        ].values()
+    ]
     assert len(examples) >= 5
     for example in examples:
         assert parse(example)

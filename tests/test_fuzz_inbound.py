@@ -21,12 +21,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from stafet.config import Settings
 from stafet.connectors.fhir_http import FhirListener, ReferralIndex
 from stafet.connectors.medcom_ack import MessageIds, build_ack
 from stafet.connectors.mllp import MllpListener
 from stafet.connectors.mllp_client import END, START, ack_fields
-
-from stafet.config import Settings
 from stafet.demo import fhir_samples as fs
 from stafet.fhir_referral import FhirInputError, parse_fhir_referral
 from stafet.hl7v2 import Hl7Error
@@ -44,8 +44,12 @@ from .fuzz_corpus import (
     hl7_bad,
 )
 
-FUZZ = settings(database=None, derandomize=True, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    database=None,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SECRET = "fuzz-secret"
 GENERIC = ("internal error", "could not process")
 
@@ -56,8 +60,9 @@ class RecordingProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, dict[str, bytes]]] = []
 
-    async def send(self, topic: str, value: bytes, *, key: bytes | None = None,
-                   headers: Any = ()) -> tuple[int, int]:
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Any = ()
+    ) -> tuple[int, int]:
         self.sent.append((topic, value, dict(headers)))
         return 0, len(self.sent) - 1
 
@@ -74,6 +79,7 @@ def no_cpr(text: str) -> None:
 
 
 # --- HL7 v2 / MLLP ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def mllp() -> Iterator[tuple[MllpListener, RecordingProducer, asyncio.AbstractEventLoop]]:
@@ -118,12 +124,38 @@ def test_each_kind_of_bad_hl7_gets_a_specific_ar_and_is_dead_lettered(mllp, kind
 
 # byte-level and field-level mutations of good messages: they may stay valid (AA) or not (AR);
 # either way no crash and no generic answer
-BASES = [good_adt("FZ-BASE-1"), good_adt("FZ-BASE-2", trigger="A03"),
-         good_ref("FZ-BASE-3"), good_ref("FZ-BASE-4", trigger="RRI^I12", status="R",
-                                         reason=("missing-ppv", "Mangler PPV"))]
-NASTY = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b"\x00", b"\xff", b"\xc3", b"MSH|",
-         b"\\X41\\", b"\\F\\", b"PID|", b"NK1|", b"PRD|", b"RF1|", b"^^^CPR", b"0505209996",
-         b"\\.br\\", b"\t", b" ", b"~~~~", b"|||||||||||||||||||||||||||||||||||||||"]
+BASES = [
+    good_adt("FZ-BASE-1"),
+    good_adt("FZ-BASE-2", trigger="A03"),
+    good_ref("FZ-BASE-3"),
+    good_ref("FZ-BASE-4", trigger="RRI^I12", status="R", reason=("missing-ppv", "Mangler PPV")),
+]
+NASTY = [
+    b"|",
+    b"^",
+    b"~",
+    b"\\",
+    b"&",
+    b"\r",
+    b"\n",
+    b"\x00",
+    b"\xff",
+    b"\xc3",
+    b"MSH|",
+    b"\\X41\\",
+    b"\\F\\",
+    b"PID|",
+    b"NK1|",
+    b"PRD|",
+    b"RF1|",
+    b"^^^CPR",
+    b"0505209996",
+    b"\\.br\\",
+    b"\t",
+    b" ",
+    b"~~~~",
+    b"|||||||||||||||||||||||||||||||||||||||",
+]
 
 
 @st.composite
@@ -135,12 +167,14 @@ def mutated_hl7(draw: st.DrawFn) -> bytes:
         if op == "insert":
             data[at:at] = draw(st.sampled_from(NASTY) | st.binary(max_size=8))
         elif op == "delete":
-            del data[at:at + draw(st.integers(1, 20))]
+            del data[at : at + draw(st.integers(1, 20))]
         elif op == "replace":
-            data[at:at + 1] = draw(st.binary(min_size=1, max_size=1))
+            data[at : at + 1] = draw(st.binary(min_size=1, max_size=1))
         elif op == "field":  # replace everything up to the next separator
-            end = min([i for i in (data.find(b"|", at + 1), data.find(b"\r", at + 1)) if i > 0]
-                      or [len(data)])
+            end = min(
+                [i for i in (data.find(b"|", at + 1), data.find(b"\r", at + 1)) if i > 0]
+                or [len(data)]
+            )
             data[at:end] = draw(st.sampled_from(NASTY) | st.text(max_size=12).map(str.encode))
         elif op == "segment":
             segs = bytes(data).strip(b"\r").split(b"\r")
@@ -189,11 +223,18 @@ def test_random_bytes_get_a_specific_ar(mllp, data):
 
 # framing over a real socket (the recording producer behind it)
 
+
 @pytest.fixture(scope="module")
 def mllp_server() -> Iterator[tuple[int, RecordingProducer]]:
     producer = RecordingProducer()
-    listener = MllpListener(Settings(patient_key_secret=SECRET, mllp_port=0,  # type: ignore[arg-type]
-                                     mllp_max_message_bytes=8192), producer=producer)
+    listener = MllpListener(
+        Settings(
+            patient_key_secret=SECRET,
+            mllp_port=0,  # type: ignore[arg-type]
+            mllp_max_message_bytes=8192,
+        ),
+        producer=producer,
+    )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -223,22 +264,30 @@ def exchange(port: int, raw: bytes, *, half_close: bool = True) -> list[dict[str
 
 
 FRAMES = [
-    ("truncated frame", lambda g: START + g[:len(g) // 2], ["AR"], "truncated frame"),
+    ("truncated frame", lambda g: START + g[: len(g) // 2], ["AR"], "truncated frame"),
     ("no start block", lambda g: g + END, ["AR"], "start block"),
-    ("end block inside", lambda g: START + g.replace(b"\rPID", b"\x1c\rPID") + END,
-     ["AR", "AR"], ""),
-    ("two messages, one end block", lambda g: START + g + START + good_adt() + END, ["AR"],
-     "0x0B"),
-    ("oversize", lambda g: START + g + b"NTE|1||" + b"x" * 20_000 + b"\r" + END, ["AR"],
-     "exceeds the maximum"),
+    (
+        "end block inside",
+        lambda g: START + g.replace(b"\rPID", b"\x1c\rPID") + END,
+        ["AR", "AR"],
+        "",
+    ),
+    ("two messages, one end block", lambda g: START + g + START + good_adt() + END, ["AR"], "0x0B"),
+    (
+        "oversize",
+        lambda g: START + g + b"NTE|1||" + b"x" * 20_000 + b"\r" + END,
+        ["AR"],
+        "exceeds the maximum",
+    ),
     ("empty frame", lambda g: START + END, ["AR"], "MSH"),
     ("junk then a good frame", lambda g: b"\r\n  " + START + g + END, ["AA"], ""),
 ]
 
 
 @pytest.mark.parametrize(("name", "make", "codes", "text"), FRAMES, ids=[f[0] for f in FRAMES])
-def test_bad_frames_over_a_socket_and_the_listener_keeps_serving(mllp_server, name, make, codes,
-                                                                 text):
+def test_bad_frames_over_a_socket_and_the_listener_keeps_serving(
+    mllp_server, name, make, codes, text
+):
     port, producer = mllp_server
     mark = len(producer.sent)
     acks = exchange(port, make(good_adt()))
@@ -250,6 +299,7 @@ def test_bad_frames_over_a_socket_and_the_listener_keeps_serving(mllp_server, na
 
 
 # --- FHIR / HTTP ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def fhir() -> Iterator[Any]:
@@ -263,8 +313,9 @@ def fhir() -> Iterator[Any]:
     client = TestClient(TestServer(listener.app()), loop=loop)
     loop.run_until_complete(client.start_server())
 
-    def post(path: str, body: bytes, content_type: str = "application/fhir+json"
-             ) -> tuple[int, dict[str, Any], list[str]]:
+    def post(
+        path: str, body: bytes, content_type: str = "application/fhir+json"
+    ) -> tuple[int, dict[str, Any], list[str]]:
         mark = len(producer.sent)
 
         async def go() -> tuple[int, bytes]:
@@ -284,8 +335,9 @@ def fhir() -> Iterator[Any]:
 
 def issue_text(outcome: dict[str, Any]) -> str:
     assert outcome["resourceType"] == "OperationOutcome"
-    return " ".join(f"{' '.join(i.get('expression', []))} {i.get('diagnostics', '')}"
-                    for i in outcome["issue"])
+    return " ".join(
+        f"{' '.join(i.get('expression', []))} {i.get('diagnostics', '')}" for i in outcome["issue"]
+    )
 
 
 @pytest.mark.parametrize("kind", FHIR_KINDS)
@@ -296,22 +348,32 @@ def test_each_kind_of_bad_fhir_gets_a_specific_4xx_and_is_dead_lettered(fhir, ki
     status, outcome, topics = fhir(bad.path, bad.data, bad.content_type)
     text = issue_text(outcome)
     assert str(status) in bad.codes, (kind, status, text[:500])
-    assert outcome["issue"] and all(i["severity"] == "error" and i.get("diagnostics")
-                                    for i in outcome["issue"]), (kind, outcome)
+    assert outcome["issue"] and all(
+        i["severity"] == "error" and i.get("diagnostics") for i in outcome["issue"]
+    ), (kind, outcome)
     assert not any(g in text for g in GENERIC), (kind, text[:500])
     assert bad.text.lower() in text.lower(), (kind, bad.text, text[:500])
     assert topics == [DLQ_FHIR], (kind, topics)
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
-    | st.text(max_size=30) | st.sampled_from(["0505209996", "#child", "urn:uuid:x", "", "T"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                  max_size=3),
-    max_leaves=8)
-GOOD_FHIR = [fs.referral("FZ-MUT-1"), fs.rejection_task("FZ-MUT-1"),
-             fs.status_communication("FZ-MUT-1"),
-             fs.bundle(fs.referral("FZ-MUT-2"), fs.forward_task("FZ-MUT-2"))]
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.sampled_from(["0505209996", "#child", "urn:uuid:x", "", "T"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+GOOD_FHIR = [
+    fs.referral("FZ-MUT-1"),
+    fs.rejection_task("FZ-MUT-1"),
+    fs.status_communication("FZ-MUT-1"),
+    fs.bundle(fs.referral("FZ-MUT-2"), fs.forward_task("FZ-MUT-2")),
+]
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -359,16 +421,23 @@ def test_mutated_fhir_never_crashes_and_never_gets_a_generic_answer(fhir, doc):
 
 
 def _messages() -> list[dict[str, Any]]:
-    header = {"resourceType": "MessageHeader", "id": "8f7c3f0e-0000-4000-8000-000000000001",
-              "eventCoding": {"system": "http://medcomfhir.dk/ig/terminology/CodeSystem/"
-                              "medcom-messaging-eventCodes", "code": "referral-message"},
-              "source": {"endpoint": "https://ehr.example/fhir"}}
+    header = {
+        "resourceType": "MessageHeader",
+        "id": "8f7c3f0e-0000-4000-8000-000000000001",
+        "eventCoding": {
+            "system": "http://medcomfhir.dk/ig/terminology/CodeSystem/medcom-messaging-eventCodes",
+            "code": "referral-message",
+        },
+        "source": {"endpoint": "https://ehr.example/fhir"},
+    }
     referral = fs.bundle(header, fs.referral("FZ-MSG-1"), type_="message")
     referral["id"] = "8f7c3f0e-0000-4000-8000-000000000002"
-    ack = build_ack(MessageIds("b-fz", "8f7c3f0e-0000-4000-8000-000000000003",
-                               "care-communication-message"), "ok",
-                    sender_endpoint="https://kommune.example/fhir",
-                    receiver_endpoint="https://stafet.dk/fhir")
+    ack = build_ack(
+        MessageIds("b-fz", "8f7c3f0e-0000-4000-8000-000000000003", "care-communication-message"),
+        "ok",
+        sender_endpoint="https://kommune.example/fhir",
+        receiver_endpoint="https://stafet.dk/fhir",
+    )
     return [referral, ack]
 
 
@@ -404,17 +473,23 @@ def test_null_in_a_primitive_array_is_not_an_internal_error(fhir):
     a guardian's name with given [null] made the listener answer 500."""
     sr = fs.referral("FZ-NULL-1")
     guardian = next(c for c in sr["contained"] if c["resourceType"] == "RelatedPerson")
-    guardian["name"] = [{"family": "Berggren", "given": [None],
-                         "_given": [{"extension": [{"url": "https://example.org/x",
-                                                     "valueString": "x"}]}]}]
+    guardian["name"] = [
+        {
+            "family": "Berggren",
+            "given": [None],
+            "_given": [{"extension": [{"url": "https://example.org/x", "valueString": "x"}]}],
+        }
+    ]
     status, outcome, topics = fhir("/fhir/ServiceRequest", json.dumps(sr).encode())
     assert status == 202, outcome
     assert topics == [INGEST_FHIR]
 
 
 @settings(FUZZ, max_examples=100)
-@given(body=st.binary(max_size=300) | JSON_VALUES.map(lambda v: json.dumps(v).encode()),
-       path=st.sampled_from(["/fhir", "/fhir/Task", "/fhir/$process-message"]))
+@given(
+    body=st.binary(max_size=300) | JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    path=st.sampled_from(["/fhir", "/fhir/Task", "/fhir/$process-message"]),
+)
 def test_random_bodies_get_a_specific_400(fhir, body, path):
     status, outcome, topics = fhir(path, body)
     assert status == 400, (status, outcome)
@@ -427,7 +502,9 @@ def test_the_corpus_uses_only_synthetic_cprs():
     """The corpus' CPRs are MedCom test patients (checked against the shared list)."""
     import pathlib
 
-    shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "domain" / "test-patients.json"
+    shared = (
+        pathlib.Path(__file__).resolve().parents[2] / "shared" / "domain" / "test-patients.json"
+    )
     if shared.exists():
         listed = {p["cpr"] for p in json.loads(shared.read_text("utf-8"))["patients"]}
         assert {c for c in CORPUS_CPRS if c} <= listed | _related_cprs()
@@ -440,4 +517,5 @@ def _related_cprs() -> set[str]:
     text = resources.files("stafet.demo").joinpath("test-patients.json").read_text("utf-8")
     data = json.loads(text)
     return {p["cpr"] for p in data.get("patients", [])} | {
-        r.get("related_cpr", "") for r in data.get("related_persons", [])}
+        r.get("related_cpr", "") for r in data.get("related_persons", [])
+    }

@@ -10,12 +10,14 @@ from bench.load import LoadGenerator
 from stafet.hl7v2 import Segments, decode
 
 
-def reference_get(message: hl7.Message, segment: str, field: int, component: int,
-                  repetition: int) -> str:
+def reference_get(
+    message: hl7.Message, segment: str, field: int, component: int, repetition: int
+) -> str:
     """The reader as it was: python-hl7's extract_field on the fully parsed message."""
     try:
-        return str(message.segment(segment).extract_field(segment, field, repetition,
-                                                          component)).strip()
+        return str(
+            message.segment(segment).extract_field(segment, field, repetition, component)
+        ).strip()
     except (KeyError, IndexError):
         return ""
 
@@ -28,8 +30,10 @@ def reference_repetitions(message: hl7.Message, segment: str, field: int) -> lis
     if len(seg) <= field:
         return []
     value = seg[field]
-    return [[str(c) for c in rep] if isinstance(rep, hl7.Repetition) else [str(rep)]
-            for rep in (value if isinstance(value, hl7.Field) else [value])]
+    return [
+        [str(c) for c in rep] if isinstance(rep, hl7.Repetition) else [str(rep)]
+        for rep in (value if isinstance(value, hl7.Field) else [value])
+    ]
 
 
 def corpus() -> list[str]:
@@ -42,10 +46,12 @@ def corpus() -> list[str]:
         except Exception:  # noqa: BLE001 — an undecodable message never reaches the reader
             continue
     # escapes, subcomponents, repetitions, empty trailing fields
-    texts.append("MSH|^~\\&|EPJ|Hosp^600000000000099^SOR|||20261201||ADT^A01|X1|P|2.5\r"
-                 "EVN|A01|20261201\rPID|1||0101011234^^^CPR^NNDNK~X&Y^^^LOCAL||Hansen\\T\\Co"
-                 "^Ann\\S\\Marie||||||Vej 1^^By^^8000^^H^^0751~Alt 2^^^^^^C||\r"
-                 "PV1|1|I|||||||||||||||||V1|||")
+    texts.append(
+        "MSH|^~\\&|EPJ|Hosp^600000000000099^SOR|||20261201||ADT^A01|X1|P|2.5\r"
+        "EVN|A01|20261201\rPID|1||0101011234^^^CPR^NNDNK~X&Y^^^LOCAL||Hansen\\T\\Co"
+        "^Ann\\S\\Marie||||||Vej 1^^By^^8000^^H^^0751~Alt 2^^^^^^C||\r"
+        "PV1|1|I|||||||||||||||||V1|||"
+    )
     return texts
 
 
@@ -56,10 +62,12 @@ def test_every_field_reads_as_python_hl7_reads_it(text: str) -> None:
     for name in dict.fromkeys(fast.order):
         width = len(message.segment(name)) + 2
         for field in range(1, width):
-            assert fast.repetitions(name, field) == reference_repetitions(message, name, field), \
-                (name, field)
+            assert fast.repetitions(name, field) == reference_repetitions(message, name, field), (
+                name,
+                field,
+            )
             for repetition in (1, 2):
                 for component in range(1, 7):
                     assert fast.get(name, field, component, repetition) == reference_get(
-                        message, name, field, component, repetition), \
-                        (name, field, component, repetition)
+                        message, name, field, component, repetition
+                    ), (name, field, component, repetition)

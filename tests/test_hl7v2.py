@@ -40,16 +40,41 @@ def segment(name: str, fields: dict[int, str]) -> str:
     return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
 
 
-def message(trigger: str = "A01", *, msh: dict | None = None, evn: dict | None = None,
-            pid: dict | None = None, pv1: dict | None = None, order: str = "MSH EVN PID PV1",
-            sep: str = "\r", encoding: str = "utf-8") -> bytes:
+def message(
+    trigger: str = "A01",
+    *,
+    msh: dict | None = None,
+    evn: dict | None = None,
+    pid: dict | None = None,
+    pv1: dict | None = None,
+    order: str = "MSH EVN PID PV1",
+    sep: str = "\r",
+    encoding: str = "utf-8",
+) -> bytes:
     parts = {
-        "MSH": {3: "EPJ", 4: "BUC Test^600000000000099^SOR", 5: "STAFET", 6: "STAFET",
-                7: "20240115103000", 9: f"ADT^{trigger}^ADT_{trigger}", 10: "MSG0001", 11: "P",
-                12: "2.5", 18: "UNICODE UTF-8", **(msh or {})},
+        "MSH": {
+            3: "EPJ",
+            4: "BUC Test^600000000000099^SOR",
+            5: "STAFET",
+            6: "STAFET",
+            7: "20240115103000",
+            9: f"ADT^{trigger}^ADT_{trigger}",
+            10: "MSG0001",
+            11: "P",
+            12: "2.5",
+            18: "UNICODE UTF-8",
+            **(msh or {}),
+        },
         "EVN": {1: trigger, 2: "20240115103000", **(evn or {})},
-        "PID": {1: "1", 3: f"{LARS}^^^CPR^NNDNK", 5: "Berggren^Lars^Test", 7: "20150505", 8: "M",
-                11: "Testpark Allé 48^^Hillerød^^3400^DK^H^^0219", **(pid or {})},
+        "PID": {
+            1: "1",
+            3: f"{LARS}^^^CPR^NNDNK",
+            5: "Berggren^Lars^Test",
+            7: "20150505",
+            8: "M",
+            11: "Testpark Allé 48^^Hillerød^^3400^DK^H^^0219",
+            **(pid or {}),
+        },
         "PV1": {1: "1", 2: "I", 19: "V-1001", 44: "20240115080000", **(pv1 or {})},
     }
     return (sep.join(segment(n, parts[n]) for n in order.split()) + sep).encode(encoding)
@@ -78,7 +103,12 @@ def test_literal_a01_is_normalised_completely():
     assert (p.municipality_code, p.region_code) == ("0219", "DK-84")
     e = event.encounter
     assert (e.visit_number, e.class_code, e.status) == ("V-1001", "IMP", "in-progress")
-    assert (e.start, e.end, e.leave_start, e.leave_end) == ("2024-01-15T08:00:00+01:00", None, None, None)
+    assert (e.start, e.end, e.leave_start, e.leave_end) == (
+        "2024-01-15T08:00:00+01:00",
+        None,
+        None,
+        None,
+    )
     assert uuid.UUID(e.episode_of_care_id).version == 5
 
 
@@ -105,8 +135,11 @@ MAPPING = [  # trigger, PV1-2, PID overrides, PV1 overrides, code, status, class
 ]
 
 
-@pytest.mark.parametrize(("trigger", "klass", "pid", "pv1", "code", "status", "enc_class"), MAPPING,
-                         ids=[f"{m[0]}-{m[4]}" for m in MAPPING])
+@pytest.mark.parametrize(
+    ("trigger", "klass", "pid", "pv1", "code", "status", "enc_class"),
+    MAPPING,
+    ids=[f"{m[0]}-{m[4]}" for m in MAPPING],
+)
 def test_trigger_mapping(trigger, klass, pid, pv1, code, status, enc_class):
     event = parse(message(trigger, pid=pid, pv1={2: klass, **pv1}))
     enc = event.encounter
@@ -118,21 +151,33 @@ def test_trigger_mapping(trigger, klass, pid, pv1, code, status, enc_class):
     assert enc.leave_end == (T if code == "SLOR" else None)  # AN_SLOR: back on leave, no end
 
 
-@pytest.mark.parametrize("pid3", [
-    f"{LARS}^^^CPR", f"{LARS}^^^^NNDNK", LARS, f"{LARS_DASH}^^^CPR", LARS_DASH,
-    f"1234567890^^^LOCAL~{LARS}^^^CPR",  # tagged beats an earlier untagged 10-digit id
-    f"1234567890^^^LOCAL~{LARS}^^^CPR&1.2.208.176.1.2&ISO",  # CX.4 as a full HD
-], ids=["cx4", "cx5", "untagged", "dash", "untagged-dash", "tagged-first", "cx4-hd"])
+@pytest.mark.parametrize(
+    "pid3",
+    [
+        f"{LARS}^^^CPR",
+        f"{LARS}^^^^NNDNK",
+        LARS,
+        f"{LARS_DASH}^^^CPR",
+        LARS_DASH,
+        f"1234567890^^^LOCAL~{LARS}^^^CPR",  # tagged beats an earlier untagged 10-digit id
+        f"1234567890^^^LOCAL~{LARS}^^^CPR&1.2.208.176.1.2&ISO",  # CX.4 as a full HD
+    ],
+    ids=["cx4", "cx5", "untagged", "dash", "untagged-dash", "tagged-first", "cx4-hd"],
+)
 def test_cpr_is_found(pid3):
     assert parse(message(pid={3: pid3})).patient.cpr == LARS
 
 
-@pytest.mark.parametrize(("pid11", "pid12", "code", "region"), [
-    ("Postboks 7^^^^8000^DK^M^^0751~Testpark Allé 48^^^^3400^DK^H^^0219", "", "0219", "DK-84"),
-    ("Testjulianevej 3^^^^8000^DK^H^^751", "", "0751", "DK-82"),
-    ("Testjulianevej 3^^^^8000^DK^H", "751", "0751", "DK-82"),
-    ("", "0101", "0101", "DK-84"),
-], ids=["home-of-two", "zero-pad", "pid12-padded", "pid12-only"])
+@pytest.mark.parametrize(
+    ("pid11", "pid12", "code", "region"),
+    [
+        ("Postboks 7^^^^8000^DK^M^^0751~Testpark Allé 48^^^^3400^DK^H^^0219", "", "0219", "DK-84"),
+        ("Testjulianevej 3^^^^8000^DK^H^^751", "", "0751", "DK-82"),
+        ("Testjulianevej 3^^^^8000^DK^H", "751", "0751", "DK-82"),
+        ("", "0101", "0101", "DK-84"),
+    ],
+    ids=["home-of-two", "zero-pad", "pid12-padded", "pid12-only"],
+)
 def test_municipality(pid11, pid12, code, region):
     patient = parse(message(pid={11: pid11, 12: pid12})).patient
     assert (patient.municipality_code, patient.region_code) == (code, region)
@@ -140,8 +185,15 @@ def test_municipality(pid11, pid12, code, region):
 
 def test_iso_8859_1_keeps_danish_letters():
     caesar = medcom_test_patients()["CaesarOestergaard"]
-    raw = adt("A01", caesar, hospital=Hospital("Børnepsykiatri Århus", "600000000000098"),
-              control_id="L1", visit="V-æøå", event_time="202401151030", charset="8859/1")
+    raw = adt(
+        "A01",
+        caesar,
+        hospital=Hospital("Børnepsykiatri Århus", "600000000000098"),
+        control_id="L1",
+        visit="V-æøå",
+        event_time="202401151030",
+        charset="8859/1",
+    )
     assert "Østergård".encode("latin-1") in raw
     event = parse(raw)
     assert (event.patient.family, event.patient.given) == ("Østergård", ("Cæsar", "Test"))
@@ -176,14 +228,17 @@ def test_lenient_segment_separators(sep):
     assert parse(message(sep=sep)) == parse(message())
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("20240115103000", "2024-01-15T10:30:00+01:00"),  # winter: CET
-    ("20240715103000", "2024-07-15T10:30:00+02:00"),  # summer: CEST
-    ("202407151030", "2024-07-15T10:30:00+02:00"),
-    ("20240115103000.1234+0100", "2024-01-15T10:30:00+01:00"),
-    ("20240715103000+0000", "2024-07-15T10:30:00+00:00"),
-    ("20240715103000-0530", "2024-07-15T10:30:00-05:30"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("20240115103000", "2024-01-15T10:30:00+01:00"),  # winter: CET
+        ("20240715103000", "2024-07-15T10:30:00+02:00"),  # summer: CEST
+        ("202407151030", "2024-07-15T10:30:00+02:00"),
+        ("20240115103000.1234+0100", "2024-01-15T10:30:00+01:00"),
+        ("20240715103000+0000", "2024-07-15T10:30:00+00:00"),
+        ("20240715103000-0530", "2024-07-15T10:30:00-05:30"),
+    ],
+)
 def test_hl7_times(value, expected):
     assert to_iso(value, CPH, "EVN^1^2") == expected
 
@@ -196,8 +251,10 @@ def test_event_and_admission_times_through_parse():
     assert parse(message(), timezone="UTC").event_time == "2024-01-15T10:30:00+00:00"
 
 
-@pytest.mark.parametrize("value", ["2024-01-15", "20241315103000", "20240230", "20240115103000+2500",
-                                   "20240115103000+0175", "x"])
+@pytest.mark.parametrize(
+    "value",
+    ["2024-01-15", "20241315103000", "20240230", "20240115103000+2500", "20240115103000+0175", "x"],
+)
 def test_bad_times_are_data_type_errors(value):
     with pytest.raises(Hl7Error) as info:
         to_iso(value, CPH, "PV1^1^44")
@@ -210,8 +267,11 @@ def test_event_id_is_deterministic_per_source_message():
     # a retransmission (same message, new MSH-7) is the same event
     assert parse(message(msh={7: "20240115113000"})).event_id == first.event_id
     assert uuid.UUID(first.event_id).version == 5
-    others = [message(msh={10: "MSG0002"}), message(msh={3: "SP"}),
-              message(msh={4: "BUC Test^600000000000098^SOR"})]
+    others = [
+        message(msh={10: "MSG0002"}),
+        message(msh={3: "SP"}),
+        message(msh={4: "BUC Test^600000000000098^SOR"}),
+    ]
     ids = {first.event_id, *(parse(m).event_id for m in others)}
     assert len(ids) == 4
 
@@ -229,8 +289,12 @@ def test_a_reused_msh10_with_other_content_is_a_new_event():
 def test_patient_key_is_stable_and_pseudonymous():
     lars = parse(message()).patient_key
     assert parse(message("A03", msh={10: "X"}, pid={3: LARS_DASH})).patient_key == lars
-    assert parse(message(pid={3: f"{RIKKE}^^^CPR", 11: "Testjulianevej 3^^^^8000^DK^H^^0751"})
-                 ).patient_key != lars
+    assert (
+        parse(
+            message(pid={3: f"{RIKKE}^^^CPR", 11: "Testjulianevej 3^^^^8000^DK^H^^0751"})
+        ).patient_key
+        != lars
+    )
     assert parse_adt(message(), secret="other").patient_key != lars
     assert len(lars) == 32 and int(lars, 16) >= 0
     assert LARS not in lars and LARS[:6] not in lars
@@ -270,8 +334,9 @@ ERRORS = [  # name, raw message, code, location
 ]
 
 
-@pytest.mark.parametrize(("raw", "code", "location"), [e[1:] for e in ERRORS],
-                         ids=[e[0] for e in ERRORS])
+@pytest.mark.parametrize(
+    ("raw", "code", "location"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS]
+)
 def test_rejections(raw, code, location):
     err = reject(raw)
     assert (err.code, err.location, err.ack_code) == (code, location, "AR")
@@ -280,9 +345,15 @@ def test_rejections(raw, code, location):
 
 
 CPR_IN_WRONG_FIELD = [
-    message(msh={9: f"{LARS}^A01"}), message(msh={9: f"ADT^{LARS}"}), message(msh={18: LARS}),
-    message(pv1={2: LARS}), message(pid={11: "", 12: LARS}), message(pid={11: "", 12: LARS_DASH}),
-    message(evn={2: LARS}), message(pv1={44: LARS_DASH}), message(pid={3: f"{LARS}1^^^CPR"}),
+    message(msh={9: f"{LARS}^A01"}),
+    message(msh={9: f"ADT^{LARS}"}),
+    message(msh={18: LARS}),
+    message(pv1={2: LARS}),
+    message(pid={11: "", 12: LARS}),
+    message(pid={11: "", 12: LARS_DASH}),
+    message(evn={2: LARS}),
+    message(pv1={44: LARS_DASH}),
+    message(pid={3: f"{LARS}1^^^CPR"}),
 ]
 
 

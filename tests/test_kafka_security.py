@@ -46,7 +46,9 @@ def test_no_municipality_prefix_covers_another_municipality() -> None:
     assert not [(a, b) for a in groups for b in groups if a != b and b.startswith(a)]
     for code in CODES:
         others = {g.name for g in municipality_grants(code)} - {
-            f"out.municipality.{code}", f"municipality-{code}"}
+            f"out.municipality.{code}",
+            f"municipality-{code}",
+        }
         assert not others
 
 
@@ -73,18 +75,26 @@ def test_service_principals_have_only_what_they_use() -> None:
     delivery = _by(plan, DELIVERY)
     assert ("TOPIC", "out.municipality.", "PREFIXED", "READ") in delivery
     assert not [g for g in delivery if g[1].startswith("ingest.")]
-    assert Grant(MLLP, "TOPIC", "dlq.mllp", "LITERAL", "WRITE").binding().principal == \
-        "User:stafet-mllp"
+    assert (
+        Grant(MLLP, "TOPIC", "dlq.mllp", "LITERAL", "WRITE").binding().principal
+        == "User:stafet-mllp"
+    )
 
 
 def _secure(tmp_path: Path, **kw: object) -> Settings:
-    return Settings(kafka_security="sasl_ssl", kafka_home=tmp_path / "kafka", kafka_port=19092,
-                    kafka_controller_port=19093, **kw)
+    return Settings(
+        kafka_security="sasl_ssl",
+        kafka_home=tmp_path / "kafka",
+        kafka_port=19092,
+        kafka_controller_port=19093,
+        **kw,
+    )
 
 
 def test_plaintext_broker_config_has_no_security_block(tmp_path: Path) -> None:
-    settings = Settings(kafka_security="plaintext", kafka_home=tmp_path, kafka_port=9092,
-                        kafka_controller_port=9093)
+    settings = Settings(
+        kafka_security="plaintext", kafka_home=tmp_path, kafka_port=9092, kafka_controller_port=9093
+    )
     text = LocalKafka.from_settings(settings).render_config()
     assert "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093" in text
     assert "authorizer" not in text and "${" not in text
@@ -109,7 +119,9 @@ def test_secure_broker_config_authenticates_every_listener(tmp_path: Path) -> No
 
 def test_client_config_plaintext_and_secure(tmp_path: Path) -> None:
     assert client_config(Settings(kafka_security="plaintext", kafka_port=1234), acks="all") == {
-        "bootstrap.servers": "127.0.0.1:1234", "acks": "all"}
+        "bootstrap.servers": "127.0.0.1:1234",
+        "acks": "all",
+    }
     settings = _secure(tmp_path, kafka_username="municipality-0751", kafka_password="pw-0751")
     assert "ssl.ca.location" not in client_config(settings)  # no local CA: system trust store
     ensure_tls(settings.tls_dir)
@@ -122,8 +134,9 @@ def test_client_config_plaintext_and_secure(tmp_path: Path) -> None:
     stored_password(settings.secrets_dir, WORKER, create=True)  # as `stafet kafka provision` does
     other = client_config(as_principal(settings, WORKER))
     assert other["sasl.username"] == WORKER
-    assert other["sasl.password"] == stored_password(settings.secrets_dir, WORKER)\
-        .get_secret_value()
+    assert (
+        other["sasl.password"] == stored_password(settings.secrets_dir, WORKER).get_secret_value()
+    )
 
 
 def test_stream_engine_gets_scram_over_tls(tmp_path: Path) -> None:
@@ -171,7 +184,13 @@ def test_each_service_gets_its_own_principal_never_the_admin_password(tmp_path: 
     secret_files = Path(env["STAFET_SECRETS_DIR"])
     assert not (secret_files / "STAFET_KAFKA_ADMIN_PASSWORD").exists()
     assert "admin-secret" not in "".join(f.read_text() for f in secret_files.iterdir())
-    child = Settings(_env_file=None, **{k[7:].lower(): v for k, v in env.items()
-                                        if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"})
+    child = Settings(
+        _env_file=None,
+        **{
+            k[7:].lower(): v
+            for k, v in env.items()
+            if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"
+        },
+    )
     assert client_config(child)["sasl.password"] == password  # read from <principal>.password
     assert "STAFET_KAFKA_PASSWORD" not in service_env(Settings(kafka_security="plaintext"), MLLP)

@@ -50,15 +50,23 @@ def render(kind: str, recipient: Party) -> bytes:
 
 @pytest.mark.parametrize("parent", GUARDIANS, ids=lambda g: g.relationship)
 @pytest.mark.parametrize("kind", DECISIONS)
-def test_guardian_letter_names_child_decision_and_contact_but_no_cpr(kind: str,
-                                                                     parent: Party) -> None:
+def test_guardian_letter_names_child_decision_and_contact_but_no_cpr(
+    kind: str, parent: Party
+) -> None:
     pdf = render(kind, parent)
     text = letter_text(event(kind), parent, kind, contact=CONTACT)  # type: ignore[arg-type]
     extracted = pdf_text(pdf)
     flat = squash(extracted)
     who = event(kind).contact or CONTACT  # a contact change names its new contact
-    for needed in ("Rikke Test Berggren", text.decision, text.subject, who.name,
-                   f"Telefon: {who.phone}", parent.name or "", REFERRAL):
+    for needed in (
+        "Rikke Test Berggren",
+        text.decision,
+        text.subject,
+        who.name,
+        f"Telefon: {who.phone}",
+        parent.name or "",
+        REFERRAL,
+    ):
         assert squash(needed) in flat, needed
     assert not CPR_SHAPED.search(extracted)
     for cpr in (CHILD_CPR, *(g.identifier for g in GUARDIANS)):
@@ -70,11 +78,17 @@ def test_guardian_letter_names_child_decision_and_contact_but_no_cpr(kind: str,
 def test_rejection_letter_to_a_parent_explains_reason_alternative_and_who_has_the_ball() -> None:
     mother = GUARDIANS[1]
     flat = squash(pdf_text(render("rejection", mother)))
-    for needed in ("Henvisning til børne- og ungdomspsykiatrien er afvist",
-                   "Henvisningen er afvist", REJECTION_REASONS["missing-ppv"],
-                   "Der er ikke beskrevet skoletrivsel", "PPR udarbejder en PPV",
-                   "PPR Aarhus sammen med egen læge", "12. marts 2024",
-                   "Kære Kirsten Test Berggren", "mor til Rikke Test Berggren"):
+    for needed in (
+        "Henvisning til børne- og ungdomspsykiatrien er afvist",
+        "Henvisningen er afvist",
+        REJECTION_REASONS["missing-ppv"],
+        "Der er ikke beskrevet skoletrivsel",
+        "PPR udarbejder en PPV",
+        "PPR Aarhus sammen med egen læge",
+        "12. marts 2024",
+        "Kære Kirsten Test Berggren",
+        "mor til Rikke Test Berggren",
+    ):
         assert squash(needed) in flat, needed
 
 

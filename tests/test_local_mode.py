@@ -14,7 +14,11 @@ from click.testing import CliRunner
 from stafet.config import Settings, get_settings
 from stafet.kafka_local import KafkaToolingError, LocalKafka
 from stafet.local_mode import (
-    LocalModeMismatch, for_clients, for_local_stack, local_storage_mode, mode_was_set,
+    LocalModeMismatch,
+    for_clients,
+    for_local_stack,
+    local_storage_mode,
+    mode_was_set,
     storage_mode,
 )
 
@@ -27,8 +31,9 @@ def _no_mode_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _settings(home: Path, **values: object) -> Settings:
-    return Settings(_env_file=None, kafka_home=home, worker_data_dir=home.parent / "worker",
-                    **values)
+    return Settings(
+        _env_file=None, kafka_home=home, worker_data_dir=home.parent / "worker", **values
+    )
 
 
 def _format(home: Path, mode: str | None) -> None:
@@ -48,8 +53,9 @@ def test_the_mode_a_storage_was_formatted_for(tmp_path: Path) -> None:
     assert storage_mode(tmp_path / "secure") == "sasl_ssl"
 
 
-def test_only_a_value_the_user_gave_counts_as_chosen(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_a_value_the_user_gave_counts_as_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert not mode_was_set(_settings(tmp_path))
     assert mode_was_set(_settings(tmp_path, kafka_security="plaintext"))
     monkeypatch.setenv("STAFET_KAFKA_SECURITY", "plaintext")
@@ -70,7 +76,8 @@ def test_the_local_stack_is_sasl_ssl_unless_the_user_says_plaintext(tmp_path: Pa
 
 
 def test_a_storage_formatted_plaintext_is_kept_and_the_error_says_what_to_do(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     home = tmp_path / "kafka"
     _format(home, None)
     before = sorted(p.relative_to(home) for p in home.rglob("*"))
@@ -82,12 +89,14 @@ def test_a_storage_formatted_plaintext_is_kept_and_the_error_says_what_to_do(
     assert f"delete {home}" in message  # not the default home: no `make clean` advice
     assert sorted(p.relative_to(home) for p in home.rglob("*")) == before
     # with the mode chosen it is used as it is
-    assert for_local_stack(_settings(home, kafka_security="plaintext")).kafka_security == \
-        "plaintext"
+    assert (
+        for_local_stack(_settings(home, kafka_security="plaintext")).kafka_security == "plaintext"
+    )
 
 
-def test_the_default_home_points_at_make_clean(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_home_points_at_make_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from stafet import local_mode
 
     home = tmp_path / "kafka"
@@ -133,7 +142,8 @@ def test_the_broker_refuses_the_other_mode_before_it_writes_anything(tmp_path: P
 
 
 def test_stafet_demo_on_an_old_plaintext_storage_stops_before_it_starts_anything(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from stafet.cli import main
 
     home = tmp_path / "kafka"
@@ -152,20 +162,23 @@ def test_stafet_demo_on_an_old_plaintext_storage_stops_before_it_starts_anything
 
 
 def test_a_secure_broker_never_formatted_here_does_not_answer_rather_than_fail(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """`stafet kafka start --brokers 3` on a fresh machine asks first whether the cluster runs;
     with no admin password yet the answer is no, not an error."""
     from stafet.kafka_local import LocalKafkaCluster
 
-    settings = _settings(tmp_path / "kafka", kafka_security="sasl_ssl", kafka_port=1,
-                         kafka_controller_port=11)
+    settings = _settings(
+        tmp_path / "kafka", kafka_security="sasl_ssl", kafka_port=1, kafka_controller_port=11
+    )
     assert LocalKafka.single(settings).answers(timeout=0.1) is False
     assert LocalKafkaCluster.from_settings(settings, 3).brokers_listed(timeout=0.1) == 0
     assert not (tmp_path / "kafka" / "secrets").exists()
 
 
 def test_kafka_start_with_the_other_mode_chosen_says_what_to_do_without_a_traceback(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from stafet.cli import main
 
     home = tmp_path / "kafka"

@@ -36,12 +36,23 @@ def test_a_planted_cpr_is_reported_as_file_and_line_masked() -> None:
     with _outside_basetemp() as tmp:
         log = Path(tmp) / "logs" / "worker.log"
         log.parent.mkdir()
-        log.write_text("\n".join([*NOISE, f'{{"event": "x", "patient": "{CPR}"}}', *NOISE,
-                                  f"guardian urn:oid:1.2.208.176.1.2|{DASHED} notified"]) + "\n")
+        log.write_text(
+            "\n".join(
+                [
+                    *NOISE,
+                    f'{{"event": "x", "patient": "{CPR}"}}',
+                    *NOISE,
+                    f"guardian urn:oid:1.2.208.176.1.2|{DASHED} notified",
+                ]
+            )
+            + "\n"
+        )
         scan = scan_files(log_files([Path(tmp)]))
     assert (scan.files, scan.lines) == (1, 2 * len(NOISE) + 2)
-    assert [(h.where, h.line) for h in scan.hits] == [(str(log), len(NOISE) + 1),
-                                                      (str(log), 2 * len(NOISE) + 2)]
+    assert [(h.where, h.line) for h in scan.hits] == [
+        (str(log), len(NOISE) + 1),
+        (str(log), 2 * len(NOISE) + 2),
+    ]
     assert '"patient": "<cpr>"' in scan.hits[0].text and "|<cpr> notified" in scan.hits[1].text
     assert not any(CPR in str(h) or DASHED in str(h) or CPR[:6] in str(h) for h in scan.hits)
     assert "2 CPR numbers" in scan.summary() and "1 log files" in scan.summary()
@@ -76,24 +87,47 @@ def _inner_session(tmp: Path, test_source: str) -> subprocess.CompletedProcess[s
     (tmp / "test_inner.py").write_text(test_source)
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.log_scan",
-         f"--basetemp={tmp / 'base'}", "--rootdir", str(tmp), str(tmp / "test_inner.py")],
-        cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.log_scan",
+            f"--basetemp={tmp / 'base'}",
+            "--rootdir",
+            str(tmp),
+            str(tmp / "test_inner.py"),
+        ],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_scan_fails_a_session_whose_log_or_output_holds_a_cpr() -> None:
     with _outside_basetemp() as tmp:
-        leak = _inner_session(Path(tmp), f'''
+        leak = _inner_session(
+            Path(tmp),
+            f'''
 def test_a_service_logs_a_cpr(tmp_path):
     (tmp_path / "fhir.log").write_text("ok\\nrejected patient {DASHED}\\n")
 
 def test_a_test_prints_one():
     print("patient", "{CPR}")
-''')
-        clean = _inner_session(Path(tmp), '''
+''',
+        )
+        clean = _inner_session(
+            Path(tmp),
+            """
 def test_quiet(tmp_path):
     (tmp_path / "fhir.log").write_text("ok\\nstored at offset 1234567890\\n")
-''')
+""",
+        )
     out = leak.stdout + leak.stderr
     assert leak.returncode == 1, out  # every test passed: the scan failed the session
     assert "2 passed" in out and "1 log files, 2 lines" in out and ": 2 CPR numbers" in out
@@ -107,14 +141,17 @@ def test_quiet(tmp_path):
 def test_pytests_own_log_capture_is_masked_in_a_failure_report() -> None:
     """In-process log calls reach pytest's capture unformatted by stafet: masked there too."""
     with _outside_basetemp() as tmp:
-        failing = _inner_session(Path(tmp), f'''
+        failing = _inner_session(
+            Path(tmp),
+            f'''
 import logging
 
 def test_fails_after_logging_a_cpr():
     cpr = "".join(["{CPR[:4]}", "{CPR[4:]}"])  # not in the source a traceback shows
     logging.getLogger("stafet.test").warning("rejected %s", {{"patient": cpr}})
     assert False
-''')
+''',
+        )
     out = failing.stdout + failing.stderr
     assert failing.returncode == 1 and "1 failed" in out
     assert "Captured log call" in out and "rejected {'patient': '<cpr>'}" in out

@@ -47,8 +47,9 @@ def lines(buffer: io.StringIO) -> list[dict]:
 
 
 def test_structlog_logger_masks_cpr_in_event_and_fields(stream):
-    get_logger("stafet.test").info(f"admitted {LARS}", cpr=LARS, note=f"child {LARS_DASH}",
-                                   visit="V-1001", count=3)
+    get_logger("stafet.test").info(
+        f"admitted {LARS}", cpr=LARS, note=f"child {LARS_DASH}", visit="V-1001", count=3
+    )
     [line] = lines(stream)
     assert line["event"] == f"admitted {MASK}"
     assert (line["cpr"], line["note"]) == (MASK, f"child {MASK}")
@@ -84,8 +85,10 @@ def test_exception_object_as_a_value_is_masked(stream):
 
 def test_nested_values_are_masked(stream):
     get_logger("stafet.test").info(
-        "nested", patient={"ids": [LARS, {"deep": f"x {LARS_DASH} y"}], "pair": (RIKKE, "V-1")},
-        raw=b"PID|1||0505159995^^^CPR")
+        "nested",
+        patient={"ids": [LARS, {"deep": f"x {LARS_DASH} y"}], "pair": (RIKKE, "V-1")},
+        raw=b"PID|1||0505159995^^^CPR",
+    )
     [line] = lines(stream)
     assert line["patient"]["ids"] == [MASK, {"deep": f"x {MASK} y"}]
     assert line["patient"]["pair"] == [MASK, "V-1"]
@@ -108,40 +111,54 @@ def test_level_is_applied(monkeypatch, restore_logging):
     assert [line["event"] for line in lines(buffer)] == ["loud"]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    (LARS, MASK),
-    (LARS_DASH, MASK),
-    (f"cpr={LARS},next", f"cpr={MASK},next"),
-    (f"{LARS} og {RIKKE}", f"{MASK} og {MASK}"),
-    (f"PID|1||{LARS}^^^CPR^NNDNK", f"PID|1||{MASK}^^^CPR^NNDNK"),
-    (f"abc{LARS}def", f"abc{MASK}def"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (LARS, MASK),
+        (LARS_DASH, MASK),
+        (f"cpr={LARS},next", f"cpr={MASK},next"),
+        (f"{LARS} og {RIKKE}", f"{MASK} og {MASK}"),
+        (f"PID|1||{LARS}^^^CPR^NNDNK", f"PID|1||{MASK}^^^CPR^NNDNK"),
+        (f"abc{LARS}def", f"abc{MASK}def"),
+    ],
+)
 def test_mask_cpr_masks(text, expected):
     assert mask_cpr(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "5790000209354",  # GLN, 13 digits
-    "265161000016000",  # SOR, 15 digits
-    "600000000000000099",  # 18 digits
-    "05051599951",  # 11 digits: a CPR prefix is not a CPR
-    "105051599950",
-    "050515999",  # 9 digits
-    "050515-99951",
-    "20240115103000",  # HL7 timestamp
-    "2024-01-15T10:30:00+01:00",
-    "phone 12345678",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "5790000209354",  # GLN, 13 digits
+        "265161000016000",  # SOR, 15 digits
+        "600000000000000099",  # 18 digits
+        "05051599951",  # 11 digits: a CPR prefix is not a CPR
+        "105051599950",
+        "050515999",  # 9 digits
+        "050515-99951",
+        "20240115103000",  # HL7 timestamp
+        "2024-01-15T10:30:00+01:00",
+        "phone 12345678",
+    ],
+)
 def test_mask_cpr_leaves_other_numbers(text):
     assert mask_cpr(text) == text
 
 
 def test_processor_masks_event_dicts_with_capture_logs(restore_logging):
     with capture_logs(processors=[mask_cpr_processor]) as logs:
-        structlog.get_logger("t").info("seen", cpr=LARS, nested={"list": [LARS_DASH], "n": 7},
-                                       gln="5790000209354")
-    assert logs == [{"event": "seen", "cpr": MASK, "nested": {"list": [MASK], "n": 7},
-                     "gln": "5790000209354", "log_level": "info"}]
+        structlog.get_logger("t").info(
+            "seen", cpr=LARS, nested={"list": [LARS_DASH], "n": 7}, gln="5790000209354"
+        )
+    assert logs == [
+        {
+            "event": "seen",
+            "cpr": MASK,
+            "nested": {"list": [MASK], "n": 7},
+            "gln": "5790000209354",
+            "log_level": "info",
+        }
+    ]
 
 
 def test_processor_keeps_types_and_does_not_mutate_input():

@@ -9,8 +9,19 @@ import pytest
 from stafet.config import Settings
 from stafet.errors import StafetError
 from stafet.observability import (
-    CONSUMER_LAG, DEAD_LETTERS, MESSAGES_OUT, Health, HealthServer, ack_code, broker_reporter,
-    lag_reporter, observe_answer, partition_lag, probe, scrape, total,
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    MESSAGES_OUT,
+    Health,
+    HealthServer,
+    ack_code,
+    broker_reporter,
+    lag_reporter,
+    observe_answer,
+    partition_lag,
+    probe,
+    scrape,
+    total,
 )
 from stafet.stack import health_ports, service_env
 
@@ -31,8 +42,10 @@ def test_liveness_fails_when_the_loop_stops_beating_and_readiness_needs_every_co
     health.set_ready("listening", True)
     health.set_ready("kafka", False, "0 broker connection(s) up")
     ok, body = health.ready()
-    assert not ok and body["conditions"]["kafka"] == {"ok": False,
-                                                      "detail": "0 broker connection(s) up"}
+    assert not ok and body["conditions"]["kafka"] == {
+        "ok": False,
+        "detail": "0 broker connection(s) up",
+    }
     health.set_ready("kafka", True)
     assert health.ready()[0]
     health.add_check("index", lambda: (False, "loading"))
@@ -53,11 +66,13 @@ def test_the_endpoints_answer_over_http_with_status_codes_a_probe_understands():
         health.set_ready("listening", True)
         assert probe("127.0.0.1", server.port, "/readyz")[0] == 200
         assert probe("127.0.0.1", server.port, "/nothing")[0] == 404
-        before = total(scrape("127.0.0.1", server.port), "stafet_messages_out_total",
-                       stage="unit-test")
+        before = total(
+            scrape("127.0.0.1", server.port), "stafet_messages_out_total", stage="unit-test"
+        )
         MESSAGES_OUT.labels(stage="unit-test").inc(3)
-        after = total(scrape("127.0.0.1", server.port), "stafet_messages_out_total",
-                      stage="unit-test")
+        after = total(
+            scrape("127.0.0.1", server.port), "stafet_messages_out_total", stage="unit-test"
+        )
         assert after - before == 3
     finally:
         server.stop()
@@ -81,11 +96,17 @@ def test_lag_comes_from_the_committed_offset_or_else_the_consumed_position():
 
 def test_statistics_set_the_lag_per_topic_and_readiness_from_the_group_state():
     health_stats = {
-        "topics": {"ingest.hl7v2": {"partitions": {
-            "0": {"partition": 0, "consumer_lag": 3},
-            "1": {"partition": 1, "consumer_lag": -1, "ls_offset": 9, "app_offset": 4},
-            "-1": {"partition": -1, "consumer_lag": 99}}}},
-        "cgrp": {"state": "up", "join_state": "steady"}}
+        "topics": {
+            "ingest.hl7v2": {
+                "partitions": {
+                    "0": {"partition": 0, "consumer_lag": 3},
+                    "1": {"partition": 1, "consumer_lag": -1, "ls_offset": 9, "app_offset": 4},
+                    "-1": {"partition": -1, "consumer_lag": 99},
+                }
+            }
+        },
+        "cgrp": {"state": "up", "join_state": "steady"},
+    }
     lag_reporter("unit-group", readiness=True)(json.dumps(health_stats))
     assert CONSUMER_LAG.labels(group="unit-group", topic="ingest.hl7v2")._value.get() == 8
     from stafet.observability import HEALTH
@@ -94,10 +115,15 @@ def test_statistics_set_the_lag_per_topic_and_readiness_from_the_group_state():
     health_stats["cgrp"]["join_state"] = "wait-join"
     lag_reporter("unit-group", readiness=True)(json.dumps(health_stats))
     assert HEALTH.ready()[1]["conditions"]["group"]["ok"] is False
-    broker_reporter()(json.dumps({"brokers": {"b1": {"nodeid": 1, "state": "UP"},
-                                              "boot": {"nodeid": -1, "state": "UP"}}}))
-    assert HEALTH.ready()[1]["conditions"]["kafka"] == {"ok": True,
-                                                        "detail": "1 broker connection(s) up"}
+    broker_reporter()(
+        json.dumps(
+            {"brokers": {"b1": {"nodeid": 1, "state": "UP"}, "boot": {"nodeid": -1, "state": "UP"}}}
+        )
+    )
+    assert HEALTH.ready()[1]["conditions"]["kafka"] == {
+        "ok": True,
+        "detail": "1 broker connection(s) up",
+    }
 
 
 def test_an_answer_is_counted_by_its_code():
@@ -111,7 +137,11 @@ def test_an_answer_is_counted_by_its_code():
 
 def test_children_of_one_host_get_their_own_health_ports():
     assert health_ports(Settings(health_port=9180)) == {
-        "worker": 9180, "mllp": 9181, "fhir": 9182, "deliver": 9183}
+        "worker": 9180,
+        "mllp": 9181,
+        "fhir": 9182,
+        "deliver": 9183,
+    }
     assert set(health_ports(Settings(health_port=0)).values()) == {0}
     assert set(health_ports(Settings(health_port=-1)).values()) == {-1}
     assert service_env(Settings(health_port=9180), "stafet-mllp")["STAFET_HEALTH_PORT"] == "0"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,18 +18,26 @@ BUC = Provider("RT", "BUC Aarhus", "600000000000001")
 PPR = Provider("PPR", "PPR Aarhus", "6000000007510011")
 FAM = Provider("FAM", "Familieafdelingen Aarhus", "6000000007510012")
 ODENSE = Provider("RT", "BUA Odense", "600000000000002")
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 DEADLINE = timedelta(days=30)
 
 
 def event(trigger: str, n: int = 0, status: str = "", **kw):
     guardians = [("GUARD", None, "1502779995"), ("MTH", None, "2911829996")]
     providers = kw.pop("providers", [GP, BUC, PPR, FAM] if trigger == "REF^I12" else [BUC])
-    raw = referral_message(trigger, CHILD, referral_id="HEN-1", control_id=f"C{trigger}{n}",
-                           event_time=kw.pop("at", "202611231000"), providers=providers,
-                           guardians=guardians if trigger == "REF^I12" else [], status=status,
-                           reason=("missing-ppv", "Mangler PPV") if status == "R" else None,
-                           contact=("Holm", "Hanne", "00000001"), **kw)
+    raw = referral_message(
+        trigger,
+        CHILD,
+        referral_id="HEN-1",
+        control_id=f"C{trigger}{n}",
+        event_time=kw.pop("at", "202611231000"),
+        providers=providers,
+        guardians=guardians if trigger == "REF^I12" else [],
+        status=status,
+        reason=("missing-ppv", "Mangler PPV") if status == "R" else None,
+        contact=("Holm", "Hanne", "00000001"),
+        **kw,
+    )
     return parse_hl7v2(raw, secret="test")
 
 
@@ -49,9 +57,16 @@ def test_rejection_tells_referrer_municipality_units_and_each_guardian_once():
     outcome = apply(state, event("RRI^I12", status="R"), now=NOW, deadline=DEADLINE)
     assert outcome.state["status"] == "rejected"
     got = sorted((d.recipient.kind, d.recipient.identifier) for d in outcome.deliveries)
-    assert got == sorted([("gp", "123456"), ("municipality", "0751"),
-                          ("ppr", "6000000007510011"), ("family-department", "6000000007510012"),
-                          ("guardian", "1502779995"), ("guardian", "2911829996")])
+    assert got == sorted(
+        [
+            ("gp", "123456"),
+            ("municipality", "0751"),
+            ("ppr", "6000000007510011"),
+            ("family-department", "6000000007510012"),
+            ("guardian", "1502779995"),
+            ("guardian", "2911829996"),
+        ]
+    )
     assert {d.kind for d in outcome.deliveries} == {"rejection"}
     # the decision names only the referral: the state supplied the child's municipality
     assert outcome.event.child.municipality_code == "0751"
@@ -79,7 +94,9 @@ def test_a_forward_tells_the_referrer_and_the_new_unit():
     outcome = apply(submitted().state, forward_event(), now=NOW, deadline=DEADLINE)
     assert outcome.state["status"] == "forwarded"
     assert [(d.recipient.identifier, d.kind) for d in outcome.deliveries] == [
-        ("123456", "status"), ("600000000000002", "forward")]
+        ("123456", "status"),
+        ("600000000000002", "forward"),
+    ]
     assert outcome.event.receiver.identifier == "600000000000001"  # the forwarding unit writes
     assert outcome.state["receiver"]["identifier"] == "600000000000002"
 
@@ -90,28 +107,37 @@ def test_a_modification_or_cancellation_tells_everyone_already_told():
     # the referrer got the receipt and the forward's status letter; the new unit holds the
     # referral now, so it is the sender, not a recipient
     assert [(d.recipient.identifier, d.kind) for d in modified.deliveries] == [
-        ("123456", "modified")]
+        ("123456", "modified")
+    ]
     cancelled = apply(modified.state, event("REF^I14", 2), now=NOW, deadline=DEADLINE)
     assert cancelled.state["status"] == "cancelled"
     assert [(d.recipient.identifier, d.kind) for d in cancelled.deliveries] == [
-        ("123456", "cancelled")]
+        ("123456", "cancelled")
+    ]
     fresh = apply(submitted().state, event("REF^I14", 3), now=NOW, deadline=DEADLINE)
     assert [(d.recipient.kind, d.kind) for d in fresh.deliveries] == [("gp", "cancelled")]
 
 
 def test_a_contact_person_change_reaches_every_party():
-    state = apply(submitted().state, event("RRI^I12", status="A"), now=NOW,
-                  deadline=DEADLINE).state
+    state = apply(submitted().state, event("RRI^I12", status="A"), now=NOW, deadline=DEADLINE).state
     outcome = apply(state, event("RRI^I12", 4, status="C"), now=NOW, deadline=DEADLINE)
     got = sorted((d.recipient.kind, d.recipient.identifier) for d in outcome.deliveries)
-    assert got == sorted([("gp", "123456"), ("municipality", "0751"),
-                          ("ppr", "6000000007510011"), ("family-department", "6000000007510012"),
-                          ("guardian", "1502779995"), ("guardian", "2911829996")])
+    assert got == sorted(
+        [
+            ("gp", "123456"),
+            ("municipality", "0751"),
+            ("ppr", "6000000007510011"),
+            ("family-department", "6000000007510012"),
+            ("guardian", "1502779995"),
+            ("guardian", "2911829996"),
+        ]
+    )
     assert {d.kind for d in outcome.deliveries} == {"contact"}
     assert outcome.state["status"] == "accepted"
     assert outcome.state["contact"] == {"name": "Hanne Holm", "phone": "00000001", "email": None}
-    rejected = apply(submitted().state, event("RRI^I12", 5, status="R"), now=NOW,
-                     deadline=DEADLINE).state
+    rejected = apply(
+        submitted().state, event("RRI^I12", 5, status="R"), now=NOW, deadline=DEADLINE
+    ).state
     with pytest.raises(Refuse, match="which is rejected"):
         apply(rejected, event("RRI^I12", 6, status="C"), now=NOW, deadline=DEADLINE)
 
@@ -120,14 +146,29 @@ def test_directory_units_join_a_rejection_when_the_referral_names_none():
     """The party directory knows the municipality's PPR and family department."""
     no_units = replace(submitted().event, municipal_units=())
     state = apply(None, no_units, now=NOW, deadline=DEADLINE).state
-    directory_ppr = Party(kind="ppr", identifier_system="urn:oid:1.2.208.176.1.1",
-                          identifier="6000000007510011", name="PPR Aarhus Kommune")
-    outcome = apply(state, event("RRI^I12", status="R"), now=NOW, deadline=DEADLINE,
-                    units_of=lambda code: (directory_ppr,) if code == "0751" else ())
-    assert ("ppr", "6000000007510011") in {(d.recipient.kind, d.recipient.identifier)
-                                          for d in outcome.deliveries}
-    named = apply(submitted().state, event("RRI^I12", status="R"), now=NOW, deadline=DEADLINE,
-                  units_of=lambda code: (replace(directory_ppr, identifier="6000000007519999"),))
+    directory_ppr = Party(
+        kind="ppr",
+        identifier_system="urn:oid:1.2.208.176.1.1",
+        identifier="6000000007510011",
+        name="PPR Aarhus Kommune",
+    )
+    outcome = apply(
+        state,
+        event("RRI^I12", status="R"),
+        now=NOW,
+        deadline=DEADLINE,
+        units_of=lambda code: (directory_ppr,) if code == "0751" else (),
+    )
+    assert ("ppr", "6000000007510011") in {
+        (d.recipient.kind, d.recipient.identifier) for d in outcome.deliveries
+    }
+    named = apply(
+        submitted().state,
+        event("RRI^I12", status="R"),
+        now=NOW,
+        deadline=DEADLINE,
+        units_of=lambda code: (replace(directory_ppr, identifier="6000000007519999"),),
+    )
     assert "6000000007519999" not in {d.recipient.identifier for d in named.deliveries}
 
 
@@ -137,15 +178,17 @@ def test_decision_for_an_unknown_referral_is_parked():
 
 
 def test_a_second_decision_is_refused_with_the_reason():
-    accepted = apply(submitted().state, event("RRI^I12", status="A"), now=NOW,
-                     deadline=DEADLINE).state
+    accepted = apply(
+        submitted().state, event("RRI^I12", status="A"), now=NOW, deadline=DEADLINE
+    ).state
     with pytest.raises(Refuse, match="already accepted"):
         apply(accepted, event("RRI^I12", 1, status="R"), now=NOW, deadline=DEADLINE)
 
 
 def test_a_forwarded_referral_can_still_be_decided():
-    forwarded = apply(submitted().state, event("RRI^I12", status="P"), now=NOW,
-                      deadline=DEADLINE).state
+    forwarded = apply(
+        submitted().state, event("RRI^I12", status="P"), now=NOW, deadline=DEADLINE
+    ).state
     outcome = apply(forwarded, event("RRI^I12", 1, status="R"), now=NOW, deadline=DEADLINE)
     assert outcome.state["status"] == "rejected"
 

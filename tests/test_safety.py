@@ -23,12 +23,28 @@ def _settings(**kw: object) -> Settings:
 
 
 def test_loopback_names_and_addresses() -> None:
-    assert all(map(is_loopback, ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost",
-                                 "LOCALHOST", "kafka.localhost"]))
-    assert not any(map(is_loopback, ["0.0.0.0", "10.0.0.5", "::", "kafka-1", "localhost.dk",
-                                     "192.168.1.1"]))
-    assert bootstrap_hosts("a:9092, [::1]:9093,SASL_SSL://b.example:9094") == ["a", "::1",
-                                                                                "b.example"]
+    assert all(
+        map(
+            is_loopback,
+            [
+                "127.0.0.1",
+                "127.8.9.10",
+                "::1",
+                "[::1]",
+                "localhost",
+                "LOCALHOST",
+                "kafka.localhost",
+            ],
+        )
+    )
+    assert not any(
+        map(is_loopback, ["0.0.0.0", "10.0.0.5", "::", "kafka-1", "localhost.dk", "192.168.1.1"])
+    )
+    assert bootstrap_hosts("a:9092, [::1]:9093,SASL_SSL://b.example:9094") == [
+        "a",
+        "::1",
+        "b.example",
+    ]
 
 
 @pytest.mark.parametrize("process", ["worker", "mllp", "fhir", "deliver", "up"])
@@ -53,8 +69,11 @@ def test_plaintext_kafka_off_loopback_is_refused_saying_what_to_set() -> None:
 
 def test_the_development_secret_next_to_a_network_is_refused() -> None:
     for settings, process, where in [
-        (_settings(bootstrap_servers=REMOTE, kafka_security="sasl_ssl"), "worker",
-         "Kafka on kafka-1.region-h.example"),
+        (
+            _settings(bootstrap_servers=REMOTE, kafka_security="sasl_ssl"),
+            "worker",
+            "Kafka on kafka-1.region-h.example",
+        ),
         (_settings(mllp_host="0.0.0.0"), "mllp", "STAFET_MLLP_HOST=0.0.0.0"),
         (_settings(health_host="10.1.2.3"), "worker", "STAFET_HEALTH_HOST=10.1.2.3"),
     ]:
@@ -66,8 +85,13 @@ def test_the_development_secret_next_to_a_network_is_refused() -> None:
     # the MLLP listener's address does not matter to the worker, which does not listen there;
     # delivery makes no patient keys and holds no patient-key secret
     assert problems(_settings(mllp_host="0.0.0.0"), "worker") == []
-    assert problems(_settings(bootstrap_servers=REMOTE, kafka_security="sasl_ssl",
-                              health_host="0.0.0.0"), "deliver") == []
+    assert (
+        problems(
+            _settings(bootstrap_servers=REMOTE, kafka_security="sasl_ssl", health_host="0.0.0.0"),
+            "deliver",
+        )
+        == []
+    )
 
 
 def test_a_fhir_listener_off_loopback_needs_mutual_tls(tmp_path: Path) -> None:
@@ -77,9 +101,13 @@ def test_a_fhir_listener_off_loopback_needs_mutual_tls(tmp_path: Path) -> None:
     assert "without client certificates" in problem and "STAFET_FHIR_TLS_CLIENT_CA" in problem
     assert problems(settings, "up") == [problem]  # `stafet up` runs a FHIR listener too
     assert problems(settings, "mllp") == []
-    with_mtls = settings.model_copy(update={
-        "fhir_tls_cert": tmp_path / "c.pem", "fhir_tls_key": tmp_path / "k.pem",
-        "fhir_tls_client_ca": tmp_path / "ca.pem"})
+    with_mtls = settings.model_copy(
+        update={
+            "fhir_tls_cert": tmp_path / "c.pem",
+            "fhir_tls_key": tmp_path / "k.pem",
+            "fhir_tls_client_ca": tmp_path / "ca.pem",
+        }
+    )
     assert problems(with_mtls, "fhir") == []
 
 
@@ -91,11 +119,20 @@ def test_every_problem_is_listed_at_once() -> None:
 @pytest.mark.parametrize("command", ["worker", "mllp", "fhir", "deliver"])
 def test_the_real_process_refuses_before_connecting(command: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAFET_")}
-    env.update(STAFET_BOOTSTRAP_SERVERS="kafka-1.region-h.example:9092",
-               STAFET_KAFKA_HOME=str(tmp_path), STAFET_HEALTH_PORT="-1")
+    env.update(
+        STAFET_BOOTSTRAP_SERVERS="kafka-1.region-h.example:9092",
+        STAFET_KAFKA_HOME=str(tmp_path),
+        STAFET_HEALTH_PORT="-1",
+    )
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "stafet.cli", command], env=env,
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "stafet.cli", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     took = time.monotonic() - started
     assert result.returncode == 1, result.stderr
     assert f"stafet {command} refuses to start" in result.stderr

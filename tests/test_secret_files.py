@@ -18,8 +18,9 @@ from stafet.stack import SECRET_VARIABLES, inherited_environment, service_env
 SECRET = "9f3b1c5e7a2d4068b1e3f5a7c9d0e2f4"
 
 
-def test_settings_read_secret_files_from_the_secrets_dir(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_read_secret_files_from_the_secrets_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "STAFET_PATIENT_KEY_SECRET").write_text(SECRET + "\n")  # as a mounted Secret
     monkeypatch.delenv("STAFET_PATIENT_KEY_SECRET", raising=False)
     monkeypatch.setenv("STAFET_SECRETS_DIR", str(tmp_path))
@@ -32,8 +33,9 @@ def test_settings_read_secret_files_from_the_secrets_dir(tmp_path: Path,
     assert Settings(_env_file=None).patient_key_secret.get_secret_value() == SECRET
 
 
-def test_a_child_gets_its_secrets_as_files_and_reads_them(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_child_gets_its_secrets_as_files_and_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = Settings(_env_file=None, kafka_home=tmp_path / "kafka", patient_key_secret=SECRET)
     env = service_env(settings, "stafet-worker")
     assert SECRET not in env.values() and not SECRET_VARIABLES & set(env)
@@ -44,16 +46,26 @@ def test_a_child_gets_its_secrets_as_files_and_reads_them(tmp_path: Path,
     # what the parent's environment holds is not passed on: the child reads the files
     monkeypatch.setenv("STAFET_PATIENT_KEY_SECRET", "the-parents-own")
     assert "STAFET_PATIENT_KEY_SECRET" not in inherited_environment()
-    code = ("from stafet.config import Settings; import os; "
-            "print(Settings().patient_key_secret.get_secret_value() == %r, "
-            "'STAFET_PATIENT_KEY_SECRET' in os.environ)" % SECRET)
-    out = subprocess.run([sys.executable, "-c", code], env={**inherited_environment(), **env},
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    code = (
+        "from stafet.config import Settings; import os; "
+        f"print(Settings().patient_key_secret.get_secret_value() == {SECRET!r}, "
+        "'STAFET_PATIENT_KEY_SECRET' in os.environ)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**inherited_environment(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert out.stdout.split() == ["True", "False"], out.stderr
 
 
 def test_an_unknown_principal_gets_an_error_not_a_new_password(tmp_path: Path) -> None:
-    with pytest.raises(StafetError, match="no password for Kafka principal 'stafet-mlp'.*provision"):
+    with pytest.raises(
+        StafetError, match="no password for Kafka principal 'stafet-mlp'.*provision"
+    ):
         stored_password(tmp_path, "stafet-mlp")
     assert not (tmp_path / "stafet-mlp.password").exists()
     settings = Settings(_env_file=None, kafka_security="sasl_ssl", kafka_home=tmp_path / "k")
@@ -62,9 +74,15 @@ def test_an_unknown_principal_gets_an_error_not_a_new_password(tmp_path: Path) -
 
 
 def test_the_storage_tool_gets_the_admin_password_from_an_argfile(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(_env_file=None, kafka_security="sasl_ssl", kafka_home=tmp_path,
-                        kafka_port=19092, kafka_controller_port=19093)
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        kafka_security="sasl_ssl",
+        kafka_home=tmp_path,
+        kafka_port=19092,
+        kafka_controller_port=19093,
+    )
     broker = LocalKafka.from_settings(settings)
     broker.write_config()
     seen: list[tuple[list[str], str]] = []
@@ -100,12 +118,17 @@ def test_audit_takes_the_cpr_from_stdin_never_from_the_command_line(tmp_path: Pa
 
 
 def test_no_secret_setting_is_missing_from_the_list() -> None:
-    assert SECRET_VARIABLES == {"STAFET_PATIENT_KEY_SECRET", "STAFET_KAFKA_PASSWORD",
-                                "STAFET_KAFKA_ADMIN_PASSWORD", "STAFET_ADDRESSEE_KEY"}
+    assert SECRET_VARIABLES == {
+        "STAFET_PATIENT_KEY_SECRET",
+        "STAFET_KAFKA_PASSWORD",
+        "STAFET_KAFKA_ADMIN_PASSWORD",
+        "STAFET_ADDRESSEE_KEY",
+    }
 
 
 def test_a_rest_subscribers_secret_reaches_the_deliver_child_as_a_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from stafet.stack import subscriber_secret_files
     from stafet.subscribers import load_registry, new_secret
 
@@ -114,9 +137,11 @@ def test_a_rest_subscribers_secret_reaches_the_deliver_child_as_a_file(
     ours.mkdir()
     (ours / "STAFET_SECRET_GP_T").write_text(webhook_secret + "\n")
     registry = tmp_path / "subscribers.toml"
-    registry.write_text('[[subscriber]]\nid = "gp-t"\nname = "GP"\nparty = "referrer"\n'
-                        'topic = "out.referrer"\ndelivery = "rest"\nurl = "https://gp.example/"\n'
-                        'secret_env = "STAFET_SECRET_GP_T"\n')
+    registry.write_text(
+        '[[subscriber]]\nid = "gp-t"\nname = "GP"\nparty = "referrer"\n'
+        'topic = "out.referrer"\ndelivery = "rest"\nurl = "https://gp.example/"\n'
+        'secret_env = "STAFET_SECRET_GP_T"\n'
+    )
     monkeypatch.delenv("STAFET_SECRET_GP_T", raising=False)
     monkeypatch.setenv("STAFET_SECRETS_DIR", str(ours))
     settings = Settings(_env_file=None, kafka_home=tmp_path / "kafka", subscribers_file=registry)

@@ -22,14 +22,33 @@ def registry(*entries: dict, defaults: dict | None = None):
     return parse_registry({"defaults": defaults or {}, "subscriber": list(entries)})
 
 
-REST_AARHUS = {"id": "aarhus", "name": "Aarhus", "party": "municipality", "municipality": "0751",
-               "delivery": "rest", "url": "https://a.example/fhir", "secret_env": "SECRET_A"}
-GP_REST = {"id": "gp-123456", "name": "GP", "party": "referrer", "topic": OUT_REFERRER,
-           "recipients": [GP], "delivery": "rest", "url": "https://gp.example/",
-           "secret_env": "SECRET_GP"}
+REST_AARHUS = {
+    "id": "aarhus",
+    "name": "Aarhus",
+    "party": "municipality",
+    "municipality": "0751",
+    "delivery": "rest",
+    "url": "https://a.example/fhir",
+    "secret_env": "SECRET_A",
+}
+GP_REST = {
+    "id": "gp-123456",
+    "name": "GP",
+    "party": "referrer",
+    "topic": OUT_REFERRER,
+    "recipients": [GP],
+    "delivery": "rest",
+    "url": "https://gp.example/",
+    "secret_env": "SECRET_GP",
+}
 AARHUS_SECRET, GP_SECRET = whsec("aarhus"), whsec("gp")
-LETTERS = {"id": "letters", "name": "Brev", "party": "letter-service", "delivery": "letter",
-           "topic": OUT_LETTER}
+LETTERS = {
+    "id": "letters",
+    "name": "Brev",
+    "party": "letter-service",
+    "delivery": "letter",
+    "topic": OUT_LETTER,
+}
 
 
 def test_the_shipped_registry_is_valid():
@@ -55,17 +74,20 @@ def test_no_default_kafka_readers_when_switched_off():
     assert len(reg.all()) == 1
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"municipality": "9999"}, "not one of the 98"),
-    ({"url": None}, "needs url and secret_env"),
-    ({"delivery": "kafka", "municipality": None, "topic": OUT_REFERRER}, "shared by many"),
-    ({"delivery": "letter"}, "letters are on out.letter"),
-    ({"municipality": None}, "give municipality"),
-    ({"recipients": ["123456"]}, "identifier system"),
-    ({"id": "Has Spaces"}, "id"),
-    ({"colour": "blue"}, "colour"),
-    ({"topic": "events.encounter", "municipality": None}, "not an out.* topic"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"municipality": "9999"}, "not one of the 98"),
+        ({"url": None}, "needs url and secret_env"),
+        ({"delivery": "kafka", "municipality": None, "topic": OUT_REFERRER}, "shared by many"),
+        ({"delivery": "letter"}, "letters are on out.letter"),
+        ({"municipality": None}, "give municipality"),
+        ({"recipients": ["123456"]}, "identifier system"),
+        ({"id": "Has Spaces"}, "id"),
+        ({"colour": "blue"}, "colour"),
+        ({"topic": "events.encounter", "municipality": None}, "not an out.* topic"),
+    ],
+)
 def test_invalid_entries_are_named(change, message):
     entry = {**REST_AARHUS, **change}
     with pytest.raises(RegistryError) as exc:
@@ -91,25 +113,34 @@ def no_secrets(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_missing_secret_is_a_problem_and_never_shown(no_secrets):
     reg = registry(REST_AARHUS)
-    assert reg.problems() == ["subscriber aarhus: its webhook secret SECRET_A is not set "
-                              "(neither an environment variable nor a file in "
-                              "STAFET_SECRETS_DIR / $CREDENTIALS_DIRECTORY)"]
+    assert reg.problems() == [
+        "subscriber aarhus: its webhook secret SECRET_A is not set "
+        "(neither an environment variable nor a file in "
+        "STAFET_SECRETS_DIR / $CREDENTIALS_DIRECTORY)"
+    ]
     no_secrets.setenv("SECRET_A", AARHUS_SECRET)
     assert reg.problems() == []
     assert AARHUS_SECRET not in repr(reg.by_id("aarhus").secret())
 
 
-@pytest.mark.parametrize("secret, what", [
-    ("hemmelig-aarhus-2026", "must start with whsec_"),
-    ("whsec_hemmelig aarhus!", "the part after whsec_ is not valid base64"),
-    ("whsec_" + base64.b64encode(b"k" * 16).decode(), "it decodes to 16 bytes; at least 24"),
-])
+@pytest.mark.parametrize(
+    "secret, what",
+    [
+        ("hemmelig-aarhus-2026", "must start with whsec_"),
+        ("whsec_hemmelig aarhus!", "the part after whsec_ is not valid base64"),
+        ("whsec_" + base64.b64encode(b"k" * 16).decode(), "it decodes to 16 bytes; at least 24"),
+    ],
+)
 def test_a_secret_that_is_no_webhook_secret_is_named_never_shown(no_secrets, secret, what):
     no_secrets.setenv("SECRET_A", secret)
     no_secrets.setenv("SECRET_GP", GP_SECRET)
     [problem] = registry(REST_AARHUS, GP_REST).problems()  # the GP's good secret: no problem
-    assert problem.startswith("subscriber aarhus: the webhook secret in environment variable "
-                              "SECRET_A: ") and what in problem
+    assert (
+        problem.startswith(
+            "subscriber aarhus: the webhook secret in environment variable SECRET_A: "
+        )
+        and what in problem
+    )
     assert secret not in problem and secret[6:] not in problem
 
 
@@ -132,13 +163,17 @@ def test_a_secret_may_be_a_file_in_the_secrets_dir(no_secrets, tmp_path):
 
 def test_subscribers_check_names_a_bad_secret_and_exits_1(no_secrets, tmp_path):
     path = tmp_path / "subscribers.toml"
-    path.write_text('[[subscriber]]\n' + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in REST_AARHUS.items()), encoding="utf-8")
+    path.write_text(
+        "[[subscriber]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in REST_AARHUS.items()),
+        encoding="utf-8",
+    )
     no_secrets.setenv("SECRET_A", "hemmelig-aarhus-2026")
     result = CliRunner().invoke(main, ["subscribers", "check", "--registry", str(path)])
     assert result.exit_code == 1
-    assert "problem: subscriber aarhus: the webhook secret in environment variable SECRET_A: " \
+    assert (
+        "problem: subscriber aarhus: the webhook secret in environment variable SECRET_A: "
         "it is not a Standard Webhooks secret" in result.output
+    )
     assert "hemmelig-aarhus-2026" not in result.output
     no_secrets.setenv("SECRET_A", AARHUS_SECRET)
     result = CliRunner().invoke(main, ["subscribers", "check", "--registry", str(path)])
@@ -171,7 +206,13 @@ def test_two_pushed_subscribers_may_not_take_the_same_records():
     with pytest.raises(RegistryError, match="would both be sent"):
         registry(GP_REST, {**GP_REST, "id": "gp-copy"})
     with pytest.raises(RegistryError, match="would both be sent"):
-        registry(REST_AARHUS, {**REST_AARHUS, "id": "aarhus-ppr",
-                               "recipients": ["urn:oid:1.2.208.176.1.1|6000000007510011"]})
+        registry(
+            REST_AARHUS,
+            {
+                **REST_AARHUS,
+                "id": "aarhus-ppr",
+                "recipients": ["urn:oid:1.2.208.176.1.1|6000000007510011"],
+            },
+        )
     other_gp = {**GP_REST, "id": "gp-654321", "recipients": ["urn:oid:1.2.208.176.1.4|654321"]}
     assert len(registry(GP_REST, other_gp).subscribers) == 2

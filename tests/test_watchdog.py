@@ -65,14 +65,23 @@ def test_a_worker_blocked_in_a_kafka_call_exits_with_70_and_says_where(tmp_path)
     black_hole.bind(("127.0.0.1", 0))
     black_hole.listen(64)  # the kernel completes the handshake; nothing ever reads or writes
     port = black_hole.getsockname()[1]
-    env = {**os.environ, "STAFET_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
-           "STAFET_KAFKA_SECURITY": "plaintext", "STAFET_WORKER_DATA_DIR": str(tmp_path / "w"),
-           "STAFET_WORKER_STALL_EXIT_S": "2", "STAFET_HEALTH_PORT": "0"}
+    env = {
+        **os.environ,
+        "STAFET_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "STAFET_KAFKA_SECURITY": "plaintext",
+        "STAFET_WORKER_DATA_DIR": str(tmp_path / "w"),
+        "STAFET_WORKER_STALL_EXIT_S": "2",
+        "STAFET_HEALTH_PORT": "0",
+    }
     log_path = tmp_path / "worker.log"
     try:
         with open(log_path, "wb") as out:
-            worker = subprocess.Popen([sys.executable, "-m", "stafet.cli", "worker"], env=env,
-                                      stdout=out, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "stafet.cli", "worker"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             code = worker.wait(40)
         finally:

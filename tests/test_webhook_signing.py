@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from stafet.connectors.delivery_sinks import (
-    SignatureError, check_timestamp, secret_key, sign, signed_headers, verify,
+    SignatureError,
+    check_timestamp,
+    secret_key,
+    sign,
+    signed_headers,
+    verify,
 )
 from stafet.subscribers import new_secret
 
@@ -37,22 +42,31 @@ def _reason(*args, **kwargs) -> str:
 
 def test_the_standard_webhooks_test_vector():
     assert sign(VECTOR_SECRET, VECTOR_ID, VECTOR_TS, VECTOR_BODY) == VECTOR_SIGNATURE
-    verify(VECTOR_SECRET, VECTOR_ID, str(VECTOR_TS), VECTOR_BODY, VECTOR_SIGNATURE,
-           now=VECTOR_TS + 10)
+    verify(
+        VECTOR_SECRET, VECTOR_ID, str(VECTOR_TS), VECTOR_BODY, VECTOR_SIGNATURE, now=VECTOR_TS + 10
+    )
     tampered = VECTOR_SIGNATURE[:-2] + "A="  # the reference suite's invalid signature
-    assert _reason(VECTOR_SECRET, VECTOR_ID, str(VECTOR_TS), VECTOR_BODY, tampered,
-                   now=VECTOR_TS) == "bad-signature"
+    assert (
+        _reason(VECTOR_SECRET, VECTOR_ID, str(VECTOR_TS), VECTOR_BODY, tampered, now=VECTOR_TS)
+        == "bad-signature"
+    )
 
 
 def test_only_standard_webhooks_secrets_of_24_bytes_or_more_are_keys():
     assert secret_key(VECTOR_SECRET) == base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
     assert len(secret_key(VECTOR_SECRET)) == 24  # the spec's minimum
     expected = base64.b64encode(hmac.new(b"k" * 24, b"m1.5.{}", hashlib.sha256).digest())
-    assert sign("whsec_" + base64.b64encode(b"k" * 24).decode(), "m1", 5, b"{}") == \
-        "v1," + expected.decode()
-    for bad, why in (("secret-aarhus", "must start with whsec_"), ("", "must start with whsec_"),
-                     ("whsec_not base64!", "not valid base64"), ("whsec_", "decodes to 0 bytes"),
-                     ("whsec_" + base64.b64encode(b"k" * 23).decode(), "decodes to 23 bytes")):
+    assert (
+        sign("whsec_" + base64.b64encode(b"k" * 24).decode(), "m1", 5, b"{}")
+        == "v1," + expected.decode()
+    )
+    for bad, why in (
+        ("secret-aarhus", "must start with whsec_"),
+        ("", "must start with whsec_"),
+        ("whsec_not base64!", "not valid base64"),
+        ("whsec_", "decodes to 0 bytes"),
+        ("whsec_" + base64.b64encode(b"k" * 23).decode(), "decodes to 23 bytes"),
+    ):
         with pytest.raises(ValueError, match=why) as caught:
             secret_key(bad)
         assert not bad or bad not in str(caught.value), "the secret is never in the message"
@@ -98,25 +112,41 @@ def test_key_rotation_several_signatures_one_match_is_enough():
     verify(NEW, "m1", str(TS), b"b", f"v1a,xyz v2,abc {new}", now=TS)
 
 
-@pytest.mark.parametrize("msg_id, ts, sig, reason", [
-    (None, str(TS), "v1,x", "missing"), ("m1", None, "v1,x", "missing"),
-    ("m1", str(TS), None, "missing"), ("m1", str(TS), "", "missing"),
-    ("m1", "soon", "v1,x", "bad-timestamp"), ("m1", "-5", "v1,x", "bad-timestamp"),
-    ("m1", f"{TS}.5", "v1,x", "bad-timestamp"), ("m1", "١٢٣", "v1,x", "bad-timestamp"),
-    ("m 1", str(TS), "v1,x", "bad-id"), ("m1", str(TS), "v1,æøå", "bad-signature"),
-    ("m1", str(TS), "sha256=abc", "bad-signature"),
-])
+@pytest.mark.parametrize(
+    "msg_id, ts, sig, reason",
+    [
+        (None, str(TS), "v1,x", "missing"),
+        ("m1", None, "v1,x", "missing"),
+        ("m1", str(TS), None, "missing"),
+        ("m1", str(TS), "", "missing"),
+        ("m1", "soon", "v1,x", "bad-timestamp"),
+        ("m1", "-5", "v1,x", "bad-timestamp"),
+        ("m1", f"{TS}.5", "v1,x", "bad-timestamp"),
+        ("m1", "١٢٣", "v1,x", "bad-timestamp"),
+        ("m 1", str(TS), "v1,x", "bad-id"),
+        ("m1", str(TS), "v1,æøå", "bad-signature"),
+        ("m1", str(TS), "sha256=abc", "bad-signature"),
+    ],
+)
 def test_malformed_headers_are_refused_with_a_reason(msg_id, ts, sig, reason):
     assert _reason(SECRET, msg_id, ts, b"body", sig, now=TS) == reason
 
 
 def test_signed_headers_are_the_three_standard_ones():
     h = signed_headers("whsec_" + base64.b64encode(b"k" * 32).decode(), "m1", b"x", now=TS + 0.9)
-    assert h == {"webhook-id": "m1", "webhook-timestamp": str(TS),
-                 "webhook-signature": sign("whsec_" + base64.b64encode(b"k" * 32).decode(),
-                                           "m1", TS, b"x")}
-    verify("whsec_" + base64.b64encode(b"k" * 32).decode(), h["webhook-id"],
-           h["webhook-timestamp"], b"x", h["webhook-signature"], now=TS)
+    assert h == {
+        "webhook-id": "m1",
+        "webhook-timestamp": str(TS),
+        "webhook-signature": sign("whsec_" + base64.b64encode(b"k" * 32).decode(), "m1", TS, b"x"),
+    }
+    verify(
+        "whsec_" + base64.b64encode(b"k" * 32).decode(),
+        h["webhook-id"],
+        h["webhook-timestamp"],
+        b"x",
+        h["webhook-signature"],
+        now=TS,
+    )
     fresh = signed_headers(SECRET, "m1", b"x")  # now
     verify(SECRET, "m1", fresh["webhook-timestamp"], b"x", fresh["webhook-signature"])
 

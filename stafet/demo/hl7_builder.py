@@ -28,12 +28,20 @@ class SyntheticPatient:
 
 @lru_cache(maxsize=1)
 def medcom_test_patients() -> dict[str, SyntheticPatient]:
-    data = json.loads(resources.files(__package__).joinpath("test-patients.json").read_text("utf-8"))
+    data = json.loads(
+        resources.files(__package__).joinpath("test-patients.json").read_text("utf-8")
+    )
     return {
         p["id"]: SyntheticPatient(
-            id=p["id"], cpr=p["cpr"], family=p["family"], given=tuple(p["given"]),
-            gender=p["gender"], birth_date=p["birthDate"], address_line=p["address_line"] or "",
-            postal_code=p["postal_code"] or "", municipality_code=p["municipality_code"],
+            id=p["id"],
+            cpr=p["cpr"],
+            family=p["family"],
+            given=tuple(p["given"]),
+            gender=p["gender"],
+            birth_date=p["birthDate"],
+            address_line=p["address_line"] or "",
+            postal_code=p["postal_code"] or "",
+            municipality_code=p["municipality_code"],
             region_code=p["region_code"],
         )
         for p in data["patients"]
@@ -75,9 +83,11 @@ def adt(
         f"PID|1||{patient.cpr}^^^CPR^NNDNK||{patient.family}^{given}||"
         f"{patient.birth_date.replace('-', '')}|{gender}|||"
         f"{patient.address_line}^^^^{patient.postal_code}^DK^H^^{code}"
-        + "|" * 19 + ("Y" if deceased else ""),
+        + "|" * 19
+        + ("Y" if deceased else ""),
         f"PV1|1|{patient_class}|{hospital.sor}^^^{hospital.name}||||||||||||||||{visit}"
-        + "|" * 25 + f"{admit_time or ''}|{discharge_time or ''}",
+        + "|" * 25
+        + f"{admit_time or ''}|{discharge_time or ''}",
     ]
     text = "\r".join(segments) + "\r"
     encoding = "iso-8859-1" if charset == "8859/1" else "utf-8"
@@ -128,7 +138,8 @@ def referral_message(
     segments.append(
         f"PID|1||{child.cpr}^^^CPR^NNDNK||{child.family}^{child.given[0]}||"
         f"{child.birth_date.replace('-', '')}|{'F' if child.gender == 'female' else 'M'}|||"
-        f"{child.address_line}^^^^{child.postal_code}^DK^H^^{code}")
+        f"{child.address_line}^^^^{child.postal_code}^DK^H^^{code}"
+    )
     for i, (relationship, person, cpr) in enumerate(guardians, start=1):
         name = f"{person.family}^{person.given[0]}" if person else "Værge^Test"
         segments.append(f"NK1|{i}|{name}|{relationship}" + "|" * 30 + f"{cpr}^^^CPR")

@@ -32,17 +32,24 @@ def _consumer(kafka: KafkaTarget, *, partition_eof: bool = False) -> Consumer:
     # assign() only, never committed; still under the principal's own group prefix, because
     # librdkafka looks the group's coordinator up (a municipality may use municipality-<code>*)
     prefix = config.get("sasl.username", "stafet")
-    return Consumer(resolve_config(config, **{
-        "group.id": f"{prefix}-inbox-{uuid.uuid4()}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "log_level": 2,  # a reading tool: no connection-retry noise when the broker stops
-        "enable.partition.eof": partition_eof,
-    }))
+    return Consumer(
+        resolve_config(
+            config,
+            **{
+                "group.id": f"{prefix}-inbox-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "log_level": 2,  # a reading tool: no connection-retry noise when the broker stops
+                "enable.partition.eof": partition_eof,
+            },
+        )
+    )
 
 
-def end_offsets(kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
+def end_offsets(
+    kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0
+) -> dict[tuple[str, int], int]:
     """The current end offset of every partition of ``topics`` (retrying while a new topic's
     partitions are still electing leaders)."""
     admin = AdminClient(resolve_config(kafka, log_level=2))  # tools: no retry noise
@@ -56,8 +63,11 @@ def end_offsets(kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0) 
                     raise StafetError(f"no such topic, or no access to it: {', '.join(hidden)}")
                 time.sleep(0.5)
                 continue
-            request = {TopicPartition(t, p): OffsetSpec.latest()
-                       for t in topics for p in metadata.topics[t].partitions}
+            request = {
+                TopicPartition(t, p): OffsetSpec.latest()
+                for t in topics
+                for p in metadata.topics[t].partitions
+            }
             result = admin.list_offsets(request, request_timeout=10)
             return {(tp.topic, tp.partition): f.result().offset for tp, f in result.items()}
         except KafkaException:
@@ -67,8 +77,12 @@ def end_offsets(kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0) 
 
 
 def read_topics(
-    kafka: KafkaTarget, start: dict[tuple[str, int], int], *, idle_s: float = 3.0,
-    until: int | None = None, timeout_s: float = 60.0,
+    kafka: KafkaTarget,
+    start: dict[tuple[str, int], int],
+    *,
+    idle_s: float = 3.0,
+    until: int | None = None,
+    timeout_s: float = 60.0,
 ) -> list[Received]:
     """Records after the ``start`` offsets; stop after ``until`` records, or ``idle_s`` quiet
     once every partition has been read to its end (what was there when the read began is
@@ -95,15 +109,23 @@ def read_topics(
                         last = time.monotonic()
                 continue
             last = time.monotonic()
-            out.append(Received(msg.topic(), msg.key(), msg.value(),
-                                {k: v for k, v in (msg.headers() or [])}, msg.offset()))
+            out.append(
+                Received(
+                    msg.topic(),
+                    msg.key(),
+                    msg.value(),
+                    {k: v for k, v in (msg.headers() or [])},
+                    msg.offset(),
+                )
+            )
         return out
     finally:
         consumer.close()
 
 
-def read_topic(kafka: KafkaTarget, topic: str, *, from_beginning: bool = True,
-               idle_s: float = 3.0) -> Iterator[Received]:
+def read_topic(
+    kafka: KafkaTarget, topic: str, *, from_beginning: bool = True, idle_s: float = 3.0
+) -> Iterator[Received]:
     ends = end_offsets(kafka, [topic])
     start = {tp: (0 if from_beginning else end) for tp, end in ends.items()}
     yield from read_topics(kafka, start, idle_s=idle_s, timeout_s=3600)
@@ -118,8 +140,14 @@ def summarize(record: Received) -> dict:
     bundle = record.json()
     resources = {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
     patient = resources.get("Patient", {})
-    cpr = next((i["value"] for i in patient.get("identifier", [])
-                if i.get("system") == "urn:oid:1.2.208.176.1.2"), "")
+    cpr = next(
+        (
+            i["value"]
+            for i in patient.get("identifier", [])
+            if i.get("system") == "urn:oid:1.2.208.176.1.2"
+        ),
+        "",
+    )
     name = patient.get("name", [{}])[0]
     encounter = resources.get("Encounter", {})
     return {
@@ -132,13 +160,26 @@ def summarize(record: Received) -> dict:
     }
 
 
-def uncommitted_count(kafka: KafkaTarget, since: dict[tuple[str, int], int],
-                      topics: list[str], timeout_s: float = 60.0) -> int:
+def uncommitted_count(
+    kafka: KafkaTarget,
+    since: dict[tuple[str, int], int],
+    topics: list[str],
+    timeout_s: float = 60.0,
+) -> int:
     """Records on ``topics`` after ``since`` as a read_uncommitted consumer sees them (the
     fault tests subtract what read_committed saw: the records of aborted transactions)."""
-    consumer = Consumer(resolve_config(kafka, **{
-        "group.id": f"stafet-reader-{uuid.uuid4()}", "enable.auto.commit": False,
-        "isolation.level": "read_uncommitted", "enable.partition.eof": True, "log_level": 2}))
+    consumer = Consumer(
+        resolve_config(
+            kafka,
+            **{
+                "group.id": f"stafet-reader-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_uncommitted",
+                "enable.partition.eof": True,
+                "log_level": 2,
+            },
+        )
+    )
     parts = [TopicPartition(t, p, o) for (t, p), o in since.items() if t in topics]
     consumer.assign(parts)
     open_parts, count = {(tp.topic, tp.partition) for tp in parts}, 0

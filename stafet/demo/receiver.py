@@ -17,8 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from stafet.connectors.delivery_sinks import (
-    WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER, SignatureError,
-    signed_headers, verify,
+    WEBHOOK_ID_HEADER,
+    WEBHOOK_SIGNATURE_HEADER,
+    WEBHOOK_TIMESTAMP_HEADER,
+    SignatureError,
+    signed_headers,
+    verify,
 )
 from stafet.connectors.medcom_ack import build_ack, message_ids
 
@@ -42,7 +46,8 @@ class Received:
         for e in self.bundle["entry"]:
             r = e["resource"]
             if r["resourceType"] == "Provenance" and r["target"][0]["reference"].endswith(
-                    self.header_id):
+                self.header_id
+            ):
                 return r["activity"]["coding"][0]["code"]
         return ""
 
@@ -73,15 +78,20 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            verify(self.secret, request.headers.get(WEBHOOK_ID_HEADER),
-                   request.headers.get(WEBHOOK_TIMESTAMP_HEADER), body,
-                   request.headers.get(WEBHOOK_SIGNATURE_HEADER))  # 300 s window both ways
+            verify(
+                self.secret,
+                request.headers.get(WEBHOOK_ID_HEADER),
+                request.headers.get(WEBHOOK_TIMESTAMP_HEADER),
+                body,
+                request.headers.get(WEBHOOK_SIGNATURE_HEADER),
+            )  # 300 s window both ways
             signed, why = True, ""
         except SignatureError as exc:
             signed, why = False, exc.reason
         bundle = json.loads(body)
-        self.received.append(Received(time.time(), bundle, signed,
-                                      request.headers.get("X-Stafet-Attempt", "")))
+        self.received.append(
+            Received(time.time(), bundle, signed, request.headers.get("X-Stafet-Attempt", ""))
+        )
         if not signed:
             return web.Response(status=401, text=f"bad signature: {why}")
         if self.ack_to:
@@ -91,14 +101,23 @@ class Receiver:
     def _acknowledge(self, bundle: dict[str, Any]) -> None:
         """POST the Acknowledgement; a real system retries while stafet is unreachable."""
         time.sleep(self.ack_delay_s)
-        ack = build_ack(message_ids(bundle), "ok", sender_endpoint=self.url,
-                        receiver_endpoint="https://stafet.dk/fhir")
+        ack = build_ack(
+            message_ids(bundle),
+            "ok",
+            sender_endpoint=self.url,
+            receiver_endpoint="https://stafet.dk/fhir",
+        )
         data = json.dumps(ack).encode()
         ack_id = ack["entry"][0]["resource"]["id"]  # webhook-id: its own MessageHeader.id
         for _ in range(30):
-            request = urllib.request.Request(self.ack_to or "", data=data, headers={  # signed now
-                "Content-Type": "application/fhir+json",
-                **signed_headers(self.secret, ack_id, data)})
+            request = urllib.request.Request(
+                self.ack_to or "",
+                data=data,
+                headers={  # signed now
+                    "Content-Type": "application/fhir+json",
+                    **signed_headers(self.secret, ack_id, data),
+                },
+            )
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     response.read()

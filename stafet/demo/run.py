@@ -15,10 +15,9 @@ from stafet.demo.inbox import end_offsets, read_topics, summarize
 from stafet.demo.receiver import Receiver
 from stafet.demo.scenario import BUC_ODENSE, ReferralStep, referral_day, synthetic_day
 from stafet.schemas.municipalities import municipalities
-from stafet.subscribers import new_secret
 from stafet.stack import running_stack
+from stafet.subscribers import new_secret
 from stafet.topics import DLQ_MLLP, DLQ_TOPICS, H_REASON, OUT_MUNICIPALITY_PREFIX, all_topics
-
 
 DEMO_GPS = ("100001", "100002")  # the scenario's GPs (ydernumre), one GP system for both
 GP_SECRET_ENV = "STAFET_SECRET_DEMO_GP"
@@ -39,15 +38,20 @@ def _demo_registry(settings: Settings, gp: Receiver) -> Settings:
         f'[[subscriber]]\nid = "gp-{y}"\nname = "GP {y} (demo)"\nparty = "referrer"\n'
         f'topic = "out.referrer"\nentries = ["gp/{y}"]\n'  # deploy/directory.toml
         f'delivery = "rest"\nurl = "{gp.url}"\nsecret_env = "{GP_SECRET_ENV}"\n\n'
-        for y in DEMO_GPS) + (
+        for y in DEMO_GPS
+    ) + (
         # the unit a referral is forwarded to gets its message on out.referrer too
         f'[[subscriber]]\nid = "bua-odense"\nname = "BUA Odense (demo)"\nparty = "other"\n'
         f'topic = "out.referrer"\nentries = ["hospital/{BUC_ODENSE.sor}"]\n'
-        f'delivery = "rest"\nurl = "{gp.url}"\nsecret_env = "{GP_SECRET_ENV}"\n\n')
-    path.write_text('[defaults]\nmunicipalities = "kafka"\n\n' + gps +
-                    '[[subscriber]]\nid = "letters"\nname = "Brevservice (demo)"\n'
-                    'party = "letter-service"\ndelivery = "letter"\ntopic = "out.letter"\n',
-                    encoding="utf-8")
+        f'delivery = "rest"\nurl = "{gp.url}"\nsecret_env = "{GP_SECRET_ENV}"\n\n'
+    )
+    path.write_text(
+        '[defaults]\nmunicipalities = "kafka"\n\n'
+        + gps
+        + '[[subscriber]]\nid = "letters"\nname = "Brevservice (demo)"\n'
+        'party = "letter-service"\ndelivery = "letter"\ntopic = "out.letter"\n',
+        encoding="utf-8",
+    )
     return settings.model_copy(update={"subscribers_file": path})
 
 
@@ -58,35 +62,49 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
     referrals = referral_day(run_id)
     watched = [t for t in all_topics() if t.startswith("out.")] + list(DLQ_TOPICS)
     os.environ[GP_SECRET_ENV] = new_secret()  # inherited by `stafet deliver`
-    gp = Receiver(_free_port(), os.environ[GP_SECRET_ENV],
-                  f"http://{settings.fhir_host}:{settings.fhir_port}/fhir/$process-message")
+    gp = Receiver(
+        _free_port(),
+        os.environ[GP_SECRET_ENV],
+        f"http://{settings.fhir_host}:{settings.fhir_port}/fhir/$process-message",
+    )
     settings = _demo_registry(settings, gp)
     gp.start()
-    secured = ("SASL_SSL: SCRAM-SHA-512 over TLS, ACLs, each process its own principal"
-               if settings.kafka_security == "sasl_ssl" else "plaintext")
-    click.echo(f"Starting Kafka ({secured}), the stream worker, the MLLP and FHIR listeners "
-               "and delivery …")
+    secured = (
+        "SASL_SSL: SCRAM-SHA-512 over TLS, ACLs, each process its own principal"
+        if settings.kafka_security == "sasl_ssl"
+        else "plaintext"
+    )
+    click.echo(
+        f"Starting Kafka ({secured}), the stream worker, the MLLP and FHIR listeners and delivery …"
+    )
     try:
         with running_stack(settings, log_dir=PROJECT_ROOT / ".stafet" / "logs"):
             start = end_offsets(settings, watched)
-            click.echo(f"\nA day in child psychiatry ({len(steps)} HL7 v2 messages over MLLP, "
-                       f"{settings.mllp_host}:{settings.mllp_port}):")
+            click.echo(
+                f"\nA day in child psychiatry ({len(steps)} HL7 v2 messages over MLLP, "
+                f"{settings.mllp_host}:{settings.mllp_port}):"
+            )
             with MllpClient(settings.mllp_host, settings.mllp_port) as client:
                 for step in steps:
                     ack = ack_fields(client.send(step.message))
                     note = f"  ({ack['error_text']})" if ack["error_text"] else ""
                     click.echo(f"  {ack['code']}  {step.description}{note}")
-                click.echo(f"\nReferrals to child and adolescent psychiatry ({len(referrals)} "
-                           "HL7 v2 REF/RRI messages, two of six rejected):")
+                click.echo(
+                    f"\nReferrals to child and adolescent psychiatry ({len(referrals)} "
+                    "HL7 v2 REF/RRI messages, two of six rejected):"
+                )
                 for ref in referrals:
                     ack = ack_fields(client.send(ref.message))
                     click.echo(f"  {ack['code']}  {ref.description}")
             expected = len(steps) + sum(len(r.expected) for r in referrals)
             click.echo("\nWaiting for the worker to build and route the messages …")
             received = read_topics(settings, start, until=expected, timeout_s=timeout_s)
-            received += read_topics(settings,
-                                     {tp: o for tp, o in end_offsets(settings, watched).items()},
-                                     idle_s=0.5, timeout_s=2)  # anything extra would show here
+            received += read_topics(
+                settings,
+                {tp: o for tp, o in end_offsets(settings, watched).items()},
+                idle_s=0.5,
+                timeout_s=2,
+            )  # anything extra would show here
             failed = _report(steps, received) + _report_referrals(referrals, received)
             failed += _report_delivery(settings, referrals, timeout_s=90.0)
             failed += _report_health(settings)
@@ -97,15 +115,21 @@ def run_demo(settings: Settings, timeout_s: float = 180.0) -> int:
 
 #: per process: series that must have counted something after the demo's day
 EXPECTED_SERIES: dict[str, list[tuple[str, dict[str, str]]]] = {
-    "worker": [("stafet_messages_in_total", {"stage": "normalize"}),
-               ("stafet_messages_out_total", {"stage": "notify"}),
-               ("stafet_messages_out_total", {"stage": "referrals"})],
-    "mllp": [("stafet_ack_latency_seconds_count", {"source": "mllp", "code": "AA"}),
-             ("stafet_messages_out_total", {"stage": "mllp"})],
+    "worker": [
+        ("stafet_messages_in_total", {"stage": "normalize"}),
+        ("stafet_messages_out_total", {"stage": "notify"}),
+        ("stafet_messages_out_total", {"stage": "referrals"}),
+    ],
+    "mllp": [
+        ("stafet_ack_latency_seconds_count", {"source": "mllp", "code": "AA"}),
+        ("stafet_messages_out_total", {"stage": "mllp"}),
+    ],
     "fhir": [("stafet_messages_in_total", {"stage": "fhir"})],
-    "deliver": [("stafet_deliveries_total", {"outcome": "delivered"}),
-                ("stafet_acknowledgements_total", {"code": "ok"}),
-                ("stafet_delivery_active", {})],
+    "deliver": [
+        ("stafet_deliveries_total", {"outcome": "delivered"}),
+        ("stafet_acknowledgements_total", {"code": "ok"}),
+        ("stafet_delivery_active", {}),
+    ],
 }
 
 
@@ -127,15 +151,22 @@ def _report_health(settings: Settings, timeout_s: float = 30.0) -> int:
             samples = scrape(host, port)
             want = [(n, labels, total(samples, n, **labels)) for n, labels in EXPECTED_SERIES[name]]
             lag = [v for (n, _), v in samples.items() if n == "stafet_consumer_lag"]
-            ok = (status == 200 and all(v > 0 for _, _, v in want)
-                  and (bool(lag) or name not in ("worker", "deliver")))
+            ok = (
+                status == 200
+                and all(v > 0 for _, _, v in want)
+                and (bool(lag) or name not in ("worker", "deliver"))
+            )
             if ok or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
-        shown = ", ".join(f"{n.removeprefix('stafet_')}{_labels(labels)} {v:g}"
-                          for n, labels, v in want)
-        click.echo(f"  {name:<8} :{port} readyz {status} {body.get('role', '')}  {shown}"
-                   + (f", consumer lag {sum(lag):g}" if lag else "") + ("" if ok else "  MISSING"))
+        shown = ", ".join(
+            f"{n.removeprefix('stafet_')}{_labels(labels)} {v:g}" for n, labels, v in want
+        )
+        click.echo(
+            f"  {name:<8} :{port} readyz {status} {body.get('role', '')}  {shown}"
+            + (f", consumer lag {sum(lag):g}" if lag else "")
+            + ("" if ok else "  MISSING")
+        )
         failed |= not ok
     return int(failed)
 
@@ -144,20 +175,25 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f"{k}={v}" for k, v in labels.items()) + "}" if labels else ""
 
 
-def _report_delivery(settings: Settings, referrals: list[ReferralStep],
-                     timeout_s: float) -> int:
+def _report_delivery(settings: Settings, referrals: list[ReferralStep], timeout_s: float) -> int:
     """The audit trail of each rejection: every recipient, delivered when, acknowledged when."""
-    from stafet.audit import query, summarize as audit_rows
+    from stafet.audit import query
+    from stafet.audit import summarize as audit_rows
 
     rejected = sorted({r.referral_id for r in referrals if r.rejections})
     want = {ref: sum(r.rejections for r in referrals if r.referral_id == ref) for ref in rejected}
     rows: dict[str, list] = {}  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = {ref: [r for r in audit_rows(query(settings, referral_id=ref))
-                      if r["kind"] == "rejection"] for ref in rejected}
-        if all(len(rows[ref]) == want[ref] and all(_settled(r) for r in rows[ref])
-               for ref in rejected):
+        rows = {
+            ref: [
+                r for r in audit_rows(query(settings, referral_id=ref)) if r["kind"] == "rejection"
+            ]
+            for ref in rejected
+        }
+        if all(
+            len(rows[ref]) == want[ref] and all(_settled(r) for r in rows[ref]) for ref in rejected
+        ):
             break
         time.sleep(1.0)
     click.echo("\nDelivery audit of the rejections (`stafet audit --referral <id>`):")
@@ -165,12 +201,16 @@ def _report_delivery(settings: Settings, referrals: list[ReferralStep],
     for ref in rejected:
         click.echo(f"\n  referral {ref}")
         for r in sorted(rows[ref], key=lambda r: (r["subscriber"], r["recipient_kind"])):
-            click.echo(f"    {r['subscriber']:<20} {r['recipient_kind']:<18} {r['status']:<13} "
-                       f"sent {r['delivered_at'] or '-':<29} ack {r['ack'] or '-'} "
-                       f"{r['ack_at'] or ''}")
+            click.echo(
+                f"    {r['subscriber']:<20} {r['recipient_kind']:<18} {r['status']:<13} "
+                f"sent {r['delivered_at'] or '-':<29} ack {r['ack'] or '-'} "
+                f"{r['ack_at'] or ''}"
+            )
         ok &= len(rows[ref]) == want[ref] and all(_settled(r) for r in rows[ref])
-    click.echo(f"\nevery recipient of every rejection delivered (REST: acknowledged): "
-               f"{'OK' if ok else 'MISSING'}")
+    click.echo(
+        f"\nevery recipient of every rejection delivered (REST: acknowledged): "
+        f"{'OK' if ok else 'MISSING'}"
+    )
     return 0 if ok else 1
 
 
@@ -193,13 +233,18 @@ def _report_referrals(referrals: list[ReferralStep], received: list) -> int:  # 
     for ref_id in sorted(by_referral):
         click.echo(f"\n  referral {ref_id}")
         for r in sorted(by_referral[ref_id], key=lambda r: r.headers["stafet.kind"]):
-            kind, who = r.headers["stafet.kind"].decode(), r.headers["stafet.recipient_kind"].decode()
+            kind, who = (
+                r.headers["stafet.kind"].decode(),
+                r.headers["stafet.recipient_kind"].decode(),
+            )
             form = "PDF letter" if r.topic == "out.letter" else "CareCommunication"
             click.echo(f"    {kind:<10} → {who:<18} on {r.topic:<22} ({form})")
             got.append((r.topic, who, kind))
     want = sorted(e for ref in referrals for e in ref.expected)
     ok = sorted(got) == want
-    click.echo(f"\n{len(got)} referral messages (expected {len(want)}): {'OK' if ok else 'MISMATCH'}")
+    click.echo(
+        f"\n{len(got)} referral messages (expected {len(want)}): {'OK' if ok else 'MISMATCH'}"
+    )
     return 0 if ok else 1
 
 
@@ -219,22 +264,29 @@ def _report(steps: list, received: list) -> int:  # type: ignore[type-arg]
         for record in notifications:
             s = summarize(record)
             dead = "  deceased" if s["deceased"] else ""
-            click.echo(f"    {s['event']:<8} {s['patient']:<24} {s['cpr']}  {s['encounter']:<22}"
-                       f" message {s['message_id']}{dead}")
+            click.echo(
+                f"    {s['event']:<8} {s['patient']:<24} {s['cpr']}  {s['encounter']:<22}"
+                f" message {s['message_id']}{dead}"
+            )
     for dlq in DLQ_TOPICS:
         for record in by_topic.get(dlq, []):
             click.echo(f"\n  dead-letter ({dlq}): {record.headers.get(H_REASON, b'').decode()}")
 
-    want = sorted((f"{OUT_MUNICIPALITY_PREFIX}{s.municipality_code}", s.expected)
-                  for s in steps if s.expected)
-    got = sorted((r.topic, r.headers.get("stafet.event_code", b"").decode())
-                 for r in received if r.topic.startswith(OUT_MUNICIPALITY_PREFIX)
-                 and "stafet.event_code" in r.headers)
+    want = sorted(
+        (f"{OUT_MUNICIPALITY_PREFIX}{s.municipality_code}", s.expected) for s in steps if s.expected
+    )
+    got = sorted(
+        (r.topic, r.headers.get("stafet.event_code", b"").decode())
+        for r in received
+        if r.topic.startswith(OUT_MUNICIPALITY_PREFIX) and "stafet.event_code" in r.headers
+    )
     rejected = sum(1 for s in steps if not s.expected)
     dlq = len(by_topic.get(DLQ_MLLP, []))
     unexpected = sum(len(by_topic.get(t, [])) for t in DLQ_TOPICS if t != DLQ_MLLP)
     ok = want == got and dlq == rejected and not unexpected
-    click.echo(f"\n{len(got)} notifications to {len({t for t, _ in got})} municipalities "
-               f"(expected {len(want)}), {dlq} dead-lettered (expected {rejected}): "
-               f"{'OK' if ok else 'MISMATCH'}")
+    click.echo(
+        f"\n{len(got)} notifications to {len({t for t, _ in got})} municipalities "
+        f"(expected {len(want)}), {dlq} dead-lettered (expected {rejected}): "
+        f"{'OK' if ok else 'MISMATCH'}"
+    )
     return 0 if ok else 1

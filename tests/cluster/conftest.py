@@ -40,8 +40,11 @@ def free_port_block(n: int) -> int:
     base + 2(i-1), its controller on base + 2(i-1) + 1), below the kernel's ephemeral range:
     a killed node's ports must stay free while it is down, and a client's outgoing connection
     could otherwise take one of them (a restart then fails with "Address already in use")."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
-        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    low = (
+        int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists()
+        else 32768
+    )
     for _ in range(200):
         base = random.randrange(10000, low - n)
         with ExitStack() as stack:
@@ -89,14 +92,22 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterS
     root = tmp_path_factory.mktemp("stafet-cluster")
     base = free_port_block(2 * BROKERS)
     settings = Settings(
-        kafka_brokers=BROKERS, kafka_port=base, kafka_controller_port=base + 1,
-        kafka_home=root / "kafka", worker_data_dir=root / "worker", partitions=PARTITIONS,
-        mllp_port=free_port(), fhir_port=free_port(), app_id=f"stafet-cluster-{uuid.uuid4().hex[:6]}",
-        mllp_produce_timeout_s=5.0, log_level="INFO",
+        kafka_brokers=BROKERS,
+        kafka_port=base,
+        kafka_controller_port=base + 1,
+        kafka_home=root / "kafka",
+        worker_data_dir=root / "worker",
+        partitions=PARTITIONS,
+        mllp_port=free_port(),
+        fhir_port=free_port(),
+        app_id=f"stafet-cluster-{uuid.uuid4().hex[:6]}",
+        mllp_produce_timeout_s=5.0,
+        log_level="INFO",
     )
     cluster = LocalKafkaCluster.from_settings(settings)
     assert [node_ports(settings, i) for i in range(1, BROKERS + 1)] == [
-        (n.port, n.controller_port) for n in cluster.nodes]
+        (n.port, n.controller_port) for n in cluster.nodes
+    ]
     assert settings.bootstrap == cluster.bootstrap  # what the children get (STAFET_KAFKA_BROKERS)
     cluster.start()
     services: dict[str, Service] = {}
@@ -104,10 +115,12 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterS
     try:
         prepare_kafka(settings)  # topics at RF 3; with STAFET_KAFKA_SECURITY=sasl_ssl also ACLs
         services = {
-            "worker": Service("worker", ["worker"], root / "logs" / "worker.log",
-                              service_env(settings, WORKER)),
-            "mllp": Service("mllp", ["mllp"], root / "logs" / "mllp.log",
-                            service_env(settings, MLLP)),
+            "worker": Service(
+                "worker", ["worker"], root / "logs" / "worker.log", service_env(settings, WORKER)
+            ),
+            "mllp": Service(
+                "mllp", ["mllp"], root / "logs" / "mllp.log", service_env(settings, MLLP)
+            ),
         }
         for service in services.values():
             service.start()

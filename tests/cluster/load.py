@@ -39,8 +39,9 @@ class MllpLoad(threading.Thread):
     resent (after 0.5 s) on AE or no connection until it gets AA. ``stop()`` lets the message in
     hand finish (up to ``finish_s``), then ends."""
 
-    def __init__(self, host: str, port: int, code: str, rate: float = 20.0,
-                 finish_s: float = 60.0) -> None:
+    def __init__(
+        self, host: str, port: int, code: str, rate: float = 20.0, finish_s: float = 60.0
+    ) -> None:
         super().__init__(daemon=True, name="mllp-load")
         self.host, self.port, self.code = host, port, code
         self.pause, self.finish_s = 1.0 / rate, finish_s
@@ -78,9 +79,17 @@ class MllpLoad(threading.Thread):
             day = v % 28 + 1
             for i, trigger in enumerate(("A01", "A08", "A03")):
                 extra = {"discharge_time": f"202612{day:02d}1500"} if trigger == "A03" else {}
-                raw = adt(trigger, child, hospital=HOSPITAL, control_id=f"{visit}-{trigger}",
-                          visit=visit, event_time=f"202612{day:02d}1{i}00",
-                          admit_time=f"202612{day:02d}0800", municipality_code=self.code, **extra)
+                raw = adt(
+                    trigger,
+                    child,
+                    hospital=HOSPITAL,
+                    control_id=f"{visit}-{trigger}",
+                    visit=visit,
+                    event_time=f"202612{day:02d}1{i}00",
+                    admit_time=f"202612{day:02d}0800",
+                    municipality_code=self.code,
+                    **extra,
+                )
                 sent = Sent(raw, time.monotonic())
                 self.messages.append(sent)
                 self._send(sent)
@@ -115,9 +124,15 @@ class CommittedWatcher(threading.Thread):
 
     def __init__(self, kafka: KafkaTarget, topic: str, since: dict[tuple[str, int], int]) -> None:
         super().__init__(daemon=True, name="committed-watcher")
-        self.config = resolve_config(kafka, **{
-            "group.id": f"stafet-reader-watch-{uuid.uuid4()}", "enable.auto.commit": False,
-            "isolation.level": "read_committed", "log_level": 2})
+        self.config = resolve_config(
+            kafka,
+            **{
+                "group.id": f"stafet-reader-watch-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "log_level": 2,
+            },
+        )
         self.parts = [TopicPartition(t, p, o) for (t, p), o in since.items() if t == topic]
         self.stopping = threading.Event()
         self.seen: list[tuple[float, str]] = []
@@ -149,7 +164,7 @@ class CommittedWatcher(threading.Thread):
         """(length, start) of the longest time in [start, end] in which no notification became
         visible."""
         times = [start, *(t for t, _ in self.seen if start < t < end), end]
-        return max((b - a, a) for a, b in zip(times, times[1:]))
+        return max((b - a, a) for a, b in zip(times, times[1:], strict=False))
 
     def first_after(self, when: float) -> float | None:
         """When the first notification after ``when`` became visible."""

@@ -32,15 +32,25 @@ from stafet.kafka_local import LocalKafkaCluster
 from stafet.streams.hospitalnotification import message_header_id
 from stafet.streams.watchdog import EXIT_STALLED
 from stafet.topics import (
-    DLQ_TOPICS, EVENTS_ENCOUNTER, H_EVENT_ID, H_MESSAGE_ID, INGEST_HL7V2, TopicPlan,
-    municipality_topic, topic_drift,
+    DLQ_TOPICS,
+    EVENTS_ENCOUNTER,
+    H_EVENT_ID,
+    H_MESSAGE_ID,
+    INGEST_HL7V2,
+    TopicPlan,
+    municipality_topic,
+    topic_drift,
 )
 
 from .conftest import BROKERS, PARTITIONS
 from .load import CommittedWatcher, Fault, MllpLoad, control_id, longest_ack_wait
 
-pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.disruptive,
-              pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.integration,
+    pytest.mark.disruptive,
+    pytest.mark.timeout(900),
+]
 
 CODE = "0147"  # Frederiksberg
 DOWN_S = 15.0  # how long a killed node stays down
@@ -49,7 +59,8 @@ TAIL_S = 5.0  # load after the last node is back in sync
 
 
 def test_every_acknowledged_message_notified_once_through_leader_and_controller_kills(
-        cluster_stack):
+    cluster_stack,
+):
     settings, cluster = cluster_stack.settings, cluster_stack.cluster
     admin = as_admin(settings)
     out_topic = municipality_topic(CODE)
@@ -57,10 +68,12 @@ def test_every_acknowledged_message_notified_once_through_leader_and_controller_
 
     metadata = cluster.metadata()
     assert len(metadata.brokers) == BROKERS
-    assert {len(metadata.topics[t].partitions[0].replicas) for t in (INGEST_HL7V2, out_topic)} \
-        == {3}
-    assert topic_drift(admin, PARTITIONS, TopicPlan.from_settings(settings)) == [], \
+    assert {len(metadata.topics[t].partitions[0].replicas) for t in (INGEST_HL7V2, out_topic)} == {
+        3
+    }
+    assert topic_drift(admin, PARTITIONS, TopicPlan.from_settings(settings)) == [], (
         "topics as the plan says: RF 3, min.insync.replicas 2"
+    )
 
     since = end_offsets(admin, [INGEST_HL7V2, EVENTS_ENCOUNTER, out_topic, *DLQ_TOPICS])
     watcher = CommittedWatcher(admin, out_topic, since)
@@ -87,8 +100,7 @@ def test_every_acknowledged_message_notified_once_through_leader_and_controller_
     assert load.failure is None, f"the sender failed: {load.failure!r}"
 
     secret = settings.patient_key_secret.get_secret_value()
-    event_of = {control_id(m.raw): parse_adt(m.raw, secret=secret).event_id
-                for m in load.messages}
+    event_of = {control_id(m.raw): parse_adt(m.raw, secret=secret).event_id for m in load.messages}
     notification_of = lambda m: message_header_id(event_of[control_id(m.raw)], CODE)  # noqa: E731
     expected = {notification_of(m) for m in load.acked}
     maybe = {notification_of(m) for m in load.unacked}  # given up on: stored or not
@@ -99,49 +111,62 @@ def test_every_acknowledged_message_notified_once_through_leader_and_controller_
         if expected <= notified or time.monotonic() > deadline:
             break
     drained = time.monotonic() - load_end
-    notifications = Counter(r.headers[H_MESSAGE_ID].decode() for r in records
-                            if r.topic == out_topic)
-    events = Counter(r.headers.get(H_EVENT_ID, b"").decode() for r in records
-                     if r.topic == EVENTS_ENCOUNTER)
+    notifications = Counter(
+        r.headers[H_MESSAGE_ID].decode() for r in records if r.topic == out_topic
+    )
+    events = Counter(
+        r.headers.get(H_EVENT_ID, b"").decode() for r in records if r.topic == EVENTS_ENCOUNTER
+    )
     ingest_copies = Counter(control_id(r.value) for r in records if r.topic == INGEST_HL7V2)
     dead = [r for r in records if r.topic in DLQ_TOPICS]
     duplicates = sum(n - 1 for n in notifications.values())
     missing = expected - set(notifications)
     extra = set(notifications) - expected - maybe
     aborted = uncommitted_count(admin, since, [EVENTS_ENCOUNTER, out_topic]) - sum(
-        1 for r in records if r.topic in (EVENTS_ENCOUNTER, out_topic))
+        1 for r in records if r.topic in (EVENTS_ENCOUNTER, out_topic)
+    )
 
     watchdog = [e for e in cluster_stack.exits if e == ("worker", EXIT_STALLED)]
     unexpected = [e for e in cluster_stack.exits if e != ("worker", EXIT_STALLED)]
-    print(f"\ncluster: {BROKERS} nodes, {PARTITIONS} partitions per topic, RF 3, "
-          f"min.insync.replicas 2; the load wrote to {sorted(in_use)}")
-    for f, after in zip(faults, [*(g.killed_at for g in faults[1:]), load_end]):
+    print(
+        f"\ncluster: {BROKERS} nodes, {PARTITIONS} partitions per topic, RF 3, "
+        f"min.insync.replicas 2; the load wrote to {sorted(in_use)}"
+    )
+    for f, after in zip(faults, [*(g.killed_at for g in faults[1:]), load_end], strict=True):
         gap, gap_start = watcher.longest_gap(f.killed_at, after)
         first = watcher.first_after(f.killed_at)
-        print(f"  SIGKILL node {f.node} ({f.role}) at +{f.killed_at - t0:.0f}s"
-              + (f"; new controller: node {f.new_controller}" if f.new_controller else "")
-              + f"; restarted after {f.restarted_at - f.killed_at:.0f}s, answering "
-              f"{f.restart_s:.1f}s later, every ISR whole {f.in_sync_s - f.restart_s:.1f}s after "
-              f"that; longest wait for an AA "
-              f"{longest_ack_wait(load.messages, f.killed_at - 1, after):.1f}s; first committed "
-              f"notification {'-' if first is None else f'{first - f.killed_at:.1f}s'} after "
-              f"the kill; until the next fault the longest time without one {gap:.1f}s (from "
-              f"+{gap_start - t0:.0f}s)")
-    print(f"  sent {len(load.messages)} messages, {load.resends} resends "
-          f"(answers: {dict(sorted(load.answers.items()))}), AA'd {len(load.acked)}, "
-          f"never AA'd {len(load.unacked)}")
-    print(f"  {out_topic} (read_committed): {len(notifications)} notification ids, "
-          f"{duplicates} twice, {len(missing)} missing, {len(extra)} unexpected; "
-          f"events.encounter: {len(events)} events, {sum(events.values()) - len(events)} twice; "
-          f"ingest.hl7v2 copies stored twice (AE, then resent): "
-          f"{sum(ingest_copies.values()) - len(ingest_copies)}; dead letters {len(dead)}; "
-          f"records of aborted transactions {aborted}")
+        print(
+            f"  SIGKILL node {f.node} ({f.role}) at +{f.killed_at - t0:.0f}s"
+            + (f"; new controller: node {f.new_controller}" if f.new_controller else "")
+            + f"; restarted after {f.restarted_at - f.killed_at:.0f}s, answering "
+            f"{f.restart_s:.1f}s later, every ISR whole {f.in_sync_s - f.restart_s:.1f}s after "
+            f"that; longest wait for an AA "
+            f"{longest_ack_wait(load.messages, f.killed_at - 1, after):.1f}s; first committed "
+            f"notification {'-' if first is None else f'{first - f.killed_at:.1f}s'} after "
+            f"the kill; until the next fault the longest time without one {gap:.1f}s (from "
+            f"+{gap_start - t0:.0f}s)"
+        )
+    print(
+        f"  sent {len(load.messages)} messages, {load.resends} resends "
+        f"(answers: {dict(sorted(load.answers.items()))}), AA'd {len(load.acked)}, "
+        f"never AA'd {len(load.unacked)}"
+    )
+    print(
+        f"  {out_topic} (read_committed): {len(notifications)} notification ids, "
+        f"{duplicates} twice, {len(missing)} missing, {len(extra)} unexpected; "
+        f"events.encounter: {len(events)} events, {sum(events.values()) - len(events)} twice; "
+        f"ingest.hl7v2 copies stored twice (AE, then resent): "
+        f"{sum(ingest_copies.values()) - len(ingest_copies)}; dead letters {len(dead)}; "
+        f"records of aborted transactions {aborted}"
+    )
     gap, gap_start = watcher.longest_gap(first_seen, load_end)
-    print(f"  longest time without a committed notification under load: {gap:.1f}s (from "
-          f"+{gap_start - t0:.0f}s); drained {drained:.0f}s after the "
-          f"load stopped; worker restarts by its watchdog {len(watchdog)}; other exits "
-          f"{unexpected}; "
-          f"{time.monotonic() - t0:.0f}s in all")
+    print(
+        f"  longest time without a committed notification under load: {gap:.1f}s (from "
+        f"+{gap_start - t0:.0f}s); drained {drained:.0f}s after the "
+        f"load stopped; worker restarts by its watchdog {len(watchdog)}; other exits "
+        f"{unexpected}; "
+        f"{time.monotonic() - t0:.0f}s in all"
+    )
 
     assert any(f.role != "active controller" and "ingest" in f.role for f in faults)
     assert any(f.role != "active controller" and "out." in f.role for f in faults)
@@ -152,12 +177,14 @@ def test_every_acknowledged_message_notified_once_through_leader_and_controller_
     assert not dead, f"dead letters: {[(r.topic, r.headers) for r in dead[:3]]}"
 
 
-def leader_targets(in_use: set[tuple[str, int]], leaders: dict[tuple[str, int], int],
-                   controller: int) -> list[tuple[int, str]]:
+def leader_targets(
+    in_use: set[tuple[str, int]], leaders: dict[tuple[str, int], int], controller: int
+) -> list[tuple[int, str]]:
     """Whom to kill first: the node leading the most partitions the load uses, one that leads
     both an ingest and an output partition if there is one (not the active controller if that
     can be helped: it has its own round); if no node leads both, the ingest partitions' leader,
     then the output partitions' leader."""
+
     def led(node: int, prefix: str) -> list[tuple[str, int]]:
         return sorted(tp for tp in in_use if leaders[tp] == node and tp[0].startswith(prefix))
 

@@ -56,10 +56,17 @@ class Stack:
         """End offsets of every out.* and dlq.* topic: 'now', to read what comes after."""
         return end_offsets(as_admin(self.settings), self.watched)
 
-    def read(self, since: dict[tuple[str, int], int], *, until: int | None = None,
-             idle_s: float = 2.0, timeout_s: float = 90.0) -> list[Received]:
-        return read_topics(as_admin(self.settings), since, until=until, idle_s=idle_s,
-                           timeout_s=timeout_s)
+    def read(
+        self,
+        since: dict[tuple[str, int], int],
+        *,
+        until: int | None = None,
+        idle_s: float = 2.0,
+        timeout_s: float = 90.0,
+    ) -> list[Received]:
+        return read_topics(
+            as_admin(self.settings), since, until=until, idle_s=idle_s, timeout_s=timeout_s
+        )
 
     def restart_worker(self, *, kill: bool) -> None:
         with SUPERVISION:
@@ -72,19 +79,27 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stafet")
     settings = Settings(
-        kafka_port=free_port(), kafka_controller_port=free_port(), kafka_home=root / "kafka",
-        worker_data_dir=root / "worker", mllp_port=free_port(), fhir_port=free_port(),
-        app_id=f"stafet-test-{uuid.uuid4().hex[:6]}", mllp_produce_timeout_s=5.0, log_level="INFO",
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        kafka_home=root / "kafka",
+        worker_data_dir=root / "worker",
+        mllp_port=free_port(),
+        fhir_port=free_port(),
+        app_id=f"stafet-test-{uuid.uuid4().hex[:6]}",
+        mllp_produce_timeout_s=5.0,
+        log_level="INFO",
         # the 30-day assessment guarantee, shrunk to 45 s so the deadline test can watch it pass
-        referral_decision_deadline_days=DEADLINE_S / 86400, referral_timer_interval_s=2.0,
+        referral_decision_deadline_days=DEADLINE_S / 86400,
+        referral_timer_interval_s=2.0,
         validate_every=1,  # every HospitalNotification through fhir.resources in the tests
     )
     kafka = LocalKafka.from_settings(settings)
     kafka.start()
     prepare_kafka(settings)  # topics; with STAFET_KAFKA_SECURITY=sasl_ssl also users and ACLs
     services = {
-        "worker": Service("worker", ["worker"], root / "logs" / "worker.log",
-                          service_env(settings, WORKER)),
+        "worker": Service(
+            "worker", ["worker"], root / "logs" / "worker.log", service_env(settings, WORKER)
+        ),
         "mllp": Service("mllp", ["mllp"], root / "logs" / "mllp.log", service_env(settings, MLLP)),
         "fhir": Service("fhir", ["fhir"], root / "logs" / "fhir.log", service_env(settings, FHIR)),
     }

@@ -24,17 +24,38 @@ CASES = [
     ("A04", {"patient_class": "E"}, "STAA", "in-progress", "EMER", "admit-emergency"),
     ("A21", {}, "STOR", "onleave", "IMP", "start-leave-inpatient"),
     ("A22", {"before": ["A21"]}, "SLOR", "in-progress", "IMP", "end-leave-inpatient"),
-    ("A03", {"discharge_time": f"{DAY}1500"}, "SLHJ", "finished", "IMP", "discharge-inpatient-home"),
-    ("A03", {"discharge_time": f"{DAY}1500", "deceased": True}, "MORS", "finished", "IMP",
-     "admit-inpatient"),
+    (
+        "A03",
+        {"discharge_time": f"{DAY}1500"},
+        "SLHJ",
+        "finished",
+        "IMP",
+        "discharge-inpatient-home",
+    ),
+    (
+        "A03",
+        {"discharge_time": f"{DAY}1500", "deceased": True},
+        "MORS",
+        "finished",
+        "IMP",
+        "admit-inpatient",
+    ),
     ("A08", {}, "RE_STIN", "in-progress", "IMP", "revise-admit-inpatient"),
     ("A11", {}, "AN_STIN", "entered-in-error", "IMP", "cancel-admit-inpatient"),
     ("A13", {}, "AN_SLHJ", "in-progress", "IMP", "cancel-discharge-inpatient-home"),
     ("A52", {}, "AN_STOR", "in-progress", "IMP", "cancel-start-leave-inpatient"),
     ("A53", {"before": ["A21", "A22"]}, "AN_SLOR", "onleave", "IMP", "cancel-end-leave-inpatient"),
 ]
-CHILDREN = ["RikkeBerggren", "BoVestergaard", "AliJensen", "PiaBerggren", "JulianeJoergensen",
-            "GitteNancy", "MuhammedAbdul", "LarsBerggren"]
+CHILDREN = [
+    "RikkeBerggren",
+    "BoVestergaard",
+    "AliJensen",
+    "PiaBerggren",
+    "JulianeJoergensen",
+    "GitteNancy",
+    "MuhammedAbdul",
+    "LarsBerggren",
+]
 
 
 def _resources(bundle: dict) -> dict[str, list[dict]]:
@@ -44,10 +65,19 @@ def _resources(bundle: dict) -> dict[str, list[dict]]:
     return out
 
 
-@pytest.mark.parametrize(("trigger", "extra", "code", "status", "klass", "activity"), CASES,
-                         ids=[f"{c[0]}-{c[2]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("trigger", "extra", "code", "status", "klass", "activity"),
+    CASES,
+    ids=[f"{c[0]}-{c[2]}" for c in CASES],
+)
 def test_adt_event_becomes_one_notification_on_the_right_topic(
-    stack, trigger, extra, code, status, klass, activity,
+    stack,
+    trigger,
+    extra,
+    code,
+    status,
+    klass,
+    activity,
 ):
     index = [c[:3] for c in CASES].index((trigger, extra, code))
     patient = medcom_test_patients()[CHILDREN[index % len(CHILDREN)]]
@@ -55,14 +85,34 @@ def test_adt_event_becomes_one_notification_on_the_right_topic(
     extra = dict(extra)
     for n, earlier in enumerate(extra.pop("before", [])):  # e.g. the leave a return ends
         since = stack.marks()
-        assert stack.send(adt(earlier, patient, hospital=HOSPITAL, control_id=f"{control_id}-{n}",
-                              visit=f"V-{control_id}", event_time=f"{DAY}09{n}0",
-                              admit_time=f"{DAY}0800"))["code"] == "AA"
+        assert (
+            stack.send(
+                adt(
+                    earlier,
+                    patient,
+                    hospital=HOSPITAL,
+                    control_id=f"{control_id}-{n}",
+                    visit=f"V-{control_id}",
+                    event_time=f"{DAY}09{n}0",
+                    admit_time=f"{DAY}0800",
+                )
+            )["code"]
+            == "AA"
+        )
         assert stack.read(since, until=1), f"no notification for the preceding {earlier}"
-    message = adt(trigger, patient, hospital=HOSPITAL, control_id=control_id,
-                  visit=f"V-{control_id}", event_time=f"{DAY}1000", admit_time=f"{DAY}0800",
-                  **extra)
-    event_id = parse_adt(message, secret=stack.settings.patient_key_secret.get_secret_value()).event_id
+    message = adt(
+        trigger,
+        patient,
+        hospital=HOSPITAL,
+        control_id=control_id,
+        visit=f"V-{control_id}",
+        event_time=f"{DAY}1000",
+        admit_time=f"{DAY}0800",
+        **extra,
+    )
+    event_id = parse_adt(
+        message, secret=stack.settings.patient_key_secret.get_secret_value()
+    ).event_id
     since = stack.marks()
 
     ack = stack.send(message)
@@ -84,8 +134,11 @@ def test_adt_event_becomes_one_notification_on_the_right_topic(
     encounter = res["Encounter"][0]
     assert encounter["status"] == status
     assert encounter["class"]["code"] == klass
-    cprs = [i["value"] for i in res["Patient"][0]["identifier"]
-            if i["system"] == "urn:oid:1.2.208.176.1.2"]
+    cprs = [
+        i["value"]
+        for i in res["Patient"][0]["identifier"]
+        if i["system"] == "urn:oid:1.2.208.176.1.2"
+    ]
     assert cprs == [patient.cpr]
     assert res["Patient"][0].get("deceasedBoolean", False) is (code == "MORS")
     activities = [c["code"] for p in res["Provenance"] for c in p["activity"]["coding"]]

@@ -83,17 +83,31 @@ def _port_free(port: int) -> bool:
 
 def test_sigterm_to_stafet_up_stops_every_process_and_frees_every_port(tmp_path):
     marker = f"stafet-up-{uuid.uuid4().hex[:8]}"  # the app id: in every child's environment
-    ports = {"STAFET_KAFKA_PORT": free_port(), "STAFET_KAFKA_CONTROLLER_PORT": free_port(),
-             "STAFET_MLLP_PORT": free_port(), "STAFET_FHIR_PORT": free_port()}
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "STAFET_APP_ID": marker,
-           "STAFET_KAFKA_HOME": str(tmp_path / marker / "kafka"),
-           "STAFET_WORKER_DATA_DIR": str(tmp_path / "worker"), "STAFET_PARTITIONS": "2",
-           "STAFET_OUTBOX_DIR": str(tmp_path / "outbox")}
+    ports = {
+        "STAFET_KAFKA_PORT": free_port(),
+        "STAFET_KAFKA_CONTROLLER_PORT": free_port(),
+        "STAFET_MLLP_PORT": free_port(),
+        "STAFET_FHIR_PORT": free_port(),
+    }
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in ports.items()},
+        "STAFET_APP_ID": marker,
+        "STAFET_KAFKA_HOME": str(tmp_path / marker / "kafka"),
+        "STAFET_WORKER_DATA_DIR": str(tmp_path / "worker"),
+        "STAFET_PARTITIONS": "2",
+        "STAFET_OUTBOX_DIR": str(tmp_path / "outbox"),
+    }
     env.pop("STAFET_BOOTSTRAP_SERVERS", None)
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
-    up = subprocess.Popen([sys.executable, "-m", "stafet.cli", "up"], env=env, stdout=log,
-                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                          start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "stafet.cli", "up"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         ack = None
@@ -107,10 +121,17 @@ def test_sigterm_to_stafet_up_stops_every_process_and_frees_every_port(tmp_path)
         assert ack is not None and ack["code"] == "AA", (ack, up.poll())
         # a command run next to it, with the same environment (no STAFET_KAFKA_SECURITY unless
         # the suite runs secured), reaches the broker `stafet up` started: the storage's mode
-        for command, expect in ((["kafka", "status"], "answers on"), (["topics", "--check"],
-                                                                        "topics match the plan")):
-            beside = subprocess.run([sys.executable, "-m", "stafet.cli", *command], env=env,
-                                    capture_output=True, text=True, timeout=120)
+        for command, expect in (
+            (["kafka", "status"], "answers on"),
+            (["topics", "--check"], "topics match the plan"),
+        ):
+            beside = subprocess.run(
+                [sys.executable, "-m", "stafet.cli", *command],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert beside.returncode == 0 and expect in beside.stdout, beside.stdout + beside.stderr
         children = _ours(marker)
         assert len(children) >= 5, children  # broker, worker, mllp, fhir, deliver
@@ -143,7 +164,11 @@ def test_topics_check_reports_drift_from_the_plan(stack):
     """`stafet topics --check`: the session's topics match the plan; a retention changed behind
     stafet's back is reported (and the exit code says so)."""
     from confluent_kafka.admin import (
-        AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType,
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
     )
 
     from stafet.kafka_client import client_config
@@ -164,13 +189,18 @@ def test_topics_check_reports_drift_from_the_plan(stack):
     set_retention("3600000")
     try:
         assert topic_drift(settings, settings.partitions, plan) == [
-            f"{DLQ_MLLP}: retention.ms = 3600000, plan {planned}"]
+            f"{DLQ_MLLP}: retention.ms = 3600000, plan {planned}"
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("STAFET_")}
         from stafet.stack import settings_env
 
-        result = subprocess.run([sys.executable, "-m", "stafet.cli", "topics", "--check"],
-                                env={**env, **settings_env(settings)}, capture_output=True,
-                                text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "stafet.cli", "topics", "--check"],
+            env={**env, **settings_env(settings)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 1, result.stdout + result.stderr
         assert f"drift: {DLQ_MLLP}: retention.ms = 3600000" in result.stdout
     finally:

@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -43,20 +43,36 @@ SUBSCRIBERS = {
 
 @pytest.fixture(scope="module")
 def delivery(stack, tmp_path_factory):
-    with running_delivery(stack, tmp_path_factory.mktemp("delivery"), SUBSCRIBERS,
-                          ack_timeout_s=ACK_TIMEOUT_S, ack_max_resends=2) as env:
+    with running_delivery(
+        stack,
+        tmp_path_factory.mktemp("delivery"),
+        SUBSCRIBERS,
+        ack_timeout_s=ACK_TIMEOUT_S,
+        ack_max_resends=2,
+    ) as env:
         yield env.settings, env.receivers, env.service, env.env, env.root
 
 
 def _admission_then_discharge(patient, n: int) -> tuple[list[bytes], list[str]]:
     """A01 → A08 → A03 for one child; the messages and their expected notification ids."""
     visit = f"V-{uuid.uuid4().hex[:10]}"
-    messages = [adt(t, patient, hospital=HOSPITAL, control_id=f"{visit}-{t}", visit=visit,
-                    event_time=f"2026120{n % 9 + 1}1{i}00", admit_time=f"2026120{n % 9 + 1}0800",
-                    **({"discharge_time": f"2026120{n % 9 + 1}1500"} if t == "A03" else {}))
-                for i, t in enumerate(("A01", "A08", "A03"))]
-    ids = [message_header_id(parse_adt(m, secret="any").event_id, patient.municipality_code)
-           for m in messages]
+    messages = [
+        adt(
+            t,
+            patient,
+            hospital=HOSPITAL,
+            control_id=f"{visit}-{t}",
+            visit=visit,
+            event_time=f"2026120{n % 9 + 1}1{i}00",
+            admit_time=f"2026120{n % 9 + 1}0800",
+            **({"discharge_time": f"2026120{n % 9 + 1}1500"} if t == "A03" else {}),
+        )
+        for i, t in enumerate(("A01", "A08", "A03"))
+    ]
+    ids = [
+        message_header_id(parse_adt(m, secret="any").event_id, patient.municipality_code)
+        for m in messages
+    ]
     return messages, ids
 
 
@@ -92,7 +108,10 @@ def test_a_dead_endpoint_delays_only_its_own_subscriber_then_catches_up_in_order
     for child in b_children:
         assert by_child[child.cpr] == order[child.cpr], "per-patient order kept"
     assert [r.activity() for r in got_b if r.patient_cpr() == b_children[0].cpr] == [
-        "admit-inpatient", "revise-admit-inpatient", "discharge-inpatient-home"]
+        "admit-inpatient",
+        "revise-admit-inpatient",
+        "discharge-inpatient-home",
+    ]
 
     # both acknowledged every message: after more than the ack timeout, nothing was resent
     time.sleep(ACK_TIMEOUT_S * 2)
@@ -121,8 +140,11 @@ def test_an_acknowledgement_that_never_comes_means_two_resends_then_dlq_and_aler
     deadline = time.monotonic() + ACK_TIMEOUT_S * 3 + 30
     dlq: list = []
     while time.monotonic() < deadline and not dlq:
-        dlq = [m for m in _read_all(settings, DLQ_DELIVERY)
-               if dict(m.headers())[H_MESSAGE_ID].decode() == header_id]
+        dlq = [
+            m
+            for m in _read_all(settings, DLQ_DELIVERY)
+            if dict(m.headers())[H_MESSAGE_ID].decode() == header_id
+        ]
         time.sleep(1.0)
     assert len(dlq) == 1, "dead-lettered once"
     assert "no acknowledgement after 2 resends" in dict(dlq[0].headers())[H_REASON].decode()
@@ -136,14 +158,19 @@ def test_an_acknowledgement_that_never_comes_means_two_resends_then_dlq_and_aler
     first = sends[0].bundle
     for resend in sends[1:]:  # … and nothing else changes: same resources, same ids
         assert resend.bundle["entry"] == first["entry"]
-    gaps = [b.at - a.at for a, b in zip(sends, sends[1:])]
+    gaps = [b.at - a.at for a, b in zip(sends, sends[1:], strict=False)]
     assert all(g >= ACK_TIMEOUT_S - 0.5 for g in gaps), gaps
 
 
 def _audit(env: dict[str, str], *args: str, stdin: str | None = None) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "stafet.cli", "audit", *args, "--json"],
-                         env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
-                         input=stdin)
+    out = subprocess.run(
+        [sys.executable, "-m", "stafet.cli", "audit", *args, "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
@@ -160,15 +187,22 @@ def test_audit_lists_every_recipient_of_a_rejection_with_delivery_and_ack_times(
     rows: list[dict] = []
     while time.monotonic() < deadline:
         rows = [r for r in _audit(env, "--referral", ref_id) if r["kind"] == "rejection"]
-        pushed_done = sum(r["status"] == "acknowledged" for r in rows) == 4 and \
-            sum(r["subscriber"] == "letters" and r["status"] == "delivered" for r in rows) == 2
+        pushed_done = (
+            sum(r["status"] == "acknowledged" for r in rows) == 4
+            and sum(r["subscriber"] == "letters" and r["status"] == "delivered" for r in rows) == 2
+        )
         if pushed_done:
             break
         time.sleep(1.0)
     kinds = sorted((r["subscriber"], r["recipient_kind"]) for r in rows)
-    assert kinds == [("aarhus", "family-department"), ("aarhus", "municipality"),
-                     ("aarhus", "ppr"), ("gp-123456", "gp"),
-                     ("letters", "guardian"), ("letters", "guardian")], rows
+    assert kinds == [
+        ("aarhus", "family-department"),
+        ("aarhus", "municipality"),
+        ("aarhus", "ppr"),
+        ("gp-123456", "gp"),
+        ("letters", "guardian"),
+        ("letters", "guardian"),
+    ], rows
     for r in rows:
         assert r["delivered_at"], r
         if r["subscriber"] != "letters":
@@ -179,11 +213,16 @@ def test_audit_lists_every_recipient_of_a_rejection_with_delivery_and_ack_times(
     assert len(letters) >= 2
     # the envelopes name the guardian sealed; the letter service opens it with the key
     envelopes = sorted((root / "outbox").glob("*.json"))
-    assert envelopes and not any("1502779995" in e.read_text() or "2911829996" in e.read_text()
-                                 for e in envelopes)
-    opened = subprocess.run([sys.executable, "-m", "stafet.cli", "letters", "addressee",
-                             str(envelopes[-1])], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=60)
+    assert envelopes and not any(
+        "1502779995" in e.read_text() or "2911829996" in e.read_text() for e in envelopes
+    )
+    opened = subprocess.run(
+        [sys.executable, "-m", "stafet.cli", "letters", "addressee", str(envelopes[-1])],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert opened.returncode == 0, opened.stderr
     assert opened.stdout.strip().split("|")[1] in ("1502779995", "2911829996")
     # the same rows by patient: the CPR read from stdin, never an argument
@@ -203,8 +242,15 @@ def test_a_message_for_an_unregistered_recipient_raises_an_operator_alert(stack,
     ref_id = f"HEN-{uuid.uuid4().hex[:8]}"
     # in the party directory (so it is addressed), but no subscriber takes its messages
     stranger = Provider("RP", "Lægehus 42 (bench)", "900042", "YDER")
-    message = referral_message("REF^I12", CHILD, referral_id=ref_id, control_id=f"{ref_id}-r",
-                               event_time=now(), providers=[stranger, BUC], guardians=GUARDIANS)
+    message = referral_message(
+        "REF^I12",
+        CHILD,
+        referral_id=ref_id,
+        control_id=f"{ref_id}-r",
+        event_time=now(),
+        providers=[stranger, BUC],
+        guardians=GUARDIANS,
+    )
     assert stack.send(message)["code"] == "AA"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -218,15 +264,20 @@ def test_a_message_for_an_unregistered_recipient_raises_an_operator_alert(stack,
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "stafet.cli", *args], env={**os.environ, **env},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "stafet.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
 def test_replay_since_a_time_resends_the_same_messages_with_the_same_ids(stack, delivery):
     settings, receivers, _, env, _ = delivery
-    t0 = datetime.now(timezone.utc).isoformat()
+    t0 = datetime.now(UTC).isoformat()
     messages, ids = _admission_then_discharge(medcom_test_patients()["Rasmus"], 3)  # 0219
     for m in messages:
         assert stack.send(m)["code"] == "AA"
@@ -238,8 +289,12 @@ def test_replay_since_a_time_resends_the_same_messages_with_the_same_ids(stack, 
     assert len(again) == 6
     for r in again:
         assert (r.bundle_id, r.bundle) == first[r.header_id], "byte for byte the same message"
-    rows = [json.loads(line) for line in _cli(env, "audit", "--subscriber", "hilleroed",
-                                              "--events", "--json").splitlines()]
+    rows = [
+        json.loads(line)
+        for line in _cli(
+            env, "audit", "--subscriber", "hilleroed", "--events", "--json"
+        ).splitlines()
+    ]
     replayed = {r["message_id"] for r in rows if r["action"] == "replayed"}
     assert set(ids) <= replayed
 
@@ -251,14 +306,18 @@ def test_a_kafka_subscriber_group_is_rewound_to_a_time(stack, delivery):
 
     settings, _, _, env, _ = delivery
     group = f"municipality-0461-{uuid.uuid4().hex[:6]}"  # PiaBerggren lives in Odense (0461)
-    t0 = datetime.now(timezone.utc).isoformat()
+    t0 = datetime.now(UTC).isoformat()
     messages, ids = _admission_then_discharge(medcom_test_patients()["PiaBerggren"], 4)
     for m in messages:
         assert stack.send(m)["code"] == "AA"
 
     def read_ids() -> list[str]:
-        consumer = Consumer(client_config(as_admin(settings), **{
-            "group.id": group, "auto.offset.reset": "latest", "enable.auto.commit": False}))
+        consumer = Consumer(
+            client_config(
+                as_admin(settings),
+                **{"group.id": group, "auto.offset.reset": "latest", "enable.auto.commit": False},
+            )
+        )
         consumer.subscribe(["out.municipality.0461"])
         seen, deadline = [], time.monotonic() + 30
         try:

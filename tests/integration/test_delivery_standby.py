@@ -19,12 +19,11 @@ import pytest
 from stafet.audit import query
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.hl7v2 import parse_adt
-from stafet.kafka_client import as_admin
+from stafet.kafka_client import as_admin, client_config
 from stafet.observability import probe
 from stafet.stack import Service
 from stafet.streams.hospitalnotification import message_header_id
 from stafet.topic_reader import read_to_end
-from stafet.kafka_client import client_config
 from stafet.topics import DLQ_DELIVERY, H_MESSAGE_ID
 
 from .conftest import free_port
@@ -42,10 +41,19 @@ ACK_TIMEOUT_S = 25.0
 def _admissions(n: int) -> tuple[list[bytes], set[str]]:
     child = medcom_test_patients()["Einer"]
     run = uuid.uuid4().hex[:8]
-    messages = [adt("A01", child, hospital=HOSPITAL, control_id=f"SB-{run}-{i}",
-                    visit=f"SB-{run}-{i}", event_time=f"202612{i % 28 + 1:02d}1000",
-                    admit_time=f"202612{i % 28 + 1:02d}0800", municipality_code=CODE)
-                for i in range(n)]
+    messages = [
+        adt(
+            "A01",
+            child,
+            hospital=HOSPITAL,
+            control_id=f"SB-{run}-{i}",
+            visit=f"SB-{run}-{i}",
+            event_time=f"202612{i % 28 + 1:02d}1000",
+            admit_time=f"202612{i % 28 + 1:02d}0800",
+            municipality_code=CODE,
+        )
+        for i in range(n)
+    ]
     ids = {message_header_id(parse_adt(m, secret="any").event_id, CODE) for m in messages}
     return messages, ids
 
@@ -65,27 +73,40 @@ def _wait_role(port: int, role: str, timeout_s: float = 60.0) -> float:
         if _role(port) == role:
             return time.monotonic() - started
         time.sleep(0.1)
-    raise AssertionError(f"the replica on :{port} is {_role(port)}, not {role}, after "
-                         f"{timeout_s:.0f} s")
+    raise AssertionError(
+        f"the replica on :{port} is {_role(port)}, not {role}, after {timeout_s:.0f} s"
+    )
 
 
 def _actions(settings, ids: set[str]) -> Counter[tuple[str, str]]:
     """(message id, action) counts on audit.delivery for these messages."""
-    return Counter((r.message_id, r.action) for r in query(as_admin(settings))
-                   if r.message_id in ids and r.subscriber in (SID, ""))
+    return Counter(
+        (r.message_id, r.action)
+        for r in query(as_admin(settings))
+        if r.message_id in ids and r.subscriber in (SID, "")
+    )
 
 
 def test_the_standby_takes_over_without_losing_an_acknowledgement_or_resending(stack, tmp_path):
-    with running_delivery(stack, tmp_path, {SID: Rest(municipality=CODE)},
-                          ack_timeout_s=ACK_TIMEOUT_S, ack_max_resends=2,
-                          health_port=free_port()) as env:
+    with running_delivery(
+        stack,
+        tmp_path,
+        {SID: Rest(municipality=CODE)},
+        ack_timeout_s=ACK_TIMEOUT_S,
+        ack_max_resends=2,
+        health_port=free_port(),
+    ) as env:
         receiver = env.receivers[SID]
         receiver.ack_delay_s = ACK_DELAY_S
         a = env.service
         a_port = int(a.env["STAFET_HEALTH_PORT"])
         b_port = free_port()
-        b = Service("deliver-b", ["deliver"], tmp_path / "deliver-b.log",
-                    {**a.env, "STAFET_HEALTH_PORT": str(b_port)})
+        b = Service(
+            "deliver-b",
+            ["deliver"],
+            tmp_path / "deliver-b.log",
+            {**a.env, "STAFET_HEALTH_PORT": str(b_port)},
+        )
         b.start()
         try:
             _wait_role(a_port, "active")
@@ -135,13 +156,18 @@ def test_the_standby_takes_over_without_losing_an_acknowledgement_or_resending(s
                 time.sleep(1.0)
             posts = Counter(r.header_id for r in receiver.received if r.header_id in everything)
             resent = [i for i in everything if audited[(i, "resent")]]
-            dead = [m for m in read_to_end(client_config(as_admin(env.settings)), DLQ_DELIVERY)
-                    if dict(m.headers() or [])[H_MESSAGE_ID].decode() in everything]
-            print(f"\nstandby: SIGKILL → standby active in {takeover_s:.1f} s; SIGTERM → standby "
-                  f"active in {handback_s:.1f} s; {len(everything)} messages, POSTs "
-                  f"{sum(posts.values())}, acknowledged "
-                  f"{sum(1 for i in everything if audited[(i, 'ack-ok')])}, resent {len(resent)}, "
-                  f"dead-lettered {len(dead)}")
+            dead = [
+                m
+                for m in read_to_end(client_config(as_admin(env.settings)), DLQ_DELIVERY)
+                if dict(m.headers() or [])[H_MESSAGE_ID].decode() in everything
+            ]
+            print(
+                f"\nstandby: SIGKILL → standby active in {takeover_s:.1f} s; SIGTERM → standby "
+                f"active in {handback_s:.1f} s; {len(everything)} messages, POSTs "
+                f"{sum(posts.values())}, acknowledged "
+                f"{sum(1 for i in everything if audited[(i, 'ack-ok')])}, resent {len(resent)}, "
+                f"dead-lettered {len(dead)}"
+            )
             assert all(audited[(i, "ack-ok")] for i in everything), "an acknowledgement was lost"
             assert resent == [], "a message was resent although its acknowledgement came"
             assert dead == []

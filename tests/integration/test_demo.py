@@ -33,16 +33,27 @@ def _free_run(n: int) -> int:
 def test_the_demo_passes_its_own_checks_and_every_process_reports_health_and_metrics(tmp_path):
     health = _free_run(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAFET_")}
-    env.update({
-        "STAFET_KAFKA_PORT": str(free_port()), "STAFET_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "STAFET_KAFKA_HOME": str(tmp_path / "kafka"), "STAFET_MLLP_PORT": str(free_port()),
-        "STAFET_FHIR_PORT": str(free_port()), "STAFET_HEALTH_PORT": str(health),
-        "STAFET_WORKER_DATA_DIR": str(tmp_path / "worker"),
-        "STAFET_OUTBOX_DIR": str(tmp_path / "outbox"),
-    })
+    env.update(
+        {
+            "STAFET_KAFKA_PORT": str(free_port()),
+            "STAFET_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "STAFET_KAFKA_HOME": str(tmp_path / "kafka"),
+            "STAFET_MLLP_PORT": str(free_port()),
+            "STAFET_FHIR_PORT": str(free_port()),
+            "STAFET_HEALTH_PORT": str(health),
+            "STAFET_WORKER_DATA_DIR": str(tmp_path / "worker"),
+            "STAFET_OUTBOX_DIR": str(tmp_path / "outbox"),
+        }
+    )
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "stafet.cli", "demo"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "stafet.cli", "demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     took = time.monotonic() - started
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-4000:]
@@ -50,10 +61,17 @@ def test_the_demo_passes_its_own_checks_and_every_process_reports_health_and_met
     assert "Starting Kafka (SASL_SSL" in out
     assert (tmp_path / "kafka" / "security-mode").read_text() == "sasl_ssl"
     assert sorted(p.name for p in (tmp_path / "kafka" / "secrets").glob("stafet-*.password")) == [
-        "stafet-delivery.password", "stafet-dlq-operator.password", "stafet-fhir.password",
-        "stafet-mllp.password", "stafet-operator.password", "stafet-worker.password"]
-    lines = {m.group(1): m.group(0) for m in re.finditer(
-        r"^  (worker|mllp|fhir|deliver) +:(\d+) readyz 200.*$", out, re.M)}
+        "stafet-delivery.password",
+        "stafet-dlq-operator.password",
+        "stafet-fhir.password",
+        "stafet-mllp.password",
+        "stafet-operator.password",
+        "stafet-worker.password",
+    ]
+    lines = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"^  (worker|mllp|fhir|deliver) +:(\d+) readyz 200.*$", out, re.M)
+    }
     assert set(lines) == {"worker", "mllp", "fhir", "deliver"}, out[-3000:]
     assert "MISSING" not in out
     assert "active" in lines["deliver"]

@@ -28,8 +28,18 @@ from .delivery_env import Rest, running_delivery
 pytestmark = pytest.mark.disruptive
 
 HOSPITAL = Hospital("Nordsjællands Hospital (test)", "600000000000097")
-CHILDREN = ["Einer", "Lonni", "Magnus", "Rasmus", "ElseLauridsen", "EllenLouise", "Sverre",
-            "Torre", "OddHaugen", "KnutOdvar"]  # all in Hillerød (0219)
+CHILDREN = [
+    "Einer",
+    "Lonni",
+    "Magnus",
+    "Rasmus",
+    "ElseLauridsen",
+    "EllenLouise",
+    "Sverre",
+    "Torre",
+    "OddHaugen",
+    "KnutOdvar",
+]  # all in Hillerød (0219)
 VISITS = 24  # × A01, A08, A03 = 72 messages
 
 
@@ -72,16 +82,28 @@ def test_every_admission_arrives_through_kills_a_rebalance_and_a_broker_restart(
         child = patients[CHILDREN[v % len(CHILDREN)]]
         visit = f"F-{run}-{v}"
         for i, trigger in enumerate(("A01", "A08", "A03")):
-            m = adt(trigger, child, hospital=HOSPITAL, control_id=f"{visit}-{trigger}", visit=visit,
-                    event_time=f"202612{v % 28 + 1:02d}1{i}00", admit_time=f"202612{v % 28 + 1:02d}0800",
-                    **({"discharge_time": f"202612{v % 28 + 1:02d}1500"} if trigger == "A03" else {}))
+            m = adt(
+                trigger,
+                child,
+                hospital=HOSPITAL,
+                control_id=f"{visit}-{trigger}",
+                visit=visit,
+                event_time=f"202612{v % 28 + 1:02d}1{i}00",
+                admit_time=f"202612{v % 28 + 1:02d}0800",
+                **({"discharge_time": f"202612{v % 28 + 1:02d}1500"} if trigger == "A03" else {}),
+            )
             messages.append(m)
             expected[message_header_id(parse_adt(m, secret="any").event_id, "0219")] = (visit, i)
 
-    with running_delivery(stack, tmp_path, {"hilleroed": Rest(municipality="0219")},
-                          ack_timeout_s=20.0) as delivery:
-        second = Service("worker2", ["worker"], tmp_path / "worker2.log", {
-            **service_env(stack.settings, WORKER), "STAFET_WORKER_DATA_DIR": str(tmp_path / "w2")})
+    with running_delivery(
+        stack, tmp_path, {"hilleroed": Rest(municipality="0219")}, ack_timeout_s=20.0
+    ) as delivery:
+        second = Service(
+            "worker2",
+            ["worker"],
+            tmp_path / "worker2.log",
+            {**service_env(stack.settings, WORKER), "STAFET_WORKER_DATA_DIR": str(tmp_path / "w2")},
+        )
         stack.services["worker2"] = second
         n = len(messages)
         try:
@@ -103,8 +125,14 @@ def test_every_admission_arrives_through_kills_a_rebalance_and_a_broker_restart(
             deadline = time.monotonic() + 240
             receiver = delivery.receivers["hilleroed"]
             while time.monotonic() < deadline:
-                _supervise({"worker": stack.services["worker"], "mllp": stack.services["mllp"],
-                            "fhir": stack.services["fhir"], "deliver": delivery.service})
+                _supervise(
+                    {
+                        "worker": stack.services["worker"],
+                        "mllp": stack.services["mllp"],
+                        "fhir": stack.services["fhir"],
+                        "deliver": delivery.service,
+                    }
+                )
                 if set(expected) <= {r.header_id for r in list(receiver.received)}:
                     break
                 time.sleep(1.0)
@@ -117,8 +145,10 @@ def test_every_admission_arrives_through_kills_a_rebalance_and_a_broker_restart(
         assert not missing, (
             f"{len(missing)} of {len(expected)} never arrived (first missing: "
             f"{sorted(expected[m] for m in missing)[:5]}); worker log tail:\n"
-            + _tail(stack.log_dir / "worker.log") + "\ndeliver log tail:\n"
-            + _tail(tmp_path / "deliver.log"))
+            + _tail(stack.log_dir / "worker.log")
+            + "\ndeliver log tail:\n"
+            + _tail(tmp_path / "deliver.log")
+        )
         everything = {r.header_id for r in receiver.received}  # only this test sends to 0219 now
         assert everything == set(expected), "no message id other than the expected ones"
         repeats = Counter(r.header_id for r in got)
@@ -134,5 +164,7 @@ def test_every_admission_arrives_through_kills_a_rebalance_and_a_broker_restart(
                 order[expected[r.header_id][0]].append(r.header_id)
         for visit, ids in order.items():
             assert [expected[i][1] for i in ids] == sorted(expected[i][1] for i in ids), visit
-        print(f"\n{len(expected)} messages, {sum(repeats.values()) - len(repeats)} repeated "
-              "deliveries (same ids, discarded by the receiver)")
+        print(
+            f"\n{len(expected)} messages, {sum(repeats.values()) - len(repeats)} repeated "
+            "deliveries (same ids, discarded by the receiver)"
+        )

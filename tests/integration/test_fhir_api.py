@@ -61,13 +61,18 @@ class Answer:
         return body
 
 
-def http(method: str, url: str, body: bytes | None = None,
-         content_type: str = FHIR_JSON) -> Answer:
+def http(method: str, url: str, body: bytes | None = None, content_type: str = FHIR_JSON) -> Answer:
     async def call() -> Answer:
         async with aiohttp.ClientSession() as session:
-            async with session.request(method, url, data=body, headers={
-                    "Content-Type": content_type}, timeout=aiohttp.ClientTimeout(total=60)) as r:
+            async with session.request(
+                method,
+                url,
+                data=body,
+                headers={"Content-Type": content_type},
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as r:
                 return Answer(r.status, dict(r.headers), await r.text())
+
     return asyncio.run(call())
 
 
@@ -148,37 +153,117 @@ def _unknown_municipality() -> bytes:
 
 
 BAD = [  # name, path, body, content type, status, issue code, expression, reason snippet
-    ("wrong resourceType", "/fhir", lambda: s.to_bytes({"resourceType": "Patient"}), FHIR_JSON,
-     400, "not-supported", "resourceType", "resourceType 'Patient'"),
-    ("resourceType does not match path", "/fhir/Task", lambda: s.to_bytes(s.referral(new_id())),
-     FHIR_JSON, 400, "invalid", "resourceType", "posted to /fhir/Task"),
-    ("a CPR as resourceType is not echoed", "/fhir/Task",
-     lambda: s.to_bytes({"resourceType": RIKKE}), FHIR_JSON, 400, "invalid", "resourceType",
-     "a <cpr> was posted to /fhir/Task"),
-    ("missing focus", "/fhir/Task", lambda: s.to_bytes(
-        {k: v for k, v in s.rejection_task(new_id()).items() if k != "focus"}), FHIR_JSON,
-     400, "required", "Task.focus", "Task.focus (the referral) is required"),
-    ("unknown referral", "/fhir/Task", lambda: s.to_bytes(s.rejection_task("HEN-never-sent")),
-     FHIR_JSON, 422, "not-found", "Task.focus", "unknown referral 'HEN-never-sent'"),
-    ("invalid CPR", "/fhir/ServiceRequest", _bad_cpr, "application/json", 400, "value",
-     "ServiceRequest.contained[0].identifier[0].value", "CPR number of the child is not"),
-    ("unknown municipality", "/fhir/ServiceRequest", _unknown_municipality, FHIR_JSON, 422,
-     "code-invalid", "ServiceRequest.contained[0].address[0].district",
-     "unknown municipality code '0999'"),
-    ("malformed JSON", "/fhir", lambda: b'{"resourceType": "Task", "status": ', FHIR_JSON, 400,
-     "structure", None, "the body is not JSON"),
-    ("oversize body (2 MB)", "/fhir/ServiceRequest",
-     lambda: b'{"resourceType": "ServiceRequest", "note": "' + b"x" * (2 * 1024 * 1024) + b'"}',
-     FHIR_JSON, 413, "too-long", None, "exceeds the maximum"),
-    ("not JSON content type", "/fhir/Task", lambda: s.to_bytes(s.rejection_task(new_id())),
-     "text/plain", 415, "not-supported", None, "Content-Type must be"),
+    (
+        "wrong resourceType",
+        "/fhir",
+        lambda: s.to_bytes({"resourceType": "Patient"}),
+        FHIR_JSON,
+        400,
+        "not-supported",
+        "resourceType",
+        "resourceType 'Patient'",
+    ),
+    (
+        "resourceType does not match path",
+        "/fhir/Task",
+        lambda: s.to_bytes(s.referral(new_id())),
+        FHIR_JSON,
+        400,
+        "invalid",
+        "resourceType",
+        "posted to /fhir/Task",
+    ),
+    (
+        "a CPR as resourceType is not echoed",
+        "/fhir/Task",
+        lambda: s.to_bytes({"resourceType": RIKKE}),
+        FHIR_JSON,
+        400,
+        "invalid",
+        "resourceType",
+        "a <cpr> was posted to /fhir/Task",
+    ),
+    (
+        "missing focus",
+        "/fhir/Task",
+        lambda: s.to_bytes({k: v for k, v in s.rejection_task(new_id()).items() if k != "focus"}),
+        FHIR_JSON,
+        400,
+        "required",
+        "Task.focus",
+        "Task.focus (the referral) is required",
+    ),
+    (
+        "unknown referral",
+        "/fhir/Task",
+        lambda: s.to_bytes(s.rejection_task("HEN-never-sent")),
+        FHIR_JSON,
+        422,
+        "not-found",
+        "Task.focus",
+        "unknown referral 'HEN-never-sent'",
+    ),
+    (
+        "invalid CPR",
+        "/fhir/ServiceRequest",
+        _bad_cpr,
+        "application/json",
+        400,
+        "value",
+        "ServiceRequest.contained[0].identifier[0].value",
+        "CPR number of the child is not",
+    ),
+    (
+        "unknown municipality",
+        "/fhir/ServiceRequest",
+        _unknown_municipality,
+        FHIR_JSON,
+        422,
+        "code-invalid",
+        "ServiceRequest.contained[0].address[0].district",
+        "unknown municipality code '0999'",
+    ),
+    (
+        "malformed JSON",
+        "/fhir",
+        lambda: b'{"resourceType": "Task", "status": ',
+        FHIR_JSON,
+        400,
+        "structure",
+        None,
+        "the body is not JSON",
+    ),
+    (
+        "oversize body (2 MB)",
+        "/fhir/ServiceRequest",
+        lambda: b'{"resourceType": "ServiceRequest", "note": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+        FHIR_JSON,
+        413,
+        "too-long",
+        None,
+        "exceeds the maximum",
+    ),
+    (
+        "not JSON content type",
+        "/fhir/Task",
+        lambda: s.to_bytes(s.rejection_task(new_id())),
+        "text/plain",
+        415,
+        "not-supported",
+        None,
+        "Content-Type must be",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "path", "make", "ctype", "status", "code", "expression",
-                          "reason"), BAD, ids=[b[0] for b in BAD])
-def test_bad_input_gets_status_outcome_and_dlq(api, stack, name, path, make, ctype, status,
-                                               code, expression, reason):
+@pytest.mark.parametrize(
+    ("name", "path", "make", "ctype", "status", "code", "expression", "reason"),
+    BAD,
+    ids=[b[0] for b in BAD],
+)
+def test_bad_input_gets_status_outcome_and_dlq(
+    api, stack, name, path, make, ctype, status, code, expression, reason
+):
     body = make()
     since = marks(stack)
     answer = http("POST", f"{api.url}{path}", body, ctype)
@@ -227,12 +312,15 @@ def test_openapi_and_health(api):
 
 
 def test_broker_unavailable_gives_503_never_202():
-    settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", fhir_port=0,
-                        fhir_produce_timeout_s=1.5)
+    settings = Settings(
+        bootstrap_servers=f"127.0.0.1:{free_port()}", fhir_port=0, fhir_produce_timeout_s=1.5
+    )
     running = Running(FhirListener(settings, index_wait_s=0.5))
     try:
-        for path, body in (("/fhir/ServiceRequest", s.referral(new_id())),
-                           ("/fhir/Task", s.rejection_task(new_id()))):
+        for path, body in (
+            ("/fhir/ServiceRequest", s.referral(new_id())),
+            ("/fhir/Task", s.rejection_task(new_id())),
+        ):
             answer = http("POST", f"{running.url}{path}", s.to_bytes(body))
             assert answer.status == 503, answer.text
             assert answer.headers["Retry-After"].isdigit()

@@ -9,19 +9,22 @@ import json
 import uuid
 
 from stafet.connectors.fhir_http import FhirListener
-from stafet.connectors.medcom_ack import build_ack, MessageIds, parse_ack
+from stafet.connectors.medcom_ack import MessageIds, build_ack, parse_ack
 from stafet.demo import fhir_samples as s
+from stafet.demo.inbox import end_offsets, read_topics
+from stafet.kafka_client import as_admin
 from stafet.topics import ACKS_INBOUND, DLQ_FHIR, H_REASON, H_STAGE, INGEST_FHIR
 
 from .test_fhir_api import Running, api, http  # noqa: F401  (the module's listener fixture)
-from stafet.demo.inbox import end_offsets, read_topics
-from stafet.kafka_client import as_admin
 
 
 def _ack(acknowledged: str, code: str = "ok", bundle_id: str | None = None) -> dict:
-    ack = build_ack(MessageIds(f"b-{acknowledged}", acknowledged, "care-communication-message"),
-                    code, sender_endpoint="https://kommune.example/fhir",
-                    receiver_endpoint="https://stafet.dk/fhir")
+    ack = build_ack(
+        MessageIds(f"b-{acknowledged}", acknowledged, "care-communication-message"),
+        code,
+        sender_endpoint="https://kommune.example/fhir",
+        receiver_endpoint="https://stafet.dk/fhir",
+    )
     if bundle_id:
         ack["id"] = bundle_id
     return ack
@@ -29,8 +32,11 @@ def _ack(acknowledged: str, code: str = "ok", bundle_id: str | None = None) -> d
 
 def _stored(stack, since, topic: str, header_id: str) -> list:
     records = read_topics(as_admin(stack.settings), since, idle_s=1.5, timeout_s=20)
-    return [r for r in records if r.topic == topic
-            and r.headers.get("stafet.in_message_id", b"").decode() == header_id]
+    return [
+        r
+        for r in records
+        if r.topic == topic and r.headers.get("stafet.in_message_id", b"").decode() == header_id
+    ]
 
 
 def _marks(stack):
@@ -53,8 +59,10 @@ def test_an_acknowledgement_is_stored_once_and_a_duplicate_gets_the_same_answer(
     assert (again.status, again.text) == (200, first.text)
     assert again.headers.get("X-Stafet-Duplicate") == "true"
     resent = dict(ack, id=str(uuid.uuid4()))  # MedCom MR7: a resend has a new Bundle.id
-    assert http("POST", f"{api.url}/fhir/$process-message", json.dumps(resent).encode()).text \
+    assert (
+        http("POST", f"{api.url}/fhir/$process-message", json.dumps(resent).encode()).text
         == first.text
+    )
     [record] = _stored(stack, since, ACKS_INBOUND, ack["entry"][0]["resource"]["id"])
     assert record.key == acknowledged.encode()
     assert parse_ack(record.value).acknowledged_id == acknowledged
@@ -77,8 +85,9 @@ def test_a_bad_acknowledgement_is_refused_with_the_reason(api):
 
 def test_a_reused_bundle_id_and_a_bad_acknowledgement_are_dead_lettered(api, stack):
     first = _ack(str(uuid.uuid4()))
-    assert http("POST", f"{api.url}/fhir/$process-message",
-                json.dumps(first).encode()).status == 200
+    assert (
+        http("POST", f"{api.url}/fhir/$process-message", json.dumps(first).encode()).status == 200
+    )
     since = _marks(stack)
     reused = json.dumps(_ack(str(uuid.uuid4()), bundle_id=first["id"])).encode()
     answer = http("POST", f"{api.url}/fhir/$process-message", reused)
@@ -90,30 +99,38 @@ def test_a_reused_bundle_id_and_a_bad_acknowledgement_are_dead_lettered(api, sta
     assert answer.status == 422, answer.text
 
     dead = _dead_letters(stack, since)  # partitions by key: in no set order
-    assert sorted(r.value for r in dead) == sorted([reused, bad_body]), \
+    assert sorted(r.value for r in dead) == sorted([reused, bad_body]), (
         "each on dlq.fhir once, as posted"
+    )
     reason_of = {r.value: r.headers[H_REASON].decode() for r in dead}
     reasons = [reason_of[reused], reason_of[bad_body]]
     assert reasons[0].startswith("HTTP 400: Bundle.id: ") and "never be reused" in reasons[0]
     assert first["id"] in reasons[0]
     assert reasons[1].startswith("HTTP 422: MessageHeader.response.code: bad acknowledgement")
     assert all(r.headers[H_STAGE] == b"fhir" for r in dead)
-    stored = [r for r in read_topics(as_admin(stack.settings), since, idle_s=0.5, timeout_s=10)
-              if r.topic == ACKS_INBOUND]
+    stored = [
+        r
+        for r in read_topics(as_admin(stack.settings), since, idle_s=0.5, timeout_s=10)
+        if r.topic == ACKS_INBOUND
+    ]
     assert stored == [], "neither was stored for the delivery tracker"
 
     good = _ack(str(uuid.uuid4()))  # the listener keeps working
     since = _marks(stack)
-    assert http("POST", f"{api.url}/fhir/$process-message",
-                json.dumps(good).encode()).status == 200
+    assert http("POST", f"{api.url}/fhir/$process-message", json.dumps(good).encode()).status == 200
     assert len(_stored(stack, since, ACKS_INBOUND, good["entry"][0]["resource"]["id"])) == 1
 
 
 def _referral_message(referral_id: str) -> dict:
-    header = {"resourceType": "MessageHeader", "id": str(uuid.uuid4()),
-              "eventCoding": {"system": "http://medcomfhir.dk/ig/terminology/CodeSystem/"
-                              "medcom-messaging-eventCodes", "code": "referral-message"},
-              "source": {"endpoint": "https://ehr.example/fhir"}}
+    header = {
+        "resourceType": "MessageHeader",
+        "id": str(uuid.uuid4()),
+        "eventCoding": {
+            "system": "http://medcomfhir.dk/ig/terminology/CodeSystem/medcom-messaging-eventCodes",
+            "code": "referral-message",
+        },
+        "source": {"endpoint": "https://ehr.example/fhir"},
+    }
     message = s.bundle(header, s.referral(referral_id), type_="message")
     message["id"] = str(uuid.uuid4())
     return message

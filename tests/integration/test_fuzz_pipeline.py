@@ -14,8 +14,8 @@ import uuid
 from datetime import UTC, datetime
 
 import aiohttp
-from stafet.connectors.mllp_client import END, START, MllpClient, ack_fields
 
+from stafet.connectors.mllp_client import END, START, MllpClient, ack_fields
 from stafet.demo import fhir_samples as fs
 from stafet.topics import (
     DLQ_FHIR,
@@ -37,8 +37,13 @@ GENERIC = ("internal error", "could not process")
 
 def _specific_ar(ack: dict[str, str], bad: Bad) -> bool:
     where = f"{ack['error_location']} {ack['error_text']}".lower()
-    return (ack["code"] == "AR" and ack["error_code"] in bad.codes and bool(ack["error_text"])
-            and bad.text.lower() in where and not any(g in where for g in GENERIC))
+    return (
+        ack["code"] == "AR"
+        and ack["error_code"] in bad.codes
+        and bool(ack["error_text"])
+        and bad.text.lower() in where
+        and not any(g in where for g in GENERIC)
+    )
 
 
 def _raw_exchange(stack, raw: bytes) -> dict[str, str] | None:
@@ -65,12 +70,14 @@ def _post_all(url: str, bad: list[Bad]) -> list[tuple[int, str]]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             for b in bad:
                 try:
-                    async with session.post(url + b.path, data=b.data,
-                                            headers={"Content-Type": b.content_type}) as r:
+                    async with session.post(
+                        url + b.path, data=b.data, headers={"Content-Type": b.content_type}
+                    ) as r:
                         out.append((r.status, await r.text()))
                 except aiohttp.ClientError as exc:  # a 413 may close before the body is sent
                     out.append((0, f"{type(exc).__name__}: {exc}"))
         return out
+
     return asyncio.run(run())
 
 
@@ -81,8 +88,10 @@ def _issues(text: str) -> str:
         return ""
     if body.get("resourceType") != "OperationOutcome":
         return ""
-    return " ".join(f"{' '.join(i.get('expression', []))} {i.get('diagnostics', '')}"
-                    for i in body.get("issue", []))
+    return " ".join(
+        f"{' '.join(i.get('expression', []))} {i.get('diagnostics', '')}"
+        for i in body.get("issue", [])
+    )
 
 
 def test_generated_bad_input_is_answered_dead_lettered_and_the_pipeline_flows(stack):
@@ -90,9 +99,16 @@ def test_generated_bad_input_is_answered_dead_lettered_and_the_pipeline_flows(st
     framing = [  # frame-level faults: each on a connection of its own
         ("truncated frame", START + good_adt()[:120], "truncated frame"),
         ("no start block", good_adt() + END, "start block"),
-        ("oversize", START + good_adt() + b"NTE|1||"
-         + b"x" * (stack.settings.mllp_max_message_bytes + 10) + b"\r" + END,
-         "exceeds the maximum"),
+        (
+            "oversize",
+            START
+            + good_adt()
+            + b"NTE|1||"
+            + b"x" * (stack.settings.mllp_max_message_bytes + 10)
+            + b"\r"
+            + END,
+            "exceeds the maximum",
+        ),
     ]
     since = stack.marks()
     started = time.monotonic()
@@ -135,10 +151,14 @@ def test_generated_bad_input_is_answered_dead_lettered_and_the_pipeline_flows(st
     url = f"http://{stack.settings.fhir_host}:{stack.settings.fhir_port}"
     answers = _post_all(url, fhir)
     specific_fhir = 0
-    for bad, (status, text) in zip(fhir, answers):
+    for bad, (status, text) in zip(fhir, answers, strict=True):
         issues = _issues(text)
-        if (str(status) in bad.codes and issues and bad.text.lower() in issues.lower()
-                and not any(g in issues for g in GENERIC)):
+        if (
+            str(status) in bad.codes
+            and issues
+            and bad.text.lower() in issues.lower()
+            and not any(g in issues for g in GENERIC)
+        ):
             specific_fhir += 1
         else:
             if status >= 500 or status == 0:
@@ -150,7 +170,7 @@ def test_generated_bad_input_is_answered_dead_lettered_and_the_pipeline_flows(st
     tried_hl7, tried_fhir = len(hl7) + len(framing), len(fhir)
     expected = tried_hl7 + tried_fhir
     records = stack.read(since, until=expected, timeout_s=120)
-    records += stack.read(since, idle_s=3.0, timeout_s=60)[len(records):]  # and nothing more
+    records += stack.read(since, idle_s=3.0, timeout_s=60)[len(records) :]  # and nothing more
     dead_mllp = [r for r in records if r.topic == DLQ_MLLP]
     dead_fhir = [r for r in records if r.topic == DLQ_FHIR]
     stream_dead = [r for r in records if r.topic in (DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL)]
@@ -165,23 +185,36 @@ def test_generated_bad_input_is_answered_dead_lettered_and_the_pipeline_flows(st
     ack = stack.send(good)
     ref_id = f"FZ-GOOD-{uuid.uuid4().hex[:8]}"
     authored = datetime.now(UTC).isoformat(timespec="seconds")
-    [(fhir_status, fhir_text)] = _post_all(url, [Bad("good", json.dumps(
-        fs.referral(ref_id, authored_on=authored)).encode(), ("202",), path="/fhir/ServiceRequest")])
+    [(fhir_status, fhir_text)] = _post_all(
+        url,
+        [
+            Bad(
+                "good",
+                json.dumps(fs.referral(ref_id, authored_on=authored)).encode(),
+                ("202",),
+                path="/fhir/ServiceRequest",
+            )
+        ],
+    )
     flowed = stack.read(marks, until=2, timeout_s=90)
     adt_flowed = ack["code"] == "AA" and any(
-        r.topic == municipality_topic(CHILD.municipality_code) for r in flowed)
+        r.topic == municipality_topic(CHILD.municipality_code) for r in flowed
+    )
     fhir_flowed = fhir_status == 202 and any(
         r.topic == OUT_REFERRER and r.headers.get("stafet.referral_id", b"").decode() == ref_id
-        for r in flowed)
+        for r in flowed
+    )
     alive = {name: service.alive() for name, service in stack.services.items()}
 
-    print(f"\nfuzz corpus (seed {SEED}): inputs tried {expected} (MLLP {tried_hl7}, FHIR "
-          f"{tried_fhir}); answered with a specific error {specific_hl7 + specific_fhir} "
-          f"(MLLP {specific_hl7}, FHIR {specific_fhir}); dead-lettered "
-          f"{len(dead_mllp) + len(dead_fhir)} (dlq.mllp {len(dead_mllp)}, dlq.fhir "
-          f"{len(dead_fhir)}); stream DLQs {len(stream_dead)}; crashes {crashes}; good message "
-          f"flowed: MLLP {adt_flowed}, FHIR {fhir_flowed}; listeners alive {alive}; "
-          f"MLLP {hl7_s:.1f} s, FHIR {fhir_s:.1f} s")
+    print(
+        f"\nfuzz corpus (seed {SEED}): inputs tried {expected} (MLLP {tried_hl7}, FHIR "
+        f"{tried_fhir}); answered with a specific error {specific_hl7 + specific_fhir} "
+        f"(MLLP {specific_hl7}, FHIR {specific_fhir}); dead-lettered "
+        f"{len(dead_mllp) + len(dead_fhir)} (dlq.mllp {len(dead_mllp)}, dlq.fhir "
+        f"{len(dead_fhir)}); stream DLQs {len(stream_dead)}; crashes {crashes}; good message "
+        f"flowed: MLLP {adt_flowed}, FHIR {fhir_flowed}; listeners alive {alive}; "
+        f"MLLP {hl7_s:.1f} s, FHIR {fhir_s:.1f} s"
+    )
 
     assert not failures, "\n".join(failures[:30])
     assert crashes == 0

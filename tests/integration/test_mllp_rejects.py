@@ -24,8 +24,16 @@ CHILD = medcom_test_patients()["RikkeBerggren"]
 
 def good(control_id: str | None = None, **kw) -> bytes:
     control_id = control_id or f"G-{uuid.uuid4().hex[:12]}"
-    return adt("A01", CHILD, hospital=HOSPITAL, control_id=control_id, visit=f"V-{control_id}",
-               event_time="202611231000", admit_time="202611230800", **kw)
+    return adt(
+        "A01",
+        CHILD,
+        hospital=HOSPITAL,
+        control_id=control_id,
+        visit=f"V-{control_id}",
+        event_time="202611231000",
+        admit_time="202611230800",
+        **kw,
+    )
 
 
 def swap_segments(message: bytes) -> bytes:
@@ -41,12 +49,24 @@ BAD = [
     ("missing MSH", lambda: good().split(b"\r", 1)[1], "100", "does not start with an MSH"),
     ("wrong segment order", lambda: swap_segments(good()), "100", "MSH EVN PID PV1"),
     ("no CPR", lambda: without_cpr(good()), "101", "no CPR number in PID-3"),
-    ("unknown municipality", lambda: good(municipality_code="0999"), "103",
-     "unknown municipality code '0999'"),
-    ("bad encoding", lambda: good().replace("Berggren".encode(), "Bergrøn".encode("latin-1")),
-     "102", "not valid utf-8"),
-    ("unsupported event", lambda: good().replace(b"ADT^A01^ADT_A01", b"ADT^A02^ADT_A02"), "201",
-     "ADT event 'A02' is not supported"),
+    (
+        "unknown municipality",
+        lambda: good(municipality_code="0999"),
+        "103",
+        "unknown municipality code '0999'",
+    ),
+    (
+        "bad encoding",
+        lambda: good().replace(b"Berggren", "Bergrøn".encode("latin-1")),
+        "102",
+        "not valid utf-8",
+    ),
+    (
+        "unsupported event",
+        lambda: good().replace(b"ADT^A01^ADT_A01", b"ADT^A02^ADT_A02"),
+        "201",
+        "ADT event 'A02' is not supported",
+    ),
 ]
 
 
@@ -78,8 +98,15 @@ def test_iso_8859_1_message_keeps_danish_letters(stack):
     """MSH-18 8859/1: æ, ø, å arrive intact in the notification."""
     patient = medcom_test_patients()["JulianeJoergensen"]  # family name Jørgensen
     control_id = f"L-{uuid.uuid4().hex[:12]}"
-    message = adt("A01", patient, hospital=Hospital("Børne- og Ungdomspsykiatri Århus", "600000000000098"),
-                  control_id=control_id, visit="V-æøå", event_time="202611231000", charset="8859/1")
+    message = adt(
+        "A01",
+        patient,
+        hospital=Hospital("Børne- og Ungdomspsykiatri Århus", "600000000000098"),
+        control_id=control_id,
+        visit="V-æøå",
+        event_time="202611231000",
+        charset="8859/1",
+    )
     assert "Jørgensen".encode("latin-1") in message
     since = stack.marks()
     ack = stack.send(message)
@@ -111,7 +138,7 @@ def test_five_megabytes_of_garbage_is_rejected_and_the_listener_survives(stack):
     with socket.create_connection((stack.settings.mllp_host, stack.settings.mllp_port), 30) as s:
         s.sendall(START + garbage[: 2 * 1024 * 1024])
         try:
-            s.sendall(garbage[2 * 1024 * 1024:] + END)
+            s.sendall(garbage[2 * 1024 * 1024 :] + END)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the listener closed the connection after the limit: that is the point
         data = b""
@@ -140,8 +167,9 @@ def test_pipelined_messages_are_answered_in_order(stack):
 
 def test_broker_unavailable_gives_ae_never_aa():
     """A listener whose broker does not answer must answer AE (retry), not AA."""
-    settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", mllp_port=0,
-                        mllp_produce_timeout_s=1.5)
+    settings = Settings(
+        bootstrap_servers=f"127.0.0.1:{free_port()}", mllp_port=0, mllp_produce_timeout_s=1.5
+    )
 
     async def scenario() -> dict[str, str]:
         listener = MllpListener(settings)

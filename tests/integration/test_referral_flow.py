@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.request
 import time
+import urllib.request
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pypdf import PdfReader
 
@@ -32,28 +32,46 @@ RESPONSIBLE = "Aarhus Kommune, PPR"
 
 def now() -> str:
     """Event times of now: a referral dated in the past would already be past its deadline."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
 def referral(ref_id: str, n: int = 0, at: str | None = None) -> bytes:
-    return referral_message("REF^I12", CHILD, referral_id=ref_id, control_id=f"{ref_id}-ref{n}",
-                            event_time=at or now(), providers=[GP, BUC, PPR, FAM],
-                            guardians=GUARDIANS, notes={"NOTE": "Angst og skolevægring"})
+    return referral_message(
+        "REF^I12",
+        CHILD,
+        referral_id=ref_id,
+        control_id=f"{ref_id}-ref{n}",
+        event_time=at or now(),
+        providers=[GP, BUC, PPR, FAM],
+        guardians=GUARDIANS,
+        notes={"NOTE": "Angst og skolevægring"},
+    )
 
 
 def decision(ref_id: str, status: str, n: int = 0) -> bytes:
     return referral_message(
-        "RRI^I12", CHILD, referral_id=ref_id, control_id=f"{ref_id}-rri{n}",
-        event_time=now(), providers=[GP, BUC], status=status,
+        "RRI^I12",
+        CHILD,
+        referral_id=ref_id,
+        control_id=f"{ref_id}-rri{n}",
+        event_time=now(),
+        providers=[GP, BUC],
+        status=status,
         reason=REASON if status == "R" else None,
         notes={"NOTE": "Barnet er ikke udredt i PPR", "ALT": ALTERNATIVE, "RESP": RESPONSIBLE}
-        if status == "R" else {},
-        contact=("Holm", "Hanne", "78450000"))
+        if status == "R"
+        else {},
+        contact=("Holm", "Hanne", "78450000"),
+    )
 
 
 def mine(records, ref_id: str, kind: str | None = None):
-    return [r for r in records if r.headers.get("stafet.referral_id", b"").decode() == ref_id
-            and (kind is None or r.headers.get("stafet.kind", b"").decode() == kind)]
+    return [
+        r
+        for r in records
+        if r.headers.get("stafet.referral_id", b"").decode() == ref_id
+        and (kind is None or r.headers.get("stafet.kind", b"").decode() == kind)
+    ]
 
 
 def text_of(record) -> str:
@@ -69,27 +87,32 @@ def test_rejection_reaches_every_party_exactly_once(stack):
     first = stack.read(since, until=1)
     receipts = mine(first, ref_id, "receipt")
     assert [(r.topic, r.headers["stafet.recipient_kind"]) for r in receipts] == [
-        (OUT_REFERRER, b"gp")], [(r.topic, r.headers) for r in first]
+        (OUT_REFERRER, b"gp")
+    ], [(r.topic, r.headers) for r in first]
 
     since = stack.marks()
     assert stack.send(decision(ref_id, "R"))["code"] == "AA"
     stack.read(since, until=6)
     alerts = mine(stack.read(since, idle_s=2.0), ref_id, "rejection")
     by_recipient = sorted((r.topic, r.headers["stafet.recipient_kind"].decode()) for r in alerts)
-    assert by_recipient == sorted([
-        (OUT_REFERRER, "gp"),
-        (municipality_topic("0751"), "municipality"),
-        (municipality_topic("0751"), "ppr"),
-        (municipality_topic("0751"), "family-department"),
-        (OUT_LETTER, "guardian"),
-        (OUT_LETTER, "guardian"),
-    ])
+    assert by_recipient == sorted(
+        [
+            (OUT_REFERRER, "gp"),
+            (municipality_topic("0751"), "municipality"),
+            (municipality_topic("0751"), "ppr"),
+            (municipality_topic("0751"), "family-department"),
+            (OUT_LETTER, "guardian"),
+            (OUT_LETTER, "guardian"),
+        ]
+    )
     # a guardian's CPR is sealed in the header (stafet/addressee.py); the letter service opens it
     from stafet.addressee import addressee_key, open_addressee
 
     sealed = [r.headers["stafet.recipient"].decode() for r in alerts if r.topic == OUT_LETTER]
-    assert all(h.startswith("urn:stafet:addressee|") and "1502779995" not in h
-               and "2911829996" not in h for h in sealed), sealed
+    assert all(
+        h.startswith("urn:stafet:addressee|") and "1502779995" not in h and "2911829996" not in h
+        for h in sealed
+    ), sealed
     guardians = sorted(open_addressee(h, addressee_key(stack.settings))[1] for h in sealed)
     assert guardians == ["1502779995", "2911829996"]
     assert len({r.headers["stafet.message_id"] for r in alerts}) == 6, "one message id each"
@@ -122,7 +145,10 @@ def test_decision_before_its_referral_waits_then_fans_out(stack):
     assert stack.send(referral(ref_id))["code"] == "AA"
     stack.read(since, until=7)
     records = mine(stack.read(since, idle_s=2.0), ref_id)
-    assert sorted(r.headers["stafet.kind"].decode() for r in records) == ["receipt"] + ["rejection"] * 6
+    assert (
+        sorted(r.headers["stafet.kind"].decode() for r in records)
+        == ["receipt"] + ["rejection"] * 6
+    )
 
 
 def test_second_decision_goes_to_the_dlq_with_a_reason(stack):
@@ -133,8 +159,7 @@ def test_second_decision_goes_to_the_dlq_with_a_reason(stack):
     assert stack.send(decision(ref_id, "R", n=1))["code"] == "AA"
     stack.read(since, until=3)
     records = stack.read(since, idle_s=2.0)
-    dlq = [r for r in records if r.topic == DLQ_REFERRAL
-           and ref_id in r.headers[H_REASON].decode()]
+    dlq = [r for r in records if r.topic == DLQ_REFERRAL and ref_id in r.headers[H_REASON].decode()]
     assert len(dlq) == 1
     assert "already accepted" in dlq[0].headers[H_REASON].decode()
     assert not mine(records, ref_id, "rejection")
@@ -158,7 +183,7 @@ def test_no_decision_within_the_guarantee_alerts_referrer_and_municipality_once(
     """The deadline (shrunk to DEADLINE_S for the test session) survives a worker restart."""
     ref_id = f"HEN-{uuid.uuid4().hex[:8]}"
     since = stack.marks()
-    received = datetime.now(timezone.utc)
+    received = datetime.now(UTC)
     assert stack.send(referral(ref_id, at=received.strftime("%Y%m%d%H%M%S+0000")))["code"] == "AA"
     assert mine(stack.read(since, until=1), ref_id, "receipt")
     stack.restart_worker(kill=False)  # the timer's state must come back from the changelog
@@ -167,19 +192,23 @@ def test_no_decision_within_the_guarantee_alerts_referrer_and_municipality_once(
     alerts = []
     while time.monotonic() < deadline and len(alerts) < 2:
         alerts = mine(stack.read(since, idle_s=2.0, timeout_s=10), ref_id, "deadline")
-    assert datetime.now(timezone.utc) - received >= timedelta(seconds=DEADLINE_S)
+    assert datetime.now(UTC) - received >= timedelta(seconds=DEADLINE_S)
     time.sleep(6)  # a few more timer rounds: a second alert would show now
     alerts = mine(stack.read(since, idle_s=2.0), ref_id, "deadline")
     assert sorted((r.topic, r.headers["stafet.recipient_kind"].decode()) for r in alerts) == [
-        (municipality_topic("0751"), "municipality"), (OUT_REFERRER, "gp")]
+        (municipality_topic("0751"), "municipality"),
+        (OUT_REFERRER, "gp"),
+    ]
     assert "30" in text_of(alerts[0]) or "frist" in text_of(alerts[0]).lower()
 
 
 def post_fhir(stack, path: str, resource: dict) -> int:
     request = urllib.request.Request(
         f"http://{stack.settings.fhir_host}:{stack.settings.fhir_port}/fhir/{path}",
-        data=json.dumps(resource).encode(), method="POST",
-        headers={"Content-Type": "application/fhir+json"})
+        data=json.dumps(resource).encode(),
+        method="POST",
+        headers={"Content-Type": "application/fhir+json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.status
 
@@ -188,23 +217,31 @@ def test_the_same_rejection_over_fhir_reaches_the_same_parties(stack):
     """GP referral as a FHIR ServiceRequest, rejection as a Task: the HL7 fan-out, over HTTP."""
     ref_id = f"HEN-{uuid.uuid4().hex[:8]}"
     since = stack.marks()
-    authored = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    assert post_fhir(stack, "ServiceRequest",
-                     fhir_samples.referral(ref_id, authored_on=authored)) == 202
+    authored = datetime.now(UTC).isoformat(timespec="seconds")
+    assert (
+        post_fhir(stack, "ServiceRequest", fhir_samples.referral(ref_id, authored_on=authored))
+        == 202
+    )
     assert mine(stack.read(since, until=1), ref_id, "receipt")
     assert post_fhir(stack, "Task", fhir_samples.rejection_task(ref_id, decided_at=authored)) == 202
     stack.read(since, until=7)
     alerts = mine(stack.read(since, idle_s=2.0), ref_id, "rejection")
-    assert sorted((r.topic, r.headers["stafet.recipient_kind"].decode()) for r in alerts) == sorted([
-        (OUT_REFERRER, "gp"),
-        (municipality_topic("0751"), "municipality"),
-        (municipality_topic("0751"), "ppr"),
-        (municipality_topic("0751"), "family-department"),
-        (OUT_LETTER, "guardian"),
-        (OUT_LETTER, "guardian"),
-    ])
+    assert sorted((r.topic, r.headers["stafet.recipient_kind"].decode()) for r in alerts) == sorted(
+        [
+            (OUT_REFERRER, "gp"),
+            (municipality_topic("0751"), "municipality"),
+            (municipality_topic("0751"), "ppr"),
+            (municipality_topic("0751"), "family-department"),
+            (OUT_LETTER, "guardian"),
+            (OUT_LETTER, "guardian"),
+        ]
+    )
     for record in alerts:
         text = " ".join(text_of(record).split())
-        for fact in ("PPV", fhir_samples.REJECTION_ALTERNATIVE, fhir_samples.REJECTION_RESPONSIBLE,
-                     "Hanne Holm"):
+        for fact in (
+            "PPV",
+            fhir_samples.REJECTION_ALTERNATIVE,
+            fhir_samples.REJECTION_RESPONSIBLE,
+            "Hanne Holm",
+        ):
             assert fact in text, (record.headers["stafet.recipient_kind"], fact)

@@ -31,7 +31,12 @@ from stafet.kafka_security import WORKER
 from stafet.stack import Service, service_env
 from stafet.streams.hospitalnotification import message_header_id
 from stafet.topics import (
-    DLQ_TOPICS, EVENTS_ENCOUNTER, H_EVENT_ID, H_MESSAGE_ID, INGEST_HL7V2, municipality_topic,
+    DLQ_TOPICS,
+    EVENTS_ENCOUNTER,
+    H_EVENT_ID,
+    H_MESSAGE_ID,
+    INGEST_HL7V2,
+    municipality_topic,
 )
 
 from .conftest import SUPERVISION
@@ -67,9 +72,17 @@ class Load(threading.Thread):
             day = v % 28 + 1
             for i, trigger in enumerate(("A01", "A08", "A03")):
                 extra = {"discharge_time": f"202612{day:02d}1500"} if trigger == "A03" else {}
-                m = adt(trigger, child, hospital=HOSPITAL, control_id=f"{visit}-{trigger}",
-                        visit=visit, event_time=f"202612{day:02d}1{i}00",
-                        admit_time=f"202612{day:02d}0800", municipality_code=CODE, **extra)
+                m = adt(
+                    trigger,
+                    child,
+                    hospital=HOSPITAL,
+                    control_id=f"{visit}-{trigger}",
+                    visit=visit,
+                    event_time=f"202612{day:02d}1{i}00",
+                    admit_time=f"202612{day:02d}0800",
+                    municipality_code=CODE,
+                    **extra,
+                )
                 self._send(m)
                 self.sent.append(m)
                 time.sleep(self.pause)
@@ -91,11 +104,17 @@ class Load(threading.Thread):
 def test_exactly_once_through_repeated_joins_kills_and_broker_restarts(stack, tmp_path):
     secret = stack.settings.patient_key_secret.get_secret_value()
     out_topic = municipality_topic(CODE)
-    since = {**stack.marks(), **end_offsets(as_admin(stack.settings), [INGEST_HL7V2,
-                                                                      EVENTS_ENCOUNTER])}
+    since = {
+        **stack.marks(),
+        **end_offsets(as_admin(stack.settings), [INGEST_HL7V2, EVENTS_ENCOUNTER]),
+    }
     first = stack.services["worker"]
-    second = Service("worker2", ["worker"], tmp_path / "worker2.log", {
-        **service_env(stack.settings, WORKER), "STAFET_WORKER_DATA_DIR": str(tmp_path / "w2")})
+    second = Service(
+        "worker2",
+        ["worker"],
+        tmp_path / "worker2.log",
+        {**service_env(stack.settings, WORKER), "STAFET_WORKER_DATA_DIR": str(tmp_path / "w2")},
+    )
     load = Load(stack, uuid.uuid4().hex[:6])
     load.start()
     unexpected_exits: list[str] = []
@@ -127,8 +146,11 @@ def test_exactly_once_through_repeated_joins_kills_and_broker_restarts(stack, tm
                 stop_times.append(time.monotonic() - t0)
                 if second.process.returncode not in (0, -15):
                     unexpected_exits.append(f"worker2 stopped with {second.process.returncode}")
-            print(f"cycle {cycle + 1}/{CYCLES}: {len(load.sent)} messages sent, "
-                  f"{time.monotonic() - started:.0f}s", flush=True)
+            print(
+                f"cycle {cycle + 1}/{CYCLES}: {len(load.sent)} messages sent, "
+                f"{time.monotonic() - started:.0f}s",
+                flush=True,
+            )
     finally:
         load.stopping.set()
         load.join(60)
@@ -144,38 +166,45 @@ def test_exactly_once_through_repeated_joins_kills_and_broker_restarts(stack, tm
         notified = {r.headers[H_MESSAGE_ID].decode() for r in records if r.topic == out_topic}
         if expected_ids <= notified or time.monotonic() > deadline:
             break
-    events = Counter(r.headers.get(H_EVENT_ID, b"").decode() for r in records
-                     if r.topic == EVENTS_ENCOUNTER)
-    notifications = Counter(r.headers[H_MESSAGE_ID].decode() for r in records
-                            if r.topic == out_topic)
-    dead = [r for r in records if r.topic in DLQ_TOPICS
-            and r.headers.get(H_EVENT_ID, b"").decode() in expected_events]
+    events = Counter(
+        r.headers.get(H_EVENT_ID, b"").decode() for r in records if r.topic == EVENTS_ENCOUNTER
+    )
+    notifications = Counter(
+        r.headers[H_MESSAGE_ID].decode() for r in records if r.topic == out_topic
+    )
+    dead = [
+        r
+        for r in records
+        if r.topic in DLQ_TOPICS and r.headers.get(H_EVENT_ID, b"").decode() in expected_events
+    ]
     mine = {e: n for e, n in events.items() if e in expected_events}
     # what the faults did: outputs of aborted transactions, visible only to read_uncommitted
-    aborted = uncommitted_count(as_admin(stack.settings), since,
-                                [EVENTS_ENCOUNTER, out_topic]) - sum(
-        1 for r in records if r.topic in (EVENTS_ENCOUNTER, out_topic))
+    aborted = uncommitted_count(
+        as_admin(stack.settings), since, [EVENTS_ENCOUNTER, out_topic]
+    ) - sum(1 for r in records if r.topic in (EVENTS_ENCOUNTER, out_topic))
     # a sender that got AE resends, and the first copy may have been stored after all: an
     # input twice on ingest.hl7v2 is two inputs (notify recognises the second)
-    copies = Counter(event_of.get(control_id(r.value), "") for r in records
-                     if r.topic == INGEST_HL7V2)
-    print(f"\nsoak: {CYCLES} cycles in {time.monotonic() - started:.0f}s; {len(load.sent)} "
-          f"messages ({load.resends} resends after AE/no connection); events.encounter: "
-          f"{len(mine)} events, {sum(mine.values()) - len(mine)} twice (ingest copies "
-          f"{sum(copies.values()) - len(copies)} twice); {out_topic}: "
-          f"{len(notifications)} message ids, {sum(notifications.values()) - len(notifications)} "
-          f"twice, {len(expected_ids - set(notifications))} missing; dead letters "
-          f"{len(dead)}; unexpected worker exits {len(unexpected_exits)}; records of aborted "
-          f"transactions (seen only read_uncommitted) {aborted}; SIGTERM → exit: max "
-          f"{max(stop_times, default=0):.1f}s, median "
-          f"{sorted(stop_times)[len(stop_times) // 2] if stop_times else 0:.1f}s")
+    copies = Counter(
+        event_of.get(control_id(r.value), "") for r in records if r.topic == INGEST_HL7V2
+    )
+    print(
+        f"\nsoak: {CYCLES} cycles in {time.monotonic() - started:.0f}s; {len(load.sent)} "
+        f"messages ({load.resends} resends after AE/no connection); events.encounter: "
+        f"{len(mine)} events, {sum(mine.values()) - len(mine)} twice (ingest copies "
+        f"{sum(copies.values()) - len(copies)} twice); {out_topic}: "
+        f"{len(notifications)} message ids, {sum(notifications.values()) - len(notifications)} "
+        f"twice, {len(expected_ids - set(notifications))} missing; dead letters "
+        f"{len(dead)}; unexpected worker exits {len(unexpected_exits)}; records of aborted "
+        f"transactions (seen only read_uncommitted) {aborted}; SIGTERM → exit: max "
+        f"{max(stop_times, default=0):.1f}s, median "
+        f"{sorted(stop_times)[len(stop_times) // 2] if stop_times else 0:.1f}s"
+    )
     assert not unexpected_exits, unexpected_exits
     assert set(mine) == expected_events, "every input has its canonical event"
     assert all(n == copies[e] for e, n in mine.items()), "one canonical event per input record"
     assert set(notifications) == expected_ids, "every event notified, nothing else"
     assert all(n == 1 for n in notifications.values()), "no notification id twice"
     assert not dead, "nothing dead-lettered"
-
 
 
 def control_id(raw: bytes) -> str:

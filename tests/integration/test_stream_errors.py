@@ -7,15 +7,25 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
-from confluent_kafka.admin import ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.demo.inbox import end_offsets
 from stafet.hl7v2 import parse_adt
 from stafet.kafka_client import as_admin, client_config
 from stafet.topics import (
-    ALERTS_OPERATOR, DLQ_NOTIFY, H_EVENT_ID, H_ORIGIN, H_REASON, municipality_topic,
+    ALERTS_OPERATOR,
+    DLQ_NOTIFY,
+    H_EVENT_ID,
+    H_ORIGIN,
+    H_REASON,
+    municipality_topic,
 )
 
 HOSPITAL = Hospital("Regionshospitalet Test", "600000000000098")
@@ -24,9 +34,11 @@ POISONED, HEALTHY = "0860", "0849"  # Hjørring, Jammerbugt: no other test write
 
 def _set_max_message_bytes(settings, topic: str, value: int | None) -> None:
     admin = AdminClient(client_config(as_admin(settings)))
-    entry = (ConfigEntry("max.message.bytes", str(value),
-                         incremental_operation=AlterConfigOpType.SET) if value is not None else
-             ConfigEntry("max.message.bytes", "", incremental_operation=AlterConfigOpType.DELETE))
+    entry = (
+        ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)
+        if value is not None
+        else ConfigEntry("max.message.bytes", "", incremental_operation=AlterConfigOpType.DELETE)
+    )
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
     for future in admin.incremental_alter_configs([resource]).values():
         future.result()
@@ -38,9 +50,16 @@ def test_an_output_too_large_for_its_topic_is_dead_lettered_with_an_alert_and_th
     run = uuid.uuid4().hex[:6]
 
     def message(code: str, n: int) -> bytes:
-        return adt("A01", child, hospital=HOSPITAL, control_id=f"P-{run}-{code}-{n}",
-                   visit=f"P-{run}-{code}-{n}", event_time="202612011000",
-                   admit_time="202612010800", municipality_code=code)
+        return adt(
+            "A01",
+            child,
+            hospital=HOSPITAL,
+            control_id=f"P-{run}-{code}-{n}",
+            visit=f"P-{run}-{code}-{n}",
+            event_time="202612011000",
+            admit_time="202612010800",
+            municipality_code=code,
+        )
 
     poison, after = message(POISONED, 0), [message(HEALTHY, n) for n in range(3)]
     poison_id = parse_adt(poison, secret=secret).event_id
@@ -54,10 +73,16 @@ def test_an_output_too_large_for_its_topic_is_dead_lettered_with_an_alert_and_th
         deadline, seen, dead = time.monotonic() + 120, set(), []
         while time.monotonic() < deadline and not (expected <= seen and dead):
             records = stack.read(since, idle_s=2.0, timeout_s=20)
-            seen = {r.headers.get(H_EVENT_ID, b"").decode() for r in records
-                    if r.topic == municipality_topic(HEALTHY)}
-            dead = [r for r in records if r.topic == DLQ_NOTIFY
-                    and r.headers.get(H_EVENT_ID, b"").decode() == poison_id]
+            seen = {
+                r.headers.get(H_EVENT_ID, b"").decode()
+                for r in records
+                if r.topic == municipality_topic(HEALTHY)
+            }
+            dead = [
+                r
+                for r in records
+                if r.topic == DLQ_NOTIFY and r.headers.get(H_EVENT_ID, b"").decode() == poison_id
+            ]
     finally:
         _set_max_message_bytes(stack.settings, municipality_topic(POISONED), None)
 

@@ -26,8 +26,15 @@ HOSPITAL = Hospital("BUC Test", "600000000000099")
 
 def _message() -> bytes:
     cid = f"TLS-{uuid.uuid4().hex[:10]}"
-    return adt("A01", medcom_test_patients()["RikkeBerggren"], hospital=HOSPITAL, control_id=cid,
-               visit=f"V-{cid}", event_time="202612011000", admit_time="202612010800")
+    return adt(
+        "A01",
+        medcom_test_patients()["RikkeBerggren"],
+        hospital=HOSPITAL,
+        control_id=cid,
+        visit=f"V-{cid}",
+        event_time="202612011000",
+        admit_time="202612010800",
+    )
 
 
 class Serving:
@@ -52,8 +59,9 @@ def tls(tmp_path_factory):
 
 
 def test_mllp_over_tls_and_plaintext_is_refused(stack, tls):
-    settings = as_admin(stack.settings).model_copy(update={
-        "mllp_port": free_port(), "mllp_tls_cert": tls.keystore})
+    settings = as_admin(stack.settings).model_copy(
+        update={"mllp_port": free_port(), "mllp_tls_cert": tls.keystore}
+    )
     serving = Serving(settings)
     try:
         with MllpClient("127.0.0.1", settings.mllp_port, tls_ca=tls.ca) as client:
@@ -72,17 +80,24 @@ def test_mllp_over_tls_and_plaintext_is_refused(stack, tls):
 
 
 def test_mutual_tls_turns_away_a_sender_without_a_certificate(stack, tls):
-    settings = as_admin(stack.settings).model_copy(update={
-        "mllp_port": free_port(), "mllp_tls_cert": tls.keystore, "mllp_tls_client_ca": tls.ca})
+    settings = as_admin(stack.settings).model_copy(
+        update={
+            "mllp_port": free_port(),
+            "mllp_tls_cert": tls.keystore,
+            "mllp_tls_client_ca": tls.ca,
+        }
+    )
     serving = Serving(settings)
     try:
         # the local CA's certificate is also a client certificate (clientAuth usage)
-        with MllpClient("127.0.0.1", settings.mllp_port, tls_ca=tls.ca,
-                        tls_cert=tls.keystore) as client:
+        with MllpClient(
+            "127.0.0.1", settings.mllp_port, tls_ca=tls.ca, tls_cert=tls.keystore
+        ) as client:
             assert ack_fields(client.send(_message()))["code"] == "AA"
         with pytest.raises((ssl.SSLError, ConnectionError, socket.timeout, OSError)):
-            with MllpClient("127.0.0.1", settings.mllp_port, tls_ca=tls.ca,
-                            timeout_s=5.0) as anonymous:
+            with MllpClient(
+                "127.0.0.1", settings.mllp_port, tls_ca=tls.ca, timeout_s=5.0
+            ) as anonymous:
                 anonymous.send(_message())  # TLS 1.3: the refusal arrives on first use
     finally:
         serving.close()
@@ -91,8 +106,9 @@ def test_mutual_tls_turns_away_a_sender_without_a_certificate(stack, tls):
 def _post(url: str, body: bytes, context: ssl.SSLContext) -> int:
     import urllib.request
 
-    request = urllib.request.Request(url, data=body,
-                                     headers={"Content-Type": "application/fhir+json"})
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/fhir+json"}
+    )
     with urllib.request.urlopen(request, timeout=30, context=context) as response:
         return response.status
 
@@ -105,12 +121,17 @@ def test_fhir_over_mutual_tls(stack, tls):
 
     from .test_fhir_api import Running
 
-    settings = as_admin(stack.settings).model_copy(update={
-        "fhir_port": 0, "fhir_tls_cert": tls.keystore, "fhir_tls_client_ca": tls.ca})
+    settings = as_admin(stack.settings).model_copy(
+        update={"fhir_port": 0, "fhir_tls_cert": tls.keystore, "fhir_tls_client_ca": tls.ca}
+    )
     running = Running(FhirListener(settings))
     url = f"https://127.0.0.1:{running.listener.port}/fhir/$process-message"
-    ack = build_ack(MessageIds(str(uuid.uuid4()), str(uuid.uuid4()), "x"), "ok",
-                    sender_endpoint="https://kommune.example", receiver_endpoint="https://stafet")
+    ack = build_ack(
+        MessageIds(str(uuid.uuid4()), str(uuid.uuid4()), "x"),
+        "ok",
+        sender_endpoint="https://kommune.example",
+        receiver_endpoint="https://stafet",
+    )
     body = json.dumps(ack).encode()
     try:
         with_cert = ssl.create_default_context(cafile=str(tls.ca))
@@ -135,8 +156,9 @@ def test_a_forged_rejection_without_a_client_certificate_never_enters_the_pipeli
 
     from .test_fhir_api import Running
 
-    settings = as_admin(stack.settings).model_copy(update={
-        "fhir_port": 0, "fhir_tls_cert": tls.keystore, "fhir_tls_client_ca": tls.ca})
+    settings = as_admin(stack.settings).model_copy(
+        update={"fhir_port": 0, "fhir_tls_cert": tls.keystore, "fhir_tls_client_ca": tls.ca}
+    )
     running = Running(FhirListener(settings))
     base = f"https://127.0.0.1:{running.listener.port}/fhir"
     referral_id = f"HEN-{uuid.uuid4().hex[:10]}"
@@ -149,8 +171,9 @@ def test_a_forged_rejection_without_a_client_certificate_never_enters_the_pipeli
         return sum(end_offsets(settings, [INGEST_FHIR, DLQ_FHIR]).values())
 
     try:
-        assert _post(f"{base}/ServiceRequest", s.to_bytes(s.referral(referral_id)),
-                     with_cert) == 202
+        assert (
+            _post(f"{base}/ServiceRequest", s.to_bytes(s.referral(referral_id)), with_cert) == 202
+        )
         before = written()
         with pytest.raises(OSError):  # no certificate: no HTTP exchange at all
             _post(f"{base}/Task", rejection, without)

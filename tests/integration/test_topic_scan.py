@@ -21,8 +21,14 @@ from stafet.kafka_client import as_admin, client_config
 #: the one header allowed a CPR: the parsed form (Avro) of the raw message in the same record's
 #: value, on the ingest topics only the worker reads (stafet/canonical.py)
 CARRIED = ("stafet.canonical",)
-NO_CPR_VALUES = ("alerts.operator", "acks.inbound", "index.referral", "control.delivery",
-                 "audit.delivery", "timers.")
+NO_CPR_VALUES = (
+    "alerts.operator",
+    "acks.inbound",
+    "index.referral",
+    "control.delivery",
+    "audit.delivery",
+    "timers.",
+)
 
 
 def cprs_in(data: bytes) -> set[str]:
@@ -34,8 +40,12 @@ def test_no_cpr_in_any_header_nor_in_values_nobody_is_entitled_to(stack) -> None
     admin_settings = as_admin(stack.settings)
     admin = AdminClient(client_config(admin_settings, log_level=0))
     metadata = admin.list_topics(timeout=10)
-    start = {(t, p): 0 for t, meta in metadata.topics.items() if not t.startswith("__")
-             for p in meta.partitions}
+    start = {
+        (t, p): 0
+        for t, meta in metadata.topics.items()
+        if not t.startswith("__")
+        for p in meta.partitions
+    }
     records = read_topics(admin_settings, start, idle_s=2.0, timeout_s=120)
     assert records, "the flow tests left nothing to scan"
 
@@ -55,12 +65,16 @@ def test_no_cpr_in_any_header_nor_in_values_nobody_is_entitled_to(stack) -> None
         if cprs_in(r.value or b""):
             in_values[family] += 1
 
-    print(f"\nscanned {len(records)} records on {len({t for t, _ in start})} topics; "
-          f"headers with a CPR: {len(in_headers)} (besides {carried} stafet.canonical on ingest.*, "
-          "the parsed form of the raw message beside it)")
+    print(
+        f"\nscanned {len(records)} records on {len({t for t, _ in start})} topics; "
+        f"headers with a CPR: {len(in_headers)} (besides {carried} stafet.canonical on ingest.*, "
+        "the parsed form of the raw message beside it)"
+    )
     for family in sorted(read):
-        print(f"  {family:<40} {read[family]:>6} records, {in_values[family]:>5} with a CPR "
-              "in the value")
+        print(
+            f"  {family:<40} {read[family]:>6} records, {in_values[family]:>5} with a CPR "
+            "in the value"
+        )
     assert in_headers == [], f"CPR numbers in headers: {Counter(in_headers).most_common(5)}"
     leaked = {t: n for t, n in in_values.items() if t.startswith(NO_CPR_VALUES)}
     assert leaked == {}, f"CPR numbers in values nobody there is entitled to: {leaked}"

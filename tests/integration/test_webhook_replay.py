@@ -30,8 +30,9 @@ SID = "window-0813"
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/fhir+json", **headers})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/fhir+json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
@@ -41,21 +42,32 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
 
 
 def _ack_of(bundle: dict, receiver_url: str) -> tuple[bytes, str]:
-    ack = build_ack(message_ids(bundle), "ok", sender_endpoint=receiver_url,
-                    receiver_endpoint="https://stafet.dk/fhir")
+    ack = build_ack(
+        message_ids(bundle),
+        "ok",
+        sender_endpoint=receiver_url,
+        receiver_endpoint="https://stafet.dk/fhir",
+    )
     return json.dumps(ack).encode(), ack["entry"][0]["resource"]["id"]
 
 
 def _audit_lines(settings, message_ids_: set[str]) -> list[AuditRecord]:
-    lines = [AuditRecord.decode(m.value()) for m in
-             read_to_end(client_config(as_admin(settings)), AUDIT_DELIVERY)]
+    lines = [
+        AuditRecord.decode(m.value())
+        for m in read_to_end(client_config(as_admin(settings)), AUDIT_DELIVERY)
+    ]
     return [r for r in lines if r.message_id in message_ids_]
 
 
 def test_an_acknowledgement_replayed_after_the_window_is_refused_a_fresh_one_counts(
-        stack, tmp_path):
-    with running_delivery(stack, tmp_path, {SID: Rest(municipality="0813", acknowledges=False)},
-                          webhook_tolerance_s=WINDOW_S) as env:
+    stack, tmp_path
+):
+    with running_delivery(
+        stack,
+        tmp_path,
+        {SID: Rest(municipality="0813", acknowledges=False)},
+        webhook_tolerance_s=WINDOW_S,
+    ) as env:
         receiver = env.receivers[SID]
         child = medcom_test_patients()["BoVestergaard"]  # 0813
         messages, ids = _admission_then_discharge(child, 4)
@@ -69,15 +81,18 @@ def test_an_acknowledgement_replayed_after_the_window_is_refused_a_fresh_one_cou
         # captured on the wire when it was sent, replayed after the window
         replayed_body, replayed_ack_id = _ack_of(got[replayed_id].bundle, receiver.url)
         captured = signed_headers(receiver.secret, replayed_ack_id, replayed_body)
-        far_outside = signed_headers(receiver.secret, replayed_ack_id, replayed_body,
-                                     now=time.time() - 400)
+        far_outside = signed_headers(
+            receiver.secret, replayed_ack_id, replayed_body, now=time.time() - 400
+        )
         assert _post(ack_url, replayed_body, far_outside) == 401, "refused at the door"
         time.sleep(WINDOW_S + 3)
         assert _post(ack_url, replayed_body, captured) == 200  # the listener's 300 s: stored
 
         fresh_body, fresh_ack_id = _ack_of(got[fresh_id].bundle, receiver.url)
-        assert _post(ack_url, fresh_body,
-                     signed_headers(receiver.secret, fresh_ack_id, fresh_body)) == 200
+        assert (
+            _post(ack_url, fresh_body, signed_headers(receiver.secret, fresh_ack_id, fresh_body))
+            == 200
+        )
 
         deadline = time.monotonic() + 60
         lines: list[AuditRecord] = []

@@ -23,9 +23,17 @@ def test_worker_killed_mid_stream_yields_no_new_ids_and_loses_nothing(stack):
     for i in range(N):
         patient = medcom_test_patients()[CHILDREN[i % len(CHILDREN)]]
         trigger = "A01" if i < len(CHILDREN) else ("A08" if i % 2 else "A21")
-        messages.append(adt(trigger, patient, hospital=HOSPITAL, control_id=f"R-{run}-{i}",
-                            visit=f"V-{run}-{i % len(CHILDREN)}", event_time="202611231000",
-                            admit_time="202611230800"))
+        messages.append(
+            adt(
+                trigger,
+                patient,
+                hospital=HOSPITAL,
+                control_id=f"R-{run}-{i}",
+                visit=f"V-{run}-{i % len(CHILDREN)}",
+                event_time="202611231000",
+                admit_time="202611230800",
+            )
+        )
     expected_events = {parse_adt(m, secret=secret).event_id for m in messages}
     since = stack.marks()
 
@@ -44,8 +52,11 @@ def test_worker_killed_mid_stream_yields_no_new_ids_and_loses_nothing(stack):
     deadline = time.monotonic() + 180
     while True:
         records = stack.read(since, idle_s=3.0, timeout_s=60)
-        seen = {r.headers.get(H_EVENT_ID, b"").decode() for r in records
-                if r.topic.startswith(OUT_MUNICIPALITY_PREFIX)}
+        seen = {
+            r.headers.get(H_EVENT_ID, b"").decode()
+            for r in records
+            if r.topic.startswith(OUT_MUNICIPALITY_PREFIX)
+        }
         if expected_events <= seen or time.monotonic() > deadline:
             break
         time.sleep(2.0)
@@ -53,9 +64,14 @@ def test_worker_killed_mid_stream_yields_no_new_ids_and_loses_nothing(stack):
     ids_per_event: dict[str, set[str]] = {}
     for record in out:
         ids_per_event.setdefault(record.headers[H_EVENT_ID].decode(), set()).add(
-            record.headers[H_MESSAGE_ID].decode())
+            record.headers[H_MESSAGE_ID].decode()
+        )
     assert expected_events <= set(ids_per_event), "every input notified"
     assert all(len(ids_per_event[e]) == 1 for e in expected_events), "one message id per event"
     mine = {r.headers.get(H_EVENT_ID, b"").decode() for r in records} & expected_events
-    assert not [r for r in records if not r.topic.startswith(OUT_MUNICIPALITY_PREFIX)
-                and r.headers.get(H_EVENT_ID, b"").decode() in mine], "none in a DLQ"
+    assert not [
+        r
+        for r in records
+        if not r.topic.startswith(OUT_MUNICIPALITY_PREFIX)
+        and r.headers.get(H_EVENT_ID, b"").decode() in mine
+    ], "none in a DLQ"
