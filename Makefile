@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps demo up test test-unit soak cluster-test bench bench-quick clean
+.PHONY: install system-deps demo up test test-unit soak cluster-test check bench bench-quick clean
 
 install: system-deps $(VENV)/.installed .stafet/kafka-libs/.resolved
 
@@ -40,6 +40,16 @@ soak: install
 # controller, SIGKILLed and restarted under MLLP load; every AA'd message notified exactly once
 cluster-test: install
 	$(BIN)/pytest -q -s -m cluster
+
+# what an engineer runs before pushing (and .ci/run before the tests): lint + format, ruff's
+# settings in pyproject.toml; `ruff format .` fixes the format
+$(VENV)/.check-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,check]'
+	touch $@
+
+check: $(VENV)/.check-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'
