@@ -41,7 +41,7 @@ soak: install
 cluster-test: install
 	$(BIN)/pytest -q -s -m cluster
 
-# what an engineer runs before pushing (and .ci/run before the tests): lint + format, ruff's
+# what an engineer runs before pushing (and .ci/run before the tests): lint + format + types,
 # settings in pyproject.toml; `ruff format .` fixes the format
 $(VENV)/.check-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,check]'
@@ -50,6 +50,7 @@ $(VENV)/.check-installed: $(VENV)/.installed
 check: $(VENV)/.check-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p stafet
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'

@@ -177,7 +177,7 @@ def kafka_topics(settings: Settings, target: Target) -> list[Resource]:
     plan = TopicPlan.from_settings(settings)
     rf, isr = plan.replication(BROKERS)
     configs = plan.configs(isr)
-    topics = [
+    topics: list[Resource] = [
         {
             "apiVersion": STRIMZI_API,
             "kind": "KafkaTopic",
@@ -312,13 +312,13 @@ def _secret_volume(
 def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts): the principal's password where ``password_for`` reads it
     (``<secrets dir>/<principal>.password``), the cluster CA, config, scratch space."""
-    volumes = [
+    volumes: list[dict[str, Any]] = [
         _secret_volume("kafka-password", w.principal, "password", f"{w.principal}.password"),
         _secret_volume("kafka-ca", target.ca_secret, "ca.crt", "ca.crt"),
         {"name": "config", "configMap": {"name": CONFIG_MAP}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
     ]
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "kafka-password", "mountPath": KAFKA_SECRETS_DIR, "readOnly": True},
         {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},

@@ -209,9 +209,9 @@ class Segments:
         self.lines = [line for line in text.split("\r") if line]
         self.field_sep = text[3:4] or "|"
         encoding = text[4:8] if len(text) >= 8 else "^~\\&"
-        self.component_sep, self.repetition_sep, self.escape, self.subcomponent_sep = (
-            encoding + "^~\\&"[len(encoding) :]
-        )[:4]
+        seps = (encoding + "^~\\&"[len(encoding) :])[:4]
+        self.component_sep, self.repetition_sep = seps[0], seps[1]
+        self.escape, self.subcomponent_sep = seps[2], seps[3]
         self.order = [line.split(self.field_sep, 1)[0] for line in self.lines]
         self._first = {name: i for i, name in reversed(list(enumerate(self.order)))}
         self._fields: dict[str, list[str]] = {}

@@ -90,9 +90,9 @@ def _party(seg: Segments, index: int) -> tuple[str, Party] | None:
     # PRD-5 (communication information) = LETTER marks a referrer that reads paper letters.
     by_letter = len(prd) > 5 and str(prd[5]).split("^")[0].strip().upper() == "LETTER"
     return role, Party(
-        kind=party_kind,
+        kind=party_kind,  # type: ignore[arg-type]  # a role name that is a PartyKind
         identifier_system=system,
-        identifier=value,  # type: ignore[arg-type]
+        identifier=value,
         name=name or None,
         has_fhir_endpoint=not by_letter,
     )
@@ -174,8 +174,8 @@ def parse_referral(
     for index in range(seg.order.count("PRD")):
         role, party = _party(seg, index)  # type: ignore[misc]
         parties.setdefault(role, []).append(party)
-    referrer = (parties.get("referrer") or [None])[0]
-    receiver = (parties.get("receiver") or [None])[0]
+    referrer = next(iter(parties.get("referrer", [])), None)
+    receiver = next(iter(parties.get("receiver", [])), None)
     if kind == "submitted" and (referrer is None or receiver is None):
         raise _err(
             101, "PRD", "a referral needs PRD with role RP (referrer) and RT (receiving unit)"

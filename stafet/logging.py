@@ -31,7 +31,7 @@ def mask_cpr_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
     return {key: _mask(value) for key, value in event_dict.items()}
 
 
-def mask_rendered(_: WrappedLogger, __: str, line: str) -> str:
+def mask_rendered(_: WrappedLogger, __: str, line: Any) -> str:
     """Last line of defence: mask the rendered line (catches formatted tracebacks)."""
     return mask_cpr(line)
 

@@ -5,6 +5,7 @@ and the benchmark). Only synthetic patients: MedCom's test patients or generated
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -112,7 +113,9 @@ def referral_message(
     control_id: str,
     event_time: str,
     providers: list[Provider],
-    guardians: list[tuple[str, SyntheticPatient | None, str]] = (),  # (relationship, person, cpr)
+    guardians: Sequence[
+        tuple[str, SyntheticPatient | None, str]
+    ] = (),  # (relationship, person, cpr)
     status: str = "",  # RF1-1 for RRI: A, R, P, E
     reason: tuple[str, str] | None = None,  # RF1-10: (code, text)
     notes: dict[str, str] | None = None,  # NTE-4 type → text: NOTE, ALT, RESP

@@ -281,12 +281,12 @@ def _report(steps: list, received: list) -> int:  # type: ignore[type-arg]
         if r.topic.startswith(OUT_MUNICIPALITY_PREFIX) and "stafet.event_code" in r.headers
     )
     rejected = sum(1 for s in steps if not s.expected)
-    dlq = len(by_topic.get(DLQ_MLLP, []))
+    dead_letters = len(by_topic.get(DLQ_MLLP, []))
     unexpected = sum(len(by_topic.get(t, [])) for t in DLQ_TOPICS if t != DLQ_MLLP)
-    ok = want == got and dlq == rejected and not unexpected
+    ok = want == got and dead_letters == rejected and not unexpected
     click.echo(
         f"\n{len(got)} notifications to {len({t for t, _ in got})} municipalities "
-        f"(expected {len(want)}), {dlq} dead-lettered (expected {rejected}): "
+        f"(expected {len(want)}), {dead_letters} dead-lettered (expected {rejected}): "
         f"{'OK' if ok else 'MISMATCH'}"
     )
     return 0 if ok else 1

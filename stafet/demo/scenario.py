@@ -7,6 +7,7 @@ check itself: ``expected`` is the notification code, or None for a message that 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from stafet.demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
 
@@ -40,7 +41,7 @@ def synthetic_day(run_id: str, day: str = "20261123") -> list[Step]:
         visit: str,
         time: str,
         expected: str | None,
-        **kw: object,
+        **kw: Any,
     ) -> None:
         patient = p[patient_id]
         message = adt(
