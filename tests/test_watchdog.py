@@ -3,15 +3,13 @@ process with code 70, so its supervisor starts a fresh one; a beating loop is le
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 from stafet.observability import Health
 from stafet.streams.watchdog import EXIT_STALLED, Watchdog, main_thread_stack
+from tests.worker_process import start_worker
 
 
 class Clock:
@@ -65,23 +63,9 @@ def test_a_worker_blocked_in_a_kafka_call_exits_with_70_and_says_where(tmp_path)
     black_hole.bind(("127.0.0.1", 0))
     black_hole.listen(64)  # the kernel completes the handshake; nothing ever reads or writes
     port = black_hole.getsockname()[1]
-    env = {
-        **os.environ,
-        "STAFET_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
-        "STAFET_KAFKA_SECURITY": "plaintext",
-        "STAFET_WORKER_DATA_DIR": str(tmp_path / "w"),
-        "STAFET_WORKER_STALL_EXIT_S": "2",
-        "STAFET_HEALTH_PORT": "0",
-    }
     log_path = tmp_path / "worker.log"
     try:
-        with open(log_path, "wb") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "stafet.cli", "worker"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        worker = start_worker(tmp_path, port, STAFET_WORKER_STALL_EXIT_S="2")
         try:
             code = worker.wait(40)
         finally:
