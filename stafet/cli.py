@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import sys
 import time
@@ -33,6 +34,10 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 def main() -> None:
     """stafet: hospital events to MedCom messages for every party that must act."""
+    # A crash in a C library (librdkafka) leaves the supervisor only an exit by signal; with
+    # this, stderr (the journal, the container log) also gets every Python thread's frames —
+    # file, line and function, never values.
+    faulthandler.enable()
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
 

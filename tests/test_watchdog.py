@@ -3,6 +3,7 @@ process with code 70, so its supervisor starts a fresh one; a beating loop is le
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -76,5 +77,27 @@ def test_a_worker_blocked_in_a_kafka_call_exits_with_70_and_says_where(tmp_path)
         assert stalled, log[-2000:]
         assert "ensure_topics" in stalled[0] or "list_topics" in stalled[0], stalled[0]
         assert "Traceback" not in log
+    finally:
+        black_hole.close()
+
+
+def test_a_worker_that_crashes_leaves_every_threads_frames_in_its_log(tmp_path):
+    """A segmentation fault in librdkafka gives the supervisor an exit by signal and nothing
+    else; faulthandler (enabled by the CLI) writes the Python threads' frames to stderr first."""
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)
+    try:
+        worker = start_worker(tmp_path, black_hole.getsockname()[1])
+        try:
+            time.sleep(3)  # started: it waits on the broker that never answers
+            worker.send_signal(signal.SIGSEGV)
+            code = worker.wait(20)
+        finally:
+            worker.kill()
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+        assert code == -signal.SIGSEGV, log[-2000:]
+        assert "Fatal Python error: Segmentation fault" in log, log[-2000:]
+        assert 'File "' in log and "line " in log, log[-2000:]
     finally:
         black_hole.close()

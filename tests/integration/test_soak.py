@@ -123,7 +123,10 @@ def test_exactly_once_through_repeated_joins_kills_and_broker_restarts(stack, tm
     def check_alive(*services: Service) -> None:
         for s in services:
             if not s.alive():
+                tail = s.log_path.read_text(errors="replace").splitlines()[-40:]
                 unexpected_exits.append(f"{s.name} exited with {s.process.returncode}")
+                print(f"\n{s.name} exited with {s.process.returncode}; its log ends:", flush=True)
+                print("\n".join(tail), flush=True)
                 s.start()
 
     started = time.monotonic()
