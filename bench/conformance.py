@@ -23,14 +23,14 @@ from bench.load import LoadGenerator
 
 def measure(n: int = 1500, seed: int = 9) -> dict[str, Any]:
     from stafet.config import Settings
-    from stafet.streams.carecommunication import validate_care_communication
-    from stafet.streams.hospitalnotification import validate_bundle
-    from stafet.streams.medcom_addressing import organization_problems
+    from stafet.kafka.topics import EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET
+    from stafet.medcom.addressing import organization_problems
+    from stafet.medcom.carecommunication import validate_care_communication
+    from stafet.medcom.hospitalnotification import validate_bundle
     from stafet.streams.normalize import normalize_hl7
     from stafet.streams.notify import notify
     from stafet.streams.records import Inbound
     from stafet.streams.referrals import ReferralStep
-    from stafet.topics import EVENTS_ENCOUNTER, EVENTS_REFERRAL, H_CHARSET
 
     settings = Settings(patient_key_secret=SECRET, validate_every=1)
     step = ReferralStep(settings)

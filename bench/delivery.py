@@ -31,18 +31,18 @@ from aiohttp import web
 
 from bench.run import free_port, percentiles
 from stafet.config import Settings
-from stafet.connectors.delivery import DeliveryService
-from stafet.connectors.delivery_sinks import (
+from stafet.connectors.sinks.channels import (
     WEBHOOK_ID_HEADER,
     WEBHOOK_SIGNATURE_HEADER,
     WEBHOOK_TIMESTAMP_HEADER,
     SignatureError,
     verify,
 )
-from stafet.connectors.producer import DurableProducer
-from stafet.kafka_local import LocalKafka
+from stafet.connectors.sinks.delivery import DeliveryService
+from stafet.kafka.local import LocalKafka
+from stafet.kafka.producer import DurableProducer
+from stafet.kafka.topics import ensure_topics, municipality_topic
 from stafet.subscribers import new_secret, parse_registry
-from stafet.topics import ensure_topics, municipality_topic
 
 EXAMPLE = (
     Path(__file__).resolve().parents[2]

@@ -53,12 +53,12 @@ def _worker_steps(raws: list[tuple[bytes, str]], *, carried: bool) -> float:
     ``carried`` the ingest record has the listener's canonical event (the normal case)."""
     from stafet.canonical import carry
     from stafet.config import Settings
-    from stafet.hl7v2_referral import parse_hl7v2
+    from stafet.inbound.hl7v2_referral import parse_hl7v2
+    from stafet.kafka.topics import EVENTS_ENCOUNTER, H_CHARSET, H_EVENT_ID
     from stafet.streams.app import sampled
     from stafet.streams.normalize import normalize_hl7
     from stafet.streams.notify import notify
     from stafet.streams.records import Inbound
-    from stafet.topics import EVENTS_ENCOUNTER, H_CHARSET, H_EVENT_ID
 
     settings = Settings(patient_key_secret=SECRET)
     validate = sampled(settings.validate_every)
@@ -90,11 +90,11 @@ def measure(n: int = 2000, seed: int = 11) -> dict[str, Any]:
     from stafet.canonical import carry
     from stafet.config import PROJECT_ROOT
     from stafet.directory import load_directory
-    from stafet.hl7v2_referral import parse_hl7v2
+    from stafet.inbound.hl7v2_referral import parse_hl7v2
     from stafet.logging import configure_logging, get_logger
+    from stafet.medcom.hospitalnotification import build_hospital_notification, validate_bundle
     from stafet.model import EncounterEvent
     from stafet.schemas.codec import decode, encode
-    from stafet.streams.hospitalnotification import build_hospital_notification, validate_bundle
     from stafet.streams.notify import with_known_leave
 
     directory = load_directory(PROJECT_ROOT / "deploy" / "directory.toml")

@@ -59,10 +59,9 @@ from bench.load import FhirLoad, Item, LoadGenerator
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.demo.inbox import end_offsets
 from stafet.ids import patient_key
-from stafet.kafka_client import PARTITIONER
-from stafet.kafka_local import LocalKafka
-from stafet.stack import Service, settings_env, wait_for_port
-from stafet.topics import (
+from stafet.kafka.client import PARTITIONER
+from stafet.kafka.local import LocalKafka
+from stafet.kafka.topics import (
     DLQ_TOPICS,
     EVENTS_ENCOUNTER,
     EVENTS_REFERRAL,
@@ -74,6 +73,7 @@ from stafet.topics import (
     all_topics,
     ensure_topics,
 )
+from stafet.stack import Service, settings_env, wait_for_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
@@ -577,9 +577,9 @@ def preload(bootstrap: str, gen: LoadGenerator, n: int, secret: str) -> dict[str
     """Write ``n`` generated messages straight to ingest.hl7v2, as the listener would (with the
     canonical event in the headers, see stafet/canonical.py)."""
     from stafet.canonical import carry
-    from stafet.hl7v2 import Hl7Error
-    from stafet.hl7v2_referral import parse_hl7v2
-    from stafet.topics import H_EVENT_ID
+    from stafet.inbound.hl7v2 import Hl7Error
+    from stafet.inbound.hl7v2_referral import parse_hl7v2
+    from stafet.kafka.topics import H_EVENT_ID
 
     producer = Producer(
         {

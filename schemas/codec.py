@@ -13,7 +13,7 @@ import io
 import json
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 
@@ -60,11 +60,17 @@ def decode(name: str, data: bytes) -> dict[str, Any]:
     current = VERSIONS.get(name, 1)
     version = data[0] if data else None
     if version == current:
-        return fastavro.schemaless_reader(io.BytesIO(data[1:]), load_schema(name), None)
+        return cast(
+            dict[str, Any],
+            fastavro.schemaless_reader(io.BytesIO(data[1:]), load_schema(name), None),
+        )
     if version is not None and 1 <= version < current:
         try:
             writer = _archived(name, version)
         except FileNotFoundError:
             raise ValueError(f"{name} format version {version} is no longer readable") from None
-        return fastavro.schemaless_reader(io.BytesIO(data[1:]), writer, load_schema(name))
+        return cast(
+            dict[str, Any],
+            fastavro.schemaless_reader(io.BytesIO(data[1:]), writer, load_schema(name)),
+        )
     raise ValueError(f"unknown {name} format version {data[:1]!r}")

@@ -157,9 +157,9 @@ def query(
 ) -> list[AuditRecord]:
     """Read ``audit.delivery`` and select (a CPR is turned into its patient key first)."""
     from stafet.ids import patient_key
-    from stafet.kafka_client import client_config
-    from stafet.topic_reader import read_to_end
-    from stafet.topics import AUDIT_DELIVERY
+    from stafet.kafka.client import client_config
+    from stafet.kafka.reader import read_to_end
+    from stafet.kafka.topics import AUDIT_DELIVERY
 
     key = patient_key(cpr, settings.patient_key_secret.get_secret_value()) if cpr else None
     trail = (

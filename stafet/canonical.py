@@ -14,11 +14,12 @@ import hashlib
 from importlib import resources
 from pathlib import Path
 
-from stafet import cpr, hl7v2, hl7v2_referral, ids, model
+from stafet import cpr, ids, model
+from stafet.inbound import hl7v2, hl7v2_referral
+from stafet.kafka.topics import EVENTS_ENCOUNTER, EVENTS_REFERRAL
 from stafet.model import EncounterEvent, ReferralEvent
 from stafet.schemas import codec, municipalities
 from stafet.schemas.codec import encode
-from stafet.topics import EVENTS_ENCOUNTER, EVENTS_REFERRAL
 
 #: ingest headers: the encoded event, the events topic it belongs on, the mapping's version
 H_CANONICAL = "stafet.canonical"

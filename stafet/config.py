@@ -254,7 +254,7 @@ class Settings(BaseSettings):
         "and GP stafet addresses (see README, Party directory)",
     )
 
-    # --- delivery to subscribers (connectors/delivery.py) ------------------------------------
+    # --- delivery to subscribers (connectors/sinks/delivery.py) ------------------------------------
     subscribers_file: Path = Field(
         PROJECT_ROOT / "deploy" / "subscribers.toml",
         description="the subscriber registry: who receives what, and how (see README)",

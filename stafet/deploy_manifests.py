@@ -1,7 +1,7 @@
 """Kubernetes manifests for a Strimzi-run Kafka, generated from the plans the code runs on.
 
-The topics come from :class:`stafet.topics.TopicPlan` and the users' ACLs from
-:func:`stafet.kafka_security.acl_plan`, so what Strimzi's Topic and User Operators create is what
+The topics come from :class:`stafet.kafka.topics.TopicPlan` and the users' ACLs from
+:func:`stafet.kafka.security.acl_plan`, so what Strimzi's Topic and User Operators create is what
 ``stafet topics`` and ``stafet kafka provision`` would create: one list of topics and one ACL
 plan, never a hand-copied second one (``tests/test_deploy_manifests.py`` compares them).
 
@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 
 from stafet.config import Settings
-from stafet.kafka_security import DELIVERY, FHIR, MLLP, WORKER, Grant, acl_plan, principals
+from stafet.kafka.security import DELIVERY, FHIR, MLLP, WORKER, Grant, acl_plan, principals
+from stafet.kafka.topics import TopicPlan, all_topics, partitions_of
 from stafet.schemas.municipalities import municipalities
-from stafet.topics import TopicPlan, all_topics, partitions_of
 
 Resource = dict[str, Any]
 

@@ -20,12 +20,12 @@ from pydantic import SecretStr
 
 from stafet.config import CREDENTIALS_DIR_ENV, SECRETS_DIR_ENV, Settings
 from stafet.errors import StafetError
-from stafet.kafka_client import as_admin, password_for
-from stafet.kafka_credentials import write_private
-from stafet.kafka_local import LocalKafka
-from stafet.kafka_security import DELIVERY, FHIR, MLLP, WORKER, provision
+from stafet.kafka.client import as_admin, password_for
+from stafet.kafka.credentials import write_private
+from stafet.kafka.local import LocalKafka
+from stafet.kafka.security import DELIVERY, FHIR, MLLP, WORKER, provision
+from stafet.kafka.topics import TopicPlan, ensure_topics
 from stafet.logging import get_logger
-from stafet.topics import TopicPlan, ensure_topics
 
 log = get_logger(__name__)
 

@@ -7,7 +7,7 @@ that receives messages and its channel:
   (stafet only audits that the message is there);
 - ``rest``: stafet POSTs each FHIR message Bundle to ``url``, signed the Standard Webhooks way
   (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,…``; see
-  :mod:`stafet.connectors.delivery_sinks`) with the subscriber's ``whsec_`` secret, retries, and
+  :mod:`stafet.connectors.sinks.channels`) with the subscriber's ``whsec_`` secret, retries, and
   tracks MedCom Acknowledgements. ``secret_env`` names the secret: the environment variable of
   that name, else the file of that name in ``STAFET_SECRETS_DIR`` / ``$CREDENTIALS_DIRECTORY``
   (never the registry file itself); :func:`secret_key` is the one rule of what a secret is;
@@ -39,9 +39,14 @@ from stafet.config import read_secret_file
 from stafet.cpr import mask_cpr
 from stafet.directory import Directory, DirectoryError, Unaddressable, load_directory
 from stafet.errors import StafetError
-from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
+from stafet.inbound.fhir_mapping import MUNICIPALITY_SYSTEM
+from stafet.kafka.topics import (
+    OUT_LETTER,
+    OUT_MUNICIPALITY_PREFIX,
+    OUT_REFERRER,
+    municipality_topic,
+)
 from stafet.schemas.municipalities import municipalities
-from stafet.topics import OUT_LETTER, OUT_MUNICIPALITY_PREFIX, OUT_REFERRER, municipality_topic
 
 Channel = Literal["kafka", "rest", "letter"]
 PartyKind = Literal[

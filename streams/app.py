@@ -36,9 +36,25 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from quixstreams import Application, message_context
 from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Serializer
+from quixstreams.state import State
 
 from stafet.config import Settings
-from stafet.kafka_client import client_config
+from stafet.kafka.client import client_config
+from stafet.kafka.topics import (
+    ALERTS_OPERATOR,
+    DLQ_NORMALIZE,
+    DLQ_NOTIFY,
+    DLQ_REFERRAL,
+    EVENTS_ENCOUNTER,
+    EVENTS_REFERRAL,
+    INDEX_REFERRAL,
+    INGEST_FHIR,
+    INGEST_HL7V2,
+    OUT_LETTER,
+    OUT_REFERRER,
+    TIMERS_REFERRAL,
+    municipality_topic,
+)
 from stafet.logging import get_logger
 from stafet.observability import (
     DEAD_LETTERS,
@@ -56,21 +72,6 @@ from stafet.streams.records import Inbound, Output, dead_letter, headers_dict, o
 from stafet.streams.referrals import ReferralStep
 from stafet.streams.staged_state import StagedState
 from stafet.streams.watchdog import Watchdog
-from stafet.topics import (
-    ALERTS_OPERATOR,
-    DLQ_NORMALIZE,
-    DLQ_NOTIFY,
-    DLQ_REFERRAL,
-    EVENTS_ENCOUNTER,
-    EVENTS_REFERRAL,
-    INDEX_REFERRAL,
-    INGEST_FHIR,
-    INGEST_HL7V2,
-    OUT_LETTER,
-    OUT_REFERRER,
-    TIMERS_REFERRAL,
-    municipality_topic,
-)
 
 log = get_logger(__name__)
 
@@ -208,6 +209,24 @@ def transactional_id(settings: Settings) -> str:
     return f"{settings.app_id}-{socket.gethostname()}-{where}"
 
 
+def _with_state(stage: Stage) -> Callable[[Any, Any, int, Any, State], Any]:
+    """quixstreams' stateful ``apply(metadata=True)`` signature for a stage."""
+
+    def apply(value: Any, key: Any, timestamp: int, headers: Any, state: State) -> Any:
+        return stage(value, key, headers, state)
+
+    return apply
+
+
+def _without_state(stage: Stage) -> Callable[[Any, Any, int, Any], Any]:
+    """quixstreams' stateless ``apply(metadata=True)`` signature for a stage."""
+
+    def apply(value: Any, key: Any, timestamp: int, headers: Any) -> Any:
+        return stage(value, key, headers)
+
+    return apply
+
+
 def build_application(settings: Settings) -> Application:
     """The application with every stage attached; not started."""
     config = client_config(settings)
@@ -272,16 +291,9 @@ def build_application(settings: Settings) -> Application:
     for source, stage, stateful in stages:
         sdf = app.dataframe(topic[source])
         if stateful:
-            sdf = sdf.apply(
-                lambda v, k, t, h, state, stage=stage: stage(v, k, h, state),
-                stateful=True,
-                metadata=True,
-                expand=True,
-            )
+            sdf = sdf.apply(_with_state(stage), stateful=True, metadata=True, expand=True)
         else:
-            sdf = sdf.apply(
-                lambda v, k, t, h, stage=stage: stage(v, k, h), metadata=True, expand=True
-            )
+            sdf = sdf.apply(_without_state(stage), metadata=True, expand=True)
         sdf = sdf.set_headers(lambda v, k, t, h: list(v.headers.items()))
         sdf.to_topic(lambda v, k, t, h: topic[v.topic], key=lambda v: v.key)
     return app
@@ -341,8 +353,8 @@ def run_worker(settings: Settings) -> None:
     transaction; the application is then started again from the committed offsets, in this
     process, after a backoff (1 s doubling to 30 s)."""
     from stafet.directory import directory_file
+    from stafet.kafka.topics import TopicPlan, ensure_topics
     from stafet.streams.timers import ReferralScheduler
-    from stafet.topics import TopicPlan, ensure_topics
 
     # the party directory is read and validated before anything starts: without it no message
     # can be addressed, so a missing or bad file stops the worker with the reason (exit 1)

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from stafet.canonical import carried, encoded
 from stafet.config import Settings
-from stafet.fhir_referral import FhirInputError, parse_fhir_referral
-from stafet.hl7v2 import Hl7Error
-from stafet.hl7v2_referral import parse_hl7v2
-from stafet.logging import get_logger
-from stafet.model import EncounterEvent, ReferralEvent
-from stafet.streams.records import Inbound, Output, dead_letter
-from stafet.topics import (
+from stafet.inbound.fhir_referral import FhirInputError, parse_fhir_referral
+from stafet.inbound.hl7v2 import Hl7Error
+from stafet.inbound.hl7v2_referral import parse_hl7v2
+from stafet.kafka.topics import (
     DLQ_NORMALIZE,
     H_CHARSET,
     H_EVENT_ID,
     H_RECEIVED_AT,
 )
+from stafet.logging import get_logger
+from stafet.model import EncounterEvent, ReferralEvent
+from stafet.streams.records import Inbound, Output, dead_letter
 
 log = get_logger(__name__)
 

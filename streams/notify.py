@@ -15,20 +15,8 @@ from typing import Any
 
 from stafet.config import Settings
 from stafet.directory import Directory, Unaddressable, directory_file
-from stafet.fhir_mapping import MUNICIPALITY_SYSTEM
-from stafet.logging import get_logger
-from stafet.model import EncounterEvent
-from stafet.schemas.codec import decode
-from stafet.schemas.municipalities import municipality
-from stafet.streams.hospitalnotification import (
-    NotificationBuildError,
-    build_hospital_notification,
-    message_header_id,
-    validate_bundle,
-)
-from stafet.streams.medcom_addressing import GLN_SYSTEM, organization_problems
-from stafet.streams.records import Inbound, Output, State, dead_letter, operator_alert
-from stafet.topics import (
+from stafet.inbound.fhir_mapping import MUNICIPALITY_SYSTEM
+from stafet.kafka.topics import (
     DLQ_NOTIFY,
     H_BUNDLE_ID,
     H_EVENT_CODE,
@@ -40,6 +28,18 @@ from stafet.topics import (
     H_RECIPIENT_EAN,
     municipality_topic,
 )
+from stafet.logging import get_logger
+from stafet.medcom.addressing import GLN_SYSTEM, organization_problems
+from stafet.medcom.hospitalnotification import (
+    NotificationBuildError,
+    build_hospital_notification,
+    message_header_id,
+    validate_bundle,
+)
+from stafet.model import EncounterEvent
+from stafet.schemas.codec import decode
+from stafet.schemas.municipalities import municipality
+from stafet.streams.records import Inbound, Output, State, dead_letter, operator_alert
 
 log = get_logger(__name__)
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from stafet.cpr import mask_cpr
-from stafet.topics import ALERTS_OPERATOR, H_ORIGIN, H_REASON, H_RECEIVED_AT, H_STAGE
+from stafet.kafka.topics import ALERTS_OPERATOR, H_ORIGIN, H_REASON, H_RECEIVED_AT, H_STAGE
 
 #: the longest reason kept in a header (a traceback-sized reason would make the DLQ record poison)
 MAX_REASON = 4096

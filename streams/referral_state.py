@@ -112,7 +112,9 @@ def _with_history(state: dict[str, Any], event: ReferralEvent, status: str) -> d
 
 def seen(state: dict[str, Any] | None, event_id: str) -> bool:
     """True if this event was applied before (a replay): it must not fan out again."""
-    return bool(state) and any(h["event_id"] == event_id for h in state["history"])
+    if not state:
+        return False
+    return any(h["event_id"] == event_id for h in state["history"])
 
 
 def apply(

@@ -25,19 +25,36 @@ from typing import Any
 
 from stafet.addressee import addressee_key, recipient_header
 from stafet.config import Settings
-from stafet.connectors.letters import render_letter_pdf
 from stafet.directory import SOR_SYSTEM, Unaddressable, directory_file
 from stafet.ids import stable_uuid
+from stafet.kafka.topics import (
+    DLQ_REFERRAL,
+    EVENTS_REFERRAL,
+    H_BUNDLE_ID,
+    H_EVENT_ID,
+    H_MESSAGE_ID,
+    H_RECEIVED_AT,
+    H_RECIPIENT,
+    H_RECIPIENT_EAN,
+    H_REDELIVER,
+    INDEX_REFERRAL,
+    OUT_LETTER,
+    OUT_REFERRER,
+    TIMERS_REFERRAL,
+    index_key,
+    municipality_topic,
+)
 from stafet.logging import get_logger
-from stafet.model import Contact, Party, PatientInfo, ReferralEvent
-from stafet.schemas.codec import decode, encode
-from stafet.streams.carecommunication import (
+from stafet.medcom.carecommunication import (
     build_care_communication,
     delivery_channel,
     letter_text,
     message_ids,
     validate_care_communication,
 )
+from stafet.medcom.letters import render_letter_pdf
+from stafet.model import Contact, Party, PatientInfo, ReferralEvent
+from stafet.schemas.codec import decode, encode
 from stafet.streams.records import (
     Inbound,
     Output,
@@ -55,23 +72,6 @@ from stafet.streams.referral_state import (
     deadline_at,
     municipality_party,
     seen,
-)
-from stafet.topics import (
-    DLQ_REFERRAL,
-    EVENTS_REFERRAL,
-    H_BUNDLE_ID,
-    H_EVENT_ID,
-    H_MESSAGE_ID,
-    H_RECEIVED_AT,
-    H_RECIPIENT,
-    H_RECIPIENT_EAN,
-    H_REDELIVER,
-    INDEX_REFERRAL,
-    OUT_LETTER,
-    OUT_REFERRER,
-    TIMERS_REFERRAL,
-    index_key,
-    municipality_topic,
 )
 
 log = get_logger(__name__)
@@ -143,7 +143,7 @@ class ReferralStep:
             event = queue.pop(0)
             state = states.get(event.referral_id)
             if seen(state, event.event_id):
-                if redeliver and event is first:
+                if redeliver and event is first and state is not None:
                     outputs += self._redeliver(event, state, redeliver)
                 else:
                     log.debug("referral.duplicate_skipped", event_id=event.event_id)
@@ -195,7 +195,7 @@ class ReferralStep:
         directory = self.directory.get()
         return tuple(
             Party(
-                kind=u.role,
+                kind=u.role,  # type: ignore[arg-type]  # municipal roles: ppr, family-department
                 identifier_system=SOR_SYSTEM,
                 identifier=u.sor,  # type: ignore[arg-type]
                 name=u.name,

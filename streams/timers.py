@@ -19,10 +19,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from stafet.kafka_client import PARTITIONER
+from stafet.kafka.client import PARTITIONER
+from stafet.kafka.topics import TIMERS_REFERRAL
 from stafet.logging import get_logger
 from stafet.streams.referrals import tick_output
-from stafet.topics import TIMERS_REFERRAL
 
 log = get_logger(__name__)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hl7
 import pytest
 
-from stafet.connectors.hl7_ack import build_ack
-from stafet.connectors.mllp_client import ack_fields
-from stafet.hl7v2 import Hl7Error, decode, parse_adt
+from stafet.connectors.sources.mllp.ack import build_ack
+from stafet.connectors.sources.mllp.client import ack_fields
+from stafet.inbound.hl7v2 import Hl7Error, decode, parse_adt
 
 MESSAGE = (
     "MSH|^~\\&|EPJ|BUC Test^600000000000099^SOR|STAFET|STAFET|20240115103000||ADT^A01^ADT_A01|"

@@ -20,8 +20,7 @@ import pytest
 
 from stafet.directory import Addressee, Directory
 from stafet.ids import stable_uuid
-from stafet.model import Assessment, Contact, Decision, Party, PatientInfo, ReferralEvent
-from stafet.streams.carecommunication import (
+from stafet.medcom.carecommunication import (
     CATEGORY_SYSTEM,
     PROFILES,
     REJECTION_REASONS,
@@ -33,7 +32,8 @@ from stafet.streams.carecommunication import (
     message_ids,
     validate_care_communication,
 )
-from stafet.streams.hospitalnotification import NotificationBuildError
+from stafet.medcom.hospitalnotification import NotificationBuildError
+from stafet.model import Assessment, Contact, Decision, Party, PatientInfo, ReferralEvent
 
 DOMAIN = Path(__file__).resolve().parents[2] / "shared" / "domain"
 EXAMPLES = DOMAIN / "medcom-examples" / "carecommunication"

@@ -1,5 +1,5 @@
 """A StafetError that reaches the top of a command is the user's to act on: one line with what
-to do, exit 1, no traceback (stafet/cli.py ``_Commands``)."""
+to do, exit 1, no traceback (stafet/cli/commands.py ``_Commands``)."""
 
 from __future__ import annotations
 

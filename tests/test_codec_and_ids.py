@@ -223,7 +223,7 @@ def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch):
     """The storage tool's parser reads '-abc…' as an option: 1 in 64 fresh formats failed."""
     import uuid as uuid_module
 
-    from stafet import kafka_local
+    from stafet.kafka import local as kafka_local
 
     dash_first = uuid_module.UUID(bytes=bytes([0xFB]) + bytes(15))  # base64url starts with '-'
     ids = iter([dash_first, uuid_module.UUID(int=1)])

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from stafet.audit import AuditRecord, select, summarize
-from stafet.connectors.ack_tracker import AckTracker
-from stafet.connectors.delivery import backoff_s
-from stafet.connectors.delivery_sinks import OutRecord, signed_headers
-from stafet.connectors.medcom_ack import (
+from stafet.connectors.sinks.acknowledgements import AckTracker
+from stafet.connectors.sinks.channels import OutRecord, signed_headers
+from stafet.connectors.sinks.delivery import backoff_s
+from stafet.medcom.acknowledgement import (
     MessageError,
     MessageIds,
     build_ack,
@@ -166,7 +166,7 @@ def _tracker(clock: list[float], resent: list[tuple[str, int]]):
 
 
 def _ack(mid: str, code: str):
-    from stafet.connectors.medcom_ack import Ack
+    from stafet.medcom.acknowledgement import Ack
 
     return Ack(MessageIds("ab", "ah", "acknowledgement-message"), mid, code, "")  # type: ignore[arg-type]
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.deploy_manifests import Target, manifests, render
-from stafet.kafka_security import (
+from stafet.kafka.security import (
     DELIVERY,
     FHIR,
     MLLP,
@@ -30,8 +30,8 @@ from stafet.kafka_security import (
     municipality_grants,
     municipality_principal,
 )
+from stafet.kafka.topics import CONTROL_DELIVERY, TopicPlan, all_topics, municipality_topic
 from stafet.schemas.municipalities import municipalities
-from stafet.topics import CONTROL_DELIVERY, TopicPlan, all_topics, municipality_topic
 
 K8S_DIR = PROJECT_ROOT / "deploy" / "k8s"
 REGENERATE = "`.venv/bin/stafet deploy strimzi --out deploy/k8s` (no STAFET_* variables set)"

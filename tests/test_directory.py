@@ -21,9 +21,9 @@ from stafet.directory import (
     load_directory,
     parse_directory,
 )
+from stafet.medcom.addressing import organization_problems
 from stafet.model import Party
 from stafet.sor_import import sor_export_to_toml
-from stafet.streams.medcom_addressing import organization_problems
 from stafet.subscribers import RegistryError, parse_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +242,7 @@ def test_medcoms_own_examples_pass_the_organization_rules(path: Path) -> None:
 
 def test_every_topic_has_an_explicit_retention_or_compaction() -> None:
     from stafet.config import Settings
-    from stafet.topics import INDEX_REFERRAL, INGEST_FHIR, TopicPlan, all_topics
+    from stafet.kafka.topics import INDEX_REFERRAL, INGEST_FHIR, TopicPlan, all_topics
 
     configs = TopicPlan.from_settings(Settings(ingest_retention_days=45)).configs()
     assert set(configs) == set(all_topics())
@@ -258,7 +258,7 @@ def test_replication_follows_the_cluster_and_refuses_what_it_cannot_have() -> No
     import pytest as _pytest
 
     from stafet.errors import StafetError
-    from stafet.topics import TopicPlan
+    from stafet.kafka.topics import TopicPlan
 
     assert TopicPlan().replication(1) == (1, 1)  # a development broker
     assert TopicPlan().replication(3) == (3, 2)  # a region's cluster: acks=all survives one loss

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from stafet.connectors.fhir_openapi import openapi
+from stafet.connectors.sources.fhir.openapi import openapi
 from stafet.demo import fhir_samples as s
-from stafet.fhir_mapping import UNIT_SYSTEM
-from stafet.fhir_referral import (
+from stafet.ids import patient_key
+from stafet.inbound.fhir_mapping import UNIT_SYSTEM
+from stafet.inbound.fhir_referral import (
     SOR_SYSTEM,
     YDER_SYSTEM,
     FhirInputError,
     Issue,
     parse_fhir_referral,
 )
-from stafet.ids import patient_key
 from stafet.model import Contact
 
 SECRET = "test-secret"

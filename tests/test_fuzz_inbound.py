@@ -23,15 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stafet.config import Settings
-from stafet.connectors.fhir_http import FhirListener, ReferralIndex
-from stafet.connectors.medcom_ack import MessageIds, build_ack
-from stafet.connectors.mllp import MllpListener
-from stafet.connectors.mllp_client import END, START, ack_fields
+from stafet.connectors.sources.fhir.listener import FhirListener, ReferralIndex
+from stafet.connectors.sources.mllp.client import END, START, ack_fields
+from stafet.connectors.sources.mllp.listener import MllpListener
 from stafet.demo import fhir_samples as fs
-from stafet.fhir_referral import FhirInputError, parse_fhir_referral
-from stafet.hl7v2 import Hl7Error
-from stafet.hl7v2_referral import parse_hl7v2
-from stafet.topics import DLQ_FHIR, DLQ_MLLP, H_REASON, INGEST_FHIR, INGEST_HL7V2
+from stafet.inbound.fhir_referral import FhirInputError, parse_fhir_referral
+from stafet.inbound.hl7v2 import Hl7Error
+from stafet.inbound.hl7v2_referral import parse_hl7v2
+from stafet.kafka.topics import DLQ_FHIR, DLQ_MLLP, H_REASON, INGEST_FHIR, INGEST_HL7V2
+from stafet.medcom.acknowledgement import MessageIds, build_ack
 
 from .fuzz_corpus import (
     CORPUS_CPRS,

@@ -1,4 +1,4 @@
-"""The split-on-demand field reader (:class:`stafet.hl7v2.Segments`) gives exactly what
+"""The split-on-demand field reader (:class:`stafet.inbound.hl7v2.Segments`) gives exactly what
 python-hl7's parse of the whole message gives, field by field, on realistic traffic."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import hl7
 import pytest
 
 from bench.load import LoadGenerator
-from stafet.hl7v2 import Segments, decode
+from stafet.inbound.hl7v2 import Segments, decode
 
 
 def reference_get(

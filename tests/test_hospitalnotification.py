@@ -18,16 +18,7 @@ import pytest
 
 from stafet.directory import Addressee
 from stafet.ids import stable_uuid
-from stafet.model import (
-    EncounterClass,
-    EncounterEvent,
-    EncounterInfo,
-    EncounterStatus,
-    NotificationCode,
-    Organization,
-    PatientInfo,
-)
-from stafet.streams.hospitalnotification import (
+from stafet.medcom.hospitalnotification import (
     ACTIVITY_CODES,
     CPR_SYSTEM,
     EXT_LEAVE_PERIOD,
@@ -39,6 +30,15 @@ from stafet.streams.hospitalnotification import (
     build_hospital_notification,
     message_header_id,
     validate_bundle,
+)
+from stafet.model import (
+    EncounterClass,
+    EncounterEvent,
+    EncounterInfo,
+    EncounterStatus,
+    NotificationCode,
+    Organization,
+    PatientInfo,
 )
 
 DOMAIN = Path(__file__).resolve().parents[2] / "shared" / "domain"

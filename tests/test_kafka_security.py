@@ -8,10 +8,10 @@ from pathlib import Path
 from cryptography import x509
 
 from stafet.config import Settings
-from stafet.kafka_client import as_principal, client_config
-from stafet.kafka_credentials import ensure_tls, stored_password
-from stafet.kafka_local import LocalKafka
-from stafet.kafka_security import (
+from stafet.kafka.client import as_principal, client_config
+from stafet.kafka.credentials import ensure_tls, stored_password
+from stafet.kafka.local import LocalKafka
+from stafet.kafka.security import (
     DELIVERY,
     FHIR,
     MLLP,

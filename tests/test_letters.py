@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 from pypdf import PdfReader
 
-from stafet.connectors.letters import (
+from stafet.medcom.letters import (
     REJECTION_REASONS,
     LetterError,
     letter_text,

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from stafet.config import Settings, get_settings
-from stafet.kafka_local import KafkaToolingError, LocalKafka
+from stafet.kafka.local import KafkaToolingError, LocalKafka
 from stafet.local_mode import (
     LocalModeMismatch,
     for_clients,
@@ -166,7 +166,7 @@ def test_a_secure_broker_never_formatted_here_does_not_answer_rather_than_fail(
 ) -> None:
     """`stafet kafka start --brokers 3` on a fresh machine asks first whether the cluster runs;
     with no admin password yet the answer is no, not an error."""
-    from stafet.kafka_local import LocalKafkaCluster
+    from stafet.kafka.local import LocalKafkaCluster
 
     settings = _settings(
         tmp_path / "kafka", kafka_security="sasl_ssl", kafka_port=1, kafka_controller_port=11

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from stafet.config import Settings
 from stafet.errors import StafetError
-from stafet.kafka_credentials import stored_password
-from stafet.kafka_local import LocalKafka
+from stafet.kafka.credentials import stored_password
+from stafet.kafka.local import LocalKafka
 from stafet.stack import SECRET_VARIABLES, inherited_environment, service_env
 
 SECRET = "9f3b1c5e7a2d4068b1e3f5a7c9d0e2f4"

@@ -9,16 +9,7 @@ from pathlib import Path
 
 from stafet.config import Settings
 from stafet.demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
-from stafet.model import ReferralEvent
-from stafet.schemas.codec import decode
-from stafet.streams.app import Stage, sampled
-from stafet.streams.normalize import normalize_hl7
-from stafet.streams.notify import notify, prune
-from stafet.streams.records import Inbound, Output
-from stafet.streams.referrals import ReferralStep
-from stafet.streams.staged_state import StagedState
-from stafet.streams.timers import TimerBook
-from stafet.topics import (
+from stafet.kafka.topics import (
     ALERTS_OPERATOR,
     DLQ_NOTIFY,
     DLQ_REFERRAL,
@@ -28,6 +19,15 @@ from stafet.topics import (
     INDEX_REFERRAL,
     TIMERS_REFERRAL,
 )
+from stafet.model import ReferralEvent
+from stafet.schemas.codec import decode
+from stafet.streams.app import Stage, sampled
+from stafet.streams.normalize import normalize_hl7
+from stafet.streams.notify import notify, prune
+from stafet.streams.records import Inbound, Output
+from stafet.streams.referrals import ReferralStep
+from stafet.streams.staged_state import StagedState
+from stafet.streams.timers import TimerBook
 
 from .test_referral_state import BUC, FAM, GP, PPR
 
@@ -234,8 +234,8 @@ def test_timer_book_ticks_what_is_due_once_per_retry_and_forgets_cleared_timers(
 
 def test_the_carried_event_is_used_as_is_and_equals_what_parsing_would_give():
     from stafet.canonical import carry
-    from stafet.hl7v2_referral import parse_hl7v2
-    from stafet.topics import H_EVENT_ID
+    from stafet.inbound.hl7v2_referral import parse_hl7v2
+    from stafet.kafka.topics import H_EVENT_ID
 
     raw = adt(
         "A03",
@@ -265,8 +265,8 @@ def test_the_carried_event_is_used_as_is_and_equals_what_parsing_would_give():
 
 def test_an_event_carried_by_another_mapping_version_is_parsed_again():
     from stafet.canonical import H_CANONICAL_VERSION, carry
-    from stafet.hl7v2_referral import parse_hl7v2
-    from stafet.topics import H_EVENT_ID
+    from stafet.inbound.hl7v2_referral import parse_hl7v2
+    from stafet.kafka.topics import H_EVENT_ID
 
     raw = adt(
         "A01",
@@ -383,8 +383,8 @@ def test_a_per_recipient_dead_letter_sent_back_after_the_fix_yields_that_message
     dead letter sent back to events.referral produces exactly the receipt, with the ids it would
     have had — not a duplicate skip, and nobody else is told again. A cancellation is applied
     even though its letter to that GP cannot be sent."""
-    from stafet.streams.carecommunication import message_ids
-    from stafet.topics import H_REDELIVER
+    from stafet.kafka.topics import H_REDELIVER
+    from stafet.medcom.carecommunication import message_ids
 
     directory = tmp_path / "directory.toml"
     shipped = (Path(__file__).resolve().parents[1] / "deploy" / "directory.toml").read_text("utf-8")

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from stafet.cli import main
+from stafet.kafka.topics import OUT_LETTER, OUT_REFERRER, municipality_topic
 from stafet.subscribers import RegistryError, load_registry, parse_registry, secret_key
-from stafet.topics import OUT_LETTER, OUT_REFERRER, municipality_topic
 
 from .webhook_secrets import whsec
 

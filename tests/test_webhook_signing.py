@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stafet.connectors.delivery_sinks import (
+from stafet.connectors.sinks.channels import (
     SignatureError,
     check_timestamp,
     secret_key,

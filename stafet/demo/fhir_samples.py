@@ -14,7 +14,8 @@ from importlib import resources
 from typing import Any
 
 from stafet.demo.hl7_builder import SyntheticPatient, medcom_test_patients
-from stafet.fhir_referral import (
+from stafet.ids import stable_uuid
+from stafet.inbound.fhir_referral import (
     CPR_SYSTEM,
     FHIR_ENDPOINT_EXT,
     MUNICIPALITY_EXT,
@@ -26,7 +27,6 @@ from stafet.fhir_referral import (
     UNIT_TYPE_SYSTEM,
     YDER_SYSTEM,
 )
-from stafet.ids import stable_uuid
 
 Resource = dict[str, Any]
 REFERRAL_ID_SYSTEM = "https://stafet.dk/fhir/NamingSystem/demo-referral-id"

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stafet.errors import StafetError
-from stafet.kafka_client import KafkaTarget, resolve_config
+from stafet.kafka.client import KafkaTarget, resolve_config
 
 
 @dataclass(frozen=True, slots=True)

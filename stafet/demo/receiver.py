@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stafet.connectors.delivery_sinks import (
+from stafet.connectors.sinks.channels import (
     WEBHOOK_ID_HEADER,
     WEBHOOK_SIGNATURE_HEADER,
     WEBHOOK_TIMESTAMP_HEADER,
@@ -24,7 +24,7 @@ from stafet.connectors.delivery_sinks import (
     signed_headers,
     verify,
 )
-from stafet.connectors.medcom_ack import build_ack, message_ids
+from stafet.medcom.acknowledgement import build_ack, message_ids
 
 
 @dataclass

@@ -10,14 +10,14 @@ from collections import defaultdict
 import click
 
 from stafet.config import PROJECT_ROOT, Settings
-from stafet.connectors.mllp_client import MllpClient, ack_fields
+from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
 from stafet.demo.inbox import end_offsets, read_topics, summarize
 from stafet.demo.receiver import Receiver
 from stafet.demo.scenario import BUC_ODENSE, ReferralStep, referral_day, synthetic_day
+from stafet.kafka.topics import DLQ_MLLP, DLQ_TOPICS, H_REASON, OUT_MUNICIPALITY_PREFIX, all_topics
 from stafet.schemas.municipalities import municipalities
 from stafet.stack import running_stack
 from stafet.subscribers import new_secret
-from stafet.topics import DLQ_MLLP, DLQ_TOPICS, H_REASON, OUT_MUNICIPALITY_PREFIX, all_topics
 
 DEMO_GPS = ("100001", "100002")  # the scenario's GPs (ydernumre), one GP system for both
 GP_SECRET_ENV = "STAFET_SECRET_DEMO_GP"

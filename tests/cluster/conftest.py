@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from stafet.config import Settings
-from stafet.kafka_local import LocalKafkaCluster, node_ports
-from stafet.kafka_security import MLLP, WORKER
+from stafet.kafka.local import LocalKafkaCluster, node_ports
+from stafet.kafka.security import MLLP, WORKER
 from stafet.stack import Service, prepare_kafka, service_env, wait_for_port
 
 BROKERS = 3

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
-from stafet.connectors.mllp_client import MllpClient, ack_fields
+from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.kafka_client import KafkaTarget, resolve_config
-from stafet.topics import H_MESSAGE_ID
+from stafet.kafka.client import KafkaTarget, resolve_config
+from stafet.kafka.topics import H_MESSAGE_ID
 
 HOSPITAL = Hospital("Bispebjerg og Frederiksberg Hospital (test)", "600000000000096")
 CHILDREN = ["Einer", "Lonni", "Magnus", "Rasmus", "Sverre", "Torre", "OddHaugen", "KnutOdvar"]

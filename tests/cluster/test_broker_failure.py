@@ -26,12 +26,10 @@ from collections import Counter
 import pytest
 
 from stafet.demo.inbox import end_offsets, read_topics, uncommitted_count
-from stafet.hl7v2 import parse_adt
-from stafet.kafka_client import as_admin
-from stafet.kafka_local import LocalKafkaCluster
-from stafet.streams.hospitalnotification import message_header_id
-from stafet.streams.watchdog import EXIT_STALLED
-from stafet.topics import (
+from stafet.inbound.hl7v2 import parse_adt
+from stafet.kafka.client import as_admin
+from stafet.kafka.local import LocalKafkaCluster
+from stafet.kafka.topics import (
     DLQ_TOPICS,
     EVENTS_ENCOUNTER,
     H_EVENT_ID,
@@ -41,6 +39,8 @@ from stafet.topics import (
     municipality_topic,
     topic_drift,
 )
+from stafet.medcom.hospitalnotification import message_header_id
+from stafet.streams.watchdog import EXIT_STALLED
 
 from .conftest import BROKERS, PARTITIONS
 from .load import CommittedWatcher, Fault, MllpLoad, control_id, longest_ack_wait

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stafet.config import Settings
-from stafet.kafka_local import KafkaToolingError, LocalKafka, LocalKafkaCluster, local_cluster
+from stafet.kafka.local import KafkaToolingError, LocalKafka, LocalKafkaCluster, local_cluster
 
 
 def _lines(node: LocalKafka) -> set[str]:

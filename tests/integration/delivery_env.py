@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from stafet.config import Settings
-from stafet.connectors.replay import rewind_group
+from stafet.connectors.sinks.replay import rewind_group
 from stafet.demo.receiver import Receiver
-from stafet.kafka_client import as_admin
-from stafet.kafka_security import DELIVERY
+from stafet.kafka.client import as_admin
+from stafet.kafka.security import DELIVERY
 from stafet.stack import Service, service_env, settings_env
 from stafet.subscribers import load_registry, new_secret
 

@@ -10,8 +10,8 @@ import pytest
 from stafet.config import PROJECT_ROOT
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.directory import load_directory
-from stafet.hl7v2 import parse_adt
-from stafet.topics import H_EVENT_ID, municipality_topic
+from stafet.inbound.hl7v2 import parse_adt
+from stafet.kafka.topics import H_EVENT_ID, municipality_topic
 
 HOSPITAL = Hospital("BUC Test", "600000000000099")
 DIRECTORY = PROJECT_ROOT / "deploy" / "directory.toml"

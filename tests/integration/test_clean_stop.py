@@ -14,9 +14,9 @@ import time
 import uuid
 from pathlib import Path
 
-from stafet.connectors.mllp import MllpListener
-from stafet.connectors.mllp_client import END, START, MllpClient, ack_fields
-from stafet.kafka_client import as_admin
+from stafet.connectors.sources.mllp.client import END, START, MllpClient, ack_fields
+from stafet.connectors.sources.mllp.listener import MllpListener
+from stafet.kafka.client import as_admin
 
 from .conftest import free_port
 from .test_mllp_rejects import good
@@ -171,8 +171,8 @@ def test_topics_check_reports_drift_from_the_plan(stack):
         ResourceType,
     )
 
-    from stafet.kafka_client import client_config
-    from stafet.topics import DLQ_MLLP, TopicPlan, topic_drift
+    from stafet.kafka.client import client_config
+    from stafet.kafka.topics import DLQ_MLLP, TopicPlan, topic_drift
 
     settings = as_admin(stack.settings)
     plan = TopicPlan.from_settings(settings)

@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 import pytest
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.hl7v2 import parse_adt
-from stafet.streams.hospitalnotification import message_header_id
-from stafet.topics import ALERTS_OPERATOR, DLQ_DELIVERY, H_MESSAGE_ID, H_REASON
+from stafet.inbound.hl7v2 import parse_adt
+from stafet.kafka.topics import ALERTS_OPERATOR, DLQ_DELIVERY, H_MESSAGE_ID, H_REASON
+from stafet.medcom.hospitalnotification import message_header_id
 
 from .delivery_env import GP_RECIPIENT, Rest, running_delivery
 from .test_referral_flow import decision, referral
@@ -123,8 +123,8 @@ def test_a_dead_endpoint_delays_only_its_own_subscriber_then_catches_up_in_order
 
 
 def _read_all(settings, topic: str) -> list:
-    from stafet.kafka_client import as_admin, client_config
-    from stafet.topic_reader import read_to_end
+    from stafet.kafka.client import as_admin, client_config
+    from stafet.kafka.reader import read_to_end
 
     return list(read_to_end(client_config(as_admin(settings)), topic))
 
@@ -302,7 +302,7 @@ def test_replay_since_a_time_resends_the_same_messages_with_the_same_ids(stack, 
 def test_a_kafka_subscriber_group_is_rewound_to_a_time(stack, delivery):
     from confluent_kafka import Consumer
 
-    from stafet.kafka_client import as_admin, client_config
+    from stafet.kafka.client import as_admin, client_config
 
     settings, _, _, env, _ = delivery
     group = f"municipality-0461-{uuid.uuid4().hex[:6]}"  # PiaBerggren lives in Odense (0461)

@@ -18,13 +18,13 @@ import pytest
 
 from stafet.audit import query
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.hl7v2 import parse_adt
-from stafet.kafka_client import as_admin, client_config
+from stafet.inbound.hl7v2 import parse_adt
+from stafet.kafka.client import as_admin, client_config
+from stafet.kafka.reader import read_to_end
+from stafet.kafka.topics import DLQ_DELIVERY, H_MESSAGE_ID
+from stafet.medcom.hospitalnotification import message_header_id
 from stafet.observability import probe
 from stafet.stack import Service
-from stafet.streams.hospitalnotification import message_header_id
-from stafet.topic_reader import read_to_end
-from stafet.topics import DLQ_DELIVERY, H_MESSAGE_ID
 
 from .conftest import free_port
 from .delivery_env import Rest, running_delivery

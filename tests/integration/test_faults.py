@@ -17,10 +17,10 @@ from collections import Counter, defaultdict
 import pytest
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.hl7v2 import parse_adt
-from stafet.kafka_security import WORKER
+from stafet.inbound.hl7v2 import parse_adt
+from stafet.kafka.security import WORKER
+from stafet.medcom.hospitalnotification import message_header_id
 from stafet.stack import Service, service_env
-from stafet.streams.hospitalnotification import message_header_id
 
 from .conftest import SUPERVISION
 from .delivery_env import Rest, running_delivery

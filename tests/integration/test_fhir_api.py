@@ -17,13 +17,13 @@ import aiohttp
 import pytest
 
 from stafet.config import Settings
-from stafet.connectors.fhir_http import EVENT_ID_HEADER, FhirListener
+from stafet.connectors.sources.fhir.listener import EVENT_ID_HEADER, FhirListener
 from stafet.demo import fhir_samples as s
 from stafet.demo.inbox import Received, end_offsets, read_topics
-from stafet.fhir_referral import parse_fhir_referral
 from stafet.ids import patient_key
-from stafet.kafka_client import as_admin
-from stafet.topics import DLQ_FHIR, H_EVENT_ID, H_REASON, H_SOURCE, H_STAGE, INGEST_FHIR
+from stafet.inbound.fhir_referral import parse_fhir_referral
+from stafet.kafka.client import as_admin
+from stafet.kafka.topics import DLQ_FHIR, H_EVENT_ID, H_REASON, H_SOURCE, H_STAGE, INGEST_FHIR
 
 from .conftest import free_port
 

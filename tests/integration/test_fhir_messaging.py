@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import uuid
 
-from stafet.connectors.fhir_http import FhirListener
-from stafet.connectors.medcom_ack import MessageIds, build_ack, parse_ack
+from stafet.connectors.sources.fhir.listener import FhirListener
 from stafet.demo import fhir_samples as s
 from stafet.demo.inbox import end_offsets, read_topics
-from stafet.kafka_client import as_admin
-from stafet.topics import ACKS_INBOUND, DLQ_FHIR, H_REASON, H_STAGE, INGEST_FHIR
+from stafet.kafka.client import as_admin
+from stafet.kafka.topics import ACKS_INBOUND, DLQ_FHIR, H_REASON, H_STAGE, INGEST_FHIR
+from stafet.medcom.acknowledgement import MessageIds, build_ack, parse_ack
 
 from .test_fhir_api import Running, api, http  # noqa: F401  (the module's listener fixture)
 

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from stafet.connectors.mllp_client import END, START, MllpClient, ack_fields
+from stafet.connectors.sources.mllp.client import END, START, MllpClient, ack_fields
 from stafet.demo import fhir_samples as fs
-from stafet.topics import (
+from stafet.kafka.topics import (
     DLQ_FHIR,
     DLQ_MLLP,
     DLQ_NORMALIZE,

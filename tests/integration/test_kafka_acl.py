@@ -22,9 +22,9 @@ from confluent_kafka.admin import AdminClient
 
 from stafet.config import Settings
 from stafet.errors import StafetError
-from stafet.kafka_client import as_admin, as_principal, client_config
-from stafet.kafka_local import LocalKafka
-from stafet.kafka_security import (
+from stafet.kafka.client import as_admin, as_principal, client_config
+from stafet.kafka.local import LocalKafka
+from stafet.kafka.security import (
     DLQ_OPERATOR,
     FHIR,
     MLLP,
@@ -32,8 +32,8 @@ from stafet.kafka_security import (
     WORKER,
     municipality_principal,
 )
+from stafet.kafka.topics import ensure_topics, municipality_topic
 from stafet.stack import Service, service_env, settings_env, wait_for_port
-from stafet.topics import ensure_topics, municipality_topic
 from tests.integration.conftest import free_port
 
 A, B = "0751", "0101"  # Aarhus, København
@@ -333,7 +333,7 @@ def test_the_operator_reads_alerts_and_audit_and_no_message(provisioned: Setting
 def test_the_dlq_operator_resends_a_dead_letter_without_reading_ingest(
     provisioned: Settings,
 ) -> None:
-    from stafet.topics import H_ORIGIN
+    from stafet.kafka.topics import H_ORIGIN
 
     body = f"MSH|^~\\&|dead-letter-{uuid.uuid4().hex[:6]}".encode()
     producer = Producer(client_config(as_admin(provisioned)))
@@ -384,7 +384,7 @@ def test_hl7_message_flows_end_to_end_on_the_secure_broker(
     provisioned: Settings, tmp_path: Path
 ) -> None:
     """worker, mllp and fhir each as their own principal; the municipality reads the result."""
-    from stafet.connectors.mllp_client import MllpClient, ack_fields
+    from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
     from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 
     patient = medcom_test_patients()["RikkeBerggren"]  # lives in 0751 (A)

@@ -12,16 +12,12 @@ from datetime import UTC, datetime
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from stafet.connectors.fhir_http import FhirListener
+from stafet.connectors.sources.fhir.listener import FhirListener
 from stafet.demo import fhir_samples
 from stafet.demo.hl7_builder import Hospital, Provider, adt, referral_message
 from stafet.demo.inbox import end_offsets
-from stafet.kafka_client import resolve_config
-from stafet.stack import as_admin
-from stafet.streams.carecommunication import validate_care_communication
-from stafet.streams.hospitalnotification import validate_bundle
-from stafet.streams.medcom_addressing import organization_problems
-from stafet.topics import (
+from stafet.kafka.client import resolve_config
+from stafet.kafka.topics import (
     ALERTS_OPERATOR,
     DLQ_NOTIFY,
     DLQ_REFERRAL,
@@ -32,6 +28,10 @@ from stafet.topics import (
     OUT_REFERRER,
     municipality_topic,
 )
+from stafet.medcom.addressing import organization_problems
+from stafet.medcom.carecommunication import validate_care_communication
+from stafet.medcom.hospitalnotification import validate_bundle
+from stafet.stack import as_admin
 
 from .test_fhir_api import Running, http
 from .test_referral_flow import (
@@ -393,7 +393,7 @@ def test_a_dead_letter_sent_back_goes_through_the_worker_again(stack):
     """`stafet dlq resend`: the notification of a hospital unknown to the directory is a dead
     letter; sent back, it is processed again (same key and value) — still unknown, so it is a
     dead letter again, carrying where it was resent from."""
-    from stafet.dlq import H_RESENT_FROM, resend
+    from stafet.kafka.dead_letters import H_RESENT_FROM, resend
 
     since = marks(stack)
     stranger = Hospital("Ukendt Sygehus", "600000000000999")

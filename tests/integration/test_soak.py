@@ -25,12 +25,10 @@ import pytest
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.demo.inbox import end_offsets, uncommitted_count
-from stafet.hl7v2 import parse_adt
-from stafet.kafka_client import as_admin
-from stafet.kafka_security import WORKER
-from stafet.stack import Service, service_env
-from stafet.streams.hospitalnotification import message_header_id
-from stafet.topics import (
+from stafet.inbound.hl7v2 import parse_adt
+from stafet.kafka.client import as_admin
+from stafet.kafka.security import WORKER
+from stafet.kafka.topics import (
     DLQ_TOPICS,
     EVENTS_ENCOUNTER,
     H_EVENT_ID,
@@ -38,6 +36,8 @@ from stafet.topics import (
     INGEST_HL7V2,
     municipality_topic,
 )
+from stafet.medcom.hospitalnotification import message_header_id
+from stafet.stack import Service, service_env
 
 from .conftest import SUPERVISION
 

@@ -17,9 +17,9 @@ from confluent_kafka.admin import (
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.demo.inbox import end_offsets
-from stafet.hl7v2 import parse_adt
-from stafet.kafka_client import as_admin, client_config
-from stafet.topics import (
+from stafet.inbound.hl7v2 import parse_adt
+from stafet.kafka.client import as_admin, client_config
+from stafet.kafka.topics import (
     ALERTS_OPERATOR,
     DLQ_NOTIFY,
     H_EVENT_ID,

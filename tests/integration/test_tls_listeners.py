@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 
-from stafet.connectors.mllp import MllpListener
-from stafet.connectors.mllp_client import MllpClient, ack_fields
+from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
+from stafet.connectors.sources.mllp.listener import MllpListener
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.kafka_client import as_admin
-from stafet.kafka_credentials import ensure_tls
+from stafet.kafka.client import as_admin
+from stafet.kafka.credentials import ensure_tls
 
 from .conftest import free_port
 
@@ -116,8 +116,8 @@ def _post(url: str, body: bytes, context: ssl.SSLContext) -> int:
 def test_fhir_over_mutual_tls(stack, tls):
     import json
 
-    from stafet.connectors.fhir_http import FhirListener
-    from stafet.connectors.medcom_ack import MessageIds, build_ack
+    from stafet.connectors.sources.fhir.listener import FhirListener
+    from stafet.medcom.acknowledgement import MessageIds, build_ack
 
     from .test_fhir_api import Running
 
@@ -149,10 +149,10 @@ def test_a_forged_rejection_without_a_client_certificate_never_enters_the_pipeli
     only a party with a client certificate may post one. The forged Task is turned away at the
     handshake and nothing reaches ingest.fhir — the only way to a letter; the same Task with a
     certificate is stored (202), so the check could fail."""
-    from stafet.connectors.fhir_http import FhirListener
+    from stafet.connectors.sources.fhir.listener import FhirListener
     from stafet.demo import fhir_samples as s
     from stafet.demo.inbox import end_offsets
-    from stafet.topics import DLQ_FHIR, INGEST_FHIR
+    from stafet.kafka.topics import DLQ_FHIR, INGEST_FHIR
 
     from .test_fhir_api import Running
 

@@ -8,8 +8,8 @@ import time
 import uuid
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.hl7v2 import parse_adt
-from stafet.topics import H_EVENT_ID, H_MESSAGE_ID, OUT_MUNICIPALITY_PREFIX
+from stafet.inbound.hl7v2 import parse_adt
+from stafet.kafka.topics import H_EVENT_ID, H_MESSAGE_ID, OUT_MUNICIPALITY_PREFIX
 
 HOSPITAL = Hospital("BUC Test", "600000000000099")
 CHILDREN = ["RikkeBerggren", "BoVestergaard", "AliJensen", "PiaBerggren", "GitteNancy"]

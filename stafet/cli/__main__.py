@@ -1,0 +1,3 @@
+from stafet.cli.commands import main
+
+main()
