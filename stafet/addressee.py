@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from stafet.config import Settings
 from stafet.errors import StafetError
+from stafet.systems import CPR_SYSTEM
 
 SEALED_SYSTEM = "urn:stafet:addressee"
 #: identifier systems of persons (a CPR number), which are sealed
-PERSON_SYSTEMS = frozenset({"urn:oid:1.2.208.176.1.2"})
+PERSON_SYSTEMS = frozenset({CPR_SYSTEM})
 
 
 class AddresseeError(StafetError):

@@ -30,14 +30,10 @@ from stafet.errors import StafetError
 from stafet.logging import get_logger
 from stafet.model import Party
 from stafet.schemas.municipalities import municipalities
+from stafet.systems import MUNICIPALITY_SYSTEM, SOR_SYSTEM, UNIT_SYSTEM, YDER_SYSTEM
 
 log = get_logger(__name__)
 
-SOR_SYSTEM: Final = "urn:oid:1.2.208.176.1.1"
-YDER_SYSTEM: Final = "urn:oid:1.2.208.176.1.4"
-MUNICIPALITY_SYSTEM: Final = "http://hl7.dk/fhir/core/CodeSystem/dk-core-municipality-codes"
-#: a municipal unit without SOR in a FHIR referral: "<municipality code>/<ppr|family-department>"
-UNIT_SYSTEM: Final = "https://stafet.dk/fhir/NamingSystem/municipal-unit"
 Role = Literal["central", "ppr", "family-department", "hospital", "gp"]
 MUNICIPAL_ROLES: Final = ("central", "ppr", "family-department")
 

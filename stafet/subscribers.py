@@ -39,7 +39,6 @@ from stafet.config import read_secret_file
 from stafet.cpr import mask_cpr
 from stafet.directory import Directory, DirectoryError, Unaddressable, load_directory
 from stafet.errors import StafetError
-from stafet.inbound.fhir_mapping import MUNICIPALITY_SYSTEM
 from stafet.kafka.topics import (
     OUT_LETTER,
     OUT_MUNICIPALITY_PREFIX,
@@ -47,6 +46,7 @@ from stafet.kafka.topics import (
     municipality_topic,
 )
 from stafet.schemas.municipalities import municipalities
+from stafet.systems import MUNICIPALITY_SYSTEM
 
 Channel = Literal["kafka", "rest", "letter"]
 PartyKind = Literal[

@@ -15,7 +15,6 @@ from typing import Any
 
 from stafet.config import Settings
 from stafet.directory import Directory, Unaddressable, directory_file
-from stafet.inbound.fhir_mapping import MUNICIPALITY_SYSTEM
 from stafet.kafka.topics import (
     DLQ_NOTIFY,
     H_BUNDLE_ID,
@@ -40,6 +39,7 @@ from stafet.model import EncounterEvent
 from stafet.schemas.codec import decode
 from stafet.schemas.municipalities import municipality
 from stafet.streams.records import Inbound, Output, State, dead_letter, operator_alert
+from stafet.systems import MUNICIPALITY_SYSTEM
 
 log = get_logger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from stafet.model import Party, PatientInfo, ReferralEvent
 from stafet.schemas.municipalities import municipality
+from stafet.systems import MUNICIPALITY_SYSTEM
 
-MUNICIPALITY_SYSTEM = "http://hl7.dk/fhir/core/CodeSystem/dk-core-municipality-codes"
 OPEN = ("submitted", "forwarded")  # waiting for a decision
 DECIDED = ("accepted", "rejected", "expired")
 ENDED = ("rejected", "expired", "cancelled")  # no contact person at the unit any more

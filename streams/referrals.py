@@ -25,7 +25,7 @@ from typing import Any
 
 from stafet.addressee import addressee_key, recipient_header
 from stafet.config import Settings
-from stafet.directory import SOR_SYSTEM, Unaddressable, directory_file
+from stafet.directory import Unaddressable, directory_file
 from stafet.ids import stable_uuid
 from stafet.kafka.topics import (
     DLQ_REFERRAL,
@@ -73,6 +73,7 @@ from stafet.streams.referral_state import (
     municipality_party,
     seen,
 )
+from stafet.systems import SOR_SYSTEM
 
 log = get_logger(__name__)
 MUNICIPAL = ("municipality", "ppr", "family-department")

@@ -13,8 +13,6 @@ from click.testing import CliRunner
 from stafet.cli import main
 from stafet.demo.directory_sample import sample_directory_toml
 from stafet.directory import (
-    SOR_SYSTEM,
-    YDER_SYSTEM,
     DirectoryError,
     Unaddressable,
     gln_problem,
@@ -25,6 +23,7 @@ from stafet.medcom.addressing import organization_problems
 from stafet.model import Party
 from stafet.sor_import import sor_export_to_toml
 from stafet.subscribers import RegistryError, parse_registry
+from stafet.systems import SOR_SYSTEM, YDER_SYSTEM
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT.parent / "shared" / "domain" / "medcom-examples"

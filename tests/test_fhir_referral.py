@@ -13,15 +13,9 @@ import pytest
 from stafet.connectors.sources.fhir.openapi import openapi
 from stafet.demo import fhir_samples as s
 from stafet.ids import patient_key
-from stafet.inbound.fhir_mapping import UNIT_SYSTEM
-from stafet.inbound.fhir_referral import (
-    SOR_SYSTEM,
-    YDER_SYSTEM,
-    FhirInputError,
-    Issue,
-    parse_fhir_referral,
-)
+from stafet.inbound.fhir_referral import FhirInputError, Issue, parse_fhir_referral
 from stafet.model import Contact
+from stafet.systems import SOR_SYSTEM, UNIT_SYSTEM, YDER_SYSTEM
 
 SECRET = "test-secret"
 RIKKE, RUDDI, KIRSTEN = "0505209996", "1502779995", "2911829996"

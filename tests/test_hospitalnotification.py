@@ -20,7 +20,6 @@ from stafet.directory import Addressee
 from stafet.ids import stable_uuid
 from stafet.medcom.hospitalnotification import (
     ACTIVITY_CODES,
-    CPR_SYSTEM,
     EXT_LEAVE_PERIOD,
     EXT_REPORT_OF_ADMISSION,
     EXT_REPORT_OF_ADMISSION_RECIPIENT,
@@ -40,6 +39,7 @@ from stafet.model import (
     Organization,
     PatientInfo,
 )
+from stafet.systems import CPR_SYSTEM
 
 DOMAIN = Path(__file__).resolve().parents[2] / "shared" / "domain"
 EXAMPLES = DOMAIN / "medcom-examples" / "hospitalnotification"

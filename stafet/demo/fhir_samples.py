@@ -16,17 +16,14 @@ from typing import Any
 from stafet.demo.hl7_builder import SyntheticPatient, medcom_test_patients
 from stafet.ids import stable_uuid
 from stafet.inbound.fhir_referral import (
-    CPR_SYSTEM,
     FHIR_ENDPOINT_EXT,
     MUNICIPALITY_EXT,
-    MUNICIPALITY_SYSTEM,
     PAYLOAD_PART_EXT,
     REASON_SYSTEM,
     ROLE_CODE_SYSTEM,
-    SOR_SYSTEM,
     UNIT_TYPE_SYSTEM,
-    YDER_SYSTEM,
 )
+from stafet.systems import CPR_SYSTEM, MUNICIPALITY_SYSTEM, SOR_SYSTEM, YDER_SYSTEM
 
 Resource = dict[str, Any]
 REFERRAL_ID_SYSTEM = "https://stafet.dk/fhir/NamingSystem/demo-referral-id"

@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stafet.errors import StafetError
 from stafet.kafka.client import KafkaTarget, resolve_config
+from stafet.systems import CPR_SYSTEM
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +142,7 @@ def summarize(record: Received) -> dict:
     resources = {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
     patient = resources.get("Patient", {})
     cpr = next(
-        (
-            i["value"]
-            for i in patient.get("identifier", [])
-            if i.get("system") == "urn:oid:1.2.208.176.1.2"
-        ),
+        (i["value"] for i in patient.get("identifier", []) if i.get("system") == CPR_SYSTEM),
         "",
     )
     name = patient.get("name", [{}])[0]

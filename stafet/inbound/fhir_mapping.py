@@ -31,11 +31,8 @@ from stafet.model import (
     ReferralKind,
 )
 from stafet.schemas.municipalities import municipality
+from stafet.systems import CPR_SYSTEM, SOR_SYSTEM, UNIT_SYSTEM, YDER_SYSTEM
 
-CPR_SYSTEM = "urn:oid:1.2.208.176.1.2"
-SOR_SYSTEM = "urn:oid:1.2.208.176.1.1"
-YDER_SYSTEM = "urn:oid:1.2.208.176.1.4"
-MUNICIPALITY_SYSTEM = "http://hl7.dk/fhir/core/CodeSystem/dk-core-municipality-codes"
 MUNICIPALITY_EXT = "http://hl7.dk/fhir/core/StructureDefinition/dk-core-municipalityCodes"
 ROLE_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 UNIT_TYPE_SYSTEM = "https://stafet.dk/fhir/CodeSystem/municipal-unit-type"
@@ -196,9 +193,6 @@ def _cpr(identifiers: Any, path: str, ctx: Ctx, who: str) -> str:
         )
         return ""
     return value
-
-
-UNIT_SYSTEM = "https://stafet.dk/fhir/NamingSystem/municipal-unit"  # = stafet.directory's
 
 
 def _endpoint(system: str, *elements: Any) -> bool:

@@ -90,27 +90,24 @@ from pydantic import ValidationError
 
 from stafet.cpr import mask_cpr
 from stafet.inbound.fhir_mapping import (
-    CPR_SYSTEM,
     FHIR_ENDPOINT_EXT,
     MAPPERS,
     MUNICIPALITY_EXT,
-    MUNICIPALITY_SYSTEM,
     OUTPUT_TYPES,
     PAYLOAD_PART_EXT,
     PAYLOAD_PARTS,
     REASON_CODES,
     REASON_SYSTEM,
     ROLE_CODE_SYSTEM,
-    SOR_SYSTEM,
     UNIT_TYPE_SYSTEM,
     UNIT_TYPES,
-    YDER_SYSTEM,
     Ctx,
     Issue,
     Res,
     referral_id,
 )
 from stafet.model import ReferralEvent
+from stafet.systems import CPR_SYSTEM, MUNICIPALITY_SYSTEM, SOR_SYSTEM, YDER_SYSTEM
 
 EVENT_TYPES = ("ServiceRequest", "Task", "Communication")
 BUNDLE_TYPES = ("message", "collection", "transaction", "batch")

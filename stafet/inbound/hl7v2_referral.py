@@ -36,10 +36,8 @@ from stafet.inbound.hl7v2 import (
     to_iso,
 )
 from stafet.model import Contact, Decision, EncounterEvent, Party, PatientInfo, ReferralEvent
+from stafet.systems import CPR_SYSTEM, SOR_SYSTEM, YDER_SYSTEM
 
-SOR_SYSTEM = "urn:oid:1.2.208.176.1.1"
-YDER_SYSTEM = "urn:oid:1.2.208.176.1.4"
-CPR_SYSTEM = "urn:oid:1.2.208.176.1.2"
 REFERRAL_TRIGGERS = {
     ("REF", "I12"): "submitted",
     ("REF", "I13"): "modified",

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from stafet.errors import StafetError
 from stafet.ids import stable_uuid
+from stafet.systems import EVENT_SYSTEM
 
-EVENT_SYSTEM = "http://medcomfhir.dk/ig/terminology/CodeSystem/medcom-messaging-eventCodes"
 ACK_EVENT = "acknowledgement-message"
 ACK_PROFILE = (
     "http://medcomfhir.dk/ig/acknowledgement/StructureDefinition/medcom-messaging-acknowledgement"

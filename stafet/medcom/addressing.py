@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from stafet.directory import SOR_SYSTEM, Addressee, gln_problem
+from stafet.directory import Addressee, gln_problem
+from stafet.systems import SOR_SYSTEM
 
 GLN_SYSTEM: Final = "https://www.gs1.org/gln"
 #: EAN/GLN systems seen in MedCom material (DOMAIN.md: accept all on input)

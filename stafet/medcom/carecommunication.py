@@ -30,7 +30,7 @@ from functools import cache
 from typing import Any, Final, Literal
 
 from stafet.cpr import CPR_IN_TEXT, is_cpr_shape
-from stafet.directory import SOR_SYSTEM, Addressee, Unaddressable
+from stafet.directory import Addressee, Unaddressable
 from stafet.ids import stable_uuid
 from stafet.medcom.addressing import (
     MESSAGING_ORGANIZATION,
@@ -40,9 +40,7 @@ from stafet.medcom.addressing import (
 )
 from stafet.medcom.hospitalnotification import (
     ACTIVITY_SYSTEM,
-    CPR_SYSTEM,
     DESTINATION_USE_SYSTEM,
-    EVENT_SYSTEM,
     EXT_DESTINATION_USE,
     FULL_URL_BASE,
     NotificationBuildError,
@@ -55,6 +53,7 @@ from stafet.medcom.letters import (
     letter_text,
 )
 from stafet.model import Contact, Party, ReferralEvent
+from stafet.systems import CPR_SYSTEM, EVENT_SYSTEM, SOR_SYSTEM
 
 __all__ = [
     "REJECTION_REASONS",

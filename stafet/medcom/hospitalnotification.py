@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any, Final
 
 from stafet.cpr import is_cpr_shape
-from stafet.directory import SOR_SYSTEM, Addressee, Unaddressable
+from stafet.directory import Addressee, Unaddressable
 from stafet.errors import StafetError
 from stafet.ids import stable_uuid
 from stafet.medcom.addressing import (
@@ -32,6 +32,7 @@ from stafet.medcom.addressing import (
     organization_problems,
 )
 from stafet.model import EncounterEvent
+from stafet.systems import CPR_SYSTEM, EVENT_SYSTEM, MEDCOM_TERMINOLOGY, SOR_SYSTEM
 
 __all__ = [
     "GLN_SYSTEM",
@@ -42,11 +43,8 @@ __all__ = [
     "message_header_id",
     "validate_bundle",
 ]
-CPR_SYSTEM: Final = "urn:oid:1.2.208.176.1.2"
-MUNICIPALITY_SYSTEM: Final = "http://hl7.dk/fhir/core/CodeSystem/dk-core-municipality-codes"
 ACTCODE_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-_TERMINOLOGY: Final = "http://medcomfhir.dk/ig/terminology/CodeSystem/"
-EVENT_SYSTEM: Final = _TERMINOLOGY + "medcom-messaging-eventCodes"
+_TERMINOLOGY: Final = MEDCOM_TERMINOLOGY
 ACTIVITY_SYSTEM: Final = _TERMINOLOGY + "medcom-messaging-activityCodes"
 DESTINATION_USE_SYSTEM: Final = _TERMINOLOGY + "medcom-messaging-destinationUse"
 EVENT_CODE: Final = "hospital-notification-message"

@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape
 from stafet.cpr import mask_cpr
 from stafet.errors import StafetError
 from stafet.model import Contact, Party, ReferralEvent
+from stafet.systems import CPR_SYSTEM, SOR_SYSTEM
 
 LetterKind = Literal[
     "receipt",
@@ -217,8 +218,6 @@ _MONTHS: Final = (
     "november",
     "december",
 )
-CPR_SYSTEM: Final = "urn:oid:1.2.208.176.1.2"
-SOR_SYSTEM: Final = "urn:oid:1.2.208.176.1.1"
 _PHONE: Final = re.compile(r"^\+?[0-9][0-9 -]{6,}[0-9]$")
 
 

@@ -12,15 +12,8 @@ from functools import lru_cache
 from typing import Any
 
 from stafet.demo import fhir_samples as samples
-from stafet.inbound.fhir_referral import (
-    CPR_SYSTEM,
-    OUTPUT_TYPES,
-    PAYLOAD_PART_EXT,
-    PAYLOAD_PARTS,
-    REASON_CODES,
-    SOR_SYSTEM,
-    YDER_SYSTEM,
-)
+from stafet.inbound.fhir_referral import OUTPUT_TYPES, PAYLOAD_PART_EXT, PAYLOAD_PARTS, REASON_CODES
+from stafet.systems import CPR_SYSTEM, SOR_SYSTEM, YDER_SYSTEM
 
 _REF = {"$ref": "#/components/schemas/Reference"}
 _STR = {"type": "string"}
