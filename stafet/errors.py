@@ -7,8 +7,9 @@ class StafetError(Exception):
     """Base of every error stafet raises on purpose."""
 
 
-class DeliveryError(StafetError):
-    """A record could not be durably written to Kafka (the sender should retry)."""
+class KafkaWriteError(StafetError):
+    """Kafka did not durably store a record (the sender should retry). Not about delivery to a
+    subscriber: that is connectors/sinks."""
 
 
 class RejectedInput(StafetError):

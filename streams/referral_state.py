@@ -47,7 +47,9 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Applied:
+    """An event applied to its referral: the new state, whom to tell, the enriched event."""
+
     state: dict[str, Any]
     deliveries: tuple[Delivery, ...]
     event: ReferralEvent  # the event enriched with what the state knows (child, parties)
@@ -124,7 +126,7 @@ def apply(
     now: datetime,
     deadline: timedelta,
     units_of: Callable[[str], tuple[Party, ...]] = lambda code: (),
-) -> Outcome:
+) -> Applied:
     """The next state and the deliveries for ``event``; raises :class:`Park` or :class:`Refuse`.
 
     The state remembers everyone who was sent something (``told``): a modification or a
@@ -148,7 +150,7 @@ def _apply(
     now: datetime,
     deadline: timedelta,
     units_of: Callable[[str], tuple[Party, ...]],
-) -> Outcome:
+) -> Applied:
     if event.kind == "submitted":
         if state is not None and state["status"] != "cancelled":
             raise Refuse(
@@ -156,7 +158,7 @@ def _apply(
                 f"(status {state['status']}); send a modification (REF^I13) instead"
             )
         new = _with_history(_new_state(event), event, "submitted")
-        return Outcome(new, _to_referrer(new, "receipt"), event)
+        return Applied(new, _to_referrer(new, "receipt"), event)
     if event.kind == "tick":
         return _tick(state, event, now=now, deadline=deadline)
     if state is None:
@@ -168,13 +170,13 @@ def _apply(
     if event.kind == "modified":
         record = enriched.to_record()
         new = {**state, **{k: record[k] for k in ("referrer", "guardians", "municipal_units")}}
-        return Outcome(_with_history(new, event, status), _to_told(state, "modified"), enriched)
+        return Applied(_with_history(new, event, status), _to_told(state, "modified"), enriched)
     if event.kind == "cancelled":
         if status in DECIDED:
             raise Refuse(
                 f"referral {event.referral_id} is already {status}; it cannot be cancelled"
             )
-        return Outcome(
+        return Applied(
             _with_history(state, event, "cancelled"), _to_told(state, "cancelled"), enriched
         )
     if event.kind == "contact":
@@ -188,7 +190,7 @@ def _apply(
                 f"{status}: nobody is told"
             )
         new = {**_with_history(state, event, status), "contact": asdict(event.contact)}
-        return Outcome(new, every_party(enriched, units_of, "contact"), enriched)
+        return Applied(new, every_party(enriched, units_of, "contact"), enriched)
     if event.kind == "assessment":
         if status not in ("accepted", "assessed"):
             raise Refuse(
@@ -199,7 +201,7 @@ def _apply(
             *_to_referrer(new, "assessment"),
             Delivery(municipality_party(state["child"]["municipality_code"]), "assessment"),
         )
-        return Outcome(new, recipients, enriched)
+        return Applied(new, recipients, enriched)
     # a triage decision
     assert event.decision is not None
     if status not in OPEN:
@@ -214,14 +216,14 @@ def _apply(
         # the forwarding unit writes the letters; the new unit is the receiver from now on and
         # is told itself (it must triage the referral)
         enriched = replace(enriched, receiver=_party(state.get("receiver")))
-        return Outcome(
+        return Applied(
             new,
             (*_to_referrer(new, "status"), Delivery(event.decision.forwarded_to, "forward")),
             enriched,
         )
     if decided != "rejected":
-        return Outcome(new, _to_referrer(new, "status"), enriched)
-    return Outcome(new, rejection_recipients(enriched, units_of), enriched)
+        return Applied(new, _to_referrer(new, "status"), enriched)
+    return Applied(new, rejection_recipients(enriched, units_of), enriched)
 
 
 def rejection_recipients(
@@ -268,19 +270,19 @@ def _to_referrer(state: dict[str, Any], kind: str) -> tuple[Delivery, ...]:
 
 def _tick(
     state: dict[str, Any] | None, event: ReferralEvent, *, now: datetime, deadline: timedelta
-) -> Outcome:
+) -> Applied:
     """Deadline check: alert once when the assessment guarantee has passed without a decision."""
     if state is None or state["status"] not in OPEN or state.get("deadline_alerted"):
-        return Outcome(state or {}, (), event)
+        return Applied(state or {}, (), event)
     if now - datetime.fromisoformat(state["submitted_at"]) < deadline:
-        return Outcome(state, (), event)
+        return Applied(state, (), event)
     enriched = enrich(event, state)
     new = {**state, "deadline_alerted": True}
     recipients = (
         *_to_referrer(state, "deadline"),
         Delivery(municipality_party(state["child"]["municipality_code"]), "deadline"),
     )
-    return Outcome(new, recipients, enriched)
+    return Applied(new, recipients, enriched)
 
 
 def deadline_at(state: dict[str, Any], deadline: timedelta) -> datetime | None:

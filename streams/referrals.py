@@ -64,8 +64,8 @@ from stafet.streams.records import (
     operator_alert,
 )
 from stafet.streams.referral_state import (
+    Applied,
     Delivery,
-    Outcome,
     Park,
     Refuse,
     apply,
@@ -205,7 +205,7 @@ class ReferralStep:
             if u.role != "central"
         )
 
-    def render(self, outcome: Outcome, delivery: Delivery) -> list[Output]:
+    def render(self, outcome: Applied, delivery: Delivery) -> list[Output]:
         """The message of one delivery, or — when the directory cannot address its recipient —
         a dead letter naming it and an operator alert (the other recipients are still sent);
         raises if it cannot be built for any other reason."""
@@ -217,7 +217,7 @@ class ReferralStep:
             )
             return self.undeliverable(outcome, delivery, f"Unaddressable: {exc}")
 
-    def undeliverable(self, outcome: Outcome, delivery: Delivery, why: str) -> list[Output]:
+    def undeliverable(self, outcome: Applied, delivery: Delivery, why: str) -> list[Output]:
         """One recipient's message as a dead letter (the event as applied, and in
         ``stafet.redeliver`` which message it was) plus an operator alert. Sent back to
         ``events.referral`` after the cause is fixed, it yields exactly that message."""
@@ -259,9 +259,9 @@ class ReferralStep:
             ]
         delivery = Delivery(party, kind)
         log.info("referral.redelivered", referral_id=event.referral_id, kind=kind)
-        return self.render(Outcome(state, (delivery,), event), delivery)
+        return self.render(Applied(state, (delivery,), event), delivery)
 
-    def _message(self, outcome: Outcome, delivery: Delivery) -> Output:
+    def _message(self, outcome: Applied, delivery: Delivery) -> Output:
         event, recipient = outcome.event, delivery.recipient
         bundle_id, header_id = message_ids(event.event_id, recipient, delivery.kind)
         key = event.patient_key.encode()

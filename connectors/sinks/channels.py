@@ -1,7 +1,7 @@
 """The parts a delivery is made of: the record being delivered, the channels (REST hook, letter
 outbox), and the durable recorder of audit lines, alerts and dead letters.
 
-A channel answers each attempt with an :class:`Outcome`: delivered, retry later (the endpoint is
+A channel answers each attempt with an :class:`AttemptResult`: delivered, retry later (the endpoint is
 down, slow or says 5xx/408/429), or refused (any other 4xx: the receiver will never take this
 message, so retrying only delays the operator).
 """
@@ -209,7 +209,9 @@ class OutRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class AttemptResult:
+    """What one attempt at a channel came to (delivered, or retry, or refused for good)."""
+
     delivered: bool
     retry: bool
     detail: str
@@ -277,7 +279,7 @@ class RestHook:
         self._secret = subscriber.secret().get_secret_value()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def send(self, body: bytes, record: OutRecord, attempt: int) -> Outcome:
+    async def send(self, body: bytes, record: OutRecord, attempt: int) -> AttemptResult:
         headers = {
             "Content-Type": "application/fhir+json; fhirVersion=4.0",
             # webhook-id: the MessageHeader.id, the same on retries, resends, replays
@@ -293,15 +295,15 @@ class RestHook:
                 await response.read()
                 status = response.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return Outcome(False, True, f"{type(exc).__name__}: {exc}"[:300])
+            return AttemptResult(False, True, f"{type(exc).__name__}: {exc}"[:300])
         if 200 <= status < 300:
-            return Outcome(True, False, f"HTTP {status}")
+            return AttemptResult(True, False, f"HTTP {status}")
         if 300 <= status < 400:  # a signed body is never forwarded to another address
-            return Outcome(
+            return AttemptResult(
                 False, False, f"HTTP {status}: redirects are not followed; register the final URL"
             )
         retry = status >= 500 or status in RETRYABLE_STATUS
-        return Outcome(False, retry, f"HTTP {status}")
+        return AttemptResult(False, retry, f"HTTP {status}")
 
 
 class LetterOutbox:
@@ -312,12 +314,12 @@ class LetterOutbox:
         self.subscriber = subscriber
         self.directory = subscriber.outbox or root / subscriber.id
 
-    async def send(self, body: bytes, record: OutRecord, attempt: int) -> Outcome:
+    async def send(self, body: bytes, record: OutRecord, attempt: int) -> AttemptResult:
         try:
             await asyncio.to_thread(self._write, body, record)
         except OSError as exc:
-            return Outcome(False, True, f"outbox {self.directory}: {exc}")
-        return Outcome(True, False, f"written to {self.directory}")
+            return AttemptResult(False, True, f"outbox {self.directory}: {exc}")
+        return AttemptResult(True, False, f"written to {self.directory}")
 
     def _write(self, body: bytes, record: OutRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,8 @@ from stafet.audit import AuditRecord, headers_of
 from stafet.config import Settings
 from stafet.connectors.sinks.acknowledgements import AckTracker, Pending
 from stafet.connectors.sinks.channels import (
+    AttemptResult,
     LetterOutbox,
-    Outcome,
     OutRecord,
     Recorder,
     RestHook,
@@ -280,7 +280,9 @@ class SubscriberSink:
             if await _sleep_unless(stop, wait):
                 return False
 
-    async def send_again(self, record: OutRecord, number: int, *, replay: bool = False) -> Outcome:
+    async def send_again(
+        self, record: OutRecord, number: int, *, replay: bool = False
+    ) -> AttemptResult:
         """One more send of a delivered record: a resend gets a new Bundle.id (MedCom MR7), a
         replay is byte-identical."""
         body = record.value

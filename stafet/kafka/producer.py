@@ -1,7 +1,7 @@
 """An asyncio face on confluent-kafka's idempotent ``acks=all`` producer.
 
 ``await DurableProducer.send(...)`` returns only once the broker has acknowledged the write to
-all in-sync replicas; anything else raises :class:`DeliveryError`. Connectors answer their
+all in-sync replicas; anything else raises :class:`KafkaWriteError`. Connectors answer their
 sender after this await, never before.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from stafet.errors import DeliveryError
+from stafet.errors import KafkaWriteError
 from stafet.kafka.client import PARTITIONER, KafkaTarget, resolve_config
 
 Headers = Sequence[tuple[str, bytes]]
@@ -57,7 +57,7 @@ class DurableProducer:
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                outcome: object = DeliveryError(f"Kafka did not store the record: {err.str()}")
+                outcome: object = KafkaWriteError(f"Kafka did not store the record: {err.str()}")
             else:
                 outcome = (msg.partition(), msg.offset())
             loop.call_soon_threadsafe(_settle, future, outcome)
@@ -67,13 +67,13 @@ class DurableProducer:
                 topic, value=value, key=key, headers=list(headers), on_delivery=delivered
             )
         except BufferError as exc:
-            raise DeliveryError("the producer queue is full") from exc
+            raise KafkaWriteError("the producer queue is full") from exc
         except Exception as exc:  # KafkaException, e.g. message too large
-            raise DeliveryError(f"Kafka refused the record: {exc}") from exc
+            raise KafkaWriteError(f"Kafka refused the record: {exc}") from exc
         try:
             return await asyncio.wait_for(future, self._timeout_s + 5.0)
         except TimeoutError as exc:
-            raise DeliveryError("no acknowledgement from Kafka in time") from exc
+            raise KafkaWriteError("no acknowledgement from Kafka in time") from exc
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued, then stop the poll thread (once; a second call does nothing)."""

@@ -39,7 +39,7 @@ from stafet.connectors.sources.fhir.messaging import SeenMessages, process_messa
 from stafet.connectors.sources.fhir.openapi import openapi
 from stafet.connectors.tls import server_context
 from stafet.cpr import mask_cpr
-from stafet.errors import DeliveryError, StafetError
+from stafet.errors import KafkaWriteError, StafetError
 from stafet.inbound.fhir_referral import FhirInputError, Issue, parse_fhir_referral
 from stafet.kafka.client import KafkaTarget, resolve_config
 from stafet.kafka.producer import DurableProducer
@@ -476,7 +476,7 @@ class FhirListener:
                     *extra_headers,
                 ],
             )
-        except DeliveryError as exc:
+        except KafkaWriteError as exc:
             log.error("fhir.store_failed", event_id=first.event_id, error=str(exc))
             return _transient(f"not stored, please retry: {exc}")
         for event in events:
@@ -523,7 +523,7 @@ class FhirListener:
                     (H_RECEIVED_AT, received_at.encode()),
                 ],
             )
-        except DeliveryError as exc:
+        except KafkaWriteError as exc:
             log.error("fhir.dlq_failed", reason=reason, error=str(exc))
         log.warning("fhir.rejected", status=status, reason=reason[:2000])
         response = _outcome(

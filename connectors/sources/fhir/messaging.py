@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from stafet.connectors.sinks.channels import SignatureError, check_timestamp
-from stafet.errors import DeliveryError
+from stafet.errors import KafkaWriteError
 from stafet.inbound.fhir_referral import Issue
 from stafet.kafka.client import client_config
 from stafet.kafka.reader import read_to_end
@@ -268,7 +268,7 @@ async def _store(
                 key=ack.acknowledged_id.encode(),
                 headers=[*ours, *signed, (H_RECEIVED_AT, received_at.encode())],
             )
-        except DeliveryError as exc:
+        except KafkaWriteError as exc:
             return _error(503, "", f"not stored, please retry: {exc}", "transient")
         log.info("fhir.ack_received", acknowledged=ack.acknowledged_id, code=ack.code)
     else:

@@ -26,7 +26,7 @@ from stafet.config import Settings
 from stafet.connectors.sources.mllp.ack import build_ack
 from stafet.connectors.tls import server_context
 from stafet.cpr import MASK, mask_cpr
-from stafet.errors import DeliveryError
+from stafet.errors import KafkaWriteError
 from stafet.inbound.hl7v2 import Hl7Error, RawHeader, decode, read_header
 from stafet.inbound.hl7v2_referral import parse_hl7v2
 from stafet.kafka.producer import DurableProducer
@@ -288,7 +288,7 @@ class MllpListener:
             )
         try:
             await asyncio.gather(*writes)
-        except DeliveryError as exc:
+        except KafkaWriteError as exc:
             log.error("mllp.store_failed", control_id=header.control_id, error=str(exc))
             return build_ack(
                 "AE",
@@ -362,7 +362,7 @@ class MllpListener:
                     (H_RECEIVED_AT, datetime.now(UTC).isoformat().encode()),
                 ],
             )
-        except DeliveryError as exc:
+        except KafkaWriteError as exc:
             log.error("mllp.dlq_failed", reason=reason, error=str(exc))
             return False
         return True
