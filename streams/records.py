@@ -16,10 +16,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from stafet.cpr import mask_cpr
-from stafet.kafka.topics import ALERTS_OPERATOR, H_ORIGIN, H_REASON, H_RECEIVED_AT, H_STAGE
-
-#: the longest reason kept in a header (a traceback-sized reason would make the DLQ record poison)
-MAX_REASON = 4096
+from stafet.kafka.dead_letters import dead_letter_headers
+from stafet.kafka.topics import ALERTS_OPERATOR, H_ORIGIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +95,7 @@ def dead_letter_value(
         dlq,
         key,
         value,
-        {
-            **(headers or {}),
-            H_REASON: mask_cpr(reason)[:MAX_REASON].encode(),
-            H_STAGE: stage.encode(),
-            H_RECEIVED_AT: now_iso().encode(),
-        },
+        {**(headers or {}), **dead_letter_headers(stage, reason)},
     )
 
 

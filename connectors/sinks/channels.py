@@ -25,6 +25,7 @@ from confluent_kafka import Message
 
 from stafet.audit import Action, AuditRecord, headers_of, now_iso
 from stafet.cpr import mask_cpr
+from stafet.kafka.dead_letters import dead_letter_headers
 from stafet.kafka.producer import DurableProducer
 from stafet.kafka.topics import (
     ALERTS_OPERATOR,
@@ -34,10 +35,8 @@ from stafet.kafka.topics import (
     H_EVENT_ID,
     H_KIND,
     H_MESSAGE_ID,
-    H_REASON,
     H_RECIPIENT,
     H_REFERRAL_ID,
-    H_STAGE,
 )
 from stafet.logging import get_logger
 from stafet.subscribers import Subscriber, secret_key  # the one rule of a webhook secret
@@ -248,12 +247,10 @@ class Recorder:
         self, record: OutRecord, subscriber: str, reason: str, attempt: int = 0
     ) -> None:
         """dlq.delivery (the original record, its headers, the reason), audit, alert."""
-        headers = [(k, v.encode()) for k, v in record.headers.items()] + [
-            (H_REASON, mask_cpr(reason)[:8192].encode()),
-            (H_STAGE, b"delivery"),
-            ("stafet.subscriber", subscriber.encode()),
-            ("stafet.origin", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-        ]
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        headers = [(k, v.encode()) for k, v in record.headers.items()] + list(
+            dead_letter_headers("delivery", reason, origin=origin, subscriber=subscriber).items()
+        )
         await self.producer.send(DLQ_DELIVERY, record.value, key=record.key, headers=headers)
         await self.audit(
             record.audit("dead-lettered", subscriber, attempt=attempt, detail=reason), record.key

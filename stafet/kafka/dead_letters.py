@@ -1,4 +1,5 @@
-"""Send a dead letter back where it came from once its cause is fixed (``stafet dlq resend``).
+"""Dead letters: the headers every one carries (:func:`dead_letter_headers`), and sending one
+back where it came from once its cause is fixed (``stafet dlq resend``).
 
 A stream stage's dead letter is the record it could not handle (``stafet.origin`` names its
 topic) or, from the referral step, the event as it was applied (it goes back to
@@ -11,11 +12,13 @@ corrected message; ``dlq.delivery`` has ``stafet replay``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
 from stafet.config import Settings
+from stafet.cpr import mask_cpr
 from stafet.errors import StafetError
 from stafet.kafka.client import PARTITIONER, client_config
 from stafet.kafka.reader import fetch_record
@@ -28,6 +31,7 @@ from stafet.kafka.topics import (
     H_REASON,
     H_RECEIVED_AT,
     H_STAGE,
+    H_SUBSCRIBER,
 )
 from stafet.logging import get_logger
 
@@ -36,7 +40,32 @@ H_RESENT_FROM = "stafet.resent_from"  # <dlq topic>/<partition>/<offset> of the 
 RESENDABLE = (DLQ_NORMALIZE, DLQ_NOTIFY, DLQ_REFERRAL)
 #: where a dead letter without stafet.origin goes (the referral step's applied events)
 DEFAULT_TARGET = {DLQ_REFERRAL: EVENTS_REFERRAL}
-DEAD_LETTER_HEADERS = (H_REASON, H_STAGE, H_ORIGIN, H_RECEIVED_AT)
+DEAD_LETTER_HEADERS = (H_REASON, H_STAGE, H_ORIGIN, H_RECEIVED_AT, H_SUBSCRIBER)
+#: the longest reason kept in a header (a traceback-sized reason would make the DLQ record poison)
+MAX_REASON = 8192
+
+
+def dead_letter_headers(
+    stage: str,
+    reason: str,
+    *,
+    received_at: str | None = None,
+    origin: str | None = None,
+    subscriber: str | None = None,
+) -> dict[str, bytes]:
+    """What every dead letter says of itself: why (CPR-masked, cut to :data:`MAX_REASON`), which
+    stage put it there and when, and — where there is one — the ``topic/partition/offset`` it
+    came from and the subscriber it was for."""
+    headers = {
+        H_REASON: mask_cpr(reason)[:MAX_REASON].encode(),
+        H_STAGE: stage.encode(),
+        H_RECEIVED_AT: (received_at or datetime.now(UTC).isoformat()).encode(),
+    }
+    if origin is not None:
+        headers[H_ORIGIN] = origin.encode()
+    if subscriber is not None:
+        headers[H_SUBSCRIBER] = subscriber.encode()
+    return headers
 
 
 def resend(settings: Settings, dlq_topic: str, partition: int, offset: int) -> str:

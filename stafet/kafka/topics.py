@@ -58,6 +58,7 @@ H_EVENT_ID = "stafet.event_id"
 H_MESSAGE_ID = "stafet.message_id"
 H_BUNDLE_ID = "stafet.bundle_id"
 H_EVENT_CODE = "stafet.event_code"
+H_SUBSCRIBER = "stafet.subscriber"  # on dlq.delivery: whom the dead letter was for
 H_ORIGIN = "stafet.origin"  # topic/partition/offset of the record a DLQ entry came from
 H_RECIPIENT = "stafet.recipient"  # "<identifier system>|<identifier>" of the addressee
 H_RECIPIENT_EAN = "stafet.recipient_ean"  # the addressee's EAN location number (MedCom routing)

@@ -42,14 +42,13 @@ from stafet.cpr import mask_cpr
 from stafet.errors import KafkaWriteError, StafetError
 from stafet.inbound.fhir_referral import FhirInputError, Issue, parse_fhir_referral
 from stafet.kafka.client import KafkaTarget, resolve_config
+from stafet.kafka.dead_letters import dead_letter_headers
 from stafet.kafka.producer import DurableProducer
 from stafet.kafka.topics import (
     DLQ_FHIR,
     H_EVENT_ID,
-    H_REASON,
     H_RECEIVED_AT,
     H_SOURCE,
-    H_STAGE,
     INDEX_REFERRAL,
     INGEST_FHIR,
 )
@@ -517,11 +516,7 @@ class FhirListener:
             await self.producer.send(
                 DLQ_FHIR,
                 body[:DLQ_SAMPLE_BYTES],
-                headers=[
-                    (H_REASON, reason[:8192].encode()),
-                    (H_STAGE, b"fhir"),
-                    (H_RECEIVED_AT, received_at.encode()),
-                ],
+                headers=list(dead_letter_headers("fhir", reason, received_at=received_at).items()),
             )
         except KafkaWriteError as exc:
             log.error("fhir.dlq_failed", reason=reason, error=str(exc))

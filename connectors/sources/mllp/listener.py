@@ -29,15 +29,14 @@ from stafet.cpr import MASK, mask_cpr
 from stafet.errors import KafkaWriteError
 from stafet.inbound.hl7v2 import Hl7Error, RawHeader, decode, read_header
 from stafet.inbound.hl7v2_referral import parse_hl7v2
+from stafet.kafka.dead_letters import dead_letter_headers
 from stafet.kafka.producer import DurableProducer
 from stafet.kafka.topics import (
     DLQ_MLLP,
     H_CHARSET,
     H_EVENT_ID,
-    H_REASON,
     H_RECEIVED_AT,
     H_SOURCE,
-    H_STAGE,
     INDEX_REFERRAL,
     INGEST_HL7V2,
     index_key,
@@ -356,11 +355,7 @@ class MllpListener:
             await self.producer.send(
                 DLQ_MLLP,
                 data,
-                headers=[
-                    (H_REASON, mask_cpr(reason).encode()),
-                    (H_STAGE, b"mllp"),
-                    (H_RECEIVED_AT, datetime.now(UTC).isoformat().encode()),
-                ],
+                headers=list(dead_letter_headers("mllp", reason).items()),
             )
         except KafkaWriteError as exc:
             log.error("mllp.dlq_failed", reason=reason, error=str(exc))
