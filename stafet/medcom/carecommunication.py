@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import html
 import re
-from functools import cache
 from typing import Any, Final, Literal
 
 from stafet.cpr import CPR_IN_TEXT, is_cpr_shape
@@ -38,13 +37,7 @@ from stafet.medcom.addressing import (
     organization,
     organization_problems,
 )
-from stafet.medcom.hospitalnotification import (
-    ACTIVITY_SYSTEM,
-    DESTINATION_USE_SYSTEM,
-    EXT_DESTINATION_USE,
-    FULL_URL_BASE,
-    NotificationBuildError,
-)
+from stafet.medcom.hospitalnotification import NotificationBuildError
 from stafet.medcom.letters import (
     REJECTION_REASONS,
     LetterError,
@@ -52,8 +45,17 @@ from stafet.medcom.letters import (
     LetterText,
     letter_text,
 )
+from stafet.medcom.messaging import (
+    ACTIVITY_SYSTEM,
+    check_message,
+    has_text,
+    header_routing,
+    message_bundle,
+    resource,
+    validate_fhir,
+)
 from stafet.model import Contact, Party, ReferralEvent
-from stafet.systems import CPR_SYSTEM, EVENT_SYSTEM, SOR_SYSTEM
+from stafet.systems import CPR_SYSTEM, SOR_SYSTEM
 
 __all__ = [
     "REJECTION_REASONS",
@@ -143,7 +145,6 @@ _KINDS: Final = {
     "recipient": "Organization",
     "provenance": "Provenance",
 }
-_INSTANT: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 _URN_UUID: Final = re.compile(
     r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
     r"[0-9a-f]{12}$"
@@ -228,22 +229,14 @@ def build_care_communication(
                 f"Focus: Communication/{ids['communication']}",
             ]
         ),
-        "eventCoding": {"system": EVENT_SYSTEM, "code": EVENT_CODE},
-        "destination": [
-            {
-                "extension": [
-                    {
-                        "url": EXT_DESTINATION_USE,
-                        "valueCoding": {"system": DESTINATION_USE_SYSTEM, "code": "primary"},
-                    }
-                ],
-                "endpoint": destination,
-                "receiver": {"reference": ref["recipient"]},
-            }
-        ],
-        "sender": {"reference": ref["sender"]},
-        "source": {"endpoint": sor_source},
-        "focus": [{"reference": ref["communication"]}],
+        **header_routing(
+            EVENT_CODE,
+            destination=destination,
+            receiver=ref["recipient"],
+            sender=ref["sender"],
+            source=sor_source,
+            focus=[ref["communication"]],
+        ),
         "definition": MESSAGE_DEFINITION,
     }
     patient = _resource("Patient", ids["patient"]) | {
@@ -346,22 +339,11 @@ def build_care_communication(
         "entity": entities,
     }
     resources = [header, patient, communication, role, practitioner, *organizations, provenance]
-    return _resource("Bundle", ids["bundle"]) | {
-        "type": "message",
-        "timestamp": when,
-        "entry": [
-            {"fullUrl": f"{FULL_URL_BASE}/{r['resourceType']}/{r['id']}", "resource": r}
-            for r in resources
-        ],
-    }
+    return message_bundle(_resource("Bundle", ids["bundle"]), when, resources)
 
 
 def _resource(resource_type: str, rid: str) -> dict[str, Any]:
-    return {
-        "resourceType": resource_type,
-        "id": rid,
-        "meta": {"profile": [PROFILES[resource_type]]},
-    }
+    return resource(resource_type, rid, PROFILES)
 
 
 def _label(addressee: Addressee) -> str:
@@ -414,13 +396,6 @@ _UUID_IN_TEXT: Final = re.compile(
 )
 
 
-@cache
-def _bundle_model() -> Any:
-    from fhir.resources.R4B.bundle import Bundle  # imported lazily: ~1 s of model building
-
-    return Bundle
-
-
 def validate_care_communication(bundle: dict[str, Any], *, privacy: bool = True) -> None:
     """Raise CareCommunicationError unless ``bundle`` is a FHIR-valid MedCom CareCommunication.
 
@@ -429,19 +404,7 @@ def validate_care_communication(bundle: dict[str, Any], *, privacy: bool = True)
     here, each failure naming the rule. ``privacy`` adds stafet's own rule: no CPR-shaped number
     anywhere but the Patient's identifier (MedCom's examples print it in generated narratives).
     """
-    from pydantic import ValidationError
-
-    try:
-        _bundle_model().model_validate(bundle)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise CareCommunicationError(
-            f"not a valid FHIR Bundle ({exc.error_count()} errors), first at {where}: "
-            f"{first['msg']}"
-        ) from exc
-    except Exception as exc:  # e.g. KeyError('R4.FooType') for an unknown resourceType
-        raise CareCommunicationError(f"not a valid FHIR Bundle: {exc!r}") from exc
+    validate_fhir(bundle, CareCommunicationError)
     _check_medcom(bundle)
     problems = organization_problems(bundle)
     _require(not problems, "; ".join(problems))
@@ -459,25 +422,13 @@ def _check_medcom(bundle: dict[str, Any]) -> None:
         PROFILES["Bundle"] in (bundle.get("meta") or {}).get("profile", []),
         "Bundle.meta.profile must claim medcom-careCommunication-message",
     )
-    _require(bundle.get("type") == "message", "Bundle.type must be 'message'")
-    stamp = bundle.get("timestamp")
-    _require(_INSTANT.match(stamp or ""), f"Bundle.timestamp {stamp!r} needs a time and UTC offset")
-    resources = [e.get("resource") or {} for e in bundle.get("entry") or []]
-    _require(
-        resources and resources[0].get("resourceType") == "MessageHeader",
-        "entry[0] must be the MessageHeader",
+    message = check_message(bundle, EVENT_CODE, _require)
+    resources, header, resolve, of_type = (
+        message.resources,
+        message.header,
+        message.resolve,
+        message.of_type,
     )
-    by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
-    of_type = lambda t: [r for r in resources if r.get("resourceType") == t]  # noqa: E731
-
-    def resolve(reference: dict[str, Any] | None, what: str, *types: str) -> dict[str, Any]:
-        target = by_ref.get((reference or {}).get("reference", "")) or {}
-        _require(
-            target.get("resourceType") in types,
-            f"{what} must reference a {' or '.join(types)} in the Bundle",
-        )
-        return target
-
     rules = {
         "MessageHeader": "medcom-careCommunication-1: ",
         "Provenance": "medcom-careCommunication-3: ",
@@ -490,35 +441,12 @@ def _check_medcom(bundle: dict[str, Any]) -> None:
             f"{rules.get(rtype, '')}{rtype}/{r.get('id')} must claim "
             f"{PROFILES[rtype]} in meta.profile",
         )
-    header = resources[0]
-    coding = header.get("eventCoding") or {}
-    _require(
-        (coding.get("system"), coding.get("code")) == (EVENT_SYSTEM, EVENT_CODE),
-        f"MessageHeader.eventCoding must be {EVENT_SYSTEM}#{EVENT_CODE}",
-    )
-    _require(_has_text(header), "MessageHeader.text (narrative) is required")
-    destinations = header.get("destination") or []
-    _require(
-        len(destinations) == 1,
-        f"MessageHeader needs exactly one destination (cc is forbidden), has {len(destinations)}",
-    )
-    uses = [
-        x.get("valueCoding", {}).get("code")
-        for x in destinations[0].get("extension") or []
-        if x.get("url") == EXT_DESTINATION_USE
-    ]
-    _require(uses == ["primary"], f"MessageHeader.destination must have use 'primary', has {uses}")
-    resolve(destinations[0].get("receiver"), "MessageHeader.destination.receiver", "Organization")
-    sender = resolve(header.get("sender"), "MessageHeader.sender", "Organization")
     _require(
         any(
-            i.get("system") == SOR_SYSTEM and i.get("value") for i in sender.get("identifier") or []
+            i.get("system") == SOR_SYSTEM and i.get("value")
+            for i in message.sender.get("identifier") or []
         ),
         "the sender Organization needs a SOR identifier (MedComCoreOrganization)",
-    )
-    _require(
-        (header.get("source") or {}).get("endpoint"),
-        "MessageHeader.source.endpoint is required (acknowledgements go there)",
     )
     focus = header.get("focus") or []
     _require(1 <= len(focus) <= 2, "MessageHeader.focus must be one or two Communications")
@@ -562,11 +490,6 @@ def _check_medcom(bundle: dict[str, Any]) -> None:
     _check_provenance(header, of_type, resolve)
 
 
-def _has_text(resource: dict[str, Any]) -> bool:
-    text = resource.get("text") or {}
-    return bool(text.get("status") not in (None, "empty") and text.get("div"))
-
-
 def _check_communication(
     comm: dict[str, Any],
     header: dict[str, Any],
@@ -574,7 +497,7 @@ def _check_communication(
     resolve: Any,
     of_type: Any,
 ) -> None:
-    _require(_has_text(comm), "Communication.text (narrative) is required")
+    _require(has_text(comm), "Communication.text (narrative) is required")
     _require(comm.get("status") == "unknown", "Communication.status must be 'unknown'")
     identifiers = comm.get("identifier") or []
     _require(

@@ -15,8 +15,6 @@ the entity role ``removal`` for cancellations and the MORS activity follow MedCo
 from __future__ import annotations
 
 import html
-import re
-from functools import cache
 from typing import Any, Final
 
 from stafet.cpr import is_cpr_shape
@@ -31,8 +29,16 @@ from stafet.medcom.addressing import (
     organization,
     organization_problems,
 )
+from stafet.medcom.messaging import (
+    ACTIVITY_SYSTEM,
+    check_message,
+    header_routing,
+    message_bundle,
+    resource,
+    validate_fhir,
+)
 from stafet.model import EncounterEvent
-from stafet.systems import CPR_SYSTEM, EVENT_SYSTEM, MEDCOM_TERMINOLOGY, SOR_SYSTEM
+from stafet.systems import CPR_SYSTEM, SOR_SYSTEM
 
 __all__ = [
     "GLN_SYSTEM",
@@ -44,11 +50,7 @@ __all__ = [
     "validate_bundle",
 ]
 ACTCODE_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-_TERMINOLOGY: Final = MEDCOM_TERMINOLOGY
-ACTIVITY_SYSTEM: Final = _TERMINOLOGY + "medcom-messaging-activityCodes"
-DESTINATION_USE_SYSTEM: Final = _TERMINOLOGY + "medcom-messaging-destinationUse"
 EVENT_CODE: Final = "hospital-notification-message"
-FULL_URL_BASE: Final = "https://stafet.dk/fhir"
 
 _HN: Final = "http://medcomfhir.dk/ig/hospitalnotification/StructureDefinition/"
 _MESSAGING: Final = "http://medcomfhir.dk/ig/messaging/StructureDefinition/"
@@ -65,7 +67,6 @@ EXT_REPORT_OF_ADMISSION_RECIPIENT: Final = (
     _HN + "medcom-messaging-reportOfAdmissionRecipientExtension"
 )
 EXT_LEAVE_PERIOD: Final = _HN + "medcom-hospitalnotifiation-leave-period-extension"  # sic
-EXT_DESTINATION_USE: Final = _MESSAGING + "medcom-messaging-destinationUseExtension"
 
 #: ValueSet medcom-hospitalNotification-messageActivities (MedCom terminology, verified in
 #: medcomdk/dk-medcom-terminology input/fsh/MedComMessagingActivityCodes.fsh, CodeSystem 1.8.1).
@@ -142,7 +143,6 @@ _KINDS: Final = {
     "provenance": "Provenance",
 }  # id kind -> resource type
 ENCOUNTER_STATUSES: Final = frozenset({"in-progress", "onleave", "finished", "entered-in-error"})
-_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 class NotificationBuildError(StafetError, ValueError):
@@ -222,24 +222,14 @@ def build_hospital_notification(
                 "valueReference": {"reference": ref["sender"]},
             },
         ]
-    header |= {
-        "eventCoding": {"system": EVENT_SYSTEM, "code": EVENT_CODE},
-        "destination": [
-            {
-                "extension": [
-                    {
-                        "url": EXT_DESTINATION_USE,
-                        "valueCoding": {"system": DESTINATION_USE_SYSTEM, "code": "primary"},
-                    }
-                ],
-                "endpoint": destination,
-                "receiver": {"reference": ref["recipient"]},
-            }
-        ],
-        "sender": {"reference": ref["sender"]},
-        "source": {"endpoint": source},
-        "focus": [{"reference": ref["encounter"]}],
-    }
+    header |= header_routing(
+        EVENT_CODE,
+        destination=destination,
+        receiver=ref["recipient"],
+        sender=ref["sender"],
+        source=source,
+        focus=[ref["encounter"]],
+    )
 
     name = {
         "use": "official",
@@ -282,19 +272,11 @@ def build_hospital_notification(
         ]
 
     resources = [header, pat, encounter, *organizations, provenance]
-    return _resource("Bundle", ids["bundle"]) | {
-        "type": "message",
-        "timestamp": sent_at,
-        "entry": [
-            {"fullUrl": f"{FULL_URL_BASE}/{r['resourceType']}/{r['id']}", "resource": r}
-            for r in resources
-        ],
-    }
+    return message_bundle(_resource("Bundle", ids["bundle"]), sent_at, resources)
 
 
 def _resource(resource_type: str, rid: str) -> dict[str, Any]:
-    profile = {"profile": [PROFILES[resource_type]]}
-    return {"resourceType": resource_type, "id": rid, "meta": profile}
+    return resource(resource_type, rid, PROFILES)
 
 
 def _leave_period(event: EncounterEvent) -> dict[str, str] | None:
@@ -337,32 +319,13 @@ def _header_text(
     }
 
 
-@cache
-def _bundle_model() -> Any:
-    from fhir.resources.R4B.bundle import Bundle  # imported lazily: ~1 s of model building
-
-    return Bundle
-
-
 def validate_bundle(bundle: dict[str, Any]) -> None:
     """Raise NotificationBuildError unless ``bundle`` is a FHIR-valid MedCom HospitalNotification.
 
     fhir.resources checks FHIR structure and datatypes (not code bindings, not profiles); the
     MedCom rules checked here are the HospitalNotification/messaging invariants it cannot see.
     """
-    from pydantic import ValidationError
-
-    try:
-        _bundle_model().model_validate(bundle)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise NotificationBuildError(
-            f"not a valid FHIR Bundle ({exc.error_count()} errors), first at {where}: "
-            f"{first['msg']}"
-        ) from exc
-    except Exception as exc:  # e.g. KeyError('R4.FooType') for an unknown resourceType
-        raise NotificationBuildError(f"not a valid FHIR Bundle: {exc!r}") from exc
+    validate_fhir(bundle, NotificationBuildError)
     _check_medcom(bundle)
     problems = organization_problems(bundle)
     _require(not problems, "; ".join(problems))
@@ -375,52 +338,8 @@ def _require(ok: object, message: str) -> None:
 
 def _check_medcom(bundle: dict[str, Any]) -> None:
     """MedCom messaging + HospitalNotification rules, each failure naming the broken rule."""
-    _require(bundle.get("type") == "message", "Bundle.type must be 'message'")
-    stamp = bundle.get("timestamp")
-    _require(_INSTANT.match(stamp or ""), f"Bundle.timestamp {stamp!r} needs a time and UTC offset")
-    resources = [e.get("resource") or {} for e in bundle.get("entry") or []]
-    _require(
-        resources and resources[0].get("resourceType") == "MessageHeader",
-        "entry[0] must be the MessageHeader",
-    )
-    by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
-    header = resources[0]
-
-    def resolve(reference: dict[str, Any] | None, what: str, resource_type: str) -> dict[str, Any]:
-        target = by_ref.get((reference or {}).get("reference", "")) or {}
-        _require(
-            target.get("resourceType") == resource_type,
-            f"{what} must reference a {resource_type} in the Bundle",
-        )
-        return target
-
-    coding = header.get("eventCoding") or {}
-    _require(
-        (coding.get("system"), coding.get("code")) == (EVENT_SYSTEM, EVENT_CODE),
-        f"MessageHeader.eventCoding must be {EVENT_SYSTEM}#{EVENT_CODE}",
-    )
-    text = header.get("text") or {}
-    _require(
-        text.get("status") not in (None, "empty") and text.get("div"),
-        "MessageHeader.text (narrative) is required",
-    )
-    destinations = header.get("destination") or []
-    _require(
-        len(destinations) == 1,
-        f"MessageHeader needs exactly one destination (no cc), has {len(destinations)}",
-    )
-    uses = [
-        x.get("valueCoding", {}).get("code")
-        for x in destinations[0].get("extension") or []
-        if x.get("url") == EXT_DESTINATION_USE
-    ]
-    _require(uses == ["primary"], f"MessageHeader.destination must have use 'primary', has {uses}")
-    resolve(destinations[0].get("receiver"), "MessageHeader.destination.receiver", "Organization")
-    resolve(header.get("sender"), "MessageHeader.sender", "Organization")
-    _require(
-        (header.get("source") or {}).get("endpoint"),
-        "MessageHeader.source.endpoint is required (acknowledgements go there)",
-    )
+    message = check_message(bundle, EVENT_CODE, _require)
+    resources, header, resolve = message.resources, message.header, message.resolve
     focus = header.get("focus") or []
     _require(len(focus) == 1, "MessageHeader.focus must be exactly one Encounter")
     encounter = resolve(focus[0], "MessageHeader.focus", "Encounter")
