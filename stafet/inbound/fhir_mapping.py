@@ -347,6 +347,37 @@ def _identity(resource: dict[str, Any], rtype: str) -> tuple[str, str]:
     return event_id, f"{source}/_history/{version}" if version else f"{source}#{digest[:16]}"
 
 
+def _event(
+    resource: dict[str, Any],
+    rtype: str,
+    kind: ReferralKind,
+    secret: str,
+    *,
+    rid: str,
+    when: str,
+    child: PatientInfo,
+    referrer: Party | None,
+    receiver: Party | None,
+    **details: Any,
+) -> ReferralEvent:
+    """The canonical event of one FHIR resource: its identity, the child's patient key and the
+    parties set alike for every kind; ``details`` are the kind's own fields."""
+    event_id, source_id = _identity(resource, rtype)
+    return ReferralEvent(
+        event_id=event_id,
+        source="fhir",
+        source_message_id=source_id,
+        kind=kind,
+        referral_id=rid,
+        event_time=when,
+        patient_key=patient_key(child.cpr, secret),
+        child=child,
+        referrer=referrer,
+        receiver=receiver,
+        **details,
+    )
+
+
 def _referral_ref(ref: Any, owner: Res, path: str, ctx: Ctx) -> str:
     """The referral id a Task.focus / Communication.basedOn names (identifier or reference)."""
     if not ref:
@@ -421,15 +452,13 @@ def map_service_request(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None
     when = _time(sr.get("authoredOn"), f"{path}.authoredOn", ctx)
     if len(ctx.issues) > start or child is None or kind is None:
         return None
-    event_id, source_id = _identity(sr, "ServiceRequest")
-    return ReferralEvent(
-        event_id=event_id,
-        source="fhir",
-        source_message_id=source_id,
-        kind=kind,
-        referral_id=rid,
-        event_time=when,
-        patient_key=patient_key(child.cpr, secret),
+    return _event(
+        sr,
+        "ServiceRequest",
+        kind,
+        secret,
+        rid=rid,
+        when=when,
         child=child,
         referrer=referrer,
         receiver=receiver,
@@ -595,16 +624,14 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     when = _time(task.get("lastModified") or task.get("authoredOn"), f"{path}.lastModified", ctx)
     if len(ctx.issues) > start or child is None or (decided is None and not contact_change):
         return None
-    event_id, source_id = _identity(task, "Task")
     if contact_change:
-        return ReferralEvent(
-            event_id=event_id,
-            source="fhir",
-            source_message_id=source_id,
-            kind="contact",
-            referral_id=rid,
-            event_time=when,
-            patient_key=patient_key(child.cpr, secret),
+        return _event(
+            task,
+            "Task",
+            "contact",
+            secret,
+            rid=rid,
+            when=when,
             child=child,
             referrer=referrer,
             receiver=owner,
@@ -621,14 +648,13 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
         contact=contact,
         forwarded_to=owner if decided == "forwarded" else None,
     )
-    return ReferralEvent(
-        event_id=event_id,
-        source="fhir",
-        source_message_id=source_id,
-        kind="decision",
-        referral_id=rid,
-        event_time=when,
-        patient_key=patient_key(child.cpr, secret),
+    return _event(
+        task,
+        "Task",
+        "decision",
+        secret,
+        rid=rid,
+        when=when,
         child=child,
         referrer=referrer,
         receiver=owner,
@@ -693,15 +719,13 @@ def map_communication(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     when = _time(comm.get("sent"), f"{path}.sent", ctx)
     if len(ctx.issues) > start or child is None:
         return None
-    event_id, source_id = _identity(comm, "Communication")
-    return ReferralEvent(
-        event_id=event_id,
-        source="fhir",
-        source_message_id=source_id,
-        kind="assessment",
-        referral_id=rid,
-        event_time=when,
-        patient_key=patient_key(child.cpr, secret),
+    return _event(
+        comm,
+        "Communication",
+        "assessment",
+        secret,
+        rid=rid,
+        when=when,
         child=child,
         referrer=referrer,
         receiver=receiver,
