@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -280,6 +280,30 @@ async def beat_forever(interval_s: float = 5.0) -> None:
     while True:
         HEALTH.beat()
         await asyncio.sleep(interval_s)
+
+
+class Listener(Protocol):
+    """A network source (the MLLP and FHIR listeners)."""
+
+    async def serve_forever(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def run_listener(settings: Any, service: str, listener: Listener) -> None:
+    """Serve ``listener`` until cancelled, with this process's health endpoints and the event
+    loop's heartbeat; stop it (draining what is in flight) on the way out."""
+    import asyncio
+
+    health = serve_health(settings, service)
+    beating = asyncio.ensure_future(beat_forever())
+    try:
+        await listener.serve_forever()
+    finally:
+        beating.cancel()
+        await listener.stop()
+        if health is not None:
+            health.stop()
 
 
 # --- reading them back (the demo's report, tests, the console) ---------------------------------

@@ -50,8 +50,7 @@ from stafet.kafka.topics import (
     INDEX_REFERRAL,
     INGEST_FHIR,
     INGEST_HL7V2,
-    OUT_LETTER,
-    OUT_REFERRER,
+    STREAM_OUTPUTS,
     TIMERS_REFERRAL,
     municipality_topic,
 )
@@ -78,19 +77,7 @@ log = get_logger(__name__)
 
 #: what every step may write (the callable topic in ``to_topic`` must return a declared Topic)
 def output_topics() -> list[str]:
-    return [
-        EVENTS_ENCOUNTER,
-        EVENTS_REFERRAL,
-        TIMERS_REFERRAL,
-        INDEX_REFERRAL,
-        OUT_REFERRER,
-        OUT_LETTER,
-        DLQ_NORMALIZE,
-        DLQ_NOTIFY,
-        DLQ_REFERRAL,
-        ALERTS_OPERATOR,
-        *(municipality_topic(code) for code in municipalities()),
-    ]
+    return [*STREAM_OUTPUTS, *(municipality_topic(code) for code in municipalities())]
 
 
 class OutputValue(Serializer):

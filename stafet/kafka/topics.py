@@ -86,21 +86,34 @@ def municipality_topic(code: str) -> str:
     return f"{OUT_MUNICIPALITY_PREFIX}{code}"
 
 
+#: what the stream stage writes, besides each municipality's out.municipality.<code>
+STREAM_OUTPUTS = (
+    EVENTS_ENCOUNTER,
+    EVENTS_REFERRAL,
+    TIMERS_REFERRAL,
+    INDEX_REFERRAL,
+    OUT_REFERRER,
+    OUT_LETTER,
+    DLQ_NORMALIZE,
+    DLQ_NOTIFY,
+    DLQ_REFERRAL,
+    ALERTS_OPERATOR,
+)
+
+
 def all_topics() -> list[str]:
-    return [
+    """Every topic stafet uses (what ``stafet topics`` creates and checks)."""
+    named = (
         INGEST_HL7V2,
         INGEST_FHIR,
-        EVENTS_ENCOUNTER,
-        EVENTS_REFERRAL,
-        TIMERS_REFERRAL,
-        INDEX_REFERRAL,
-        OUT_REFERRER,
-        OUT_LETTER,
+        *STREAM_OUTPUTS,
         ACKS_INBOUND,
         AUDIT_DELIVERY,
-        ALERTS_OPERATOR,
         *DLQ_TOPICS,
         CONTROL_DELIVERY,
+    )
+    return [
+        *dict.fromkeys(named),  # the stream's DLQs are in both groups: once each
         *(municipality_topic(code) for code in municipalities()),
     ]
 

@@ -57,10 +57,9 @@ from stafet.model import ReferralEvent
 from stafet.observability import (
     HEALTH,
     MESSAGES_IN,
-    beat_forever,
     broker_reporter,
     observe_answer,
-    serve_health,
+    run_listener,
     stats_config,
 )
 
@@ -648,13 +647,4 @@ async def _outcome_middleware(
 
 async def run(settings: Settings) -> None:
     """Run the listener until cancelled (``stafet fhir``)."""
-    health = serve_health(settings, "fhir")
-    beating = asyncio.ensure_future(beat_forever())
-    listener = FhirListener(settings)
-    try:
-        await listener.serve_forever()
-    finally:
-        beating.cancel()
-        await listener.stop()
-        if health is not None:
-            health.stop()
+    await run_listener(settings, "fhir", FhirListener(settings))

@@ -47,10 +47,9 @@ from stafet.observability import (
     HEALTH,
     MESSAGES_IN,
     ack_code,
-    beat_forever,
     broker_reporter,
     observe_answer,
-    serve_health,
+    run_listener,
     stats_config,
 )
 
@@ -289,15 +288,7 @@ class MllpListener:
             await asyncio.gather(*writes)
         except KafkaWriteError as exc:
             log.error("mllp.store_failed", control_id=header.control_id, error=str(exc))
-            return build_ack(
-                "AE",
-                header,
-                application=s.receiving_application,
-                facility=s.receiving_facility,
-                error_code=207,
-                error_text="Application internal error",
-                reason=f"not stored, please retry: {exc}",
-            )
+            return self._retry_later(header, f"not stored, please retry: {exc}")
         log.debug(
             "mllp.accepted",
             control_id=header.control_id,
@@ -306,6 +297,18 @@ class MllpListener:
         )
         return build_ack(
             "AA", header, application=s.receiving_application, facility=s.receiving_facility
+        )
+
+    def _retry_later(self, header: RawHeader | None, reason: str) -> bytes:
+        """AE 207: nothing was stored, the sender must send the message again."""
+        return build_ack(
+            "AE",
+            header,
+            application=self.settings.receiving_application,
+            facility=self.settings.receiving_facility,
+            error_code=207,
+            error_text="Application internal error",
+            reason=reason,
         )
 
     async def _reject(
@@ -323,15 +326,7 @@ class MllpListener:
         if not await self._dead_letter(
             block, f"{code} {text}" + (f" at {location}" if location else "") + f": {reason}"
         ):
-            return build_ack(
-                "AE",
-                header,
-                application=s.receiving_application,
-                facility=s.receiving_facility,
-                error_code=207,
-                error_text="Application internal error",
-                reason="the rejection could not be recorded, please retry",
-            )
+            return self._retry_later(header, "the rejection could not be recorded, please retry")
         log.warning(
             "mllp.rejected",
             control_id=header.control_id if header else None,
@@ -380,13 +375,4 @@ def _try_header(data: bytes, default_charset: str) -> RawHeader | None:
 
 async def run(settings: Settings) -> None:
     """Run the listener until cancelled (``stafet mllp``)."""
-    health = serve_health(settings, "mllp")
-    beating = asyncio.ensure_future(beat_forever())
-    listener = MllpListener(settings)
-    try:
-        await listener.serve_forever()
-    finally:
-        beating.cancel()
-        await listener.stop()
-        if health is not None:
-            health.stop()
+    await run_listener(settings, "mllp", MllpListener(settings))
