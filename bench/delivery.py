@@ -32,11 +32,8 @@ from aiohttp import web
 from bench.run import free_port, percentiles
 from stafet.config import Settings
 from stafet.connectors.sinks.channels import (
-    WEBHOOK_ID_HEADER,
-    WEBHOOK_SIGNATURE_HEADER,
-    WEBHOOK_TIMESTAMP_HEADER,
     SignatureError,
-    verify,
+    verify_headers,
 )
 from stafet.connectors.sinks.delivery import DeliveryService
 from stafet.kafka.local import LocalKafka
@@ -69,13 +66,7 @@ class Endpoint:
         if time.time() < self.down_until:
             return web.Response(status=503)
         try:
-            verify(
-                self.secret,
-                request.headers.get(WEBHOOK_ID_HEADER),
-                request.headers.get(WEBHOOK_TIMESTAMP_HEADER),
-                body,
-                request.headers.get(WEBHOOK_SIGNATURE_HEADER),
-            )
+            verify_headers(self.secret, request.headers, body)
         except SignatureError:
             self.bad_signatures += 1
             return web.Response(status=401)

@@ -18,6 +18,7 @@ from stafet.connectors.sinks.channels import (
     sign,
     signed_headers,
     verify,
+    verify_headers,
 )
 from stafet.subscribers import new_secret
 
@@ -173,3 +174,15 @@ def test_the_readme_verifier_agrees_with_stafets():
         check(OTHER, {**h, "webhook-signature": "v1,æøå"}, b"{}")
     rotated = {**h, "webhook-signature": "v1,bm9wZQ== " + h["webhook-signature"]}
     check(OTHER, rotated, b"{}")
+
+
+def test_a_receiver_checks_the_request_headers_as_they_arrive():
+    body = b'{"resourceType": "Bundle"}'
+    headers = signed_headers(SECRET, "m-7", body)
+    verify_headers(SECRET, headers, body)  # signed now: inside the window
+    with pytest.raises(SignatureError) as caught:
+        verify_headers(OTHER, headers, body)
+    assert caught.value.reason == "bad-signature"
+    with pytest.raises(SignatureError) as caught:
+        verify_headers(SECRET, {k: v for k, v in headers.items() if k != "webhook-id"}, body)
+    assert caught.value.reason == "missing"

@@ -16,6 +16,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,18 @@ def verify(
             matched |= hmac.compare_digest(expected, candidate.encode())
     if not matched:
         raise SignatureError("bad-signature", "no v1 signature matches the secret")
+
+
+def verify_headers(secret: str, headers: Mapping[str, str], body: bytes) -> None:
+    """:func:`verify` for a received request's headers (``webhook-id``, ``webhook-timestamp``,
+    ``webhook-signature``), with the default replay window — what a receiver calls."""
+    verify(
+        secret,
+        headers.get(WEBHOOK_ID_HEADER),
+        headers.get(WEBHOOK_TIMESTAMP_HEADER),
+        body,
+        headers.get(WEBHOOK_SIGNATURE_HEADER),
+    )
 
 
 def signed_headers(
