@@ -57,10 +57,10 @@ from confluent_kafka.admin import AdminClient
 
 from bench.load import FhirLoad, Item, LoadGenerator
 from stafet.config import PROJECT_ROOT, Settings
-from stafet.demo.inbox import end_offsets
 from stafet.ids import patient_key
 from stafet.kafka.client import PARTITIONER
 from stafet.kafka.local import LocalKafka
+from stafet.kafka.reader import end_offsets
 from stafet.kafka.topics import (
     DLQ_TOPICS,
     EVENTS_ENCOUNTER,

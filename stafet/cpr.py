@@ -62,3 +62,9 @@ def find_cprs(text: str) -> list[tuple[int, int, str]]:
         if is_valid_cpr(cpr):
             found.append((match.start(), match.end(), cpr))
     return found
+
+
+def shown_cpr(cpr: str) -> str:
+    """A CPR number as a screen may show it to someone entitled to know whose record it is: the
+    birth date, the rest hidden ("DDMMYY-****")."""
+    return f"{cpr[:6]}-****" if len(cpr) == 10 else "****"

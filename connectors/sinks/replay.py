@@ -20,7 +20,7 @@ from stafet.connectors.sinks.channels import LetterOutbox, OutRecord, Recorder, 
 from stafet.errors import StafetError
 from stafet.kafka.client import client_config
 from stafet.kafka.producer import DurableProducer
-from stafet.kafka.reader import read_to_end
+from stafet.kafka.reader import end_offsets, read_to_end
 from stafet.logging import get_logger
 from stafet.subscribers import Subscriber
 
@@ -99,12 +99,7 @@ def rewind_group(
                 [TopicPartition(subscriber.out_topic, p, since_ms or 0) for p in partitions],
                 timeout=30,
             )
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(subscriber.out_topic, p), timeout=30)[
-                1
-            ]
-            for p in partitions
-        }
+        ends = {p: end for (_, p), end in end_offsets(config, [subscriber.out_topic]).items()}
     finally:
         consumer.close()
     offsets = [

@@ -357,14 +357,16 @@ def send(
 @click.option("--idle", type=float, default=3.0, help="stop after this many idle seconds")
 def inbox(municipality_code: str, from_beginning: bool, idle: float) -> None:
     """Print the notifications on a municipality's topic (event code, message id, patient)."""
-    from stafet.demo.inbox import read_topic, summarize
-    from stafet.kafka.topics import municipality_topic
+    from stafet.kafka.reader import read_topic
+    from stafet.kafka.topics import H_EVENT_CODE, municipality_topic
+    from stafet.medcom.hospitalnotification import summarize
 
     settings = get_settings()
     for record in read_topic(
         settings, municipality_topic(municipality_code), from_beginning=from_beginning, idle_s=idle
     ):
-        click.echo(json.dumps(summarize(record), ensure_ascii=False))
+        event_code = record.headers.get(H_EVENT_CODE, b"").decode()
+        click.echo(json.dumps(summarize(record.json(), event_code), ensure_ascii=False))
 
 
 from stafet.cli.delivery import register as _register_delivery  # noqa: E402

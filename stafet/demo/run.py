@@ -11,10 +11,18 @@ import click
 
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
-from stafet.demo.inbox import end_offsets, read_topics, summarize
 from stafet.demo.receiver import Receiver
 from stafet.demo.scenario import BUC_ODENSE, ReferralStep, referral_day, synthetic_day
-from stafet.kafka.topics import DLQ_MLLP, DLQ_TOPICS, H_REASON, OUT_MUNICIPALITY_PREFIX, all_topics
+from stafet.kafka.reader import end_offsets, read_topics
+from stafet.kafka.topics import (
+    DLQ_MLLP,
+    DLQ_TOPICS,
+    H_EVENT_CODE,
+    H_REASON,
+    OUT_MUNICIPALITY_PREFIX,
+    all_topics,
+)
+from stafet.medcom.hospitalnotification import summarize
 from stafet.schemas.municipalities import municipalities
 from stafet.stack import running_stack
 from stafet.subscribers import new_secret
@@ -257,12 +265,12 @@ def _report(steps: list, received: list) -> int:  # type: ignore[type-arg]
     for topic in sorted(t for t in by_topic if t.startswith(OUT_MUNICIPALITY_PREFIX)):
         code = topic.removeprefix(OUT_MUNICIPALITY_PREFIX)
         m = names[code]
-        notifications = [r for r in by_topic[topic] if "stafet.event_code" in r.headers]
+        notifications = [r for r in by_topic[topic] if H_EVENT_CODE in r.headers]
         if not notifications:
             continue
         click.echo(f"\n  {code} {m.name} ({m.region_name}) — topic {topic}")
         for record in notifications:
-            s = summarize(record)
+            s = summarize(record.json(), record.headers[H_EVENT_CODE].decode())
             dead = "  deceased" if s["deceased"] else ""
             click.echo(
                 f"    {s['event']:<8} {s['patient']:<24} {s['cpr']}  {s['encounter']:<22}"

@@ -1,15 +1,23 @@
-"""Read a topic from a point (the beginning, a time, or given offsets) up to its current end.
+"""Reading topics without joining a consumer group or committing anything, one module for it.
 
-Used where a process must see everything already written before it goes on: the delivery
-tracker rebuilding its state from the audit topic, ``stafet audit`` and ``stafet replay``.
-No consumer group is joined and nothing is committed.
+- :func:`read_to_end`: everything a topic holds when the call starts, from a point (the
+  beginning, a time, given offsets) — the delivery tracker rebuilding its state from the audit
+  topic, ``stafet audit``, ``stafet replay``, the FHIR listener's message-id index.
+- :func:`read_topics` / :func:`read_topic`: what arrives after given offsets, until it is quiet —
+  what a municipality's consumer sees (``stafet inbox``, the demo, the tests).
+- :func:`end_offsets`: each partition's current end (the one offset helper).
+- :func:`fetch_record`: the one record at topic/partition/offset (a resend).
+
+Reads are ``read_committed``: records of aborted transactions are never seen.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
@@ -20,8 +28,71 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from stafet.errors import StafetError
+from stafet.kafka.client import KafkaTarget, resolve_config
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    offset: int
+
+    def json(self) -> dict:
+        return json.loads(self.value)
+
+
+def _consumer(kafka: KafkaTarget, *, partition_eof: bool = False) -> Consumer:
+    config = resolve_config(kafka)
+    # assign() only, never committed; still under the principal's own group prefix, because
+    # librdkafka looks the group's coordinator up (a municipality may use municipality-<code>*)
+    prefix = config.get("sasl.username", "stafet")
+    return Consumer(
+        resolve_config(
+            config,
+            **{
+                "group.id": f"{prefix}-inbox-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "log_level": 2,  # a reading tool: no connection-retry noise when the broker stops
+                "enable.partition.eof": partition_eof,
+            },
+        )
+    )
+
+
+def end_offsets(
+    kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0
+) -> dict[tuple[str, int], int]:
+    """The current end offset of every partition of ``topics`` (retrying while a new topic's
+    partitions are still electing leaders)."""
+    admin = AdminClient(resolve_config(kafka, log_level=2))  # tools: no retry noise
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=10)
+            hidden = [t for t in topics if t not in metadata.topics]
+            if hidden:  # not created yet, or this principal may not describe it (ACLs)
+                if time.monotonic() > deadline:
+                    raise StafetError(f"no such topic, or no access to it: {', '.join(hidden)}")
+                time.sleep(0.5)
+                continue
+            request = {
+                TopicPartition(t, p): OffsetSpec.latest()
+                for t in topics
+                for p in metadata.topics[t].partitions
+            }
+            result = admin.list_offsets(request, request_timeout=10)
+            return {(tp.topic, tp.partition): f.result().offset for tp, f in result.items()}
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def read_to_end(
@@ -71,10 +142,7 @@ def read_to_end(
                 [TopicPartition(topic, tp.partition, since_ms) for tp in partitions],
                 timeout=timeout_s,
             )
-        ends = {
-            tp.partition: _high_watermark(consumer, TopicPartition(topic, tp.partition), timeout_s)
-            for tp in partitions
-        }
+        ends = {p: end for (_, p), end in end_offsets(config, [topic], timeout_s).items()}
         todo = {
             tp.partition
             for tp in partitions
@@ -106,17 +174,59 @@ def read_to_end(
         consumer.close()
 
 
-def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> int:
-    """The partition's end offset, waiting out a leader election (a topic created a moment ago
-    answers 'not leader' until its partitions have one)."""
+def read_topics(
+    kafka: KafkaTarget,
+    start: dict[tuple[str, int], int],
+    *,
+    idle_s: float = 3.0,
+    until: int | None = None,
+    timeout_s: float = 60.0,
+) -> list[Received]:
+    """Records after the ``start`` offsets; stop after ``until`` records, or ``idle_s`` quiet
+    once every partition has been read to its end (what was there when the read began is
+    always read, however slowly the consumer starts), or ``timeout_s`` in all."""
+    consumer = _consumer(kafka, partition_eof=True)
+    consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
+    not_at_end = set(start)
+    out: list[Received] = []
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return int(consumer.get_watermark_offsets(tp, timeout=timeout_s)[1])
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if until is not None and len(out) >= until:
+                break
+            if until is None and not not_at_end and time.monotonic() - last > idle_s:
+                break
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error():  # at its end (EOF), or unreadable: nothing more to wait for there
+                if not_at_end and msg.topic() is not None:
+                    not_at_end.discard((msg.topic(), msg.partition()))
+                    if not not_at_end:
+                        last = time.monotonic()
+                continue
+            last = time.monotonic()
+            out.append(
+                Received(
+                    msg.topic(),
+                    msg.key(),
+                    msg.value(),
+                    {k: v for k, v in (msg.headers() or [])},
+                    msg.offset(),
+                )
+            )
+        return out
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    kafka: KafkaTarget, topic: str, *, from_beginning: bool = True, idle_s: float = 3.0
+) -> Iterator[Received]:
+    ends = end_offsets(kafka, [topic])
+    start = {tp: (0 if from_beginning else end) for tp, end in ends.items()}
+    yield from read_topics(kafka, start, idle_s=idle_s, timeout_s=3600)
 
 
 def fetch_record(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 from typing import Any, Final
 
-from stafet.cpr import is_cpr_shape
+from stafet.cpr import is_cpr_shape, shown_cpr
 from stafet.directory import Addressee, Unaddressable
 from stafet.errors import StafetError
 from stafet.ids import stable_uuid
@@ -396,3 +396,25 @@ def _check_medcom(bundle: dict[str, Any]) -> None:
             codes and codes[0] in HOSPITAL_NOTIFICATION_ACTIVITIES,
             f"Provenance {p.get('id')} activity {codes} is not a HospitalNotification code",
         )
+
+
+def summarize(bundle: dict[str, Any], event_code: str = "") -> dict[str, Any]:
+    """What a caseworker sees first of a HospitalNotification: the event code (the record's
+    ``stafet.event_code`` header), message id, patient (CPR shown as its birth date only), the
+    encounter's class/status, deceased."""
+    resources = {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
+    patient = resources.get("Patient", {})
+    cpr = next(
+        (i["value"] for i in patient.get("identifier", []) if i.get("system") == CPR_SYSTEM),
+        "",
+    )
+    name = patient.get("name", [{}])[0]
+    encounter = resources.get("Encounter", {})
+    return {
+        "event": event_code,
+        "message_id": resources.get("MessageHeader", {}).get("id"),
+        "patient": " ".join([*name.get("given", []), name.get("family", "")]).strip(),
+        "cpr": shown_cpr(cpr),
+        "encounter": f"{encounter.get('class', {}).get('code')}/{encounter.get('status')}",
+        "deceased": patient.get("deceasedBoolean", False),
+    }

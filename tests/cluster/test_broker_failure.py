@@ -25,10 +25,10 @@ from collections import Counter
 
 import pytest
 
-from stafet.demo.inbox import end_offsets, read_topics, uncommitted_count
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.client import as_admin
 from stafet.kafka.local import LocalKafkaCluster
+from stafet.kafka.reader import end_offsets, read_topics
 from stafet.kafka.topics import (
     DLQ_TOPICS,
     EVENTS_ENCOUNTER,
@@ -41,6 +41,7 @@ from stafet.kafka.topics import (
 )
 from stafet.medcom.hospitalnotification import message_header_id
 from stafet.streams.watchdog import EXIT_STALLED
+from tests.uncommitted import uncommitted_count
 
 from .conftest import BROKERS, PARTITIONS
 from .load import CommittedWatcher, Fault, MllpLoad, control_id, longest_ack_wait

@@ -17,9 +17,9 @@ import pytest
 
 from stafet.config import Settings
 from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
-from stafet.demo.inbox import Received, end_offsets, read_topics
 from stafet.kafka.client import as_admin
 from stafet.kafka.local import LocalKafka
+from stafet.kafka.reader import Received, end_offsets, read_topics
 from stafet.kafka.security import FHIR, MLLP, WORKER
 from stafet.kafka.topics import DLQ_TOPICS, all_topics
 from stafet.stack import Service, prepare_kafka, service_env, wait_for_port

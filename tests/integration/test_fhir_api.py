@@ -19,10 +19,10 @@ import pytest
 from stafet.config import Settings
 from stafet.connectors.sources.fhir.listener import EVENT_ID_HEADER, FhirListener
 from stafet.demo import fhir_samples as s
-from stafet.demo.inbox import Received, end_offsets, read_topics
 from stafet.ids import patient_key
 from stafet.inbound.fhir_referral import parse_fhir_referral
 from stafet.kafka.client import as_admin
+from stafet.kafka.reader import Received, end_offsets, read_topics
 from stafet.kafka.topics import DLQ_FHIR, H_EVENT_ID, H_REASON, H_SOURCE, H_STAGE, INGEST_FHIR
 
 from .conftest import free_port

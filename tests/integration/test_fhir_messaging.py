@@ -10,8 +10,8 @@ import uuid
 
 from stafet.connectors.sources.fhir.listener import FhirListener
 from stafet.demo import fhir_samples as s
-from stafet.demo.inbox import end_offsets, read_topics
 from stafet.kafka.client import as_admin
+from stafet.kafka.reader import end_offsets, read_topics
 from stafet.kafka.topics import ACKS_INBOUND, DLQ_FHIR, H_REASON, H_STAGE, INGEST_FHIR
 from stafet.medcom.acknowledgement import MessageIds, build_ack, parse_ack
 

@@ -147,7 +147,7 @@ def test_municipality_reads_its_own_topic(provisioned: Settings) -> None:
 
 def test_stafet_inbox_reads_as_the_municipality(provisioned: Settings) -> None:
     """The inbox reader (`stafet inbox <code>`) works with only a municipality's rights."""
-    from stafet.demo.inbox import end_offsets, read_topic
+    from stafet.kafka.reader import end_offsets, read_topic
 
     value = f"inbox-{uuid.uuid4()}".encode()
     _produce_as_admin(provisioned, municipality_topic(A), value)

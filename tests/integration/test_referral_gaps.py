@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from stafet.connectors.sources.fhir.listener import FhirListener
 from stafet.demo import fhir_samples
 from stafet.demo.hl7_builder import Hospital, Provider, adt, referral_message
-from stafet.demo.inbox import end_offsets
 from stafet.kafka.client import resolve_config
+from stafet.kafka.reader import end_offsets
 from stafet.kafka.topics import (
     ALERTS_OPERATOR,
     DLQ_NOTIFY,

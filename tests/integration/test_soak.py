@@ -24,9 +24,9 @@ from collections import Counter
 import pytest
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.demo.inbox import end_offsets, uncommitted_count
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.client import as_admin
+from stafet.kafka.reader import end_offsets
 from stafet.kafka.security import WORKER
 from stafet.kafka.topics import (
     DLQ_TOPICS,
@@ -38,6 +38,7 @@ from stafet.kafka.topics import (
 )
 from stafet.medcom.hospitalnotification import message_header_id
 from stafet.stack import Service, service_env
+from tests.uncommitted import uncommitted_count
 
 from .conftest import SUPERVISION
 

@@ -16,9 +16,9 @@ from confluent_kafka.admin import (
 )
 
 from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
-from stafet.demo.inbox import end_offsets
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.client import as_admin, client_config
+from stafet.kafka.reader import end_offsets
 from stafet.kafka.topics import (
     ALERTS_OPERATOR,
     DLQ_NOTIFY,

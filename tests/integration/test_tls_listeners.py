@@ -151,7 +151,7 @@ def test_a_forged_rejection_without_a_client_certificate_never_enters_the_pipeli
     certificate is stored (202), so the check could fail."""
     from stafet.connectors.sources.fhir.listener import FhirListener
     from stafet.demo import fhir_samples as s
-    from stafet.demo.inbox import end_offsets
+    from stafet.kafka.reader import end_offsets
     from stafet.kafka.topics import DLQ_FHIR, INGEST_FHIR
 
     from .test_fhir_api import Running

@@ -14,8 +14,8 @@ from collections import Counter
 from confluent_kafka.admin import AdminClient
 
 from stafet.cpr import find_cprs
-from stafet.demo.inbox import read_topics
 from stafet.kafka.client import as_admin, client_config
+from stafet.kafka.reader import read_topics
 
 #: values no CPR may be in: operators, acknowledgements, indexes, timers, the lease, the audit
 #: the one header allowed a CPR: the parsed form (Avro) of the raw message in the same record's
