@@ -366,7 +366,7 @@ class FhirListener:
     async def _handle(self, request: web.Request) -> web.Response:
         received_at = datetime.now(UTC).isoformat()
         body, oversize = await _read_limited(request, self.settings.fhir_max_body_bytes)
-        reject = lambda status, issues: self._reject(status, issues, body, received_at)  # noqa: E731
+        reject = lambda status, issues: self.reject(status, issues, body, received_at)  # noqa: E731
         if oversize:
             return await reject(
                 413,
@@ -418,7 +418,7 @@ class FhirListener:
         extra_headers: Sequence[tuple[str, bytes]] = (),
     ) -> web.Response:
         """Validate and store a referral body whose size and media type were checked."""
-        reject = lambda status, issues: self._reject(status, issues, body, received_at)  # noqa: E731
+        reject = lambda status, issues: self.reject(status, issues, body, received_at)  # noqa: E731
         path = f"/fhir/{expected}" if expected else "/fhir"
         posted = _resource_type(body)
         if expected is not None and posted is not None and posted != expected:
@@ -504,9 +504,11 @@ class FhirListener:
             await asyncio.sleep(0.1)
         return True
 
-    async def _reject(
+    async def reject(
         self, status: int, issues: list[Issue], body: bytes, received_at: str
     ) -> web.Response:
+        """The one rejection path (the $process-message handlers use it too): the body on
+        dlq.fhir with the CPR-masked reason, and an OperationOutcome with ``status``."""
         issues = [Issue(mask_cpr(i.path), mask_cpr(i.reason), i.code) for i in issues]
         reason = f"HTTP {status}: " + "; ".join(
             f"{i.path}: {i.reason}" if i.path else i.reason for i in issues

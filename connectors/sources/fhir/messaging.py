@@ -10,7 +10,7 @@ sent again and nothing is stored twice; MessageHeader.id seen with a new Bundle.
 a message already processed: the original answer again; Bundle.id seen with a new
 MessageHeader.id → 400, Bundle ids are never reused. That 400, a body that is no message
 Bundle (400) and an Acknowledgement that cannot be used (422) go to ``dlq.fhir`` with the reason,
-through the listener's one rejection path (:meth:`FhirListener._reject`). The memory of seen ids is rebuilt at start
+through the listener's one rejection path (:meth:`FhirListener.reject`). The memory of seen ids is rebuilt at start
 from the ids stored on ``acks.inbound`` and ``ingest.fhir``, so a restart does not forget them.
 """
 
@@ -157,11 +157,11 @@ async def process_message(
         ids = message_ids(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-        return await listener._reject(
+        return await listener.reject(
             400, [Issue("", f"not JSON: {reason}", "structure")], body, received_at
         )
     except MessageError as exc:
-        return await listener._reject(
+        return await listener.reject(
             400, [Issue(exc.path, exc.reason, "invalid")], body, received_at
         )
     inflight = seen.inflight.get(ids.header_id)
@@ -177,7 +177,7 @@ async def process_message(
         seen.header_of_bundle.setdefault(ids.bundle_id, ids.header_id)  # never to be reused
         return _answer(known, duplicate=True)
     if ids.bundle_id in seen.header_of_bundle:  # never stored: a rejected body, dead-lettered
-        return await listener._reject(
+        return await listener.reject(
             400,
             [
                 Issue(
@@ -242,7 +242,7 @@ async def _store(
         try:
             ack = parse_ack(body)
         except MessageError as exc:  # an acknowledgement we can never use: dead-lettered
-            return await listener._reject(
+            return await listener.reject(
                 422,
                 [Issue(exc.path, f"bad acknowledgement: {exc.reason}", "business-rule")],
                 body,
