@@ -31,15 +31,12 @@ from aiohttp import web
 
 from bench.run import free_port, percentiles
 from stafet.config import Settings
-from stafet.connectors.sinks.channels import (
-    SignatureError,
-    verify_headers,
-)
 from stafet.connectors.sinks.delivery import DeliveryService
 from stafet.kafka.local import LocalKafka
 from stafet.kafka.producer import DurableProducer
 from stafet.kafka.topics import ensure_topics, municipality_topic
 from stafet.subscribers import new_secret, parse_registry
+from stafet.webhooks import SignatureError, verify_headers
 
 EXAMPLE = (
     Path(__file__).resolve().parents[2]

@@ -51,8 +51,8 @@ class _DictState(dict):
 def _worker_steps(raws: list[tuple[bytes, str]], *, carried: bool) -> float:
     """CPU seconds per message of ``normalize_hl7`` then ``notify``, per patient state; with
     ``carried`` the ingest record has the listener's canonical event (the normal case)."""
-    from stafet.canonical import carry
     from stafet.config import Settings
+    from stafet.inbound.canonical import carry
     from stafet.inbound.hl7v2_referral import parse_hl7v2
     from stafet.kafka.topics import EVENTS_ENCOUNTER, H_CHARSET, H_EVENT_ID
     from stafet.streams.app import sampled
@@ -87,9 +87,9 @@ def _worker_steps(raws: list[tuple[bytes, str]], *, carried: bool) -> float:
 
 
 def measure(n: int = 2000, seed: int = 11) -> dict[str, Any]:
-    from stafet.canonical import carry
     from stafet.config import PROJECT_ROOT
     from stafet.directory import load_directory
+    from stafet.inbound.canonical import carry
     from stafet.inbound.hl7v2_referral import parse_hl7v2
     from stafet.logging import configure_logging, get_logger
     from stafet.medcom.hospitalnotification import build_hospital_notification, validate_bundle

@@ -575,8 +575,8 @@ def group_members(admin: AdminClient, group: str) -> list[int]:
 
 def preload(bootstrap: str, gen: LoadGenerator, n: int, secret: str) -> dict[str, Any]:
     """Write ``n`` generated messages straight to ingest.hl7v2, as the listener would (with the
-    canonical event in the headers, see stafet/canonical.py)."""
-    from stafet.canonical import carry
+    canonical event in the headers, see stafet/inbound/canonical.py)."""
+    from stafet.inbound.canonical import carry
     from stafet.inbound.hl7v2 import Hl7Error
     from stafet.inbound.hl7v2_referral import parse_hl7v2
     from stafet.kafka.topics import H_EVENT_ID

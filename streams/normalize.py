@@ -5,8 +5,8 @@ can be normalised. Pure: a record in, the records to produce out."""
 
 from __future__ import annotations
 
-from stafet.canonical import carried, encoded
 from stafet.config import Settings
+from stafet.inbound.canonical import carried, encoded
 from stafet.inbound.fhir_referral import FhirInputError, parse_fhir_referral
 from stafet.inbound.hl7v2 import Hl7Error
 from stafet.inbound.hl7v2_referral import parse_hl7v2
@@ -52,7 +52,7 @@ def _event_output(event: EncounterEvent | ReferralEvent, record: Inbound) -> Out
 
 def normalize_hl7(record: Inbound, settings: Settings) -> list[Output]:
     """One HL7 v2 message → one canonical event (or its dead letter). The event the listener
-    already made (:mod:`stafet.canonical`) is used as it is: the message is parsed once."""
+    already made (:mod:`stafet.inbound.canonical`) is used as it is: the message is parsed once."""
     ready = carried(record.headers)
     event_id = record.headers.get(H_EVENT_ID)
     if ready is not None and event_id and record.key:

@@ -14,7 +14,7 @@ import pytest
 
 from stafet.audit import AuditRecord, select, summarize
 from stafet.connectors.sinks.acknowledgements import AckTracker
-from stafet.connectors.sinks.channels import OutRecord, signed_headers
+from stafet.connectors.sinks.channels import OutRecord
 from stafet.connectors.sinks.delivery import backoff_s
 from stafet.medcom.acknowledgement import (
     MessageError,
@@ -24,6 +24,7 @@ from stafet.medcom.acknowledgement import (
     parse_ack,
     resend_copy,
 )
+from stafet.webhooks import signed_headers
 
 from .webhook_secrets import whsec
 

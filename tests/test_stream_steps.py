@@ -233,7 +233,7 @@ def test_timer_book_ticks_what_is_due_once_per_retry_and_forgets_cleared_timers(
 
 
 def test_the_carried_event_is_used_as_is_and_equals_what_parsing_would_give():
-    from stafet.canonical import carry
+    from stafet.inbound.canonical import carry
     from stafet.inbound.hl7v2_referral import parse_hl7v2
     from stafet.kafka.topics import H_EVENT_ID
 
@@ -264,7 +264,7 @@ def test_the_carried_event_is_used_as_is_and_equals_what_parsing_would_give():
 
 
 def test_an_event_carried_by_another_mapping_version_is_parsed_again():
-    from stafet.canonical import H_CANONICAL_VERSION, carry
+    from stafet.inbound.canonical import H_CANONICAL_VERSION, carry
     from stafet.inbound.hl7v2_referral import parse_hl7v2
     from stafet.kafka.topics import H_EVENT_ID
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stafet.connectors.sinks.channels import (
+from stafet.subscribers import new_secret
+from stafet.webhooks import (
     SignatureError,
     check_timestamp,
     secret_key,
@@ -20,7 +21,6 @@ from stafet.connectors.sinks.channels import (
     verify,
     verify_headers,
 )
-from stafet.subscribers import new_secret
 
 from .webhook_secrets import whsec
 

@@ -24,11 +24,12 @@ from typing import cast
 
 from stafet.audit import Action, AuditRecord
 from stafet.config import get_settings
-from stafet.connectors.sinks.channels import OutRecord, Recorder, SignatureError, verify
+from stafet.connectors.sinks.channels import OutRecord, Recorder
 from stafet.cpr import mask_cpr
 from stafet.logging import get_logger
 from stafet.medcom.acknowledgement import Ack
 from stafet.observability import ACKNOWLEDGEMENTS, ACKS_PENDING
+from stafet.webhooks import SignatureError, verify
 
 log = get_logger(__name__)
 

@@ -16,12 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from stafet.connectors.sinks.channels import (
-    SignatureError,
-    signed_headers,
-    verify_headers,
-)
 from stafet.medcom.acknowledgement import build_ack, message_ids
+from stafet.webhooks import SignatureError, signed_headers, verify_headers
 
 
 @dataclass

@@ -19,8 +19,8 @@ from stafet.kafka.reader import read_topics
 
 #: values no CPR may be in: operators, acknowledgements, indexes, timers, the lease, the audit
 #: the one header allowed a CPR: the parsed form (Avro) of the raw message in the same record's
-#: value, on the ingest topics only the worker reads (stafet/canonical.py)
-CARRIED = ("stafet.canonical",)
+#: value, on the ingest topics only the worker reads (stafet/inbound/canonical.py)
+CARRIED = ("stafet.inbound.canonical",)
 NO_CPR_VALUES = (
     "alerts.operator",
     "acks.inbound",
@@ -67,7 +67,7 @@ def test_no_cpr_in_any_header_nor_in_values_nobody_is_entitled_to(stack) -> None
 
     print(
         f"\nscanned {len(records)} records on {len({t for t, _ in start})} topics; "
-        f"headers with a CPR: {len(in_headers)} (besides {carried} stafet.canonical on ingest.*, "
+        f"headers with a CPR: {len(in_headers)} (besides {carried} stafet.inbound.canonical on ingest.*, "
         "the parsed form of the raw message beside it)"
     )
     for family in sorted(read):

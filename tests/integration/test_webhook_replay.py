@@ -15,12 +15,12 @@ import urllib.error
 import urllib.request
 
 from stafet.audit import AuditRecord
-from stafet.connectors.sinks.channels import signed_headers
 from stafet.demo.hl7_builder import medcom_test_patients
 from stafet.kafka.client import as_admin, client_config
 from stafet.kafka.reader import read_to_end
 from stafet.kafka.topics import AUDIT_DELIVERY
 from stafet.medcom.acknowledgement import build_ack, message_ids
+from stafet.webhooks import signed_headers
 
 from .delivery_env import Rest, running_delivery
 from .test_delivery import _admission_then_discharge

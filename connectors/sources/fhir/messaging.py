@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from stafet.connectors.sinks.channels import SignatureError, check_timestamp
 from stafet.errors import KafkaWriteError
 from stafet.inbound.fhir_referral import Issue
 from stafet.kafka.client import client_config
@@ -45,6 +44,7 @@ from stafet.medcom.acknowledgement import (
     message_ids,
     parse_ack,
 )
+from stafet.webhooks import SignatureError, check_timestamp
 
 if TYPE_CHECKING:
     from stafet.connectors.sources.fhir.listener import FhirListener

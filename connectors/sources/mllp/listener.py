@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 
 from hl7.mllp import start_hl7_server
 
-from stafet.canonical import carry
 from stafet.config import Settings
 from stafet.connectors.sources.mllp.ack import build_ack
 from stafet.connectors.tls import server_context
 from stafet.cpr import MASK, mask_cpr
 from stafet.errors import KafkaWriteError
+from stafet.inbound.canonical import carry
 from stafet.inbound.hl7v2 import Hl7Error, RawHeader, decode, read_header
 from stafet.inbound.hl7v2_referral import parse_hl7v2
 from stafet.kafka.dead_letters import dead_letter_headers

@@ -22,7 +22,7 @@ from stafet.schemas import codec, municipalities
 from stafet.schemas.codec import encode
 
 #: ingest headers: the encoded event, the events topic it belongs on, the mapping's version
-H_CANONICAL = "stafet.canonical"
+H_CANONICAL = "stafet.inbound.canonical"
 H_CANONICAL_TOPIC = "stafet.canonical_topic"
 H_CANONICAL_VERSION = "stafet.canonical_version"
 

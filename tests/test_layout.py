@@ -1,0 +1,92 @@
+"""The layout keeps data flowing one way (connectors → ingest → streams → out → connectors): a
+module may import what comes before it on the path and the shared parts, never what comes
+after it. Read from the source with ast, so a new import against the flow fails here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {"stafet": "stafet", "streams": "stafet.streams", "connectors": "stafet.connectors"}
+
+#: package → what it must never import (prefixes of module names)
+FORBIDDEN = {
+    # the shared parts know nothing of the processes built on them
+    "stafet.inbound": ("stafet.streams", "stafet.connectors", "stafet.cli", "stafet.demo"),
+    "stafet.medcom": (
+        "stafet.streams",
+        "stafet.connectors",
+        "stafet.cli",
+        "stafet.demo",
+        "stafet.kafka",
+        "stafet.inbound",
+    ),
+    "stafet.kafka": ("stafet.streams", "stafet.connectors", "stafet.cli", "stafet.demo"),
+    # the stream stage reads topics, never a connector
+    "stafet.streams": ("stafet.connectors", "stafet.cli", "stafet.demo"),
+    # sources write ingest topics, sinks read out topics: neither reaches into the other
+    "stafet.connectors.sources": ("stafet.connectors.sinks", "stafet.streams", "stafet.cli"),
+    "stafet.connectors.sinks": ("stafet.connectors.sources", "stafet.streams", "stafet.cli"),
+}
+#: the one import of the demo outside the CLI, on purpose: the FHIR listener's OpenAPI document
+#: shows the demo's sample resources as its examples (the tests parse them as input)
+ALLOWED = {("stafet.connectors.sources.fhir.openapi", "stafet.demo.fhir_samples")}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for folder, package in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            name = ".".join((package, *parts)).removesuffix(".__init__")
+            found[name] = path
+    return found
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_the_tree_is_read() -> None:
+    found = modules()
+    assert "stafet.streams.app" in found and "stafet.connectors.sources.mllp.listener" in found
+    assert "stafet.medcom.hospitalnotification" in found and "stafet.kafka.reader" in found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_nothing_imports_against_the_flow(package: str) -> None:
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name, path in modules().items()
+        if name == package or name.startswith(package + ".")
+        for target in imports(path)
+        if target.startswith(FORBIDDEN[package])
+        and not any(name == a and target.startswith(b) for a, b in ALLOWED)
+    )
+    assert not wrong, wrong
+
+
+def test_the_rule_would_catch_a_stream_importing_a_connector(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from stafet.connectors.sinks.delivery import DeliveryService\n")
+    assert any(t.startswith(FORBIDDEN["stafet.streams"]) for t in imports(bad))
+
+
+def test_only_the_cli_starts_processes() -> None:
+    users = sorted(
+        name
+        for name, path in modules().items()
+        if not name.startswith(("stafet.cli", "stafet.demo"))
+        and any(t.startswith("stafet.cli") for t in imports(path))
+    )
+    assert not users, users
