@@ -207,13 +207,7 @@ def rejection_task(
     note: str = "Henvisningen beskriver ikke skoletrivsel, og PPR har ikke lavet en PPV.",
 ) -> Resource:
     """The psychiatry unit rejects the referral: reason, next step, who holds the ball, contact."""
-    name, phone = REJECTION_CONTACT
-    outputs = [
-        ("alternative", REJECTION_ALTERNATIVE),
-        ("responsible", REJECTION_RESPONSIBLE),
-        ("contact-name", name),
-        ("contact-phone", phone),
-    ]
+    outputs = [("alternative", REJECTION_ALTERNATIVE), ("responsible", REJECTION_RESPONSIBLE)]
     return _task(
         referral_id,
         cpr or child().cpr,
@@ -225,7 +219,7 @@ def rejection_task(
             "text": reason_text,
         },
         note=[{"text": note}],
-        output=[{"type": {"text": kind}, "valueString": value} for kind, value in outputs],
+        output=_outputs(*outputs, *_contact()),
     )
 
 
@@ -242,11 +236,18 @@ def acceptance_task(
         "accepted",
         decided_at,
         BUC_AARHUS,
-        output=[
-            {"type": {"text": "contact-name"}, "valueString": REJECTION_CONTACT[0]},
-            {"type": {"text": "contact-phone"}, "valueString": REJECTION_CONTACT[1]},
-        ],
+        output=_outputs(*_contact()),
     )
+
+
+def _contact() -> list[tuple[str, str]]:
+    name, phone = REJECTION_CONTACT
+    return [("contact-name", name), ("contact-phone", phone)]
+
+
+def _outputs(*pairs: tuple[str, str]) -> list[Resource]:
+    """Task.output entries: (type text, valueString)."""
+    return [{"type": {"text": kind}, "valueString": value} for kind, value in pairs]
 
 
 def forward_task(

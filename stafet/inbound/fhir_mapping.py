@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from stafet.cpr import is_valid_cpr, mask_cpr
@@ -347,21 +347,27 @@ def _identity(resource: dict[str, Any], rtype: str) -> tuple[str, str]:
     return event_id, f"{source}/_history/{version}" if version else f"{source}#{digest[:16]}"
 
 
+class About(NamedTuple):
+    """What every referral event says: which referral, when, the child, referrer and unit."""
+
+    referral_id: str
+    when: str
+    child: PatientInfo
+    referrer: Party | None
+    receiver: Party | None
+
+
 def _event(
     resource: dict[str, Any],
     rtype: str,
     kind: ReferralKind,
     secret: str,
-    *,
-    rid: str,
-    when: str,
-    child: PatientInfo,
-    referrer: Party | None,
-    receiver: Party | None,
+    about: About,
     **details: Any,
 ) -> ReferralEvent:
     """The canonical event of one FHIR resource: its identity, the child's patient key and the
     parties set alike for every kind; ``details`` are the kind's own fields."""
+    rid, when, child, referrer, receiver = about
     event_id, source_id = _identity(resource, rtype)
     return ReferralEvent(
         event_id=event_id,
@@ -457,11 +463,7 @@ def map_service_request(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None
         "ServiceRequest",
         kind,
         secret,
-        rid=rid,
-        when=when,
-        child=child,
-        referrer=referrer,
-        receiver=receiver,
+        About(rid, when, child, referrer, receiver),
         guardians=tuple(g for g in guardians if g),
         municipal_units=tuple(u for u in units if u),
         reason_for_referral=_text(reasons[0]) if reasons else None,
@@ -630,11 +632,7 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
             "Task",
             "contact",
             secret,
-            rid=rid,
-            when=when,
-            child=child,
-            referrer=referrer,
-            receiver=owner,
+            About(rid, when, child, referrer, owner),
             contact=contact,
         )
     assert decided is not None
@@ -653,11 +651,7 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
         "Task",
         "decision",
         secret,
-        rid=rid,
-        when=when,
-        child=child,
-        referrer=referrer,
-        receiver=owner,
+        About(rid, when, child, referrer, owner),
         decision=decision,
     )
 
@@ -724,11 +718,7 @@ def map_communication(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
         "Communication",
         "assessment",
         secret,
-        rid=rid,
-        when=when,
-        child=child,
-        referrer=referrer,
-        receiver=receiver,
+        About(rid, when, child, referrer, receiver),
         assessment=Assessment(
             summary=parts["summary"], treatment_plan=parts.get("treatment-plan"), contact=contact
         ),
