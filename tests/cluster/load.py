@@ -1,6 +1,6 @@
 """Continuous MLLP load and a committed-output watcher for the cluster's fault test.
 
-The same idea as the soak's ``Load`` (tests/integration/test_soak.py): admissions, corrections and
+The same stays as the soak's ``Load`` (tests/adt_stays.py): admissions, corrections and
 discharges of MedCom test patients to one municipality, every message sent until it is
 acknowledged with AA, as a real MLLP sender does — plus the timings the fault test reports (how
 long a message waited for its AA, when notifications became visible to ``read_committed``).
@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, TopicPartition
 
 from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.kafka.client import KafkaTarget, resolve_config
 from stafet.kafka.topics import H_MESSAGE_ID
-
-HOSPITAL = Hospital("Bispebjerg og Frederiksberg Hospital (test)", "600000000000096")
-CHILDREN = ["Einer", "Lonni", "Magnus", "Rasmus", "Sverre", "Torre", "OddHaugen", "KnutOdvar"]
+from tests.adt_stays import stay_messages
 
 
 @dataclass
@@ -71,32 +68,15 @@ class MllpLoad(threading.Thread):
             self.failure = exc
 
     def _run(self) -> None:
-        patients = medcom_test_patients()
-        v = 0
-        while not self.stopping.is_set():
-            child = patients[CHILDREN[v % len(CHILDREN)]]
-            visit = f"C-{self.run_id}-{v}"
-            day = v % 28 + 1
-            for i, trigger in enumerate(("A01", "A08", "A03")):
-                extra = {"discharge_time": f"202612{day:02d}1500"} if trigger == "A03" else {}
-                raw = adt(
-                    trigger,
-                    child,
-                    hospital=HOSPITAL,
-                    control_id=f"{visit}-{trigger}",
-                    visit=visit,
-                    event_time=f"202612{day:02d}1{i}00",
-                    admit_time=f"202612{day:02d}0800",
-                    municipality_code=self.code,
-                    **extra,
-                )
-                sent = Sent(raw, time.monotonic())
-                self.messages.append(sent)
-                self._send(sent)
-                if sent.acked_at is None:  # stopped while the cluster did not answer
-                    return
-                time.sleep(self.pause)
-            v += 1
+        for n, raw in enumerate(stay_messages(f"C-{self.run_id}", self.code)):
+            if n % 3 == 0 and self.stopping.is_set():  # between stays
+                return
+            sent = Sent(raw, time.monotonic())
+            self.messages.append(sent)
+            self._send(sent)
+            if sent.acked_at is None:  # stopped while the cluster did not answer
+                return
+            time.sleep(self.pause)
 
     def _send(self, sent: Sent) -> None:
         while True:

@@ -24,7 +24,6 @@ from collections import Counter
 
 import pytest
 
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.client import as_admin
 from stafet.kafka.reader import end_offsets
@@ -39,6 +38,7 @@ from stafet.kafka.topics import (
 )
 from stafet.medcom.hospitalnotification import message_header_id
 from stafet.stack import Service, service_env
+from tests.adt_stays import stay_messages
 from tests.uncommitted import uncommitted_count
 
 from .conftest import SUPERVISION
@@ -50,8 +50,6 @@ CYCLES = int(os.environ.get("STAFET_SOAK_CYCLES", "20"))
 #: how long a SIGTERMed worker may take to commit and leave (systemd's default stop timeout;
 #: right after a broker restart the transaction coordinator may still be loading)
 STOP_GRACE_S = 90.0
-HOSPITAL = Hospital("Bispebjerg og Frederiksberg Hospital (test)", "600000000000096")
-CHILDREN = ["Einer", "Lonni", "Magnus", "Rasmus", "Sverre", "Torre", "OddHaugen", "KnutOdvar"]
 
 
 class Load(threading.Thread):
@@ -66,29 +64,12 @@ class Load(threading.Thread):
         self.resends = 0
 
     def run(self) -> None:
-        patients = medcom_test_patients()
-        v = 0
-        while not self.stopping.is_set():
-            child = patients[CHILDREN[v % len(CHILDREN)]]
-            visit = f"S-{self.run_id}-{v}"
-            day = v % 28 + 1
-            for i, trigger in enumerate(("A01", "A08", "A03")):
-                extra = {"discharge_time": f"202612{day:02d}1500"} if trigger == "A03" else {}
-                m = adt(
-                    trigger,
-                    child,
-                    hospital=HOSPITAL,
-                    control_id=f"{visit}-{trigger}",
-                    visit=visit,
-                    event_time=f"202612{day:02d}1{i}00",
-                    admit_time=f"202612{day:02d}0800",
-                    municipality_code=CODE,
-                    **extra,
-                )
-                self._send(m)
-                self.sent.append(m)
-                time.sleep(self.pause)
-            v += 1
+        for n, m in enumerate(stay_messages(f"S-{self.run_id}", CODE)):
+            if n % 3 == 0 and self.stopping.is_set():  # between stays
+                return
+            self._send(m)
+            self.sent.append(m)
+            time.sleep(self.pause)
 
     def _send(self, message: bytes) -> None:
         while True:
