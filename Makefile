@@ -50,7 +50,7 @@ $(VENV)/.check-installed: $(VENV)/.installed
 check: $(VENV)/.check-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy stafet streams connectors schemas
+	$(BIN)/mypy stafet streams connectors schemas demo
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from stafet.demo.hl7_builder import (
+from demo.hl7_builder import (
     Hospital,
     Provider,
     SyntheticPatient,
@@ -718,7 +718,7 @@ class FhirLoad:
     """ServiceRequest bodies (a GP's referral) followed by a Task (the decision), 1/3 rejected."""
 
     def __init__(self, seed: int = 7, run_id: str = "F") -> None:
-        from stafet.demo import fhir_samples as s
+        from demo import fhir_samples as s
 
         self.s = s
         self.rng = random.Random(seed)

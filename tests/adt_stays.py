@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 
 HOSPITAL = Hospital("Bispebjerg og Frederiksberg Hospital (test)", "600000000000096")
 CHILDREN = ["Einer", "Lonni", "Magnus", "Rasmus", "Sverre", "Torre", "OddHaugen", "KnutOdvar"]

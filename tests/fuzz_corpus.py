@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stafet.demo import fhir_samples as fs
-from stafet.demo.hl7_builder import (
+from demo import fhir_samples as fs
+from demo.hl7_builder import (
     Hospital,
     Provider,
     adt,

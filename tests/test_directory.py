@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from demo.directory_sample import sample_directory_toml
 from stafet.cli import main
-from stafet.demo.directory_sample import sample_directory_toml
 from stafet.directory import (
     DirectoryError,
     Unaddressable,
@@ -150,7 +150,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_the_shipped_sample_is_the_generators_output_and_valid() -> None:
     shipped = (ROOT / "deploy" / "directory.toml").read_text("utf-8")
-    assert shipped == sample_directory_toml(), "regenerate: python -m stafet.demo.directory_sample"
+    assert shipped == sample_directory_toml(), "regenerate: python -m demo.directory_sample"
     d = load_directory(ROOT / "deploy" / "directory.toml")
     assert {d.municipal_unit(code).municipality for code in ("0101", "0751", "0860")} == {
         "0101",

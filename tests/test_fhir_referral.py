@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from demo import fhir_samples as s
 from stafet.connectors.sources.fhir.openapi import openapi
-from stafet.demo import fhir_samples as s
 from stafet.ids import patient_key
 from stafet.inbound.fhir_referral import FhirInputError, Issue, parse_fhir_referral
 from stafet.model import Contact
@@ -484,6 +484,20 @@ def _refs(node: Any) -> list[str]:
     if isinstance(node, list):
         return [r for v in node for r in _refs(v)]
     return []
+
+
+def test_the_committed_openapi_examples_are_the_demo_samples():
+    from importlib import resources
+
+    committed = (
+        resources.files("stafet.connectors.sources.fhir")
+        .joinpath("openapi-examples.json")
+        .read_text("utf-8")
+    )
+    assert committed == s.openapi_examples_json(), (
+        "connectors/sources/fhir/openapi-examples.json differs from demo/fhir_samples.py: run "
+        "`python -m demo.fhir_samples > connectors/sources/fhir/openapi-examples.json`"
+    )
 
 
 def test_openapi_refs_resolve_and_examples_are_accepted():

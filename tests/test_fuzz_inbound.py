@@ -22,11 +22,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from demo import fhir_samples as fs
 from stafet.config import Settings
 from stafet.connectors.sources.fhir.listener import FhirListener, ReferralIndex
 from stafet.connectors.sources.mllp.client import END, START, ack_fields
 from stafet.connectors.sources.mllp.listener import MllpListener
-from stafet.demo import fhir_samples as fs
 from stafet.inbound.fhir_referral import FhirInputError, parse_fhir_referral
 from stafet.inbound.hl7v2 import Hl7Error
 from stafet.inbound.hl7v2_referral import parse_hl7v2
@@ -514,7 +514,7 @@ def test_the_corpus_uses_only_synthetic_cprs():
 def _related_cprs() -> set[str]:
     from importlib import resources
 
-    text = resources.files("stafet.demo").joinpath("test-patients.json").read_text("utf-8")
+    text = resources.files("demo").joinpath("test-patients.json").read_text("utf-8")
     data = json.loads(text)
     return {p["cpr"] for p in data.get("patients", [])} | {
         r.get("related_cpr", "") for r in data.get("related_persons", [])

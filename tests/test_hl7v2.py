@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.inbound.hl7v2 import Hl7Error, parse_adt, read_header, to_iso
 
 LARS, LARS_DASH, RIKKE = "0505159995", "050515-9995", "0505209996"

@@ -15,25 +15,25 @@ FOLDERS = {"stafet": "stafet", "streams": "stafet.streams", "connectors": "stafe
 #: package → what it must never import (prefixes of module names)
 FORBIDDEN = {
     # the shared parts know nothing of the processes built on them
-    "stafet.inbound": ("stafet.streams", "stafet.connectors", "stafet.cli", "stafet.demo"),
+    "stafet.inbound": ("stafet.streams", "stafet.connectors", "stafet.cli"),
     "stafet.medcom": (
         "stafet.streams",
         "stafet.connectors",
         "stafet.cli",
-        "stafet.demo",
         "stafet.kafka",
         "stafet.inbound",
     ),
-    "stafet.kafka": ("stafet.streams", "stafet.connectors", "stafet.cli", "stafet.demo"),
+    "stafet.kafka": ("stafet.streams", "stafet.connectors", "stafet.cli"),
     # the stream stage reads topics, never a connector
-    "stafet.streams": ("stafet.connectors", "stafet.cli", "stafet.demo"),
+    "stafet.streams": ("stafet.connectors", "stafet.cli"),
     # sources write ingest topics, sinks read out topics: neither reaches into the other
     "stafet.connectors.sources": ("stafet.connectors.sinks", "stafet.streams", "stafet.cli"),
     "stafet.connectors.sinks": ("stafet.connectors.sources", "stafet.streams", "stafet.cli"),
 }
-#: the one import of the demo outside the CLI, on purpose: the FHIR listener's OpenAPI document
-#: shows the demo's sample resources as its examples (the tests parse them as input)
-ALLOWED = {("stafet.connectors.sources.fhir.openapi", "stafet.demo.fhir_samples")}
+#: what only a checkout has: nothing installed imports it, but for `stafet demo`, which runs the
+#: checkout's demo/ (and says so when there is none)
+CHECKOUT_ONLY = ("demo", "bench", "tests")
+ALLOWED = {("stafet.cli.commands", "demo.run")}
 
 
 def modules() -> dict[str, Path]:
@@ -71,6 +71,16 @@ def test_nothing_imports_against_the_flow(package: str) -> None:
         if name == package or name.startswith(package + ".")
         for target in imports(path)
         if target.startswith(FORBIDDEN[package])
+    )
+    assert not wrong, wrong
+
+
+def test_the_installed_package_needs_no_checkout() -> None:
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name, path in modules().items()
+        for target in imports(path)
+        if target.split(".")[0] in CHECKOUT_ONLY
         and not any(name == a and target.startswith(b) for a, b in ALLOWED)
     )
     assert not wrong, wrong
@@ -86,7 +96,7 @@ def test_only_the_cli_starts_processes() -> None:
     users = sorted(
         name
         for name, path in modules().items()
-        if not name.startswith(("stafet.cli", "stafet.demo"))
+        if not name.startswith("stafet.cli")
         and any(t.startswith("stafet.cli") for t in imports(path))
     )
     assert not users, users

@@ -9,8 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from demo.hl7_builder import medcom_test_patients
 from stafet.config import PROJECT_ROOT
-from stafet.demo.hl7_builder import medcom_test_patients
 
 from .log_scan import Scan, log_files, scan_files
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stafet.demo.hl7_builder import Provider, medcom_test_patients, referral_message
+from demo.hl7_builder import Provider, medcom_test_patients, referral_message
 from stafet.inbound.hl7v2_referral import parse_hl7v2
 from stafet.model import Party
 from stafet.streams.referral_state import Park, Refuse, apply, due, rejection_recipients, seen

@@ -7,8 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
 from stafet.config import Settings
-from stafet.demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
 from stafet.kafka.topics import (
     ALERTS_OPERATOR,
     DLQ_NOTIFY,

@@ -304,9 +304,23 @@ def up() -> None:
 def demo(timeout: float) -> None:
     """Replay a scripted synthetic day and show what each municipality received (on the local
     stack, SASL_SSL unless STAFET_KAFKA_SECURITY=plaintext)."""
-    from stafet.demo.run import run_demo
+    sys.exit(_checkout_demo()(safe_settings("up", _stack_settings()), timeout_s=timeout))
 
-    sys.exit(run_demo(safe_settings("up", _stack_settings()), timeout_s=timeout))
+
+def _checkout_demo() -> Any:
+    """``run_demo`` from the checkout's ``demo/`` folder: the demo (sample data, a scripted day,
+    a MedCom receiver) is not part of the installed package a hospital deploys."""
+    root = str(PROJECT_ROOT)
+    if (PROJECT_ROOT / "demo" / "run.py").is_file() and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from demo.run import run_demo
+    except ImportError as exc:
+        raise click.ClickException(
+            "the demo runs from a checkout of stafet (make demo): it is not in the installed "
+            f"package ({exc})"
+        ) from exc
+    return run_demo
 
 
 @main.command()

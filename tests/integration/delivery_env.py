@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from demo.receiver import Receiver
 from stafet.config import Settings
 from stafet.connectors.sinks.replay import rewind_group
-from stafet.demo.receiver import Receiver
 from stafet.kafka.client import as_admin
 from stafet.kafka.security import DELIVERY
 from stafet.stack import Service, service_env, settings_env

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.config import PROJECT_ROOT
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.directory import load_directory
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.topics import H_EVENT_ID, municipality_topic

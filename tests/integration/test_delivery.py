@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.topics import ALERTS_OPERATOR, DLQ_DELIVERY, H_MESSAGE_ID, H_REASON
 from stafet.medcom.hospitalnotification import message_header_id
@@ -235,7 +235,7 @@ def test_audit_lists_every_recipient_of_a_rejection_with_delivery_and_ack_times(
 
 def test_a_message_for_an_unregistered_recipient_raises_an_operator_alert(stack, delivery):
     settings, *_ = delivery
-    from stafet.demo.hl7_builder import Provider, referral_message
+    from demo.hl7_builder import Provider, referral_message
 
     from .test_referral_flow import BUC, CHILD, GUARDIANS, now
 

@@ -16,8 +16,8 @@ from collections import Counter
 
 import pytest
 
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.audit import query
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.client import as_admin, client_config
 from stafet.kafka.reader import read_to_end

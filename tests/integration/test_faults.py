@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.security import WORKER
 from stafet.medcom.hospitalnotification import message_header_id

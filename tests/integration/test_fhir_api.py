@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from demo import fhir_samples as s
 from stafet.config import Settings
 from stafet.connectors.sources.fhir.listener import EVENT_ID_HEADER, FhirListener
-from stafet.demo import fhir_samples as s
 from stafet.ids import patient_key
 from stafet.inbound.fhir_referral import parse_fhir_referral
 from stafet.kafka.client import as_admin

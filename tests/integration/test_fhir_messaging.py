@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import uuid
 
+from demo import fhir_samples as s
 from stafet.connectors.sources.fhir.listener import FhirListener
-from stafet.demo import fhir_samples as s
 from stafet.kafka.client import as_admin
 from stafet.kafka.reader import end_offsets, read_topics
 from stafet.kafka.topics import ACKS_INBOUND, DLQ_FHIR, H_REASON, H_STAGE, INGEST_FHIR

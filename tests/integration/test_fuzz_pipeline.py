@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from demo import fhir_samples as fs
 from stafet.connectors.sources.mllp.client import END, START, MllpClient, ack_fields
-from stafet.demo import fhir_samples as fs
 from stafet.kafka.topics import (
     DLQ_FHIR,
     DLQ_MLLP,

@@ -384,8 +384,8 @@ def test_hl7_message_flows_end_to_end_on_the_secure_broker(
     provisioned: Settings, tmp_path: Path
 ) -> None:
     """worker, mllp and fhir each as their own principal; the municipality reads the result."""
+    from demo.hl7_builder import Hospital, adt, medcom_test_patients
     from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
-    from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 
     patient = medcom_test_patients()["RikkeBerggren"]  # lives in 0751 (A)
     assert patient.municipality_code == A

@@ -10,10 +10,10 @@ import uuid
 
 import pytest
 
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.config import Settings
 from stafet.connectors.sources.mllp.client import END, START, MllpClient, ack_fields
 from stafet.connectors.sources.mllp.listener import MllpListener
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.kafka.topics import DLQ_MLLP, H_REASON, municipality_topic
 
 from .conftest import free_port

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from pypdf import PdfReader
 
-from stafet.demo import fhir_samples
-from stafet.demo.hl7_builder import Provider, medcom_test_patients, referral_message
+from demo import fhir_samples
+from demo.hl7_builder import Provider, medcom_test_patients, referral_message
 from stafet.kafka.topics import DLQ_REFERRAL, H_REASON, OUT_LETTER, OUT_REFERRER, municipality_topic
 
 from .conftest import DEADLINE_S

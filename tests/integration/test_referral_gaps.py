@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from demo import fhir_samples
+from demo.hl7_builder import Hospital, Provider, adt, referral_message
 from stafet.connectors.sources.fhir.listener import FhirListener
-from stafet.demo import fhir_samples
-from stafet.demo.hl7_builder import Hospital, Provider, adt, referral_message
 from stafet.kafka.client import resolve_config
 from stafet.kafka.reader import end_offsets
 from stafet.kafka.topics import (

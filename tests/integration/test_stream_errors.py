@@ -15,7 +15,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.client import as_admin, client_config
 from stafet.kafka.reader import end_offsets

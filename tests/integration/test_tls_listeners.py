@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
 from stafet.connectors.sources.mllp.listener import MllpListener
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.kafka.client import as_admin
 from stafet.kafka.credentials import ensure_tls
 
@@ -149,8 +149,8 @@ def test_a_forged_rejection_without_a_client_certificate_never_enters_the_pipeli
     only a party with a client certificate may post one. The forged Task is turned away at the
     handshake and nothing reaches ingest.fhir — the only way to a letter; the same Task with a
     certificate is stored (202), so the check could fail."""
+    from demo import fhir_samples as s
     from stafet.connectors.sources.fhir.listener import FhirListener
-    from stafet.demo import fhir_samples as s
     from stafet.kafka.reader import end_offsets
     from stafet.kafka.topics import DLQ_FHIR, INGEST_FHIR
 

@@ -14,8 +14,8 @@ import time
 import urllib.error
 import urllib.request
 
+from demo.hl7_builder import medcom_test_patients
 from stafet.audit import AuditRecord
-from stafet.demo.hl7_builder import medcom_test_patients
 from stafet.kafka.client import as_admin, client_config
 from stafet.kafka.reader import read_to_end
 from stafet.kafka.topics import AUDIT_DELIVERY

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from stafet.demo.hl7_builder import Hospital, adt, medcom_test_patients
+from demo.hl7_builder import Hospital, adt, medcom_test_patients
 from stafet.inbound.hl7v2 import parse_adt
 from stafet.kafka.topics import H_EVENT_ID, H_MESSAGE_ID, OUT_MUNICIPALITY_PREFIX
 

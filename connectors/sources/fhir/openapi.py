@@ -1,17 +1,19 @@
 """OpenAPI 3.1 description of the FHIR HTTP connector (served at ``GET /openapi.json``).
 
 Schemas describe the resources at the level stafet reads them (resourceType plus the elements of
-the contract in :mod:`stafet.inbound.fhir_referral`); full FHIR validation is fhir.resources' job. The
-examples are built by :mod:`stafet.demo.fhir_samples`, which the tests parse, so every example
-is one the connector accepts.
+the contract in :mod:`stafet.inbound.fhir_referral`); full FHIR validation is fhir.resources' job.
+The examples are the demo's sample resources (``demo/fhir_samples.py``), committed beside this
+module as ``openapi-examples.json``; the tests keep the file equal to the samples and parse every
+example, so each is one the connector accepts.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
-from stafet.demo import fhir_samples as samples
 from stafet.inbound.fhir_referral import OUTPUT_TYPES, PAYLOAD_PART_EXT, PAYLOAD_PARTS, REASON_CODES
 from stafet.systems import CPR_SYSTEM, SOR_SYSTEM, YDER_SYSTEM
 
@@ -235,7 +237,9 @@ def _post(summary: str, schema: str, examples: dict[str, Any]) -> dict[str, Any]
 @lru_cache(maxsize=1)
 def openapi() -> dict[str, Any]:
     """The OpenAPI document (built once)."""
-    referral = samples.referral()
+    examples = json.loads(
+        resources.files(__package__).joinpath("openapi-examples.json").read_text("utf-8")
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -247,26 +251,22 @@ def openapi() -> dict[str, Any]:
         },
         "paths": {
             "/fhir/ServiceRequest": _post(
-                "Submit, modify or cancel a referral", "ServiceRequest", {"gp-referral": referral}
+                "Submit, modify or cancel a referral", "ServiceRequest", examples["ServiceRequest"]
             ),
             "/fhir/Task": _post(
                 "A triage decision: accepted, rejected, forwarded, expired",
                 "Task",
-                {
-                    "rejected-missing-ppv": samples.rejection_task(),
-                    "accepted": samples.acceptance_task(),
-                    "forwarded": samples.forward_task(),
-                },
+                examples["Task"],
             ),
             "/fhir/Communication": _post(
                 "Assessment completed (status letter)",
                 "Communication",
-                {"status-letter": samples.status_communication()},
+                examples["Communication"],
             ),
             "/fhir": _post(
                 "Any of the above, or a Bundle of them about one child",
                 "any",
-                {"bundle": samples.bundle(referral, samples.rejection_task())},
+                examples["any"],
             ),
             "/healthz": {
                 "get": {

@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from stafet.demo.hl7_builder import SyntheticPatient, medcom_test_patients
+from demo.hl7_builder import SyntheticPatient, medcom_test_patients
 from stafet.ids import stable_uuid
 from stafet.inbound.fhir_referral import (
     FHIR_ENDPOINT_EXT,
@@ -65,7 +65,7 @@ def child(name: str = "RikkeBerggren") -> SyntheticPatient:
 
 @lru_cache(maxsize=1)
 def _related() -> list[dict[str, Any]]:
-    text = resources.files("stafet.demo").joinpath("test-patients.json").read_text("utf-8")
+    text = resources.files("demo").joinpath("test-patients.json").read_text("utf-8")
     return list(json.loads(text)["related_persons"])
 
 
@@ -317,3 +317,28 @@ def bundle(*entries: Resource, type_: str = "collection") -> Resource:
 def to_bytes(resource: Resource) -> bytes:
     """The UTF-8 JSON a sender would POST."""
     return json.dumps(resource, ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def openapi_examples() -> dict[str, dict[str, Resource]]:
+    """The request examples of the FHIR listener's OpenAPI document, by resource type. They are
+    committed as connectors/sources/fhir/openapi-examples.json (the installed package carries no
+    demo code); a test keeps the file equal to this: ``python -m demo.fhir_samples``."""
+    gp_referral = referral()
+    return {
+        "ServiceRequest": {"gp-referral": gp_referral},
+        "Task": {
+            "rejected-missing-ppv": rejection_task(),
+            "accepted": acceptance_task(),
+            "forwarded": forward_task(),
+        },
+        "Communication": {"status-letter": status_communication()},
+        "any": {"bundle": bundle(gp_referral, rejection_task())},
+    }
+
+
+def openapi_examples_json() -> str:
+    return json.dumps(openapi_examples(), ensure_ascii=False, indent=1) + "\n"
+
+
+if __name__ == "__main__":
+    print(openapi_examples_json(), end="")

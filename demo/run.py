@@ -9,10 +9,10 @@ from collections import defaultdict
 
 import click
 
+from demo.receiver import Receiver
+from demo.scenario import BUC_ODENSE, ReferralStep, referral_day, synthetic_day
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.connectors.sources.mllp.client import MllpClient, ack_fields
-from stafet.demo.receiver import Receiver
-from stafet.demo.scenario import BUC_ODENSE, ReferralStep, referral_day, synthetic_day
 from stafet.kafka.reader import end_offsets, read_topics
 from stafet.kafka.topics import (
     DLQ_MLLP,

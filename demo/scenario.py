@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stafet.demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
+from demo.hl7_builder import Hospital, Provider, adt, medcom_test_patients, referral_message
 
 BUC_AARHUS = Hospital("BUC Aarhus (demo)", "600000000000001")
 BUC_ODENSE = Hospital("BUA Odense (demo)", "600000000000002")

@@ -2,7 +2,7 @@
 
 Every number is made up and marked so: SOR codes ``6000000…`` and EAN location numbers in the
 range ``57999…`` (valid GS1 check digits, not issued by MedCom). Regenerate with
-``python -m stafet.demo.directory_sample > deploy/directory.toml``; a test keeps the two equal.
+``python -m demo.directory_sample > deploy/directory.toml``; a test keeps the two equal.
 """
 
 from __future__ import annotations
