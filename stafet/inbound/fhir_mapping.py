@@ -626,15 +626,9 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
     when = _time(task.get("lastModified") or task.get("authoredOn"), f"{path}.lastModified", ctx)
     if len(ctx.issues) > start or child is None or (decided is None and not contact_change):
         return None
+    about = About(rid, when, child, referrer, owner)
     if contact_change:
-        return _event(
-            task,
-            "Task",
-            "contact",
-            secret,
-            About(rid, when, child, referrer, owner),
-            contact=contact,
-        )
+        return _event(task, "Task", "contact", secret, about, contact=contact)
     assert decided is not None
     decision = Decision(
         status=decided,  # type: ignore[arg-type]
@@ -646,14 +640,7 @@ def map_task(res: Res, ctx: Ctx, secret: str) -> ReferralEvent | None:
         contact=contact,
         forwarded_to=owner if decided == "forwarded" else None,
     )
-    return _event(
-        task,
-        "Task",
-        "decision",
-        secret,
-        About(rid, when, child, referrer, owner),
-        decision=decision,
-    )
+    return _event(task, "Task", "decision", secret, about, decision=decision)
 
 
 def _contact(parts: dict[str, str], path: str, ctx: Ctx) -> Contact | None:
