@@ -5,9 +5,15 @@ running stack's), its output in ``<tmp_path>/worker.log``."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+#: exits by a signal the process gave itself: a crash in native code (librdkafka). The fault
+#: tests count them as faults (the supervisor restarts the worker) and print the worker's log,
+#: where faulthandler left every Python thread's frames.
+NATIVE_CRASHES = (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS)
 
 
 def start_worker(tmp_path: Path, broker_port: int, **settings: str) -> subprocess.Popen[bytes]:

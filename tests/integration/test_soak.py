@@ -16,7 +16,6 @@ Marked ``soak`` (not in the default run: it takes about ten minutes) and ``disru
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 import uuid
@@ -40,6 +39,7 @@ from stafet.medcom.hospitalnotification import message_header_id
 from stafet.stack import Service, service_env
 from tests.adt_stays import stay_messages
 from tests.uncommitted import uncommitted_count
+from tests.worker_process import NATIVE_CRASHES
 
 from .conftest import SUPERVISION
 
@@ -200,10 +200,6 @@ def test_exactly_once_through_repeated_joins_kills_and_broker_restarts(stack, tm
     assert set(notifications) == expected_ids, "every event notified, nothing else"
     assert all(n == 1 for n in notifications.values()), "no notification id twice"
     assert not dead, "nothing dead-lettered"
-
-
-#: exits by a signal the process gave itself: a crash in native code (librdkafka)
-NATIVE_CRASHES = (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS)
 
 
 def control_id(raw: bytes) -> str:
