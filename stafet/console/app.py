@@ -38,6 +38,7 @@ USERS = web.AppKey("users", UserStore)
 SESSIONS = web.AppKey("sessions", Sessions)
 TEMPLATES = web.AppKey("templates", Environment)
 SETTINGS = web.AppKey("settings", Settings)
+FLASH = web.AppKey("flash", dict)
 PUBLIC = ("/login", "/healthz")
 NAV = (
     ("/flow", "Flow"),
@@ -91,19 +92,24 @@ async def security_headers(request: web.Request, handler: Any) -> web.StreamResp
 async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path in PUBLIC:
         return await handler(request)  # type: ignore[no-any-return]
-    cookie = request.cookies.get(Sessions.COOKIE)
-    name = request.app[SESSIONS].user_of(cookie)
-    user = request.app[USERS].get(name) if name else None
-    if user is None:
+    if logged_in(request) is None:
         if request.method != "GET":
             raise web.HTTPForbidden(text="not logged in")
         raise web.HTTPFound("/login")
-    request["user"], request["cookie"] = user, cookie
     return await handler(request)  # type: ignore[no-any-return]
 
 
+def logged_in(request: web.Request) -> User | None:
+    """The user of the request's session cookie (a valid, unexpired one of a listed user)."""
+    name = request.app[SESSIONS].user_of(request.cookies.get(Sessions.COOKIE))
+    return request.app[USERS].get(name) if name else None
+
+
 def user_of(request: web.Request) -> User:
-    return request["user"]  # type: ignore[no-any-return]
+    user = logged_in(request)
+    if user is None:  # the middleware let no such request through
+        raise web.HTTPForbidden(text="not logged in")
+    return user
 
 
 async def scope_of(request: web.Request) -> Scope:
@@ -114,8 +120,8 @@ async def scope_of(request: web.Request) -> Scope:
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    user = request.get("user")
-    cookie = request.get("cookie")
+    user = logged_in(request)
+    cookie = request.cookies.get(Sessions.COOKIE) if user else None
     html = (
         request.app[TEMPLATES]
         .get_template(template)
@@ -191,7 +197,9 @@ async def logout(request: web.Request) -> web.Response:
 
 
 def check_csrf(request: web.Request, form: Any) -> None:
-    if not request.app[SESSIONS].csrf_ok(request.get("cookie"), str(form.get("csrf", ""))):
+    if not request.app[SESSIONS].csrf_ok(
+        request.cookies.get(Sessions.COOKIE), str(form.get("csrf", ""))
+    ):
         log.warning("console.csrf_refused", user=user_of(request).name, path=request.path)
         raise web.HTTPForbidden(text="stale or missing form token: reload the page")
 
@@ -304,9 +312,18 @@ async def dead_letter_page(request: web.Request) -> web.Response:
         "dead_letter.html",
         d=dead,
         may_act=scope.may_act,
-        note=request.query.get("note", ""),
-        error=request.query.get("error", ""),
+        **request.app[FLASH].pop(request.query.get("flash", ""), {}),
     )
+
+
+def _back(request: web.Request, dead: DeadLetter, **message: str) -> web.HTTPFound:
+    """Back to the dead letter's page with a one-time message (never text from the URL)."""
+    flash = request.app[FLASH]
+    while len(flash) > 1000:  # never read: a closed tab
+        flash.pop(next(iter(flash)))
+    token = secrets.token_urlsafe(12)
+    flash[token] = message
+    return web.HTTPFound(f"/dead-letters/{dead.position}?flash={token}")
 
 
 async def resend_action(request: web.Request) -> web.Response:
@@ -318,17 +335,17 @@ async def resend_action(request: web.Request) -> web.Response:
         raise web.HTTPForbidden(text="operators only")
     dead = await _dead_letter(request, scope)
     user = user_of(request)
+    if dead.status != "open":  # a second click, or another operator was quicker
+        raise _back(request, dead, error=f"already {dead.status}")
     try:
         target = await request.app[DATA].resend(dead, user.name)
     except StafetError as exc:
         log.warning("console.action_failed", user=user.name, action="resend", error=str(exc))
-        raise web.HTTPFound(
-            f"/dead-letters/{dead.position}?error={masked(str(exc))[:300]}"
-        ) from exc
+        raise _back(request, dead, error=masked(str(exc))[:300]) from exc
     log.info(
         "console.action", user=user.name, action="resend", dead_letter=dead.position, to=target
     )
-    raise web.HTTPFound(f"/dead-letters/{dead.position}?note=resent")
+    raise _back(request, dead, note="resent")
 
 
 async def discard_action(request: web.Request) -> web.Response:
@@ -340,12 +357,14 @@ async def discard_action(request: web.Request) -> web.Response:
         raise web.HTTPForbidden(text="operators only")
     dead = await _dead_letter(request, scope)
     reason = str(form.get("reason", "")).strip()
+    if dead.status != "open":
+        raise _back(request, dead, error=f"already {dead.status}")
     if not reason:
-        raise web.HTTPFound(f"/dead-letters/{dead.position}?error=give a reason to discard")
+        raise _back(request, dead, error="give a reason to discard")
     user = user_of(request)
     await request.app[DATA].discard(dead, user.name, reason)
     log.info("console.action", user=user.name, action="discard", dead_letter=dead.position)
-    raise web.HTTPFound(f"/dead-letters/{dead.position}?note=discarded")
+    raise _back(request, dead, note="discarded")
 
 
 async def search_page(request: web.Request) -> web.Response:
@@ -562,6 +581,7 @@ def make_app(settings: Settings, data: ConsoleData | None = None) -> web.Applica
     app[USERS] = UserStore(settings.console_users_file)
     app[SESSIONS] = Sessions(secret, settings.console_session_max_age_s)
     app[TEMPLATES] = templates()
+    app[FLASH] = {}
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/login", login_page)
