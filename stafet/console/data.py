@@ -285,6 +285,13 @@ class TrailRow:
     topic: str = ""
 
 
+def _learn(about: dict[str, Any], patient: dict[str, Any]) -> None:
+    """What the events say about the child (the latest that says anything): no CPR, no name."""
+    for field_name, source in (("birth_date", "birth_date"), ("municipality", "municipality_code")):
+        if patient.get(source):
+            about[field_name] = patient[source]
+
+
 # --- the Flow page ----------------------------------------------------------------------------
 
 
@@ -424,7 +431,7 @@ class ConsoleData:
                 continue
             p = e.get("patient") or {}
             codes.add(p.get("municipality_code") or "")
-            about.update(birth_date=p.get("birth_date"), municipality=p.get("municipality_code"))
+            _learn(about, p)
             rows.append(
                 TrailRow(
                     iso_of_ms(_ts(m)),
@@ -449,7 +456,7 @@ class ConsoleData:
                 continue
             c = e.get("child") or {}
             codes.add(c.get("municipality_code") or "")
-            about.update(birth_date=c.get("birth_date"), municipality=c.get("municipality_code"))
+            _learn(about, c)
             decision = e.get("decision") or {}
             what = f"referral {e['kind']}" + (
                 f": {decision.get('status')}" if decision.get("status") else ""

@@ -37,6 +37,7 @@ from stafet.stack import Service, settings_env, wait_for_port
 
 from .conftest import free_port
 from .delivery_env import Rest, running_delivery
+from .test_referral_flow import GUARDIANS, decision, referral
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -63,6 +64,7 @@ class Console:
     lars: object
     rikke_visit: str
     lars_visit: str
+    referral_id: str
     log: Path
 
 
@@ -118,6 +120,15 @@ def console(stack, tmp_path_factory) -> Iterator[Console]:
         )
         got = stack.read(since, until=6)
         assert sum(r.topic == DLQ_NOTIFY for r in got) == 2, [r.topic for r in got]
+        # and Rikke's referral to child psychiatry, rejected: the GP, Aarhus's three units and
+        # both guardians are told (test_referral_flow's referral; its child is Rikke)
+        referral_id = f"HEN-C{uuid.uuid4().hex[:6]}"
+        since = stack.marks()
+        _send(stack, referral(referral_id))
+        assert stack.read(since, until=1)
+        since = stack.marks()
+        _send(stack, decision(referral_id, "R"))
+        assert len(stack.read(since, until=6)) >= 6
         users = root / "users.toml"
         users.write_text(
             "\n".join(
@@ -163,6 +174,7 @@ def console(stack, tmp_path_factory) -> Iterator[Console]:
                 lars,
                 rikke_leave,
                 lars_visit,
+                referral_id,
                 root / "logs" / "console.log",
             )
         finally:
@@ -207,8 +219,8 @@ def _shot(page, name: str) -> None:
 
 def _no_cpr(page, *patients) -> None:
     html = page.content()
-    for p in patients:
-        assert p.cpr not in html and f"{p.cpr[:6]}-{p.cpr[6:]}" not in html
+    for cpr in [p.cpr for p in patients] + [g[2] for g in GUARDIANS]:
+        assert cpr not in html and f"{cpr[:6]}-{cpr[6:]}" not in html
 
 
 def _read_audit(stack) -> list[AuditRecord]:
@@ -339,10 +351,23 @@ def test_search_by_cpr_leads_to_the_childs_trail_and_subscribers_show_delivery_s
         "published",
         "dead letter on dlq.notify",
         "dlq-resent",
+        "referral submitted",
+        "referral decision: rejected",
+        "rejection",  # the messages about it: to the GP, Aarhus's units, the guardians
+        "family-department",
+        "guardian",
     ):
         assert step in trail, step
     _no_cpr(page, rikke)
     _shot(page, "trail")
+
+    page.goto(f"{console.url}/search")  # by referral id: who was told, and how it went
+    page.fill("#referral_id", console.referral_id)
+    page.click("#search")
+    page.wait_for_selector("#results")
+    results = page.text_content("#results")
+    assert "municipality-0751" in results and "letters" in results, results
+    assert page.locator(f"#patients a[href='/trail/{key}']").count() == 1
 
     page.goto(f"{console.url}/subscribers")
     _wait_for(page, "#subscribers", "hill")
