@@ -162,7 +162,12 @@ def not_found(request: web.Request, what: str) -> web.HTTPNotFound:
 
 
 async def login_page(request: web.Request) -> web.Response:
-    return render(request, "login.html", problem=request.app[USERS].problem)
+    store = request.app[USERS]
+    problem = None
+    if not store.users() or store.problem:  # the details are in the console's log, not here
+        log.warning("console.users_problem", problem=store.problem)
+        problem = "The console's users file is missing or invalid: see its log."
+    return render(request, "login.html", problem=problem)
 
 
 async def login(request: web.Request) -> web.Response:
