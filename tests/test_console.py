@@ -228,6 +228,18 @@ def test_add_user_prints_an_entry_the_console_accepts_and_never_the_password():
     assert result.exit_code == 0 and verify_password("another-password", result.stdout.strip())
 
 
+def test_stafet_console_refuses_to_listen_off_loopback(monkeypatch):
+    from stafet.config import get_settings
+
+    monkeypatch.setenv("STAFET_CONSOLE_HOST", "0.0.0.0")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["console"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1 and "loopback only" in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "stdin"),
     [
