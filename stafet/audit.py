@@ -29,6 +29,8 @@ Action = Literal[
     "dead-lettered",  # given up: on dlq.delivery, operator alerted
     "unrouted",  # no subscriber takes it: operator alerted
     "ack-unverified",  # an acknowledgement not signed by the subscriber: recorded, ignored
+    "dlq-resent",  # the operator console sent a dead letter back to its origin (actor: who)
+    "dlq-discarded",  # the operator console closed a dead letter without resending (detail: why)
 ]
 ACK_ACTIONS = ("ack-ok", "ack-transient-error", "ack-fatal-error")
 
@@ -56,6 +58,7 @@ class AuditRecord:
     offset: int = -1
     attempt: int = 0
     detail: str = ""
+    actor: str = ""  # the person who acted (operator console), for dlq-resent / dlq-discarded
 
     def encode(self) -> bytes:
         data = asdict(self)
@@ -85,8 +88,8 @@ def summarize(records: Iterable[AuditRecord]) -> list[dict[str, Any]]:
         if r.action in ACK_ACTIONS:
             acks[r.message_id] = r
             continue
-        if r.action == "ack-unverified":
-            continue
+        if r.action == "ack-unverified" or r.action.startswith("dlq-"):
+            continue  # not a delivery: an operator's action on a dead letter
         row = rows.setdefault(
             (r.subscriber, r.message_id),
             {

@@ -313,6 +313,33 @@ class Settings(BaseSettings):
         "died (Kafka group membership; the broker's minimum is 6 s)",
     )
 
+    # --- operator console (stafet/console/) ------------------------------------------------
+    console_host: str = Field(
+        "127.0.0.1",
+        description="where `stafet console` listens: loopback only (put a TLS reverse proxy "
+        "in front to reach it from elsewhere); another host is refused",
+    )
+    console_port: int = Field(9190, ge=0, description="its port (0: any free port, logged)")
+    console_users_file: Path = Field(
+        PROJECT_ROOT / ".stafet" / "console-users.toml",
+        description="the console's users: name, role (operator | municipality), municipality "
+        "code, scrypt password hash (`stafet console add-user` prints an entry); re-read when "
+        "it changes",
+    )
+    console_session_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key of the console's session cookies; unset: a random one per "
+        "process (everyone logs in again after a restart)",
+    )
+    console_session_max_age_s: float = Field(8 * 3600.0, description="a login lasts this long")
+    console_processes: str = Field(
+        "",
+        description="name=url of each process's health endpoint base the Flow page probes, "
+        "comma-separated (e.g. worker=http://127.0.0.1:9180); unset: the ports `stafet up` "
+        "gives its children on STAFET_HEALTH_HOST",
+    )
+    console_refresh_s: int = Field(10, ge=0, description="the Flow page reloads itself (0: no)")
+
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True

@@ -383,6 +383,7 @@ def inbox(municipality_code: str, from_beginning: bool, idle: float) -> None:
         click.echo(json.dumps(summarize(record.json(), event_code), ensure_ascii=False))
 
 
+from stafet.cli.console import register as _register_console  # noqa: E402
 from stafet.cli.delivery import register as _register_delivery  # noqa: E402
 from stafet.cli.deploy import register as _register_deploy  # noqa: E402
 from stafet.cli.directory import register as _register_directory  # noqa: E402
@@ -390,3 +391,4 @@ from stafet.cli.directory import register as _register_directory  # noqa: E402
 _register_delivery(main)
 _register_directory(main)
 _register_deploy(main)
+_register_console(main)
