@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
@@ -69,8 +70,9 @@ def _consumer(kafka: KafkaTarget, *, partition_eof: bool = False) -> Consumer:
 def end_offsets(
     kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0
 ) -> dict[tuple[str, int], int]:
-    """The current end offset of every partition of ``topics`` (retrying while a new topic's
-    partitions are still electing leaders)."""
+    """The current end of every partition of ``topics`` as a read_committed reader sees it (the
+    last stable offset: a record of an open transaction lies at or after it), retrying while a
+    new topic's partitions are still electing leaders."""
     admin = AdminClient(resolve_config(kafka, log_level=2))  # tools: no retry noise
     deadline = time.monotonic() + timeout_s
     while True:
@@ -87,7 +89,12 @@ def end_offsets(
                 for t in topics
                 for p in metadata.topics[t].partitions
             }
-            result = admin.list_offsets(request, request_timeout=10)
+            # the last stable offset, as a read_committed consumer sees the end: a record of a
+            # transaction still open lies at or after it and is read once it commits (the high
+            # watermark would lie past it, and a rewind or a mark taken there skip it for good)
+            result = admin.list_offsets(
+                request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+            )
             return {(tp.topic, tp.partition): f.result().offset for tp, f in result.items()}
         except KafkaException:
             if time.monotonic() > deadline:
