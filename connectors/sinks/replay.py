@@ -99,7 +99,10 @@ def rewind_group(
                 [TopicPartition(subscriber.out_topic, p, since_ms or 0) for p in partitions],
                 timeout=30,
             )
-        ends = {p: end for (_, p), end in end_offsets(config, [subscriber.out_topic]).items()}
+        # the last stable offset: a notification the worker has written in a transaction that
+        # commits a moment later lies after it, and is replayed (the high watermark would skip it)
+        stable = end_offsets(config, [subscriber.out_topic], last_stable=True)
+        ends = {p: end for (_, p), end in stable.items()}
     finally:
         consumer.close()
     offsets = [

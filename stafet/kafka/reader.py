@@ -68,11 +68,16 @@ def _consumer(kafka: KafkaTarget, *, partition_eof: bool = False) -> Consumer:
 
 
 def end_offsets(
-    kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0
+    kafka: KafkaTarget, topics: list[str], timeout_s: float = 30.0, *, last_stable: bool = False
 ) -> dict[tuple[str, int], int]:
-    """The current end of every partition of ``topics`` as a read_committed reader sees it (the
-    last stable offset: a record of an open transaction lies at or after it), retrying while a
-    new topic's partitions are still electing leaders."""
+    """The current end of every partition of ``topics``, retrying while a new topic's partitions
+    are still electing leaders. Two ends differ while a transaction is open on a partition:
+
+    - the high watermark (default): past every record written so far, committed or not — a mark
+      for "what comes after now" (the demo, the tests);
+    - ``last_stable``: where a read_committed reader stops — a record of an open transaction
+      lies at or after it, so a reader starting there still gets it once it commits (``stafet
+      replay``'s rewind, :func:`read_to_end`)."""
     admin = AdminClient(resolve_config(kafka, log_level=2))  # tools: no retry noise
     deadline = time.monotonic() + timeout_s
     while True:
@@ -89,12 +94,10 @@ def end_offsets(
                 for t in topics
                 for p in metadata.topics[t].partitions
             }
-            # the last stable offset, as a read_committed consumer sees the end: a record of a
-            # transaction still open lies at or after it and is read once it commits (the high
-            # watermark would lie past it, and a rewind or a mark taken there skip it for good)
-            result = admin.list_offsets(
-                request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+            isolation = (
+                IsolationLevel.READ_COMMITTED if last_stable else IsolationLevel.READ_UNCOMMITTED
             )
+            result = admin.list_offsets(request, isolation_level=isolation, request_timeout=10)
             return {(tp.topic, tp.partition): f.result().offset for tp, f in result.items()}
         except KafkaException:
             if time.monotonic() > deadline:
@@ -149,7 +152,8 @@ def read_to_end(
                 [TopicPartition(topic, tp.partition, since_ms) for tp in partitions],
                 timeout=timeout_s,
             )
-        ends = {p: end for (_, p), end in end_offsets(config, [topic], timeout_s).items()}
+        stable = end_offsets(config, [topic], timeout_s, last_stable=True)
+        ends = {p: end for (_, p), end in stable.items()}
         todo = {
             tp.partition
             for tp in partitions

@@ -15,10 +15,11 @@ from stafet.kafka.reader import end_offsets, read_topics
 pytestmark = pytest.mark.integration
 
 
-def test_a_mark_taken_during_an_open_transaction_does_not_skip_its_records(stack):
-    """A rewind (stafet replay) or a mark set at the high watermark would lie past a record the
-    worker has written in a transaction that commits a moment later; read_committed readers
-    starting there would never see it. The end is the last stable offset."""
+def test_the_last_stable_offset_does_not_skip_an_open_transactions_records(stack):
+    """A rewind (stafet replay) set at the high watermark would lie past a record the worker has
+    written in a transaction that commits a moment later; a read_committed reader starting there
+    would never see it. ``last_stable`` is the end such a reader must start from; the default
+    (the high watermark) is a mark for what comes after now."""
     settings = as_admin(stack.settings)
     topic = f"test.reader.{uuid.uuid4().hex[:8]}"
     admin = AdminClient(client_config(settings))
@@ -30,7 +31,8 @@ def test_a_mark_taken_during_an_open_transaction_does_not_skip_its_records(stack
     producer.produce(topic, b"committed a moment later")
     producer.flush(30)  # on the broker, its transaction still open
 
-    mark = end_offsets(settings, [topic])
+    assert end_offsets(settings, [topic]) == {(topic, 0): 1}, "the high watermark: past it"
+    mark = end_offsets(settings, [topic], last_stable=True)
     assert mark == {(topic, 0): 0}, "the open transaction's record lies at or after the end"
 
     producer.commit_transaction(30)
