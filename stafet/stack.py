@@ -23,7 +23,7 @@ from stafet.errors import StafetError
 from stafet.kafka.client import as_admin, password_for
 from stafet.kafka.credentials import write_private
 from stafet.kafka.local import LocalKafka
-from stafet.kafka.security import DELIVERY, FHIR, MLLP, WORKER, provision
+from stafet.kafka.security import CONSOLE, DELIVERY, FHIR, MLLP, WORKER, provision
 from stafet.kafka.topics import TopicPlan, ensure_topics
 from stafet.logging import get_logger
 
@@ -252,7 +252,8 @@ def health_ports(settings: Settings) -> dict[str, int]:
 def running_stack(
     settings: Settings, *, log_dir: Path, stop_kafka: bool = True
 ) -> Iterator[dict[str, Service]]:
-    """Kafka + topics + worker + MLLP and FHIR listeners + delivery, torn down on exit."""
+    """Kafka + topics + worker + MLLP and FHIR listeners + delivery + the operator console, torn
+    down on exit."""
     kafka = LocalKafka.from_settings(settings)
     started_kafka = kafka.pid() is None
     kafka.start()
@@ -287,6 +288,13 @@ def running_stack(
                 settings, DELIVERY, health_port=ports["deliver"], extra_secrets=hook_secrets
             ),
             withheld=frozenset(hook_secrets),
+        ),
+        # the operator console (http://<console_host>:<console_port>/; users in its users file)
+        "console": Service(
+            "console",
+            ["console"],
+            log_dir / "console.log",
+            service_env(settings, CONSOLE, health_port=-1),
         ),
     }
     try:

@@ -37,7 +37,8 @@ WORKER = "stafet-worker"
 MLLP = "stafet-mllp"
 FHIR = "stafet-fhir"
 DELIVERY = "stafet-delivery"
-SERVICE_PRINCIPALS = (WORKER, MLLP, FHIR, DELIVERY)
+CONSOLE = "stafet-console"
+SERVICE_PRINCIPALS = (WORKER, MLLP, FHIR, DELIVERY, CONSOLE)
 #: people, not services: the read-only operator (alerts, the audit trail, lag — no message
 #: content) and the dead-letter operator (reads dead letters, resends them with `stafet dlq resend`)
 OPERATOR = "stafet-operator"
@@ -191,6 +192,25 @@ def dlq_operator_grants() -> list[Grant]:
     ]
 
 
+def console_grants() -> list[Grant]:
+    """The operator console (``stafet console``): reads what its pages show — the dead letters,
+    the audit trail, the alerts, the event and out topics (a child's trail; a municipality's
+    residents) — and writes a resent dead letter back where it came from (ingest / events) and
+    each action's audit line; DESCRIBE everywhere for record counts and consumer lag. Its users'
+    roles decide what a person sees; this principal is what the process may read."""
+    c = CONSOLE
+    return [
+        *_grants(c, "TOPIC", "dlq.", PREFIXED, ("READ", "DESCRIBE")),
+        *_grants(c, "TOPIC", "events.", PREFIXED, ("READ", "WRITE", "DESCRIBE")),
+        *_grants(c, "TOPIC", "out.", PREFIXED, ("READ", "DESCRIBE")),
+        *_grants(c, "TOPIC", "ingest.", PREFIXED, ("WRITE", "DESCRIBE")),
+        *_grants(c, "TOPIC", "audit.delivery", LITERAL, ("READ", "WRITE", "DESCRIBE")),
+        *_grants(c, "TOPIC", "alerts.operator", LITERAL, ("READ", "DESCRIBE")),
+        *_grants(c, "TOPIC", "*", LITERAL, ("DESCRIBE", "DESCRIBE_CONFIGS")),
+        *_grants(c, "GROUP", "*", LITERAL, ("DESCRIBE",)),
+    ]
+
+
 def acl_plan(municipality_codes: Iterable[str], app_id: str) -> list[Grant]:
     """Every ACL stafet needs, sorted (pure: same input, same plan)."""
     grants = [
@@ -198,6 +218,7 @@ def acl_plan(municipality_codes: Iterable[str], app_id: str) -> list[Grant]:
         *mllp_grants(),
         *fhir_grants(),
         *delivery_grants(),
+        *console_grants(),
         *operator_grants(),
         *dlq_operator_grants(),
     ]

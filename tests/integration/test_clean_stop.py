@@ -81,6 +81,24 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _http_status(url: str, within_s: float) -> int | None:
+    """The status a GET of ``url`` answers with, trying until ``within_s`` (None: no answer)."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with urlopen(url, timeout=5) as response:  # noqa: S310 (loopback, the test's own)
+                return int(response.status)
+        except HTTPError as exc:
+            return int(exc.code)
+        except (URLError, OSError):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(1.0)
+
+
 def test_sigterm_to_stafet_up_stops_every_process_and_frees_every_port(tmp_path):
     marker = f"stafet-up-{uuid.uuid4().hex[:8]}"  # the app id: in every child's environment
     ports = {
@@ -88,6 +106,7 @@ def test_sigterm_to_stafet_up_stops_every_process_and_frees_every_port(tmp_path)
         "STAFET_KAFKA_CONTROLLER_PORT": free_port(),
         "STAFET_MLLP_PORT": free_port(),
         "STAFET_FHIR_PORT": free_port(),
+        "STAFET_CONSOLE_PORT": free_port(),
     }
     env = {
         **os.environ,
@@ -133,8 +152,12 @@ def test_sigterm_to_stafet_up_stops_every_process_and_frees_every_port(tmp_path)
                 timeout=120,
             )
             assert beside.returncode == 0 and expect in beside.stdout, beside.stdout + beside.stderr
+        # the operator console is one of the stack's processes; its login page answers
+        console = f"http://127.0.0.1:{ports['STAFET_CONSOLE_PORT']}/login"
+        status = _http_status(console, within_s=60)
+        assert status == 200, (console, status)
         children = _ours(marker)
-        assert len(children) >= 5, children  # broker, worker, mllp, fhir, deliver
+        assert len(children) >= 6, children  # broker, worker, mllp, fhir, deliver, console
         started = time.monotonic()
         up.send_signal(signal.SIGTERM)
         up.wait(60)

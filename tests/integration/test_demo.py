@@ -40,6 +40,7 @@ def test_the_demo_passes_its_own_checks_and_every_process_reports_health_and_met
             "STAFET_KAFKA_HOME": str(tmp_path / "kafka"),
             "STAFET_MLLP_PORT": str(free_port()),
             "STAFET_FHIR_PORT": str(free_port()),
+            "STAFET_CONSOLE_PORT": str(free_port()),
             "STAFET_HEALTH_PORT": str(health),
             "STAFET_WORKER_DATA_DIR": str(tmp_path / "worker"),
             "STAFET_OUTBOX_DIR": str(tmp_path / "outbox"),
