@@ -25,6 +25,7 @@ from stafet.errors import StafetError
 from stafet.kafka.client import as_admin, as_principal, client_config
 from stafet.kafka.local import LocalKafka
 from stafet.kafka.security import (
+    CONSOLE,
     DLQ_OPERATOR,
     FHIR,
     MLLP,
@@ -368,6 +369,30 @@ def test_the_dlq_operator_resends_a_dead_letter_without_reading_ingest(
     assert body in _read_assigned(provisioned, "admin", "ingest.hl7v2")
     got = _read_assigned(provisioned, DLQ_OPERATOR, "ingest.hl7v2")
     assert isinstance(got, KafkaError) and got.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_the_console_reads_what_its_pages_show_and_no_raw_input(provisioned: Settings) -> None:
+    """stafet-console (the operator console's process) reads dead letters, the audit trail and
+    the event topics (a child's trail), writes its actions' audit lines — and reads neither the
+    raw ingest topics nor the receivers' acknowledgements."""
+    mark = uuid.uuid4().hex[:8].encode()
+    _produce_as_admin(provisioned, "dlq.notify", b"dead letter " + mark)
+    _produce_as_admin(provisioned, "events.encounter", b"event " + mark)
+    assert b"dead letter " + mark in _read_assigned(provisioned, CONSOLE, "dlq.notify")
+    assert b"event " + mark in _read_assigned(provisioned, CONSOLE, "events.encounter")
+    for topic in ("ingest.hl7v2", "ingest.fhir", "acks.inbound"):
+        got = _read_assigned(provisioned, CONSOLE, topic)
+        assert isinstance(got, KafkaError), topic
+        assert got.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, (topic, got)
+    producer = Producer(client_config(as_principal(provisioned, CONSOLE), log_level=0))
+    errors: list[KafkaError | None] = []
+    producer.produce(
+        "audit.delivery", b"console action " + mark, on_delivery=lambda e, _: errors.append(e)
+    )
+    producer.produce("alerts.operator", b"forged", on_delivery=lambda e, _: errors.append(e))
+    producer.flush(20)
+    assert errors[0] is None, "its actions' audit lines"
+    assert errors[1] is not None and errors[1].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def test_services_see_only_their_topics(provisioned: Settings) -> None:
