@@ -62,6 +62,7 @@ def test_the_demo_passes_its_own_checks_and_every_process_reports_health_and_met
     assert "Starting Kafka (SASL_SSL" in out
     assert (tmp_path / "kafka" / "security-mode").read_text() == "sasl_ssl"
     assert sorted(p.name for p in (tmp_path / "kafka" / "secrets").glob("stafet-*.password")) == [
+        "stafet-console.password",
         "stafet-delivery.password",
         "stafet-dlq-operator.password",
         "stafet-fhir.password",

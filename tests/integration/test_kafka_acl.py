@@ -121,7 +121,9 @@ def test_provision_twice_is_idempotent_and_prints_no_password(provisioned: Setti
     assert again.returncode == 0, again.stderr
     assert "ACLs: 0 created" in again.stdout
     secrets = [p.read_text().strip() for p in provisioned.secrets_dir.glob("*.password")]
-    assert len(secrets) == 105  # admin, four services, two operators, 98 municipalities
+    assert (
+        len(secrets) == 106
+    )  # admin, five services (the console one), two operators, 98 municipalities
     assert all(
         oct(p.stat().st_mode & 0o777) == "0o600" for p in provisioned.secrets_dir.glob("*.password")
     )
