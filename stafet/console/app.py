@@ -331,17 +331,23 @@ def _back(request: web.Request, dead: DeadLetter, **message: str) -> web.HTTPFou
     return web.HTTPFound(f"/dead-letters/{dead.position}?flash={token}")
 
 
-async def resend_action(request: web.Request) -> web.Response:
+async def _open_dead_letter(request: web.Request, action: str) -> tuple[Any, DeadLetter, Any]:
+    """What both actions check first: the form's CSRF token, an operator, a dead letter still
+    open (a second click, or another operator was quicker, goes back with a message)."""
     form = await request.post()
     check_csrf(request, form)
     scope = await scope_of(request)
     if not scope.may_act:
-        log.warning("console.action_refused", user=user_of(request).name, action="resend")
+        log.warning("console.action_refused", user=user_of(request).name, action=action)
         raise web.HTTPForbidden(text="operators only")
     dead = await _dead_letter(request, scope)
-    user = user_of(request)
-    if dead.status != "open":  # a second click, or another operator was quicker
+    if dead.status != "open":
         raise _back(request, dead, error=f"already {dead.status}")
+    return form, dead, user_of(request)
+
+
+async def resend_action(request: web.Request) -> web.Response:
+    _, dead, user = await _open_dead_letter(request, "resend")
     try:
         target = await request.app[DATA].resend(dead, user.name)
     except StafetError as exc:
@@ -354,19 +360,10 @@ async def resend_action(request: web.Request) -> web.Response:
 
 
 async def discard_action(request: web.Request) -> web.Response:
-    form = await request.post()
-    check_csrf(request, form)
-    scope = await scope_of(request)
-    if not scope.may_act:
-        log.warning("console.action_refused", user=user_of(request).name, action="discard")
-        raise web.HTTPForbidden(text="operators only")
-    dead = await _dead_letter(request, scope)
+    form, dead, user = await _open_dead_letter(request, "discard")
     reason = str(form.get("reason", "")).strip()
-    if dead.status != "open":
-        raise _back(request, dead, error=f"already {dead.status}")
     if not reason:
         raise _back(request, dead, error="give a reason to discard")
-    user = user_of(request)
     await request.app[DATA].discard(dead, user.name, reason)
     log.info("console.action", user=user.name, action="discard", dead_letter=dead.position)
     raise _back(request, dead, note="discarded")
