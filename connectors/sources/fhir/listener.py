@@ -26,13 +26,12 @@ import asyncio
 import json
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message
 
 from stafet.config import Settings
 from stafet.connectors.sources.fhir.messaging import SeenMessages, process_message
@@ -41,8 +40,9 @@ from stafet.connectors.tls import server_context
 from stafet.cpr import mask_cpr
 from stafet.errors import KafkaWriteError, StafetError
 from stafet.inbound.fhir_referral import FhirInputError, Issue, parse_fhir_referral
-from stafet.kafka.client import KafkaTarget, resolve_config
+from stafet.kafka.client import KafkaTarget
 from stafet.kafka.dead_letters import dead_letter_headers
+from stafet.kafka.follower import TopicFollower
 from stafet.kafka.producer import DurableProducer
 from stafet.kafka.topics import (
     DLQ_FHIR,
@@ -95,6 +95,7 @@ class ReferralIndex:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
+        self._follower: TopicFollower | None = None
         self.extractors: dict[str, Extractor] = {INGEST_FHIR: self.fhir_referral_ids}
 
     def add(self, referral_id: str, holder: str = "") -> None:
@@ -122,11 +123,14 @@ class ReferralIndex:
     @property
     def ready(self) -> bool:
         """True once every topic was read up to its end offset at load time."""
-        return self._ready.is_set()
+        follower = self._follower
+        return self._ready.is_set() or follower is not None and follower.ready
 
     def stop(self) -> None:
         """Make a following :meth:`load_from` return (within a poll interval)."""
         self._stop.set()
+        if self._follower is not None:
+            self._follower.stop()
 
     @property
     def stopped(self) -> bool:
@@ -156,90 +160,25 @@ class ReferralIndex:
         missing = [t for t in topics if t not in self.extractors and t != INDEX_REFERRAL]
         if missing:
             raise ValueError(f"no extractor registered for {missing}")
-        consumer = Consumer(
-            resolve_config(
-                kafka,
-                **{
-                    "group.id": f"stafet-referral-index-{uuid.uuid4()}",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                },
-            )
-        )  # assign() only: the group id is never joined nor committed to
-        try:
-            pending = self._assign(consumer, topics, idle_timeout_s)
-            count, last = 0, time.monotonic()
-            while pending or (follow and not self._stop.is_set()):
-                if not pending:
-                    self._ready.set()
-                if self._stop.is_set():
-                    break
-                msg = consumer.poll(0.2)
-                if msg is None or msg.error():
-                    if pending and time.monotonic() - last > idle_timeout_s:
-                        raise StafetError(
-                            f"the referral index got no record for "
-                            f"{idle_timeout_s:.0f}s with {len(pending)} partitions "
-                            "unread"
-                        )
-                    pending = {
-                        tp: end for tp, end in pending.items() if _position(consumer, tp) < end
-                    }
-                    continue
-                last = time.monotonic()
-                count += 1
-                topic, offset = msg.topic() or "", msg.offset() or 0
-                if topic == INDEX_REFERRAL:  # key "<referral id>|<patient key>"
-                    rid, _, holder = (msg.key() or b"").decode("utf-8", "replace").rpartition("|")
-                    if msg.value() is not None:
-                        self.add(rid, holder)
-                    else:
-                        self.discard(rid, holder)
-                else:
-                    for referral_id in self.extractors[topic](msg.value() or b""):
-                        self.add(referral_id)
-                tp = (topic, msg.partition() or 0)
-                if tp in pending and offset >= pending[tp] - 1:
-                    del pending[tp]
-            self._ready.set()
-            log.info("fhir.index_loaded", topics=topics, records=count, referrals=len(self))
-            return count
-        except KafkaException as exc:
-            raise StafetError(f"cannot read {topics} from Kafka: {exc}") from exc
-        finally:
-            consumer.close()
+        follower = TopicFollower(kafka, topics, self._take, name="referral-index")
+        self._follower = follower
+        if self._stop.is_set():
+            follower.stop()
+        count = follower.run(follow=follow, timeout_s=idle_timeout_s)
+        self._ready.set()
+        log.info("fhir.index_loaded", topics=topics, records=count, referrals=len(self))
+        return count
 
-    def _assign(
-        self, consumer: Consumer, topics: list[str], timeout_s: float
-    ) -> dict[tuple[str, int], int]:
-        """Assign every partition from the beginning; return the non-empty ones' end offsets."""
-        deadline = time.monotonic() + timeout_s
-        while True:  # short attempts, so stop() is not held up by an unreachable broker
-            try:
-                metadata = consumer.list_topics(timeout=1.0)
-                break
-            except KafkaException:
-                if self._stop.is_set() or time.monotonic() > deadline:
-                    raise
-        partitions = []
-        for topic in topics:
-            meta = metadata.topics.get(topic)
-            if meta is None or meta.error is not None:
-                log.warning("fhir.index_topic_missing", topic=topic)
-                continue
-            partitions += [(topic, p) for p in meta.partitions]
-        ends = {}
-        for topic, p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                ends[(topic, p)] = high
-        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions])
-        return ends
-
-
-def _position(consumer: Consumer, tp: tuple[str, int]) -> int:
-    [position] = consumer.position([TopicPartition(*tp)])
-    return position.offset
+    def _take(self, msg: Message) -> None:
+        if msg.topic() == INDEX_REFERRAL:  # key "<referral id>|<patient key>"
+            rid, _, holder = (msg.key() or b"").decode("utf-8", "replace").rpartition("|")
+            if msg.value() is not None:
+                self.add(rid, holder)
+            else:
+                self.discard(rid, holder)
+        else:
+            for referral_id in self.extractors[msg.topic() or ""](msg.value() or b""):
+                self.add(referral_id)
 
 
 class FhirListener:
