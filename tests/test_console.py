@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,11 @@ from stafet.console.auth import (
     user_entry,
     verify_password,
 )
-from stafet.console.data import (
-    AuditLine,
-    ConsoleData,
-    DeadLetter,
-    Decoded,
-    Snapshot,
-    TrailRow,
-    decode_record,
-    masked,
-)
+from stafet.console.data import ConsoleData
+from stafet.console.records import DeadLetter, decode_record, masked
 from stafet.console.scope import Scope
 from stafet.cpr import find_cprs
-from stafet.errors import StafetError
+from stafet.errors import KafkaWriteError, StafetError
 from stafet.ids import patient_key
 
 PATIENTS = medcom_test_patients()
@@ -256,56 +249,103 @@ def test_add_user_refuses_what_the_console_would_refuse(args, stdin):
 # --- the application over real HTTP, canned data instead of Kafka -----------------------------
 
 
-def _dead(topic: str, offset: int, code: str, key: str) -> DeadLetter:
-    return DeadLetter(
-        topic=topic,
-        partition=0,
-        offset=offset,
-        ts_ms=1_764_770_000_000,
-        key=key,
-        reason="NotificationBuildError: SLOR needs encounter.leave_start",
-        stage="notify",
-        origin="events.encounter/0/7",
-        received_at="",
-        message_id="",
-        decoded=Decoded(f'{{"cpr": "<cpr>", "municipality_code": "{code}"}}', code, "Sygehus"),
+@dataclass
+class FakeRecord:
+    """A Kafka record as the index reads one (confluent-kafka's Message has no constructor)."""
+
+    topic_: str
+    offset_: int
+    key_: str
+    value_: bytes
+    headers_: dict[str, str] = field(default_factory=dict)
+    ts_ms: int = 1_764_770_000_000
+    partition_: int = 0
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def key(self) -> bytes:
+        return self.key_.encode()
+
+    def value(self) -> bytes:
+        return self.value_
+
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        return [(k, v.encode()) for k, v in self.headers_.items()]
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self.ts_ms)
+
+
+def _dead(offset: int, code: str, key: str) -> FakeRecord:
+    """A dead letter on dlq.notify about a notification for municipality ``code``."""
+    return FakeRecord(
+        "dlq.notify",
+        offset,
+        key,
+        f'{{"cpr": "{RIKKE.cpr}", "municipality_code": "{code}"}}'.encode(),
+        {
+            "stafet.reason": "NotificationBuildError: SLOR needs encounter.leave_start",
+            "stafet.stage": "notify",
+            "stafet.recipient": f"urn:oid:1.2.208.176.1.2|{code}",
+        },
     )
 
 
+def _audit(
+    offset: int, key: str, action: str, subscriber: str, mid: str, **fields: Any
+) -> FakeRecord:
+    record = AuditRecord(action, subscriber, mid, **fields)  # type: ignore[arg-type]
+    return FakeRecord("audit.delivery", offset, key, record.encode())
+
+
+def _out(topic: str, offset: int, key: str, mid: str) -> FakeRecord:
+    headers = {"stafet.kind": "HospitalNotification", "stafet.message_id": mid}
+    return FakeRecord(topic, offset, key, b'{"resourceType": "Bundle"}', headers)
+
+
+CANNED = [
+    _dead(1, "0751", RIKKE_KEY),
+    _dead(2, "0219", LARS_KEY),
+    _out("out.municipality.0751", 0, RIKKE_KEY, "m-1"),
+    _out("out.municipality.0219", 0, LARS_KEY, "m-2"),
+    _audit(0, RIKKE_KEY, "published", "municipality-0751", "m-1", topic="out.municipality.0751"),
+    _audit(1, LARS_KEY, "delivered", "hill", "m-2", topic="out.municipality.0219"),
+    FakeRecord("alerts.operator", 0, "", b'{"at": "", "stage": "notify", "reason": "x"}'),
+]
+
+
 class CannedData(ConsoleData):
-    """ConsoleData whose Kafka is a list: what the pages and the scoping do, not the reading."""
+    """ConsoleData whose index is fed canned records instead of a follower reading Kafka: what
+    the pages and the scoping do, not the reading."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.resent: list[tuple[str, str]] = []
-        self.dead = [
-            _dead("dlq.notify", 1, "0751", RIKKE_KEY),
-            _dead("dlq.notify", 2, "0219", LARS_KEY),
-        ]
+        self.views: list[tuple[str, dict[str, Any]]] = []
+        self.recording = True  # False: Kafka does not store the access line
+        for record in CANNED:
+            self.index.apply(record)
 
-    async def snapshot(self) -> Snapshot:
-        audit = [
-            AuditLine(
-                AuditRecord("published", "municipality-0751", "m-1", topic="out.municipality.0751"),
-                RIKKE_KEY,
-            ),
-            AuditLine(
-                AuditRecord("delivered", "hill", "m-2", topic="out.municipality.0219"), LARS_KEY
-            ),
-        ]
-        return Snapshot(0.0, self.dead, audit, [{"at": "", "stage": "notify", "reason": "x"}])
+    async def fresh(self) -> int:
+        return 0
 
-    async def residents(self, code: str) -> frozenset[str]:
-        return frozenset({"0751": {RIKKE_KEY}, "0219": {LARS_KEY}}.get(code, set()))
+    async def record_view(self, line: dict[str, Any], patient_key: str) -> None:
+        if not self.recording:
+            raise KafkaWriteError("Kafka did not store the record: timed out")
+        self.views.append((patient_key, line))
 
     async def topic_counts(self, topics: list[str] | None = None) -> dict[str, int]:
         return {t: 3 for t in topics or []}
 
     async def probe(self) -> list[Any]:
         return []
-
-    async def trail(self, key: str) -> tuple[list[TrailRow], dict[str, Any]]:
-        return [TrailRow("2026-12-03T10:00:00+00:00", "event", "A01: admission")], {}
 
     async def resend(self, dead: DeadLetter, actor: str) -> str:
         self.resent.append((dead.position, actor))
@@ -396,5 +436,24 @@ def test_an_operator_resends_with_a_form_token_and_a_cpr_is_never_echoed(tmp_pat
         assert f"/trail/{RIKKE_KEY}" in page and RIKKE.cpr not in page
         bad = await client.post("/search", data={"csrf": csrf, "cpr": "3299991234"})
         assert bad.status == 400 and "3299991234" not in await bad.text()
+
+    _run(tmp_path, scenario)
+
+
+def test_every_view_is_recorded_before_it_is_shown_and_one_that_cannot_be_is_not_shown(tmp_path):
+    async def scenario(client: TestClient, data: CannedData) -> None:
+        csrf = await _login(client, "ops", "ops-password")
+        assert (await client.get(f"/trail/{RIKKE_KEY}")).status == 200
+        await client.post("/search", data={"csrf": csrf, "cpr": LARS.cpr})
+        pages = [(key, line["page"], line["user"]) for key, line in data.views]
+        assert (RIKKE_KEY, "trail", "ops") in pages, "whose trail, by whom"
+        assert (LARS_KEY, "search", "ops") in pages, "a search by CPR: the patient key, no CPR"
+        assert ("", "dead-letters", "ops") in pages
+        assert LARS.cpr not in str(data.views)
+        data.recording = False
+        answer = await client.get(f"/trail/{RIKKE_KEY}")
+        page = await answer.text()
+        assert answer.status == 503 and "could not be recorded" in page
+        assert "HospitalNotification" not in page and "m-1" not in page, "nothing of the trail"
 
     _run(tmp_path, scenario)

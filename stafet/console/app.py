@@ -1,9 +1,10 @@
 """The operator console's web application (aiohttp, server-rendered Jinja2 templates).
 
 Pages: Flow (processes, topics, dead letters, alerts; reloads itself), Dead letters (with
-resend / discard for operators), Search, a child's Trail, Subscribers. Every page view and
-every action is a ``console.view`` / ``console.action`` log line naming the user; resend and
-discard are also records on ``audit.delivery`` (``dlq-resent`` / ``dlq-discarded``, with the
+resend / discard for operators), Search, a child's Trail, Subscribers. Every page view is a
+line on ``audit.access`` (stored before the page is sent; keyed by the patient it is about) and
+a ``console.view`` log line; every action a ``console.action`` log line naming the user; resend
+and discard are also records on ``audit.delivery`` (``dlq-resent`` / ``dlq-discarded``, with the
 operator in ``actor``). A CPR number typed into the search form is turned into the patient key
 at once and never shown, logged or put in a URL.
 """
@@ -13,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import secrets
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader
 
-from stafet.audit import ACK_ACTIONS
 from stafet.config import Settings
 from stafet.console.auth import Sessions, User, UserStore
-from stafet.console.data import ConsoleData, DeadLetter, masked
+from stafet.console.data import ConsoleData
+from stafet.console.records import DeadLetter, masked
 from stafet.console.scope import Scope
 from stafet.cpr import is_valid_cpr
 from stafet.errors import StafetError
@@ -39,6 +39,7 @@ SESSIONS = web.AppKey("sessions", Sessions)
 TEMPLATES = web.AppKey("templates", Environment)
 SETTINGS = web.AppKey("settings", Settings)
 FLASH = web.AppKey("flash", dict)
+BEHIND = web.RequestKey("index_behind", int)  # records the index had still to read
 PUBLIC = ("/login", "/healthz")
 NAV = (
     ("/flow", "Flow"),
@@ -113,10 +114,13 @@ def user_of(request: web.Request) -> User:
 
 
 async def scope_of(request: web.Request) -> Scope:
+    """The user's scope, once the index holds what Kafka held when the page was asked for."""
     user = user_of(request)
+    data = request.app[DATA]
+    request[BEHIND] = await data.fresh()
     if user.is_operator:
         return Scope(user)
-    return Scope(user, await request.app[DATA].residents(user.municipality or ""))
+    return Scope(user, data.index.residents(user.municipality or ""))
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -136,16 +140,28 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     return web.Response(text=html, content_type="text/html", status=status)
 
 
-def viewed(request: web.Request, page: str, **fields: Any) -> None:
+async def viewed(request: web.Request, page: str, *, patient: str = "", **fields: Any) -> None:
+    """Record who viewed what — on ``audit.access`` (durably, before the page is sent: a view
+    that cannot be recorded is not shown) and as a ``console.view`` log line. ``patient``: the
+    patient key the page is about (the log line has its first 8 characters)."""
     user = user_of(request)
-    log.info(
-        "console.view",
-        user=user.name,
-        role=user.role,
-        municipality=user.municipality,
-        page=page,
-        **fields,
-    )
+    line = {"user": user.name, "role": user.role, "municipality": user.municipality, "page": page}
+    try:
+        await request.app[DATA].record_view({**line, "patient_key": patient, **fields}, patient)
+    except StafetError as exc:
+        log.error("console.view_not_recorded", **line, error=str(exc))
+        raise web.HTTPServiceUnavailable(
+            text=render(
+                request,
+                "error.html",
+                503,
+                message="This view could not be recorded in the access log",
+                detail="Kafka did not store the access record; nothing is shown until it can "
+                "be. Try again in a moment.",
+            ).text,
+            content_type="text/html",
+        ) from exc
+    log.info("console.view", **line, **({"patient_key": patient[:8]} if patient else {}), **fields)
 
 
 def not_found(request: web.Request, what: str) -> web.HTTPNotFound:
@@ -227,15 +243,14 @@ async def flow(request: web.Request) -> web.Response:
     scope = await scope_of(request)
     data = request.app[DATA]
     wanted = all_topics() if scope.everything else [scope.own_topic or ""]
-    snap, counts, processes = await asyncio.gather(
-        data.snapshot(), data.topic_counts(wanted), data.probe()
-    )
+    counts, processes = await asyncio.gather(data.topic_counts(wanted), data.probe())
+    everyone = data.index.dead_letters()
     hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     dlq_rows = []
     for topic in DLQ_TOPICS:
         mine = [
             d
-            for d in snap.dead_letters
+            for d in everyone
             if d.topic == topic and scope.sees_dead_letter(d.municipality, d.key)
         ]
         dlq_rows.append(
@@ -254,7 +269,7 @@ async def flow(request: web.Request) -> web.Response:
     if not scope.everything:  # the processes' own series are about every municipality
         for p in processes:
             p.series = []
-    viewed(request, "flow")
+    await viewed(request, "flow")
     return render(
         request,
         "flow.html",
@@ -262,7 +277,9 @@ async def flow(request: web.Request) -> web.Response:
         topics=topics,
         empty=empty,
         dlq_rows=dlq_rows,
-        alerts=snap.alerts[:15] if scope.everything else [],
+        alerts=data.index.alerts(15) if scope.everything else [],
+        index=data.index.size() if scope.everything else {},
+        behind=request[BEHIND],
         refresh=request.app[SETTINGS].console_refresh_s,
         now=datetime.now(UTC).isoformat(),
     )
@@ -274,15 +291,14 @@ async def dead_letters(request: web.Request) -> web.Response:
     if wanted and wanted not in DLQ_TOPICS:
         raise not_found(request, f"dlq {wanted}")
     show_closed = request.query.get("all") == "1"
-    snap = await request.app[DATA].snapshot()
     rows = [
         d
-        for d in snap.dead_letters
+        for d in request.app[DATA].index.dead_letters()
         if (not wanted or d.topic == wanted)
         and (show_closed or d.status == "open")
         and scope.sees_dead_letter(d.municipality, d.key)
     ]
-    viewed(request, "dead-letters", topic=wanted or "all", rows=len(rows))
+    await viewed(request, "dead-letters", topic=wanted or "all", rows=len(rows))
     return render(
         request,
         "dead_letters.html",
@@ -299,19 +315,16 @@ async def _dead_letter(request: web.Request, scope: Scope) -> DeadLetter:
         partition, offset = int(request.match_info["partition"]), int(request.match_info["offset"])
     except ValueError as exc:
         raise not_found(request, "dead letter") from exc
-    snap = await request.app[DATA].snapshot()
-    for d in snap.dead_letters:
-        if (d.topic, d.partition, d.offset) == (topic, partition, offset):
-            if scope.sees_dead_letter(d.municipality, d.key):
-                return d
-            break
+    d = request.app[DATA].index.dead_letter(topic, partition, offset)
+    if d is not None and scope.sees_dead_letter(d.municipality, d.key):
+        return d
     raise not_found(request, f"dead letter {topic}/{partition}/{offset}")
 
 
 async def dead_letter_page(request: web.Request) -> web.Response:
     scope = await scope_of(request)
     dead = await _dead_letter(request, scope)
-    viewed(request, "dead-letter", dead_letter=dead.position)
+    await viewed(request, "dead-letter", patient=dead.key, dead_letter=dead.position)
     return render(
         request,
         "dead_letter.html",
@@ -370,7 +383,7 @@ async def discard_action(request: web.Request) -> web.Response:
 
 
 async def search_page(request: web.Request) -> web.Response:
-    viewed(request, "search")
+    await viewed(request, "search")
     return render(request, "search.html", form={}, searched=False)
 
 
@@ -405,23 +418,19 @@ async def search(request: web.Request) -> web.Response:
             searched=False,
             error="Give a referral id, a message id or a patient.",
         )
-    snap = await request.app[DATA].snapshot()
+    index = request.app[DATA].index
 
     def in_range(at: str) -> bool:
         return (not since or at[:10] >= since) and (not until or at[:10] <= until)
 
     lines = [
         line
-        for line in snap.audit
-        if (not referral_id or line.record.referral_id == referral_id)
-        and (not message_id or line.record.message_id == message_id)
-        and (not key or line.key == key)
-        and in_range(line.record.at)
-        and scope.sees_audit_line(line.record.topic, line.key)
+        for line in index.audit_lines(referral_id=referral_id, message_id=message_id, key=key or "")
+        if in_range(line.record.at) and scope.sees_audit_line(line.record.topic, line.key)
     ]
     dead = [
         d
-        for d in snap.dead_letters
+        for d in index.dead_letters()
         if (not referral_id or d.decoded.referral_id == referral_id)
         and (not message_id or d.message_id == message_id)
         and (not key or d.key == key)
@@ -433,12 +442,12 @@ async def search(request: web.Request) -> web.Response:
         patients.append(key)  # known only from its events: the trail says what there is
     patients = [p for p in patients if scope.sees_patient(p)]
     rows = _audit_rows(lines)
-    viewed(
+    await viewed(
         request,
         "search",
+        patient=key or "",
         referral_id=referral_id or None,
         message_id=message_id or None,
-        patient=bool(key),
         results=len(rows) + len(dead),
     )
     return render(
@@ -471,87 +480,39 @@ async def trail(request: web.Request) -> web.Response:
         raise not_found(request, "patient")
     if not scope.sees_patient(key):
         raise not_found(request, f"patient {key[:8]}")
-    rows, about = await request.app[DATA].trail(key)
+    rows, about = request.app[DATA].index.trail(key)
     if not rows:
         raise not_found(request, f"patient {key[:8]}")
-    viewed(request, "trail", patient_key=key[:8], rows=len(rows))
+    await viewed(request, "trail", patient=key, rows=len(rows))
     return render(request, "trail.html", key=key, rows=rows, about=about)
 
 
 async def subscribers(request: web.Request) -> web.Response:
     scope = await scope_of(request)
-    snap = await request.app[DATA].snapshot()
-    acks: dict[str, str] = {}
-    for line in snap.audit:
-        if line.record.action in ACK_ACTIONS:
-            acks[line.record.message_id] = line.record.action
-    stats: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {
-            "topics": set(),
-            "sent": 0,
-            "published": 0,
-            "retries": 0,
-            "resent": 0,
-            "replayed": 0,
-            "dead_lettered": 0,
-            "acked": 0,
-            "pending": set(),
-            "last_success": "",
-            "last_failure": "",
-            "failure_detail": "",
-            "kinds": set(),
-        }
-    )
-    for line in snap.audit:
-        r = line.record
-        if not r.subscriber or r.action in ACK_ACTIONS or r.action.startswith("dlq-"):
-            continue
-        s = stats[r.subscriber]
-        s["topics"].add(r.topic)
-        if r.recipient_kind:
-            s["kinds"].add(r.recipient_kind)
-        if r.action in ("delivered", "published", "resent", "replayed"):
-            s["last_success"] = max(s["last_success"], r.at)
-        if r.action == "delivered":
-            s["sent"] += 1
-            s["pending"].add(r.message_id)
-        elif r.action == "published":
-            s["published"] += 1
-        elif r.action == "attempt-failed":
-            s["retries"] += 1
-            if r.at >= s["last_failure"]:
-                s["last_failure"], s["failure_detail"] = r.at, masked(r.detail)[:200]
-        elif r.action in ("resent", "replayed", "dead-lettered"):
-            s[r.action.replace("-", "_")] += 1
-            if r.action == "dead-lettered":
-                s["pending"].discard(r.message_id)
     channels = _channels(request.app[SETTINGS])
     rows = []
-    for sid, s in sorted(stats.items()):
-        if not scope.sees_subscriber(s["topics"]):
+    for sid, s in sorted(request.app[DATA].index.subscribers().items()):
+        if not scope.sees_subscriber(s.topics):
             continue
-        pending = {m for m in s["pending"] if m not in acks}
-        s["acked"] = len(s["pending"]) - len(pending)
-        delivery = channels.get(sid, "kafka" if s["published"] else "?")
         state = (
             "failing"
-            if s["last_failure"] and s["last_failure"] > s["last_success"]
+            if s.last_failure and s.last_failure > s.last_success
             else "waiting for acks"
-            if pending
+            if s.pending
             else "ok"
         )
         rows.append(
             {
+                **{k: v for k, v in s.__dict__.items() if k not in ("topics", "pending", "kinds")},
                 "id": sid,
-                "delivery": delivery,
-                "topics": ", ".join(sorted(s["topics"])),
-                "kinds": ", ".join(sorted(s["kinds"])),
+                "delivery": channels.get(sid, "kafka" if s.published else "?"),
+                "topics": ", ".join(sorted(s.topics)),
+                "kinds": ", ".join(sorted(s.kinds)),
                 "state": state,
-                **{k: v for k, v in s.items() if k not in ("topics", "pending", "kinds")},
-                "pending": len(pending),
+                "pending": len(s.pending),
             }
         )
-    viewed(request, "subscribers", rows=len(rows))
+    await viewed(request, "subscribers", rows=len(rows))
     return render(request, "subscribers.html", rows=rows)
 
 
@@ -584,6 +545,11 @@ def make_app(settings: Settings, data: ConsoleData | None = None) -> web.Applica
     app[SESSIONS] = Sessions(secret, settings.console_session_max_age_s)
     app[TEMPLATES] = templates()
     app[FLASH] = {}
+
+    async def close_index(_: web.Application) -> None:
+        await asyncio.to_thread(app[DATA].close)
+
+    app.on_cleanup.append(close_index)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/login", login_page)

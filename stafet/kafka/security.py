@@ -174,6 +174,7 @@ def operator_grants() -> list[Grant]:
     return [
         *_grants(o, "TOPIC", "alerts.operator", LITERAL, ("READ",)),
         *_grants(o, "TOPIC", "audit.delivery", LITERAL, ("READ",)),
+        *_grants(o, "TOPIC", "audit.access", LITERAL, ("READ",)),
         *_grants(o, "TOPIC", "*", LITERAL, ("DESCRIBE", "DESCRIBE_CONFIGS")),
         *_grants(o, "GROUP", "*", LITERAL, ("DESCRIBE",)),
     ]
@@ -196,7 +197,8 @@ def console_grants() -> list[Grant]:
     """The operator console (``stafet console``): reads what its pages show — the dead letters,
     the audit trail, the alerts, the event and out topics (a child's trail; a municipality's
     residents) — and writes a resent dead letter back where it came from (ingest / events) and
-    each action's audit line; DESCRIBE everywhere for record counts and consumer lag. Its users'
+    each action's audit line, and a line on ``audit.access`` for each page a person viewed;
+    DESCRIBE everywhere for record counts and consumer lag. Its users'
     roles decide what a person sees; this principal is what the process may read."""
     c = CONSOLE
     return [
@@ -205,6 +207,8 @@ def console_grants() -> list[Grant]:
         *_grants(c, "TOPIC", "out.", PREFIXED, ("READ", "DESCRIBE")),
         *_grants(c, "TOPIC", "ingest.", PREFIXED, ("WRITE", "DESCRIBE")),
         *_grants(c, "TOPIC", "audit.delivery", LITERAL, ("READ", "WRITE", "DESCRIBE")),
+        # each page view, before the page is sent (write only: the console never reads it back)
+        *_grants(c, "TOPIC", "audit.access", LITERAL, ("WRITE", "DESCRIBE")),
         *_grants(c, "TOPIC", "alerts.operator", LITERAL, ("READ", "DESCRIBE")),
         *_grants(c, "TOPIC", "*", LITERAL, ("DESCRIBE", "DESCRIBE_CONFIGS")),
         *_grants(c, "GROUP", "*", LITERAL, ("DESCRIBE",)),

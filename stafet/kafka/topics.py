@@ -34,6 +34,8 @@ OUT_REFERRER = "out.referrer"  # CareCommunication to referrers with a FHIR endp
 OUT_LETTER = "out.letter"  # PDF letters for guardians and referrers without a FHIR endpoint
 ACKS_INBOUND = "acks.inbound"  # MedCom Acknowledgements from receivers, keyed by acknowledged id
 AUDIT_DELIVERY = "audit.delivery"  # every delivery attempt, acknowledgement and failure
+#: every page a console user viewed and what it showed (who looked at whose data), kept
+AUDIT_ACCESS = "audit.access"
 ALERTS_OPERATOR = "alerts.operator"  # what a person must look at: unknown recipients, DLQ'd sends
 DLQ_DELIVERY = "dlq.delivery"  # messages a subscriber could not be given within the budget
 #: when each open referral next needs a tick (deadline, parked decision); compacted
@@ -109,6 +111,7 @@ def all_topics() -> list[str]:
         *STREAM_OUTPUTS,
         ACKS_INBOUND,
         AUDIT_DELIVERY,
+        AUDIT_ACCESS,
         *DLQ_TOPICS,
         CONTROL_DELIVERY,
     )
@@ -177,7 +180,7 @@ class TopicPlan:
         for topic in all_topics():
             if topic in (TIMERS_REFERRAL, INDEX_REFERRAL):  # the latest value per key, kept
                 config = {"cleanup.policy": "compact"}
-            elif topic == AUDIT_DELIVERY:  # the record of who got what: kept
+            elif topic in (AUDIT_DELIVERY, AUDIT_ACCESS):  # who got what, who saw what: kept
                 config = {"retention.ms": "-1"}
             elif topic.startswith(("ingest.", "events.")):
                 config = ms(self.ingest_days)

@@ -32,7 +32,13 @@ from stafet.console.auth import hash_password
 from stafet.ids import patient_key
 from stafet.kafka.client import as_admin, client_config
 from stafet.kafka.reader import read_to_end
-from stafet.kafka.topics import AUDIT_DELIVERY, DLQ_NOTIFY, H_EVENT_CODE, municipality_topic
+from stafet.kafka.topics import (
+    AUDIT_ACCESS,
+    AUDIT_DELIVERY,
+    DLQ_NOTIFY,
+    H_EVENT_CODE,
+    municipality_topic,
+)
 from stafet.stack import Service, settings_env, wait_for_port
 
 from .conftest import free_port
@@ -447,3 +453,22 @@ def test_the_console_log_names_who_viewed_what_and_holds_no_cpr(console):
     assert any('"console.action"' in line and '"resend"' in line for line in text.splitlines())
     for p in (console.rikke, console.lars):
         assert p.cpr not in text
+
+
+def test_every_view_of_a_childs_data_is_on_the_access_log_keyed_by_the_child(console):
+    """audit.access: who viewed which page about whom (for the family's right to know who
+    looked), stored before the page was sent — read back here as the admin (the console
+    itself may only write it)."""
+    key = patient_key(console.rikke.cpr, _secret(console.stack))
+    lines = [
+        (m.key().decode(), json.loads(m.value()))
+        for m in read_to_end(client_config(as_admin(console.stack.settings)), AUDIT_ACCESS)
+    ]
+    about_rikke = {(line["user"], line["page"]) for k, line in lines if k == key}
+    assert {("ops-anna", "trail"), ("ops-anna", "search"), ("aarhus-bo", "trail")} <= about_rikke
+    assert all(line["patient_key"] == key for k, line in lines if k == key)
+    assert ("hill-ida", "trail") not in about_rikke, "a 404 shows nothing, so it is no view"
+    assert any(k == "ops-anna" and line["page"] == "flow" for k, line in lines)
+    assert all(line["at"] and line["role"] in ("operator", "municipality") for _, line in lines)
+    for p in (console.rikke, console.lars):
+        assert p.cpr not in str(lines)
