@@ -11,9 +11,9 @@ at once and never shown, logged or put in a URL.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import secrets
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from stafet.audit import ACK_ACTIONS
 from stafet.config import Settings
 from stafet.console.auth import Sessions, User, UserStore
 from stafet.console.data import ConsoleData, DeadLetter, masked
+from stafet.console.health import Readiness, kafka_metadata
 from stafet.console.scope import Scope
 from stafet.cpr import is_valid_cpr
 from stafet.errors import StafetError
@@ -39,7 +40,8 @@ SESSIONS = web.AppKey("sessions", Sessions)
 TEMPLATES = web.AppKey("templates", Environment)
 SETTINGS = web.AppKey("settings", Settings)
 FLASH = web.AppKey("flash", dict)
-PUBLIC = ("/login", "/healthz")
+READINESS = web.AppKey("readiness", Readiness)
+PUBLIC = ("/login", "/healthz", "/readyz")
 NAV = (
     ("/flow", "Flow"),
     ("/dead-letters", "Dead letters"),
@@ -189,6 +191,7 @@ async def login(request: web.Request) -> web.Response:
         samesite="Strict",
         max_age=int(request.app[SESSIONS].max_age_s),
         path="/",
+        secure=request.app[SETTINGS].console_tls_cert is not None,  # HTTPS: never sent in clear
     )
     raise response
 
@@ -210,7 +213,14 @@ def check_csrf(request: web.Request, form: Any) -> None:
 
 
 async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"alive": True})
+    """Liveness: the event loop answers (public, no data)."""
+    return web.json_response({"alive": True, "status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: users to log in and Kafka to read (public, no data; stafet/console/health.py)."""
+    ok, body = await request.app[READINESS].ready()
+    return web.json_response(body, status=200 if ok else 503)
 
 
 # --- pages ------------------------------------------------------------------------------------
@@ -571,12 +581,18 @@ async def index(_: web.Request) -> web.Response:
 # --- the application --------------------------------------------------------------------------
 
 
-def make_app(settings: Settings, data: ConsoleData | None = None) -> web.Application:
+def make_app(
+    settings: Settings,
+    data: ConsoleData | None = None,
+    metadata: Callable[[], str] | None = None,
+) -> web.Application:
+    """The console; ``data`` and ``metadata`` (the readiness probe's Kafka request) for tests."""
     app = web.Application(middlewares=[security_headers, authenticate], client_max_size=64 * 1024)
+    configured = settings.console_session_secret
     secret = (
-        settings.console_session_secret.get_secret_value().encode()
-        if settings.console_session_secret
-        else secrets.token_bytes(32)
+        configured.get_secret_value().encode()
+        if configured and configured.get_secret_value().strip()
+        else secrets.token_bytes(32)  # loopback only (stafet/safety.py refuses it elsewhere)
     )
     app[SETTINGS] = settings
     app[DATA] = data or ConsoleData(settings)
@@ -584,8 +600,10 @@ def make_app(settings: Settings, data: ConsoleData | None = None) -> web.Applica
     app[SESSIONS] = Sessions(secret, settings.console_session_max_age_s)
     app[TEMPLATES] = templates()
     app[FLASH] = {}
+    app[READINESS] = Readiness(app[USERS], metadata or kafka_metadata(settings))
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
@@ -602,36 +620,36 @@ def make_app(settings: Settings, data: ConsoleData | None = None) -> web.Applica
     return app
 
 
-def check_host(host: str) -> None:
-    """Loopback only in this step: the session cookie must not cross a network in clear."""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        raise StafetError(
-            f"the console listens on loopback only (STAFET_CONSOLE_HOST={host}): put a "
-            "TLS-terminating reverse proxy on this host in front of it"
-        )
-
-
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run the console until ``stop`` is set (or SIGTERM / Ctrl-C)."""
+    """Run the console until ``stop`` is set (or SIGTERM / Ctrl-C): HTTPS when
+    ``console_tls_cert`` is set, and off loopback only so (stafet/safety.py refuses the rest
+    before anything is opened)."""
     import signal
 
-    check_host(settings.console_host)
+    from stafet.connectors.tls import server_context
+    from stafet.safety import refuse_unsafe
+
+    refuse_unsafe(settings, "console")
+    try:
+        tls = server_context(settings.console_tls_cert, settings.console_tls_key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise StafetError(
+            f"the console's TLS files cannot be used (STAFET_CONSOLE_TLS_CERT="
+            f"{settings.console_tls_cert}, STAFET_CONSOLE_TLS_KEY={settings.console_tls_key}): "
+            f"{exc}"
+        ) from exc
     app = make_app(settings)
     users = app[USERS].users()
     if not users:
         log.warning("console.no_users", problem=app[USERS].problem)
     runner = web.AppRunner(app, access_log=None)  # views are logged by console.view
     await runner.setup()
-    site = web.TCPSite(runner, settings.console_host, settings.console_port)
+    site = web.TCPSite(runner, settings.console_host, settings.console_port, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else settings.console_port
     log.info(
         "console.listening",
-        url=f"http://{settings.console_host}:{port}/",
+        url=f"{'https' if tls else 'http'}://{settings.console_host}:{port}/",
         users=len(users),
         processes=",".join(n for n, _ in app[DATA].processes()),
     )
