@@ -1,8 +1,9 @@
 """The stafet workloads on Kubernetes, beside the Strimzi resources of :mod:`stafet.deploy_manifests`.
 
 They run the image built by ``deploy/Dockerfile``: a StatefulSet for the stream worker (RocksDB
-state on a volume of its own), Deployments for the listeners and delivery, probes on the health
-port, secrets mounted as files. Written out by ``stafet deploy strimzi`` into workloads.yaml.
+state on a volume of its own), Deployments for the listeners, delivery and the operator console,
+probes on the health port (the console's on its own HTTPS port), secrets mounted as files.
+Written out by ``stafet deploy strimzi`` into workloads.yaml.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import Any
 
 from stafet.config import Settings
 from stafet.deploy_manifests import BROKERS, Resource, Target, meta
-from stafet.kafka.security import DELIVERY, FHIR, MLLP, WORKER
+from stafet.kafka.security import CONSOLE, DELIVERY, FHIR, MLLP, WORKER
 from stafet.kafka.topics import TopicPlan
 
 HEALTH_PORT = 9180  # /healthz, /readyz, /metrics (STAFET_HEALTH_PORT)
 UID = 10001  # the image's non-root user (deploy/Dockerfile)
-MLLP_PORT, FHIR_PORT = 2575, 8080
+MLLP_PORT, FHIR_PORT, CONSOLE_PORT = 2575, 8080, 9190
 
 # where the pods find things (the image's defaults; deploy/Dockerfile sets the same)
 KAFKA_SECRETS_DIR = "/var/run/secrets/stafet/kafka"  # STAFET_KAFKA_SECRETS_DIR
@@ -29,6 +30,13 @@ CONFIG_DIR = "/etc/stafet/config"  # directory.toml, subscribers.toml (ConfigMap
 WORKER_DATA_DIR = "/var/lib/stafet/worker"
 OUTBOX_DIR = "/var/spool/stafet/outbox"
 APP_SECRET, CONFIG_MAP, OUTBOX_CLAIM = "stafet-app", "stafet-config", "stafet-letter-outbox"
+# the operator console's Secrets (docs/deploy.md says who makes them)
+CONSOLE_TLS_DIR = "/var/run/secrets/stafet/console-tls"  # tls.crt, tls.key
+CONSOLE_TLS_SECRET = "stafet-console-tls"  # a cert-manager Certificate's Secret, or the team's
+CONSOLE_USERS_DIR = "/var/run/secrets/stafet/console-users"
+CONSOLE_USERS_SECRET, CONSOLE_USERS_KEY = "stafet-console-users", "console-users.toml"
+#: key STAFET_CONSOLE_SESSION_SECRET, projected beside the patient key into STAFET_SECRETS_DIR
+CONSOLE_SESSION_SECRET = "stafet-console-session"
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,14 @@ class Workload:
     env: tuple[tuple[str, str], ...] = ()
     port: tuple[str, int] | None = None  # the service port (name, number)
     patient_key: bool = True  # needs STAFET_PATIENT_KEY_SECRET (from the app Secret)
+    health_port: bool = True  # False: /healthz and /readyz on ``port``, over HTTPS (the console)
 
 
 def service_workloads(settings: Settings) -> list[Workload]:
-    """The four long-running processes. ``fhir`` runs once: its memory of received MedCom
+    """The five long-running processes. ``fhir`` runs once: its memory of received MedCom
     message ids is built at start, so a second replica would store a resend twice. ``deliver``
-    runs twice: one active, one standby (control.delivery)."""
+    runs twice: one active, one standby (control.delivery). The console runs once (a second
+    would do: sessions are signed with a shared key) and off loopback serves HTTPS only."""
     return [
         Workload("worker", WORKER, 2, (("STAFET_WORKER_DATA_DIR", WORKER_DATA_DIR),)),
         Workload(
@@ -71,7 +81,33 @@ def service_workloads(settings: Settings) -> list[Workload]:
             ("https", FHIR_PORT),
         ),
         Workload("deliver", DELIVERY, 2, (("STAFET_OUTBOX_DIR", OUTBOX_DIR),), patient_key=False),
+        Workload(
+            "console",
+            CONSOLE,
+            1,
+            (
+                ("STAFET_CONSOLE_HOST", "0.0.0.0"),
+                ("STAFET_CONSOLE_PORT", str(CONSOLE_PORT)),
+                # off loopback the console needs TLS and a session secret (stafet/safety.py)
+                ("STAFET_CONSOLE_TLS_CERT", f"{CONSOLE_TLS_DIR}/tls.crt"),
+                ("STAFET_CONSOLE_TLS_KEY", f"{CONSOLE_TLS_DIR}/tls.key"),
+                ("STAFET_CONSOLE_USERS_FILE", f"{CONSOLE_USERS_DIR}/{CONSOLE_USERS_KEY}"),
+            ),
+            ("https", CONSOLE_PORT),
+            health_port=False,
+        ),
     ]
+
+
+def console_processes(settings: Settings, target: Target) -> str:
+    """STAFET_CONSOLE_PROCESSES: the health endpoints the Flow page probes — each worker pod by
+    its StatefulSet name, the other processes by their Service (one of the replicas answers)."""
+    svc = f"{target.namespace}.svc:{HEALTH_PORT}"
+    worker = next(w for w in service_workloads(settings) if w.name == "worker")
+    pods = [
+        f"worker-{i}=http://stafet-worker-{i}.stafet-worker.{svc}" for i in range(worker.replicas)
+    ]
+    return ",".join([*pods, *(f"{n}=http://stafet-{n}.{svc}" for n in ("mllp", "fhir", "deliver"))])
 
 
 def _env(settings: Settings, target: Target, w: Workload) -> list[dict[str, str]]:
@@ -91,6 +127,9 @@ def _env(settings: Settings, target: Target, w: Workload) -> list[dict[str, str]
         "STAFET_SUBSCRIBERS_FILE": f"{CONFIG_DIR}/subscribers.toml",
         "STAFET_LOG_JSON": "true",
     }
+    if not w.health_port:  # the console: none of its own; it probes the others'
+        del common["STAFET_HEALTH_HOST"], common["STAFET_HEALTH_PORT"]
+        common["STAFET_CONSOLE_PROCESSES"] = console_processes(settings, target)
     if w.patient_key:  # one file per secret setting, named like its variable
         common["STAFET_SECRETS_DIR"] = APP_SECRET_DIR
     return [{"name": k, "value": v} for k, v in {**common, **dict(w.env)}.items()]
@@ -119,7 +158,34 @@ def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[di
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    if w.patient_key:  # STAFET_SECRETS_DIR: the file STAFET_PATIENT_KEY_SECRET
+    if w.name == "console":  # STAFET_SECRETS_DIR: the patient key and the session key
+        volumes.append(
+            {
+                "name": "app-secret",
+                "projected": {
+                    "defaultMode": 0o440,
+                    "sources": [
+                        _projected(APP_SECRET, "STAFET_PATIENT_KEY_SECRET"),
+                        _projected(CONSOLE_SESSION_SECRET, "STAFET_CONSOLE_SESSION_SECRET"),
+                    ],
+                },
+            }
+        )
+        mounts.append({"name": "app-secret", "mountPath": APP_SECRET_DIR, "readOnly": True})
+        volumes += [
+            _secret_volume(
+                "console-tls", CONSOLE_TLS_SECRET, "tls.crt", "tls.crt", ("tls.key", "tls.key")
+            ),
+            # a Secret volume is updated in place: a user added to it needs no restart
+            _secret_volume(
+                "console-users", CONSOLE_USERS_SECRET, CONSOLE_USERS_KEY, CONSOLE_USERS_KEY
+            ),
+        ]
+        mounts += [
+            {"name": "console-tls", "mountPath": CONSOLE_TLS_DIR, "readOnly": True},
+            {"name": "console-users", "mountPath": CONSOLE_USERS_DIR, "readOnly": True},
+        ]
+    elif w.patient_key:  # STAFET_SECRETS_DIR: the file STAFET_PATIENT_KEY_SECRET
         volumes.append(
             _secret_volume(
                 "app-secret", APP_SECRET, "STAFET_PATIENT_KEY_SECRET", "STAFET_PATIENT_KEY_SECRET"
@@ -146,9 +212,16 @@ def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[di
     return volumes, mounts
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def _projected(secret: str, key: str) -> dict[str, Any]:
+    return {"secret": {"name": secret, "items": [{"key": key, "path": key}]}}
+
+
+def _probe(w: Workload, path: str, period: int, failures: int) -> dict[str, Any]:
+    get: dict[str, Any] = {"path": path, "port": "health"}
+    if not w.health_port and w.port:  # the console's own port, which is HTTPS only
+        get = {"path": path, "port": w.port[0], "scheme": "HTTPS"}
     return {
-        "httpGet": {"path": path, "port": "health"},
+        "httpGet": get,
         "periodSeconds": period,
         "timeoutSeconds": 3,
         "failureThreshold": failures,
@@ -158,7 +231,7 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 def pod_template(settings: Settings, target: Target, w: Workload) -> dict[str, Any]:
     """Probes on /healthz and /readyz, Prometheus annotations, non-root, read-only root."""
     volumes, mounts = _volumes(target, w)
-    ports = [{"name": "health", "containerPort": HEALTH_PORT}]
+    ports = [{"name": "health", "containerPort": HEALTH_PORT}] if w.health_port else []
     if w.port:
         ports.append({"name": w.port[0], "containerPort": w.port[1]})
     container = {
@@ -168,9 +241,9 @@ def pod_template(settings: Settings, target: Target, w: Workload) -> dict[str, A
         "ports": ports,
         "env": _env(settings, target, w),
         "volumeMounts": mounts,
-        "startupProbe": _probe("/healthz", 10, 30),  # state restore may take minutes
-        "livenessProbe": _probe("/healthz", 10, 3),
-        "readinessProbe": _probe("/readyz", 5, 2),
+        "startupProbe": _probe(w, "/healthz", 10, 30),  # state restore may take minutes
+        "livenessProbe": _probe(w, "/healthz", 10, 3),
+        "readinessProbe": _probe(w, "/readyz", 5, 2),
         "resources": {
             "requests": {"cpu": "250m", "memory": "512Mi" if w.name == "worker" else "256Mi"},
             "limits": {"memory": "2Gi" if w.name == "worker" else "512Mi"},
@@ -182,15 +255,13 @@ def pod_template(settings: Settings, target: Target, w: Workload) -> dict[str, A
             "capabilities": {"drop": ["ALL"]},
         },
     }
+    scrape = {  # the console has no /metrics
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(HEALTH_PORT),
+        "prometheus.io/path": "/metrics",
+    }
     return {
-        "metadata": {
-            "labels": _labels(w),
-            "annotations": {
-                "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(HEALTH_PORT),
-                "prometheus.io/path": "/metrics",
-            },
-        },
+        "metadata": {"labels": _labels(w), **({"annotations": scrape} if w.health_port else {})},
         "spec": {
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 45,  # SIGTERM: finish, commit, leave the group
@@ -259,12 +330,12 @@ def _service(target: Target, w: Workload) -> Resource:
             "ports": [{"name": "health", "port": HEALTH_PORT}],
         }
     else:
-        spec = {
-            "type": "ClusterIP",
-            "ports": [
-                {"name": w.port[0], "port": w.port[1], "targetPort": w.port[0], "protocol": "TCP"}
-            ],
-        }
+        ports = [{"name": w.port[0], "port": w.port[1], "targetPort": w.port[0], "protocol": "TCP"}]
+        if w.health_port:  # for the console's Flow page (STAFET_CONSOLE_PROCESSES)
+            ports.append(
+                {"name": "health", "port": HEALTH_PORT, "targetPort": "health", "protocol": "TCP"}
+            )
+        spec = {"type": "ClusterIP", "ports": ports}
     spec["selector"] = _labels(w)
     return {
         "apiVersion": "v1",
