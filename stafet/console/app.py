@@ -622,8 +622,8 @@ def make_app(
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the console until ``stop`` is set (or SIGTERM / Ctrl-C): HTTPS when
-    ``console_tls_cert`` is set, and off loopback only so (stafet/safety.py refuses the rest
-    before anything is opened)."""
+    ``console_tls_cert`` is set — off loopback it must be, and stafet/safety.py refuses
+    anything else before a socket is opened."""
     import signal
 
     from stafet.connectors.tls import server_context
