@@ -316,10 +316,16 @@ class Settings(BaseSettings):
     # --- operator console (stafet/console/) ------------------------------------------------
     console_host: str = Field(
         "127.0.0.1",
-        description="where `stafet console` listens: loopback only (put a TLS reverse proxy "
-        "in front to reach it from elsewhere); another host is refused",
+        description="where `stafet console` listens; off loopback it needs console_tls_cert "
+        "and console_session_secret, or it refuses to start (stafet/safety.py)",
     )
     console_port: int = Field(9190, ge=0, description="its port (0: any free port, logged)")
+    console_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate chain (+ key): the console serves HTTPS only, and its "
+        "session cookie is Secure",
+    )
+    console_tls_key: Path | None = Field(None, description="PEM private key of console_tls_cert")
     console_users_file: Path = Field(
         PROJECT_ROOT / ".stafet" / "console-users.toml",
         description="the console's users: name, role (operator | municipality), municipality "
@@ -328,8 +334,9 @@ class Settings(BaseSettings):
     )
     console_session_secret: SecretStr | None = Field(
         None,
-        description="HMAC key of the console's session cookies; unset: a random one per "
-        "process (everyone logs in again after a restart)",
+        description="HMAC key of the console's session cookies, the same on every replica; "
+        "unset: a random one per process (everyone logs in again after a restart), refused off "
+        "loopback",
     )
     console_session_max_age_s: float = Field(8 * 3600.0, description="a login lasts this long")
     console_processes: str = Field(

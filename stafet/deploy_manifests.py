@@ -5,9 +5,8 @@ The topics come from :class:`stafet.kafka.topics.TopicPlan` and the users' ACLs 
 ``stafet topics`` and ``stafet kafka provision`` would create: one list of topics and one ACL
 plan, never a hand-copied second one (``tests/test_deploy_manifests.py`` compares them).
 
-The workloads run the image built by ``deploy/Dockerfile``: a StatefulSet for the stream worker
-(RocksDB state on a volume of its own), Deployments for the listeners and delivery, probes on
-the health port, secrets mounted as files. Written out by ``stafet deploy strimzi``.
+The workloads beside them are :mod:`stafet.deploy_workloads`. Written out by ``stafet deploy
+strimzi``.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 
 from stafet.config import Settings
-from stafet.kafka.security import DELIVERY, FHIR, MLLP, WORKER, Grant, acl_plan, principals
+from stafet.kafka.security import Grant, acl_plan, principals
 from stafet.kafka.topics import TopicPlan, all_topics, partitions_of
 from stafet.schemas.municipalities import municipalities
 
@@ -34,20 +33,6 @@ KAFKA_VERSION = "4.1.1"  # the broker the local tooling and deploy/compose.yaml 
 METADATA_VERSION = "4.1-IV1"
 BROKERS = 3  # one KafkaNodePool of combined controller + broker nodes
 LISTENER_PORT = 9093  # the internal TLS listener with SCRAM-SHA-512
-HEALTH_PORT = 9180  # /healthz, /readyz, /metrics (STAFET_HEALTH_PORT)
-UID = 10001  # the image's non-root user (deploy/Dockerfile)
-MLLP_PORT, FHIR_PORT = 2575, 8080
-
-# where the pods find things (the image's defaults; deploy/Dockerfile sets the same)
-KAFKA_SECRETS_DIR = "/var/run/secrets/stafet/kafka"  # STAFET_KAFKA_SECRETS_DIR
-KAFKA_CA_DIR = "/var/run/secrets/stafet/kafka-ca"
-APP_SECRET_DIR = "/var/run/secrets/stafet/app"  # STAFET_SECRETS_DIR: STAFET_PATIENT_KEY_SECRET
-FHIR_TLS_DIR = "/var/run/secrets/stafet/fhir-tls"  # tls.crt, tls.key, ca.crt (mutual TLS)
-FHIR_TLS_SECRET = "stafet-fhir-tls"  # a cert-manager Certificate's Secret has all three keys
-CONFIG_DIR = "/etc/stafet/config"  # directory.toml, subscribers.toml (ConfigMap stafet-config)
-WORKER_DATA_DIR = "/var/lib/stafet/worker"
-OUTBOX_DIR = "/var/spool/stafet/outbox"
-APP_SECRET, CONFIG_MAP, OUTBOX_CLAIM = "stafet-app", "stafet-config", "stafet-letter-outbox"
 
 _STRIMZI_RESOURCE = {
     "TOPIC": "topic",
@@ -78,18 +63,6 @@ class Target:
         return f"{self.cluster}-cluster-ca-cert"
 
 
-@dataclass(frozen=True)
-class Workload:
-    """One stafet process as Kubernetes runs it."""
-
-    name: str  # the `stafet` sub-command
-    principal: str
-    replicas: int
-    env: tuple[tuple[str, str], ...] = ()
-    port: tuple[str, int] | None = None  # the service port (name, number)
-    patient_key: bool = True  # needs STAFET_PATIENT_KEY_SECRET (from the app Secret)
-
-
 def k8s_name(name: str) -> str:
     """A DNS-1123 label for ``name`` (topic names have dots and underscores): the real name
     stays in ``spec.topicName``."""
@@ -99,7 +72,8 @@ def k8s_name(name: str) -> str:
     return label
 
 
-def _meta(name: str, target: Target, **extra: Any) -> dict[str, Any]:
+def meta(name: str, target: Target, **extra: Any) -> dict[str, Any]:
+    """A resource's ``metadata``: its name, in the target's namespace."""
     return {"name": name, "namespace": target.namespace, **extra}
 
 
@@ -115,7 +89,7 @@ def kafka_cluster(settings: Settings, target: Target) -> list[Resource]:
     pool = {
         "apiVersion": STRIMZI_API,
         "kind": "KafkaNodePool",
-        "metadata": _meta("dual-role", target, labels=_cluster_label(target)),
+        "metadata": meta("dual-role", target, labels=_cluster_label(target)),
         "spec": {
             "replicas": BROKERS,
             "roles": ["controller", "broker"],
@@ -137,7 +111,7 @@ def kafka_cluster(settings: Settings, target: Target) -> list[Resource]:
         "apiVersion": STRIMZI_API,
         "kind": "Kafka",
         # the opt-in older operators need; from 0.48 KRaft + node pools are the only mode
-        "metadata": _meta(
+        "metadata": meta(
             target.cluster,
             target,
             annotations={"strimzi.io/node-pools": "enabled", "strimzi.io/kraft": "enabled"},
@@ -181,7 +155,7 @@ def kafka_topics(settings: Settings, target: Target) -> list[Resource]:
         {
             "apiVersion": STRIMZI_API,
             "kind": "KafkaTopic",
-            "metadata": _meta(k8s_name(topic), target, labels=_cluster_label(target)),
+            "metadata": meta(k8s_name(topic), target, labels=_cluster_label(target)),
             "spec": {
                 "topicName": topic,
                 "partitions": partitions_of(topic, settings.partitions),
@@ -238,7 +212,7 @@ def kafka_users(
             {
                 "apiVersion": STRIMZI_API,
                 "kind": "KafkaUser",
-                "metadata": _meta(principal, target, labels=_cluster_label(target)),
+                "metadata": meta(principal, target, labels=_cluster_label(target)),
                 "spec": {
                     "authentication": {"type": "scram-sha-512"},
                     "authorization": {"type": "simple", "acls": acl_rules(grants)},
@@ -248,267 +222,10 @@ def kafka_users(
     return users
 
 
-def service_workloads(settings: Settings) -> list[Workload]:
-    """The four long-running processes. ``fhir`` runs once: its memory of received MedCom
-    message ids is built at start, so a second replica would store a resend twice. ``deliver``
-    runs twice: one active, one standby (control.delivery)."""
-    return [
-        Workload("worker", WORKER, 2, (("STAFET_WORKER_DATA_DIR", WORKER_DATA_DIR),)),
-        Workload(
-            "mllp",
-            MLLP,
-            2,
-            (("STAFET_MLLP_HOST", "0.0.0.0"), ("STAFET_MLLP_PORT", str(MLLP_PORT))),
-            ("mllp", MLLP_PORT),
-        ),
-        Workload(
-            "fhir",
-            FHIR,
-            1,
-            (
-                ("STAFET_FHIR_HOST", "0.0.0.0"),
-                ("STAFET_FHIR_PORT", str(FHIR_PORT)),
-                # off loopback the listener needs mutual TLS (stafet/safety.py)
-                ("STAFET_FHIR_TLS_CERT", f"{FHIR_TLS_DIR}/tls.crt"),
-                ("STAFET_FHIR_TLS_KEY", f"{FHIR_TLS_DIR}/tls.key"),
-                ("STAFET_FHIR_TLS_CLIENT_CA", f"{FHIR_TLS_DIR}/ca.crt"),
-            ),
-            ("https", FHIR_PORT),
-        ),
-        Workload("deliver", DELIVERY, 2, (("STAFET_OUTBOX_DIR", OUTBOX_DIR),), patient_key=False),
-    ]
-
-
-def _env(settings: Settings, target: Target, w: Workload) -> list[dict[str, str]]:
-    common = {
-        "STAFET_BOOTSTRAP_SERVERS": target.bootstrap,
-        "STAFET_KAFKA_SECURITY": "sasl_ssl",
-        "STAFET_KAFKA_USERNAME": w.principal,
-        "STAFET_KAFKA_SECRETS_DIR": KAFKA_SECRETS_DIR,
-        "STAFET_KAFKA_CA_FILE": f"{KAFKA_CA_DIR}/ca.crt",
-        "STAFET_KAFKA_HOME": "/tmp/kafka",
-        "STAFET_APP_ID": settings.app_id,
-        "STAFET_PARTITIONS": str(settings.partitions),
-        "STAFET_REPLICATION_FACTOR": str(TopicPlan.from_settings(settings).replication(BROKERS)[0]),
-        "STAFET_HEALTH_HOST": "0.0.0.0",
-        "STAFET_HEALTH_PORT": str(HEALTH_PORT),
-        "STAFET_DIRECTORY_FILE": f"{CONFIG_DIR}/directory.toml",
-        "STAFET_SUBSCRIBERS_FILE": f"{CONFIG_DIR}/subscribers.toml",
-        "STAFET_LOG_JSON": "true",
-    }
-    if w.patient_key:  # one file per secret setting, named like its variable
-        common["STAFET_SECRETS_DIR"] = APP_SECRET_DIR
-    return [{"name": k, "value": v} for k, v in {**common, **dict(w.env)}.items()]
-
-
-def _secret_volume(
-    name: str, secret: str, key: str, path: str, *more: tuple[str, str]
-) -> dict[str, Any]:
-    # 0440 + the pod's fsGroup: readable by the non-root user, by nobody else
-    items = [{"key": k, "path": p} for k, p in ((key, path), *more)]
-    return {"name": name, "secret": {"secretName": secret, "defaultMode": 0o440, "items": items}}
-
-
-def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts): the principal's password where ``password_for`` reads it
-    (``<secrets dir>/<principal>.password``), the cluster CA, config, scratch space."""
-    volumes: list[dict[str, Any]] = [
-        _secret_volume("kafka-password", w.principal, "password", f"{w.principal}.password"),
-        _secret_volume("kafka-ca", target.ca_secret, "ca.crt", "ca.crt"),
-        {"name": "config", "configMap": {"name": CONFIG_MAP}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "kafka-password", "mountPath": KAFKA_SECRETS_DIR, "readOnly": True},
-        {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    if w.patient_key:  # STAFET_SECRETS_DIR: the file STAFET_PATIENT_KEY_SECRET
-        volumes.append(
-            _secret_volume(
-                "app-secret", APP_SECRET, "STAFET_PATIENT_KEY_SECRET", "STAFET_PATIENT_KEY_SECRET"
-            )
-        )
-        mounts.append({"name": "app-secret", "mountPath": APP_SECRET_DIR, "readOnly": True})
-    if w.name == "fhir":
-        volumes.append(
-            _secret_volume(
-                "fhir-tls",
-                FHIR_TLS_SECRET,
-                "tls.crt",
-                "tls.crt",
-                ("tls.key", "tls.key"),
-                ("ca.crt", "ca.crt"),
-            )
-        )
-        mounts.append({"name": "fhir-tls", "mountPath": FHIR_TLS_DIR, "readOnly": True})
-    if w.name == "worker":
-        mounts.append({"name": "worker-data", "mountPath": WORKER_DATA_DIR})
-    if w.name == "deliver":  # shared by the active and the standby replica
-        volumes.append({"name": "outbox", "persistentVolumeClaim": {"claimName": OUTBOX_CLAIM}})
-        mounts.append({"name": "outbox", "mountPath": OUTBOX_DIR})
-    return volumes, mounts
-
-
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": "health"},
-        "periodSeconds": period,
-        "timeoutSeconds": 3,
-        "failureThreshold": failures,
-    }
-
-
-def pod_template(settings: Settings, target: Target, w: Workload) -> dict[str, Any]:
-    """Probes on /healthz and /readyz, Prometheus annotations, non-root, read-only root."""
-    volumes, mounts = _volumes(target, w)
-    ports = [{"name": "health", "containerPort": HEALTH_PORT}]
-    if w.port:
-        ports.append({"name": w.port[0], "containerPort": w.port[1]})
-    container = {
-        "name": w.name,
-        "image": target.image,
-        "args": [w.name],
-        "ports": ports,
-        "env": _env(settings, target, w),
-        "volumeMounts": mounts,
-        "startupProbe": _probe("/healthz", 10, 30),  # state restore may take minutes
-        "livenessProbe": _probe("/healthz", 10, 3),
-        "readinessProbe": _probe("/readyz", 5, 2),
-        "resources": {
-            "requests": {"cpu": "250m", "memory": "512Mi" if w.name == "worker" else "256Mi"},
-            "limits": {"memory": "2Gi" if w.name == "worker" else "512Mi"},
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
-    return {
-        "metadata": {
-            "labels": _labels(w),
-            "annotations": {
-                "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(HEALTH_PORT),
-                "prometheus.io/path": "/metrics",
-            },
-        },
-        "spec": {
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 45,  # SIGTERM: finish, commit, leave the group
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": UID,
-                "runAsGroup": UID,
-                "fsGroup": UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "topologySpreadConstraints": [
-                {
-                    "maxSkew": 1,
-                    "topologyKey": "kubernetes.io/hostname",
-                    "whenUnsatisfiable": "ScheduleAnyway",
-                    "labelSelector": {"matchLabels": _labels(w)},
-                }
-            ],
-            "containers": [container],
-            "volumes": volumes,
-        },
-    }
-
-
-def _labels(w: Workload) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "stafet", "app.kubernetes.io/component": w.name}
-
-
-def _controller(settings: Settings, target: Target, w: Workload) -> Resource:
-    spec: dict[str, Any] = {
-        "replicas": w.replicas,
-        "selector": {"matchLabels": _labels(w)},
-        "template": pod_template(settings, target, w),
-    }
-    if w.name == "worker":  # a stable hostname keeps the transactional id across restarts
-        spec.update(
-            serviceName=f"stafet-{w.name}",
-            podManagementPolicy="Parallel",
-            volumeClaimTemplates=[
-                {
-                    "metadata": {"name": "worker-data"},
-                    "spec": {
-                        "accessModes": ["ReadWriteOnce"],
-                        "resources": {"requests": {"storage": "10Gi"}},
-                    },
-                }
-            ],
-        )
-        kind, api = "StatefulSet", "apps/v1"
-    else:
-        kind, api = "Deployment", "apps/v1"
-        if w.name == "fhir":  # never two at once (see service_workloads)
-            spec["strategy"] = {"type": "Recreate"}
-    return {
-        "apiVersion": api,
-        "kind": kind,
-        "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)),
-        "spec": spec,
-    }
-
-
-def _service(target: Target, w: Workload) -> Resource:
-    if w.port is None:  # the worker's headless Service (the StatefulSet's pod names)
-        spec: dict[str, Any] = {
-            "clusterIP": "None",
-            "ports": [{"name": "health", "port": HEALTH_PORT}],
-        }
-    else:
-        spec = {
-            "type": "ClusterIP",
-            "ports": [
-                {"name": w.port[0], "port": w.port[1], "targetPort": w.port[0], "protocol": "TCP"}
-            ],
-        }
-    spec["selector"] = _labels(w)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)),
-        "spec": spec,
-    }
-
-
-def workloads(settings: Settings, target: Target) -> list[Resource]:
-    """StatefulSet / Deployments, their Services, a PodDisruptionBudget each (at most one pod
-    down by a voluntary disruption), and the letter outbox claim (ReadWriteMany)."""
-    out: list[Resource] = [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": _meta(OUTBOX_CLAIM, target),
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": {"storage": "5Gi"}},
-            },
-        }
-    ]
-    for w in service_workloads(settings):
-        out += [
-            _controller(settings, target, w),
-            _service(target, w),
-            {
-                "apiVersion": "policy/v1",
-                "kind": "PodDisruptionBudget",
-                "metadata": _meta(f"stafet-{w.name}", target, labels=_labels(w)),
-                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(w)}},
-            },
-        ]
-    return out
-
-
 def manifests(settings: Settings, target: Target = Target()) -> dict[str, list[Resource]]:
     """Every resource, by the file it is written to."""
+    from stafet.deploy_workloads import workloads  # it builds on Target and meta from here
+
     return {
         "kafka.yaml": kafka_cluster(settings, target),
         "topics.yaml": kafka_topics(settings, target),

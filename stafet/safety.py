@@ -1,6 +1,6 @@
 """Start-up refusals: the configurations that are fine on one laptop and unsafe next to a network.
 
-Every long-running process (``stafet worker | mllp | fhir | deliver | up``) calls
+Every long-running process (``stafet worker | mllp | fhir | deliver | console | up``) calls
 :func:`refuse_unsafe` before it connects to anything. On loopback (the local stack, the tests,
 ``make demo``) nothing is refused. As soon as a peer is elsewhere — a bootstrap server that is not
 127.0.0.1 / ::1 / localhost, or a listener bound to a non-loopback address — the process refuses
@@ -11,7 +11,10 @@ to start with:
 - the built-in development patient-key secret in a process that makes patient keys (it is
   published, so every pseudonymous patient key could be reversed by trying the CPR space);
 - a FHIR listener without mutual TLS (anyone who reaches it could post a rejection, and letters
-  would go to parents and alerts to a municipality).
+  would go to parents and alerts to a municipality);
+- an operator console without TLS (passwords and session cookies in clear) or without a fixed
+  session secret (a random key per process logs everyone out at a restart and makes one
+  replica's sessions invalid on the next).
 
 The message names each setting to change; none of them is ever a value of a secret.
 """
@@ -25,9 +28,10 @@ from typing import Literal
 from stafet.config import DEVELOPMENT_PATIENT_KEY_SECRET, Settings
 from stafet.errors import StafetError
 
-Process = Literal["worker", "mllp", "fhir", "deliver", "up"]
-#: the processes that make patient keys (``stafet deliver`` never does, and holds no secret)
-USES_PATIENT_KEY = frozenset({"worker", "mllp", "fhir", "up"})
+Process = Literal["worker", "mllp", "fhir", "deliver", "console", "up"]
+#: the processes that make patient keys (``stafet deliver`` never does, and holds no secret;
+#: the console does, for a search by CPR)
+USES_PATIENT_KEY = frozenset({"worker", "mllp", "fhir", "console", "up"})
 
 
 class UnsafeConfiguration(StafetError):
@@ -56,12 +60,15 @@ def bootstrap_hosts(bootstrap: str) -> list[str]:
 
 
 def _listener_hosts(settings: Settings, process: Process) -> dict[str, str]:
-    """The addresses this process listens on, by the setting that chooses them."""
-    hosts = {"STAFET_HEALTH_HOST": settings.health_host}
+    """The addresses this process listens on, by the setting that chooses them (the console
+    has no health port of its own: its /healthz and /readyz are on the console's port)."""
+    hosts = {} if process == "console" else {"STAFET_HEALTH_HOST": settings.health_host}
     if process in ("mllp", "up"):
         hosts["STAFET_MLLP_HOST"] = settings.mllp_host
     if process in ("fhir", "up"):
         hosts["STAFET_FHIR_HOST"] = settings.fhir_host
+    if process in ("console", "up"):
+        hosts["STAFET_CONSOLE_HOST"] = settings.console_host
     return hosts
 
 
@@ -103,6 +110,30 @@ def problems(settings: Settings, process: Process) -> list[str]:
             f"{exposed['STAFET_FHIR_HOST']} without client certificates: off loopback it needs "
             "mutual TLS — set STAFET_FHIR_TLS_CERT, STAFET_FHIR_TLS_KEY and "
             "STAFET_FHIR_TLS_CLIENT_CA (the CA that signs the senders' certificates)"
+        )
+    if "STAFET_CONSOLE_HOST" in exposed:
+        found += _console_problems(settings, exposed["STAFET_CONSOLE_HOST"])
+    return found
+
+
+def _console_problems(settings: Settings, host: str) -> list[str]:
+    """Off loopback the console needs HTTPS and a session key shared by its replicas."""
+    found = []
+    if settings.console_tls_cert is None:
+        found.append(
+            f"the operator console would take passwords and send session cookies in clear on "
+            f"STAFET_CONSOLE_HOST={host}: off loopback it serves HTTPS only — set "
+            "STAFET_CONSOLE_TLS_CERT and STAFET_CONSOLE_TLS_KEY (PEM files, e.g. a cert-manager "
+            "Certificate's tls.crt and tls.key)"
+        )
+    secret = settings.console_session_secret
+    if secret is None or not secret.get_secret_value().strip():
+        found.append(
+            f"the operator console on STAFET_CONSOLE_HOST={host} has no "
+            "STAFET_CONSOLE_SESSION_SECRET: a random key per process would log everyone out at "
+            "each restart, and a session from one replica would be refused by the next — set "
+            "it (best as the file STAFET_CONSOLE_SESSION_SECRET in STAFET_SECRETS_DIR; e.g. "
+            "`openssl rand -hex 32`), the same on every console replica"
         )
     return found
 

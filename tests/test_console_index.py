@@ -97,3 +97,11 @@ def test_alerts_are_kept_newest_first_and_masked():
     alerts = index.alerts()
     assert [a["at"] for a in alerts[:2]] == ["2026-12-03T10", "2026-12-03T09"]
     assert RIKKE.cpr not in str(alerts) and {"reason": "not json"} in alerts
+
+
+def test_a_console_is_not_ready_before_its_index_has_read_the_topics():
+    from stafet.config import Settings
+    from stafet.console.data import ConsoleData
+
+    ready, detail = ConsoleData(Settings(_env_file=None)).index_condition()
+    assert not ready and "reading the topics from their beginning: 0 records" in detail

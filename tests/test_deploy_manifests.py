@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from stafet.config import PROJECT_ROOT, Settings
 from stafet.deploy_manifests import Target, manifests, render
 from stafet.kafka.security import (
+    CONSOLE,
     DELIVERY,
     FHIR,
     MLLP,
@@ -197,6 +198,7 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         "stafet-mllp": "Deployment",
         "stafet-fhir": "Deployment",
         "stafet-deliver": "Deployment",
+        "stafet-console": "Deployment",
     }
     assert controllers["stafet-deliver"]["spec"]["replicas"] == 2
     principal = {
@@ -204,6 +206,7 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         "stafet-mllp": MLLP,
         "stafet-fhir": FHIR,
         "stafet-deliver": DELIVERY,
+        "stafet-console": CONSOLE,
     }
     for name, controller in controllers.items():
         pod = controller["spec"]["template"]["spec"]
@@ -213,13 +216,15 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
-        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-            assert c[probe]["httpGet"] == {"path": path, "port": "health"}, (name, probe)
-        assert {"name": "health", "containerPort": 9180} in c["ports"]
-        annotations = controller["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == "9180"
-        assert annotations["prometheus.io/path"] == "/metrics"
         env = {e["name"]: e for e in c["env"]}
+        if name != "stafet-console":  # its probes are on its own port (the next test)
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                assert c[probe]["httpGet"] == {"path": path, "port": "health"}, (name, probe)
+            assert {"name": "health", "containerPort": 9180} in c["ports"]
+            annotations = controller["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/port"] == "9180"
+            assert annotations["prometheus.io/path"] == "/metrics"
+            assert env["STAFET_HEALTH_PORT"]["value"] == "9180"
         assert all(set(e) == {"name", "value"} for e in c["env"]), "a secret in the environment"
         assert not any(
             "PASSWORD" in n
@@ -228,7 +233,6 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         ), name
         assert env["STAFET_KAFKA_USERNAME"]["value"] == principal[name]
         assert env["STAFET_KAFKA_SECURITY"]["value"] == "sasl_ssl"
-        assert env["STAFET_HEALTH_PORT"]["value"] == "9180"
         assert env["STAFET_BOOTSTRAP_SERVERS"]["value"] == "stafet-kafka-bootstrap.stafet.svc:9093"
         volumes = {v["name"]: v for v in pod["volumes"]}
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
@@ -244,7 +248,14 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
         assert env["STAFET_KAFKA_CA_FILE"]["value"] == ca_file
         if "app-secret" in volumes:  # the patient key as a file in STAFET_SECRETS_DIR
             assert env["STAFET_SECRETS_DIR"]["value"] == mounts["app-secret"]
-            assert volumes["app-secret"]["secret"]["items"] == [
+            app_secret = volumes["app-secret"]
+            sources = (  # the console's also holds its session key (the next test)
+                [s["secret"] for s in app_secret["projected"]["sources"]]
+                if "projected" in app_secret
+                else [{"name": app_secret["secret"]["secretName"], **app_secret["secret"]}]
+            )
+            assert sources[0]["name"] == "stafet-app"
+            assert sources[0]["items"] == [
                 {"key": "STAFET_PATIENT_KEY_SECRET", "path": "STAFET_PATIENT_KEY_SECRET"}
             ]
         assert ("app-secret" in volumes) == (name != "stafet-deliver")
@@ -274,6 +285,76 @@ def test_workloads_probe_run_as_non_root_and_mount_their_secrets(files: dict) ->
     assert {"name": claim["metadata"]["name"], "mountPath": env["STAFET_WORKER_DATA_DIR"]} in c[
         "volumeMounts"
     ]
+
+
+def test_the_console_serves_https_with_its_secrets_and_would_start(files: dict) -> None:
+    console = pods(files)["stafet-console"]
+    assert console["kind"] == "Deployment" and console["spec"]["replicas"] == 1
+    pod = console["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["console"] and c["ports"] == [{"name": "https", "containerPort": 9190}]
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}
+    assert "annotations" not in console["spec"]["template"]["metadata"]  # no /metrics
+    env = {e["name"]: e["value"] for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert env["STAFET_CONSOLE_HOST"] == "0.0.0.0" and env["STAFET_CONSOLE_PORT"] == "9190"
+    assert "STAFET_HEALTH_PORT" not in env  # it has none; its probes are on 9190
+    tls = volumes["console-tls"]["secret"]
+    assert tls["secretName"] == "stafet-console-tls"
+    assert (env["STAFET_CONSOLE_TLS_CERT"], env["STAFET_CONSOLE_TLS_KEY"]) == tuple(
+        f"{mounts['console-tls']}/{i['path']}" for i in tls["items"]
+    )
+    users = volumes["console-users"]["secret"]
+    assert users["secretName"] == "stafet-console-users"
+    assert (
+        env["STAFET_CONSOLE_USERS_FILE"] == f"{mounts['console-users']}/{users['items'][0]['path']}"
+    )
+    # the session key is a file in STAFET_SECRETS_DIR, from a Secret of its own
+    sources = {
+        s["secret"]["name"]: s["secret"]["items"]
+        for s in volumes["app-secret"]["projected"]["sources"]
+    }
+    assert sources["stafet-console-session"] == [
+        {"key": "STAFET_CONSOLE_SESSION_SECRET", "path": "STAFET_CONSOLE_SESSION_SECRET"}
+    ]
+    assert mounts["app-secret"] == env["STAFET_SECRETS_DIR"]
+    # as deployed (with its secret files) it passes stafet/safety.py; without them it would not
+    from stafet.safety import problems
+
+    from_env = {
+        k[7:].lower(): v
+        for k, v in env.items()
+        if k.startswith("STAFET_") and k != "STAFET_SECRETS_DIR"
+    }
+    as_deployed = Settings(
+        _env_file=None,
+        patient_key_secret="from-the-secret-file",
+        console_session_secret="from-the-secret-file",
+        **from_env,
+    )
+    assert problems(as_deployed, "console") == []
+    without_files = Settings(_env_file=None, patient_key_secret="x", **from_env)
+    (refused,) = problems(without_files, "console")
+    assert "STAFET_CONSOLE_SESSION_SECRET" in refused
+    # a ClusterIP Service on 9190, and every process the Flow page probes has a health port
+    services = {
+        r["metadata"]["name"]: r["spec"] for r in files["workloads.yaml"] if r["kind"] == "Service"
+    }
+    assert services["stafet-console"]["type"] == "ClusterIP"
+    assert services["stafet-console"]["ports"] == [
+        {"name": "https", "port": 9190, "targetPort": "https", "protocol": "TCP"}
+    ]
+    probed = dict(p.split("=", 1) for p in env["STAFET_CONSOLE_PROCESSES"].split(","))
+    assert set(probed) == {"worker-0", "worker-1", "mllp", "fhir", "deliver"}
+    for name, url in probed.items():
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        service = host.split(".")[-3]  # <pod>.<service>.<namespace>.svc or <service>.<ns>.svc
+        assert host.endswith(".stafet.svc") and port == "9180", url
+        assert {"health": 9180}.items() <= {
+            p["name"]: p["port"] for p in services[service]["ports"]
+        }.items(), name
 
 
 def test_services_and_disruption_budgets(files: dict) -> None:

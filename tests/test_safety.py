@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from stafet.config import Settings
 from stafet.safety import UnsafeConfiguration, bootstrap_hosts, is_loopback, problems, refuse_unsafe
@@ -47,7 +48,7 @@ def test_loopback_names_and_addresses() -> None:
     ]
 
 
-@pytest.mark.parametrize("process", ["worker", "mllp", "fhir", "deliver", "up"])
+@pytest.mark.parametrize("process", ["worker", "mllp", "fhir", "deliver", "console", "up"])
 def test_the_local_stack_on_loopback_starts_with_every_default(process: str) -> None:
     assert problems(_settings(), process) == []  # plaintext, the development secret, no TLS
 
@@ -111,12 +112,50 @@ def test_a_fhir_listener_off_loopback_needs_mutual_tls(tmp_path: Path) -> None:
     assert problems(with_mtls, "fhir") == []
 
 
+def test_a_console_off_loopback_needs_tls_and_a_fixed_session_secret(tmp_path: Path) -> None:
+    settings = _settings(console_host="0.0.0.0", patient_key_secret=REAL_SECRET)
+    tls, session = problems(settings, "console")
+    print(f"\n{tls}\n{session}")
+    assert "in clear on STAFET_CONSOLE_HOST=0.0.0.0" in tls
+    assert "STAFET_CONSOLE_TLS_CERT and STAFET_CONSOLE_TLS_KEY" in tls
+    assert "STAFET_CONSOLE_SESSION_SECRET" in session and "every console replica" in session
+    assert "log everyone out at each restart" in session
+    assert problems(settings, "up") == [tls, session]  # `stafet up` runs a console too
+    assert problems(settings, "worker") == []  # the worker does not listen there
+    served = settings.model_copy(
+        update={
+            "console_tls_cert": tmp_path / "tls.crt",
+            "console_tls_key": tmp_path / "tls.key",
+            "console_session_secret": SecretStr("a-fixed-key"),
+        }
+    )
+    assert problems(served, "console") == []
+    blank = served.model_copy(update={"console_session_secret": SecretStr("  ")})
+    assert problems(blank, "console") == [session]
+    assert "a-fixed-key" not in "".join(
+        problems(served.model_copy(update={"console_tls_cert": None}), "console")
+    )
+    # the console has no health port: STAFET_HEALTH_HOST is not its business; on loopback
+    # it may run plain HTTP with a random session key, as before
+    assert (
+        problems(_settings(health_host="0.0.0.0", patient_key_secret=REAL_SECRET), "console") == []
+    )
+    (secret,) = problems(
+        _settings(
+            console_host="10.0.0.5", console_tls_cert=tmp_path / "c", console_session_secret="k"
+        ),
+        "console",
+    )
+    assert secret.startswith("the built-in development patient-key secret")  # it searches by CPR
+    assert "STAFET_CONSOLE_HOST=10.0.0.5" in secret
+
+
 def test_every_problem_is_listed_at_once() -> None:
     settings = _settings(bootstrap_servers=REMOTE, fhir_host="0.0.0.0")
     assert len(problems(settings, "fhir")) == 3
 
 
-@pytest.mark.parametrize("command", ["worker", "mllp", "fhir", "deliver"])
+@pytest.mark.parametrize("command", ["worker", "mllp", "fhir", "deliver", "console"])
 def test_the_real_process_refuses_before_connecting(command: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAFET_")}
     env.update(

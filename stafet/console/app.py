@@ -12,8 +12,8 @@ at once and never shown, logged or put in a URL.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader
 from stafet.config import Settings
 from stafet.console.auth import Sessions, User, UserStore
 from stafet.console.data import ConsoleData
+from stafet.console.health import Readiness, kafka_metadata
 from stafet.console.records import DeadLetter, masked
 from stafet.console.scope import Scope
 from stafet.cpr import is_valid_cpr
@@ -39,8 +40,9 @@ SESSIONS = web.AppKey("sessions", Sessions)
 TEMPLATES = web.AppKey("templates", Environment)
 SETTINGS = web.AppKey("settings", Settings)
 FLASH = web.AppKey("flash", dict)
+READINESS = web.AppKey("readiness", Readiness)
 BEHIND = web.RequestKey("index_behind", int)  # records the index had still to read
-PUBLIC = ("/login", "/healthz")
+PUBLIC = ("/login", "/healthz", "/readyz")
 NAV = (
     ("/flow", "Flow"),
     ("/dead-letters", "Dead letters"),
@@ -205,6 +207,7 @@ async def login(request: web.Request) -> web.Response:
         samesite="Strict",
         max_age=int(request.app[SESSIONS].max_age_s),
         path="/",
+        secure=request.app[SETTINGS].console_tls_cert is not None,  # HTTPS: never sent in clear
     )
     raise response
 
@@ -226,7 +229,14 @@ def check_csrf(request: web.Request, form: Any) -> None:
 
 
 async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"alive": True})
+    """Liveness: the event loop answers (public, no data)."""
+    return web.json_response({"alive": True, "status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: users to log in and Kafka to read (public, no data; stafet/console/health.py)."""
+    ok, body = await request.app[READINESS].ready()
+    return web.json_response(body, status=200 if ok else 503)
 
 
 # --- pages ------------------------------------------------------------------------------------
@@ -532,12 +542,18 @@ async def index(_: web.Request) -> web.Response:
 # --- the application --------------------------------------------------------------------------
 
 
-def make_app(settings: Settings, data: ConsoleData | None = None) -> web.Application:
+def make_app(
+    settings: Settings,
+    data: ConsoleData | None = None,
+    metadata: Callable[[], str] | None = None,
+) -> web.Application:
+    """The console; ``data`` and ``metadata`` (the readiness probe's Kafka request) for tests."""
     app = web.Application(middlewares=[security_headers, authenticate], client_max_size=64 * 1024)
+    configured = settings.console_session_secret
     secret = (
-        settings.console_session_secret.get_secret_value().encode()
-        if settings.console_session_secret
-        else secrets.token_bytes(32)
+        configured.get_secret_value().encode()
+        if configured and configured.get_secret_value().strip()
+        else secrets.token_bytes(32)  # loopback only (stafet/safety.py refuses it elsewhere)
     )
     app[SETTINGS] = settings
     app[DATA] = data or ConsoleData(settings)
@@ -545,13 +561,20 @@ def make_app(settings: Settings, data: ConsoleData | None = None) -> web.Applica
     app[SESSIONS] = Sessions(secret, settings.console_session_max_age_s)
     app[TEMPLATES] = templates()
     app[FLASH] = {}
+    app[READINESS] = Readiness(app[USERS], metadata or kafka_metadata(settings))
+    app[READINESS].health.add_check("index", app[DATA].index_condition)
+
+    async def start_index(_: web.Application) -> None:
+        app[DATA].start()
 
     async def close_index(_: web.Application) -> None:
         await asyncio.to_thread(app[DATA].close)
 
+    app.on_startup.append(start_index)
     app.on_cleanup.append(close_index)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
@@ -568,36 +591,36 @@ def make_app(settings: Settings, data: ConsoleData | None = None) -> web.Applica
     return app
 
 
-def check_host(host: str) -> None:
-    """Loopback only in this step: the session cookie must not cross a network in clear."""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        raise StafetError(
-            f"the console listens on loopback only (STAFET_CONSOLE_HOST={host}): put a "
-            "TLS-terminating reverse proxy on this host in front of it"
-        )
-
-
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run the console until ``stop`` is set (or SIGTERM / Ctrl-C)."""
+    """Run the console until ``stop`` is set (or SIGTERM / Ctrl-C): HTTPS when
+    ``console_tls_cert`` is set — off loopback it must be, and stafet/safety.py refuses
+    anything else before a socket is opened."""
     import signal
 
-    check_host(settings.console_host)
+    from stafet.connectors.tls import server_context
+    from stafet.safety import refuse_unsafe
+
+    refuse_unsafe(settings, "console")
+    try:
+        tls = server_context(settings.console_tls_cert, settings.console_tls_key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise StafetError(
+            f"the console's TLS files cannot be used (STAFET_CONSOLE_TLS_CERT="
+            f"{settings.console_tls_cert}, STAFET_CONSOLE_TLS_KEY={settings.console_tls_key}): "
+            f"{exc}"
+        ) from exc
     app = make_app(settings)
     users = app[USERS].users()
     if not users:
         log.warning("console.no_users", problem=app[USERS].problem)
     runner = web.AppRunner(app, access_log=None)  # views are logged by console.view
     await runner.setup()
-    site = web.TCPSite(runner, settings.console_host, settings.console_port)
+    site = web.TCPSite(runner, settings.console_host, settings.console_port, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else settings.console_port
     log.info(
         "console.listening",
-        url=f"http://{settings.console_host}:{port}/",
+        url=f"{'https' if tls else 'http'}://{settings.console_host}:{port}/",
         users=len(users),
         processes=",".join(n for n, _ in app[DATA].processes()),
     )

@@ -59,6 +59,7 @@ class ConsoleData:
         self.index = ConsoleIndex()
         self.follower = TopicFollower(self.config, followed, self.index.apply, name="console")
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
         self._admin: AdminClient | None = None
         self._producer: DurableProducer | None = None
         self._rates: dict[tuple[str, str], tuple[float, float]] = {}
@@ -77,9 +78,18 @@ class ConsoleData:
                 self.follower.run(follow=True)
             except StafetError as exc:  # Kafka away at the start: try again
                 log.warning("console.index_retry", error=str(exc))
-                time.sleep(5.0)
+                self._closing.wait(5.0)
+
+    def index_condition(self) -> tuple[bool, str]:
+        """``/readyz``'s ``index``: the topics read to the ends they had at the start."""
+        size = self.index.size()
+        held = f"{size['records']} records, {size['patients']} patients"
+        if self.follower.ready:
+            return True, held
+        return False, f"reading the topics from their beginning: {held} so far"
 
     def close(self) -> None:
+        self._closing.set()
         self.follower.stop()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
