@@ -48,6 +48,8 @@ from stafet.kafka.topics import (
 
 #: the alerts a page may show (the newest)
 ALERTS_KEPT = 500
+#: within one millisecond (an output carries its input's timestamp): the cause first
+KIND_ORDER = {"event": 0, "message": 1, "dead letter": 2, "delivery": 3, "operator": 4}
 
 
 def followed(topic: str) -> bool:
@@ -315,7 +317,7 @@ class ConsoleIndex:
                     r.topic,
                 )
             )
-        shown.sort(key=lambda r: r.at)
+        shown.sort(key=lambda r: (r.at, KIND_ORDER.get(r.kind, 9)))
         return shown, about
 
     def dead_letters(self) -> list[DeadLetter]:

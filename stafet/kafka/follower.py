@@ -144,6 +144,7 @@ class TopicFollower:
                     self._assign_new(consumer, 5.0, quiet=True)
                 msg = consumer.poll(0.2)
                 if msg is None:
+                    self._advance(consumer)
                     if not follow and time.monotonic() - last_record > timeout_s:
                         raise StafetError(
                             f"{self.name}: no record for {timeout_s:.0f}s with "
@@ -185,6 +186,17 @@ class TopicFollower:
         self.records += 1
         with self._lock:
             self._positions[tp] = max(self._positions.get(tp, 0), (msg.offset() or 0) + 1)
+
+    def _advance(self, consumer: Consumer) -> None:
+        """Positions from the consumer itself: past records never delivered (an aborted
+        transaction's, commit and abort markers) when no EOF event says so yet."""
+        with self._lock:
+            partitions = [KafkaPartition(t, p) for t, p in self._positions]
+        for tp in consumer.position(partitions):
+            if tp.offset >= 0:
+                key = (tp.topic, tp.partition)
+                with self._lock:
+                    self._positions[key] = max(self._positions.get(key, 0), tp.offset)
 
     def _assign_new(self, consumer: Consumer, timeout_s: float, *, quiet: bool = False) -> None:
         """Assign, from the beginning, every partition of a chosen topic not yet assigned."""
