@@ -8,9 +8,12 @@ the HospitalNotification on the municipality's ``out.municipality.<code>`` and t
 (published, delivered to a REST subscriber, acknowledged). The index is fed those records as its
 follower would, and then asked what the pages ask.
 
-    .venv/bin/python -m bench.console_index [--events N]
+    .venv/bin/python -m bench.console_index [--events N] [--kafka-events M]
 
-Writes ``bench/results/console-index-<timestamp>.json`` and prints the figures.
+With ``--kafka-events`` (default 20,000; 0: skip) it also starts its own broker (free ports,
+temp dir), writes that many events' records — each notification with the size of MedCom's
+12 KB STIN example — and times the console's follower from its start to ready: what a console
+restart costs. Writes ``bench/results/console-index-<timestamp>.json`` and prints the figures.
 """
 
 from __future__ import annotations
@@ -192,14 +195,93 @@ def measure(events: int) -> dict[str, Any]:
     }
 
 
+def _produce(settings: Any, recs: list[Rec]) -> float:
+    """Write the records fast (batched, one flush at the end): the read side is measured."""
+    from confluent_kafka import Producer
+
+    from bench.delivery import EXAMPLE
+    from stafet.kafka.client import client_config
+
+    bundle = EXAMPLE.read_bytes()  # the index reads headers only; Kafka carries the body
+    producer = Producer(
+        client_config(settings, **{"linger.ms": 50, "compression.type": "lz4", "acks": "all"})
+    )
+    t = time.perf_counter()
+    for rec in recs:
+        value = bundle if rec.topic_.startswith("out.") else rec.value_
+        while True:
+            try:
+                producer.produce(rec.topic_, value, key=rec.key_, headers=rec.headers_)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("records not written")
+    return time.perf_counter() - t
+
+
+def measure_kafka(events: int) -> dict[str, Any]:
+    """The follower against a real broker: start to ready over ``events`` events' records."""
+    import shutil
+    import tempfile
+    import threading
+
+    from bench.run import free_port
+    from stafet.config import Settings
+    from stafet.console.index import ConsoleIndex, followed
+    from stafet.kafka.client import client_config
+    from stafet.kafka.follower import TopicFollower
+    from stafet.kafka.local import LocalKafka
+    from stafet.kafka.topics import ensure_topics
+
+    root = Path(tempfile.mkdtemp(prefix="stafet-bench-console-"))
+    settings = Settings(
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        kafka_home=root / "kafka",
+        log_level="ERROR",
+    )
+    kafka = LocalKafka.from_settings(settings)
+    kafka.start()
+    try:
+        ensure_topics(settings, settings.partitions)
+        recs, _ = records(events, seed=17)
+        produce_s = _produce(settings, recs)
+        index = ConsoleIndex()
+        follower = TopicFollower(client_config(settings), followed, index.apply, name="bench")
+        t = time.perf_counter()
+        thread = threading.Thread(target=follower.run, daemon=True)
+        thread.start()
+        follower.wait_ready(600)
+        ready_s = time.perf_counter() - t
+        follower.stop()
+        thread.join(10)
+        return {
+            "events": events,
+            "records": len(recs),
+            "partitions": len(follower.partitions()),
+            "produce_s": round(produce_s, 1),
+            "start_to_ready_s": round(ready_s, 2),
+            "records_per_s": round(index.records / ready_s),
+            "indexed": index.size(),
+        }
+    finally:
+        kafka.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--kafka-events", type=int, default=20_000)
     args = parser.parse_args()
     from stafet.logging import configure_logging
 
     configure_logging("WARNING")
     result = measure(args.events)
+    if args.kafka_events:
+        result["kafka"] = measure_kafka(args.kafka_events)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"console-index-{stamp}.json"

@@ -246,7 +246,8 @@ def pod_template(settings: Settings, target: Target, w: Workload) -> dict[str, A
         "readinessProbe": _probe(w, "/readyz", 5, 2),
         "resources": {
             "requests": {"cpu": "250m", "memory": "512Mi" if w.name == "worker" else "256Mi"},
-            "limits": {"memory": "2Gi" if w.name == "worker" else "512Mi"},
+            # the console holds its index in memory: ≈ 1.6 KB per event (bench/console_index.py)
+            "limits": {"memory": {"worker": "2Gi", "console": "1Gi"}.get(w.name, "512Mi")},
         },
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -23,12 +23,25 @@ FORBIDDEN = {
         "stafet.kafka",
         "stafet.inbound",
     ),
-    "stafet.kafka": ("stafet.streams", "stafet.connectors", "stafet.cli"),
+    "stafet.kafka": ("stafet.streams", "stafet.connectors", "stafet.cli", "stafet.console"),
     # the stream stage reads topics, never a connector
-    "stafet.streams": ("stafet.connectors", "stafet.cli"),
+    "stafet.streams": ("stafet.connectors", "stafet.cli", "stafet.console"),
     # sources write ingest topics, sinks read out topics: neither reaches into the other
-    "stafet.connectors.sources": ("stafet.connectors.sinks", "stafet.streams", "stafet.cli"),
-    "stafet.connectors.sinks": ("stafet.connectors.sources", "stafet.streams", "stafet.cli"),
+    "stafet.connectors.sources": (
+        "stafet.connectors.sinks",
+        "stafet.streams",
+        "stafet.cli",
+        "stafet.console",
+    ),
+    "stafet.connectors.sinks": (
+        "stafet.connectors.sources",
+        "stafet.streams",
+        "stafet.cli",
+        "stafet.console",
+    ),
+    # the console reads topics (and asks the processes over HTTP): no process module, and
+    # nothing but the command line imports it
+    "stafet.console": ("stafet.streams", "stafet.connectors", "stafet.cli"),
 }
 #: what only a checkout has: nothing installed imports it, but for `stafet demo`, which runs the
 #: checkout's demo/ (and says so when there is none)

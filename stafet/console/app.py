@@ -597,8 +597,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     anything else before a socket is opened."""
     import signal
 
-    from stafet.connectors.tls import server_context
     from stafet.safety import refuse_unsafe
+    from stafet.tls import server_context
 
     refuse_unsafe(settings, "console")
     try:

@@ -36,7 +36,6 @@ from confluent_kafka import KafkaException, Message
 from stafet.config import Settings
 from stafet.connectors.sources.fhir.messaging import SeenMessages, process_message
 from stafet.connectors.sources.fhir.openapi import openapi
-from stafet.connectors.tls import server_context
 from stafet.cpr import mask_cpr
 from stafet.errors import KafkaWriteError, StafetError
 from stafet.inbound.fhir_referral import FhirInputError, Issue, parse_fhir_referral
@@ -62,6 +61,7 @@ from stafet.observability import (
     run_listener,
     stats_config,
 )
+from stafet.tls import server_context
 
 log = get_logger(__name__)
 

@@ -23,7 +23,6 @@ from hl7.mllp import start_hl7_server
 
 from stafet.config import Settings
 from stafet.connectors.sources.mllp.ack import build_ack
-from stafet.connectors.tls import server_context
 from stafet.cpr import MASK, mask_cpr
 from stafet.errors import KafkaWriteError
 from stafet.inbound.canonical import carry
@@ -52,6 +51,7 @@ from stafet.observability import (
     run_listener,
     stats_config,
 )
+from stafet.tls import server_context
 
 log = get_logger(__name__)
 

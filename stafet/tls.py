@@ -1,4 +1,4 @@
-"""TLS for the source connectors' listeners (MLLP and FHIR HTTP): one way to build the context.
+"""TLS for the listeners (MLLP, FHIR HTTP) and the operator console: one way to build the context.
 
 With a client CA, senders must present a certificate it signed (mutual TLS): that is how a
 listener on a shared network knows who is talking to it.
