@@ -176,3 +176,26 @@ def query(
         message_id=message_id,
         subscriber=subscriber,
     )
+
+
+def access_lines(
+    settings: Any, *, cpr: str | None = None, user: str | None = None
+) -> list[dict[str, Any]]:
+    """Read ``audit.access`` (who viewed which console page about whom) and select: a patient's
+    lines (its CPR turned into the patient key first) or one user's, oldest first."""
+    from stafet.ids import patient_key
+    from stafet.kafka.client import client_config
+    from stafet.kafka.reader import read_to_end
+    from stafet.kafka.topics import AUDIT_ACCESS
+
+    key = patient_key(cpr, settings.patient_key_secret.get_secret_value()) if cpr else None
+    lines = []
+    for m in read_to_end(client_config(settings), AUDIT_ACCESS):
+        try:
+            line = json.loads(m.value() or b"{}")
+        except ValueError:
+            continue
+        if key and line.get("patient_key") != key or user and line.get("user") != user:
+            continue
+        lines.append(line)
+    return sorted(lines, key=lambda line: str(line.get("at", "")))

@@ -25,3 +25,15 @@ def test_a_stafet_error_ends_the_command_with_its_message_not_a_traceback(tmp_pa
     assert done.returncode == 1
     assert "Error: provisioning needs STAFET_KAFKA_SECURITY=sasl_ssl" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_audit_access_needs_a_patient_or_a_user_and_user_needs_access():
+    from click.testing import CliRunner
+
+    from stafet.cli import main
+
+    runner = CliRunner()
+    alone = runner.invoke(main, ["audit", "--access"])
+    assert alone.exit_code == 2 and "with --access give --patient or --user" in alone.output
+    stray = runner.invoke(main, ["audit", "--user", "anna"])
+    assert stray.exit_code == 2 and "--user goes with --access" in stray.output

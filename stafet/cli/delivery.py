@@ -132,6 +132,13 @@ def read_cpr() -> str:
 @click.option("--message-id", help="one message id")
 @click.option("--subscriber", "subscriber_id", help="one subscriber")
 @click.option("--events", is_flag=True, help="every audit line, not one row per recipient")
+@click.option(
+    "--access",
+    is_flag=True,
+    help="the console's access log instead: who viewed which page about the --patient "
+    "(or by --user)",
+)
+@click.option("--user", help="with --access: one console user's views")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines")
 def audit(
     referral_id: str | None,
@@ -139,13 +146,21 @@ def audit(
     message_id: str | None,
     subscriber_id: str | None,
     events: bool,
+    access: bool,
+    user: str | None,
     as_json: bool,
 ) -> None:
-    """Who received what about a referral / a patient, and when (delivery and acknowledgement)."""
+    """Who received what about a referral / a patient, and when (delivery and acknowledgement);
+    with --access, who looked at a patient's data in the operator console."""
     from dataclasses import asdict
 
     from stafet.audit import query, summarize
 
+    if access:
+        _access(patient, user, as_json)
+        return
+    if user:
+        raise click.UsageError("--user goes with --access")
     if not any([referral_id, patient, message_id, subscriber_id]):
         raise click.UsageError("give --referral, --patient, --message-id or --subscriber")
     cpr = read_cpr() if patient else None
@@ -174,6 +189,28 @@ def audit(
             )
     if not rows:
         click.echo("no audit records match", err=True)
+
+
+def _access(patient: bool, user: str | None, as_json: bool) -> None:
+    """``stafet audit --access``: the console's views of one patient's data, or one user's."""
+    from stafet.audit import access_lines
+
+    if not (patient or user):
+        raise click.UsageError("with --access give --patient or --user")
+    lines = access_lines(get_settings(), cpr=read_cpr() if patient else None, user=user)
+    for line in lines:
+        if as_json:
+            click.echo(json.dumps(line, ensure_ascii=False))
+            continue
+        what = " ".join(
+            f"{k}={v}"
+            for k, v in line.items()
+            if k not in ("at", "user", "role", "municipality", "page", "patient_key")
+        )
+        who = f"{line.get('user')} ({line.get('role')} {line.get('municipality') or ''})"
+        click.echo(f"{line.get('at')}  {who.replace(' )', ')'):<36} {line.get('page'):<13} {what}")
+    if not lines:
+        click.echo("no console views match", err=True)
 
 
 @click.command()

@@ -14,7 +14,10 @@ nothing of Hillerød's resident, by page or by URL.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -472,3 +475,17 @@ def test_every_view_of_a_childs_data_is_on_the_access_log_keyed_by_the_child(con
     assert all(line["at"] and line["role"] in ("operator", "municipality") for _, line in lines)
     for p in (console.rikke, console.lars):
         assert p.cpr not in str(lines)
+    # the family asks who looked: `stafet audit --access --patient`, the CPR on stdin
+    answer = subprocess.run(
+        [sys.executable, "-m", "stafet.cli", "audit", "--access", "--patient", "--json"],
+        env={**os.environ, **settings_env(as_admin(console.stack.settings))},
+        input=console.rikke.cpr + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert answer.returncode == 0, answer.stderr
+    told = [json.loads(line) for line in answer.stdout.splitlines()]
+    assert {(t["user"], t["page"]) for t in told} == about_rikke
+    assert [t["at"] for t in told] == sorted(t["at"] for t in told)
+    assert console.rikke.cpr not in answer.stdout + answer.stderr
