@@ -346,6 +346,34 @@ class Settings(BaseSettings):
         "gives its children on STAFET_HEALTH_HOST",
     )
     console_refresh_s: int = Field(10, ge=0, description="the Flow page reloads itself (0: no)")
+    console_oidc_issuer: str = Field(
+        "",
+        description="OpenID Connect provider the console may log people in through (its "
+        "issuer URL, e.g. https://login.microsoftonline.com/<tenant>/v2.0); unset: the users "
+        "file only. Off loopback it must be https (stafet/safety.py)",
+    )
+    console_oidc_client_id: str = Field(
+        "", description="the console's client id at the provider (the ID token's audience)"
+    )
+    console_oidc_client_secret: SecretStr | None = Field(
+        None,
+        description="its client secret (best as the file STAFET_CONSOLE_OIDC_CLIENT_SECRET in "
+        "STAFET_SECRETS_DIR); unset: a public client, PKCE only",
+    )
+    console_oidc_redirect_url: str = Field(
+        "",
+        description="the console's external URL + /oidc/callback, as registered at the "
+        "provider; unset: derived from the request (fine on loopback only)",
+    )
+    console_oidc_scopes: str = Field("openid profile", description="scopes asked for")
+    console_oidc_role_claim: str = Field(
+        "stafet_role",
+        description="the ID token claim with the stafet role: operator | municipality",
+    )
+    console_oidc_municipality_claim: str = Field(
+        "stafet_municipality",
+        description="the ID token claim with a municipality user's 4-digit municipality code",
+    )
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = "INFO"

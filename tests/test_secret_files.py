@@ -124,6 +124,7 @@ def test_no_secret_setting_is_missing_from_the_list() -> None:
         "STAFET_KAFKA_ADMIN_PASSWORD",
         "STAFET_ADDRESSEE_KEY",
         "STAFET_CONSOLE_SESSION_SECRET",
+        "STAFET_CONSOLE_OIDC_CLIENT_SECRET",
     }
 
 
