@@ -42,7 +42,7 @@ SETTINGS = web.AppKey("settings", Settings)
 FLASH = web.AppKey("flash", dict)
 READINESS = web.AppKey("readiness", Readiness)
 BEHIND = web.RequestKey("index_behind", int)  # records the index had still to read
-PUBLIC = ("/login", "/healthz", "/readyz")
+PUBLIC = ("/login", "/healthz", "/readyz", "/oidc/login", "/oidc/callback")
 NAV = (
     ("/flow", "Flow"),
     ("/dead-letters", "Dead letters"),
@@ -182,10 +182,12 @@ def not_found(request: web.Request, what: str) -> web.HTTPNotFound:
 async def login_page(request: web.Request) -> web.Response:
     store = request.app[USERS]
     problem = None
-    if not store.users() or store.problem:  # the details are in the console's log, not here
+    oidc_only = bool(request.app[SETTINGS].console_oidc_issuer) and not store.users()
+    # the details are in the console's log, not here (with OIDC, only a file that is there)
+    if (not store.users() and not oidc_only) or (store.problem and store.path.exists()):
         log.warning("console.users_problem", problem=store.problem)
         problem = "The console's users file is missing or invalid: see its log."
-    return render(request, "login.html", problem=problem)
+    return render(request, "login.html", problem=problem, oidc_only=oidc_only)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -588,6 +590,9 @@ def make_app(
     app.router.add_post("/search", search)
     app.router.add_get("/trail/{key}", trail)
     app.router.add_get("/subscribers", subscribers)
+    from stafet.console.oidc import setup_oidc  # it imports this module
+
+    setup_oidc(app)  # /oidc/login and /oidc/callback when STAFET_CONSOLE_OIDC_ISSUER is set
     return app
 
 

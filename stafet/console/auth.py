@@ -220,6 +220,11 @@ class Sessions:
     def _mac(self, data: bytes) -> str:
         return _b64(hmac.new(self._key, data, hashlib.sha256).digest())
 
+    def derived_key(self, purpose: str) -> bytes:
+        """32 bytes for another use of the session secret (the OIDC login's flow cookie): the
+        same on every replica, and never the session key itself."""
+        return hmac.new(self._key, b"derived|" + purpose.encode(), hashlib.sha256).digest()
+
     def issue(self, user: str, *, now: float | None = None) -> str:
         now = time.time() if now is None else now
         payload = json.dumps(
