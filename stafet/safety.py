@@ -14,7 +14,8 @@ to start with:
   would go to parents and alerts to a municipality);
 - an operator console without TLS (passwords and session cookies in clear) or without a fixed
   session secret (a random key per process logs everyone out at a restart and makes one
-  replica's sessions invalid on the next).
+  replica's sessions invalid on the next), or with an OIDC provider that is not https (or no
+  https redirect URL).
 
 The message names each setting to change; none of them is ever a value of a secret.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from typing import Literal
+from urllib.parse import urlsplit
 
 from stafet.config import DEVELOPMENT_PATIENT_KEY_SECRET, Settings
 from stafet.errors import StafetError
@@ -134,6 +136,20 @@ def _console_problems(settings: Settings, host: str) -> list[str]:
             "each restart, and a session from one replica would be refused by the next — set "
             "it (best as the file STAFET_CONSOLE_SESSION_SECRET in STAFET_SECRETS_DIR; e.g. "
             "`openssl rand -hex 32`), the same on every console replica"
+        )
+    issuer = settings.console_oidc_issuer
+    if issuer and urlsplit(issuer).scheme != "https":
+        found.append(
+            f"the operator console on STAFET_CONSOLE_HOST={host} would take logins from the "
+            f"OIDC provider STAFET_CONSOLE_OIDC_ISSUER={issuer} over plain HTTP (its keys and "
+            "tokens could be changed on the way): set an https:// issuer"
+        )
+    redirect = settings.console_oidc_redirect_url
+    if issuer and not redirect.startswith("https://"):
+        found.append(
+            f"the operator console on STAFET_CONSOLE_HOST={host} has no https "
+            "STAFET_CONSOLE_OIDC_REDIRECT_URL: set the console's external URL + /oidc/callback, "
+            "as registered at the provider"
         )
     return found
 

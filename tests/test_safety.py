@@ -150,6 +150,33 @@ def test_a_console_off_loopback_needs_tls_and_a_fixed_session_secret(tmp_path: P
     assert "STAFET_CONSOLE_HOST=10.0.0.5" in secret
 
 
+def test_a_console_off_loopback_takes_oidc_logins_only_over_https(tmp_path: Path) -> None:
+    served = _settings(
+        console_host="0.0.0.0",
+        patient_key_secret=REAL_SECRET,
+        console_tls_cert=tmp_path / "tls.crt",
+        console_session_secret=SecretStr("a-fixed-key"),
+        console_oidc_client_id="stafet-console",
+        console_oidc_client_secret=SecretStr("the-client-secret"),
+    )
+    https = {
+        "console_oidc_issuer": "https://login.region-h.example/realms/stafet",
+        "console_oidc_redirect_url": "https://console.region-h.example/oidc/callback",
+    }
+    assert problems(served.model_copy(update=https), "console") == []
+    plain = served.model_copy(update={**https, "console_oidc_issuer": "http://keycloak:8080/x"})
+    (issuer,) = problems(plain, "console")
+    assert "STAFET_CONSOLE_OIDC_ISSUER=http://keycloak:8080/x" in issuer and "https://" in issuer
+    assert "the-client-secret" not in issuer
+    no_redirect = served.model_copy(update={**https, "console_oidc_redirect_url": ""})
+    (redirect,) = problems(no_redirect, "console")
+    assert "STAFET_CONSOLE_OIDC_REDIRECT_URL" in redirect and "/oidc/callback" in redirect
+    assert problems(plain, "up") == [issuer]  # `stafet up` runs a console too
+    # on loopback a provider in a container next door over http is fine
+    local = _settings(console_oidc_issuer="http://127.0.0.1:8080/realms/stafet")
+    assert problems(local, "console") == []
+
+
 def test_every_problem_is_listed_at_once() -> None:
     settings = _settings(bootstrap_servers=REMOTE, fhir_host="0.0.0.0")
     assert len(problems(settings, "fhir")) == 3
