@@ -37,8 +37,8 @@ from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 
 from stafet.config import Settings
-from stafet.console.app import READINESS, SESSIONS, SETTINGS, TEMPLATES, USERS, render
 from stafet.console.auth import ROLES, Sessions, User, UserStore
+from stafet.console.view import READINESS, SESSIONS, SETTINGS, TEMPLATES, USERS, render
 from stafet.errors import StafetError
 from stafet.logging import get_logger
 from stafet.schemas.municipalities import municipality
