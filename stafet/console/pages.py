@@ -206,25 +206,11 @@ async def search(request: web.Request) -> web.Response:
     key = None
     if cpr:
         if not is_valid_cpr(cpr):  # the value is never echoed
-            return render(
-                request,
-                "search.html",
-                400,
-                form=shown,
-                searched=False,
-                error="The patient field is not a CPR number (DDMMYY-SSSS).",
-            )
+            return _refused(request, shown, "The patient field is not a CPR number (DDMMYY-SSSS).")
         key = patient_key(cpr, request.app[SETTINGS].patient_key_secret.get_secret_value())
     del cpr
     if not (referral_id or message_id or key):
-        return render(
-            request,
-            "search.html",
-            400,
-            form=shown,
-            searched=False,
-            error="Give a referral id, a message id or a patient.",
-        )
+        return _refused(request, shown, "Give a referral id, a message id or a patient.")
     index = request.app[DATA].index
 
     def in_range(at: str) -> bool:
@@ -267,6 +253,11 @@ async def search(request: web.Request) -> web.Response:
         rows=rows,
         dead=dead,
     )
+
+
+def _refused(request: web.Request, shown: dict[str, str], error: str) -> web.Response:
+    """The search form again with what was typed (never the CPR) and what is wrong (400)."""
+    return render(request, "search.html", 400, form=shown, searched=False, error=error)
 
 
 def _audit_rows(lines: list[Any]) -> list[dict[str, Any]]:

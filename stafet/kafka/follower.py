@@ -19,7 +19,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from stafet.errors import StafetError
-from stafet.kafka.client import KafkaTarget, resolve_config
+from stafet.kafka.client import KafkaTarget
+from stafet.kafka.reader import reading_consumer
 from stafet.logging import get_logger
 
 log = get_logger(__name__)
@@ -105,21 +106,7 @@ class TopicFollower:
         once :attr:`ready`. Blocking (run it in a thread). Raises :class:`StafetError` when Kafka
         does not answer at the start, or (without ``follow``) no record comes for
         ``timeout_s`` while partitions are unread. Returns the records handled."""
-        consumer = Consumer(
-            resolve_config(
-                self._kafka,
-                **{
-                    "group.id": self._group,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "isolation.level": "read_committed",
-                    # the end of a partition is its EOF event: a transactional topic ends in a
-                    # commit marker, which is never delivered
-                    "enable.partition.eof": True,
-                    "log_level": 2,
-                },
-            )
-        )
+        consumer = reading_consumer(self._kafka, self._group)
         try:
             started = time.monotonic()
             self._assign_new(consumer, timeout_s)

@@ -47,16 +47,17 @@ class Received:
         return json.loads(self.value)
 
 
-def _consumer(kafka: KafkaTarget, *, partition_eof: bool = False) -> Consumer:
-    config = resolve_config(kafka)
-    # assign() only, never committed; still under the principal's own group prefix, because
-    # librdkafka looks the group's coordinator up (a municipality may use municipality-<code>*)
-    prefix = config.get("sasl.username", "stafet")
+def reading_consumer(kafka: KafkaTarget, group_id: str, *, partition_eof: bool = True) -> Consumer:
+    """An assign()-only consumer that never commits, reads ``read_committed`` and, with
+    ``partition_eof``, reports each partition's end as an EOF event (a topic written in
+    transactions ends in a commit marker, which is never delivered). ``group_id`` is never
+    joined; librdkafka still looks its coordinator up, so it must be one the principal may
+    DESCRIBE (``stafet-reader-…``; a municipality: ``municipality-<code>…``)."""
     return Consumer(
         resolve_config(
-            config,
+            kafka,
             **{
-                "group.id": f"{prefix}-inbox-{uuid.uuid4()}",
+                "group.id": group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
@@ -65,6 +66,12 @@ def _consumer(kafka: KafkaTarget, *, partition_eof: bool = False) -> Consumer:
             },
         )
     )
+
+
+def _consumer(kafka: KafkaTarget, *, partition_eof: bool = False) -> Consumer:
+    # under the principal's own group prefix (a municipality may use municipality-<code>*)
+    prefix = resolve_config(kafka).get("sasl.username", "stafet")
+    return reading_consumer(kafka, f"{prefix}-inbox-{uuid.uuid4()}", partition_eof=partition_eof)
 
 
 def end_offsets(
@@ -116,19 +123,7 @@ def read_to_end(
     """Every record of ``topic`` that exists when the call starts — from ``since_ms`` (epoch
     milliseconds) or from ``from_offsets`` ({partition: first offset}; partitions not named are
     read from the beginning), if given — partition by partition in offset order."""
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": f"stafet-reader-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            # a topic written in transactions ends in a commit marker, which is
-            # never delivered: the end of a partition is its EOF event
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "log_level": 2,
-        }
-    )
+    consumer = reading_consumer(config, f"stafet-reader-{uuid.uuid4()}")
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
