@@ -37,6 +37,8 @@ CONSOLE_USERS_DIR = "/var/run/secrets/stafet/console-users"
 CONSOLE_USERS_SECRET, CONSOLE_USERS_KEY = "stafet-console-users", "console-users.toml"
 #: key STAFET_CONSOLE_SESSION_SECRET, projected beside the patient key into STAFET_SECRETS_DIR
 CONSOLE_SESSION_SECRET = "stafet-console-session"
+#: key STAFET_CONSOLE_OIDC_CLIENT_SECRET, projected too when it exists (OIDC login is optional)
+CONSOLE_OIDC_SECRET = "stafet-console-oidc"
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,11 @@ def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[di
                     "sources": [
                         _projected(APP_SECRET, "STAFET_PATIENT_KEY_SECRET"),
                         _projected(CONSOLE_SESSION_SECRET, "STAFET_CONSOLE_SESSION_SECRET"),
+                        _projected(
+                            CONSOLE_OIDC_SECRET,
+                            "STAFET_CONSOLE_OIDC_CLIENT_SECRET",
+                            optional=True,
+                        ),
                     ],
                 },
             }
@@ -212,8 +219,11 @@ def _volumes(target: Target, w: Workload) -> tuple[list[dict[str, Any]], list[di
     return volumes, mounts
 
 
-def _projected(secret: str, key: str) -> dict[str, Any]:
-    return {"secret": {"name": secret, "items": [{"key": key, "path": key}]}}
+def _projected(secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    source: dict[str, Any] = {"name": secret, "items": [{"key": key, "path": key}]}
+    if optional:  # a missing Secret is no file, not a pod stuck in ContainerCreating
+        source["optional"] = True
+    return {"secret": source}
 
 
 def _probe(w: Workload, path: str, period: int, failures: int) -> dict[str, Any]:

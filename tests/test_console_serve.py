@@ -101,6 +101,7 @@ def test_serve_with_tls_answers_https_only_and_the_cookie_is_secure(tmp_path):
                 )
                 cookie = login.headers["Set-Cookie"]
                 assert login.status == 302 and "Secure" in cookie and "HttpOnly" in cookie
+                assert login.headers["Strict-Transport-Security"] == "max-age=31536000"
                 with pytest.raises(aiohttp.ClientError):  # plain HTTP on that port: no answer
                     await session.get(f"http://127.0.0.1:{port}/healthz")
                 with pytest.raises(aiohttp.ClientConnectorCertificateError):
@@ -118,6 +119,7 @@ def test_without_tls_the_cookie_is_not_secure_and_a_broken_certificate_is_named(
             "/login", data={"name": "ops", "password": "ops-password"}, allow_redirects=False
         )
         assert "Secure" not in login.headers["Set-Cookie"]
+        assert "Strict-Transport-Security" not in login.headers, "no HSTS over plain HTTP"
 
     _run(tmp_path, scenario)
     bad = tmp_path / "not-a-cert.pem"
@@ -125,3 +127,6 @@ def test_without_tls_the_cookie_is_not_secure_and_a_broken_certificate_is_named(
     settings = Settings(_env_file=None, console_tls_cert=bad, console_port=_free_port())
     with pytest.raises(StafetError, match="STAFET_CONSOLE_TLS_CERT=.*not-a-cert.pem"):
         asyncio.run(serve(settings, asyncio.Event()))
+    half = Settings(_env_file=None, console_tls_key=bad, console_port=_free_port())
+    with pytest.raises(StafetError, match="STAFET_CONSOLE_TLS_KEY is set without"):
+        asyncio.run(serve(half, asyncio.Event()))

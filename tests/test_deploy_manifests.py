@@ -319,6 +319,17 @@ def test_the_console_serves_https_with_its_secrets_and_would_start(files: dict) 
     assert sources["stafet-console-session"] == [
         {"key": "STAFET_CONSOLE_SESSION_SECRET", "path": "STAFET_CONSOLE_SESSION_SECRET"}
     ]
+    # the OIDC client secret too, when a team creates it: optional, so no Secret is no file
+    (oidc,) = [
+        s["secret"]
+        for s in volumes["app-secret"]["projected"]["sources"]
+        if s["secret"]["name"] == "stafet-console-oidc"
+    ]
+    assert oidc["optional"] is True
+    assert oidc["items"] == [
+        {"key": "STAFET_CONSOLE_OIDC_CLIENT_SECRET", "path": "STAFET_CONSOLE_OIDC_CLIENT_SECRET"}
+    ]
+    assert "optional" not in volumes["app-secret"]["projected"]["sources"][0]["secret"]
     assert mounts["app-secret"] == env["STAFET_SECRETS_DIR"]
     # as deployed (with its secret files) it passes stafet/safety.py; without them it would not
     from stafet.safety import problems

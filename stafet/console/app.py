@@ -178,6 +178,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     from stafet.tls import server_context
 
     refuse_unsafe(settings, "console")
+    if settings.console_tls_key is not None and settings.console_tls_cert is None:
+        raise StafetError(
+            "STAFET_CONSOLE_TLS_KEY is set without STAFET_CONSOLE_TLS_CERT: set both for HTTPS "
+            "(or neither, on loopback)"
+        )
     try:
         tls = server_context(settings.console_tls_cert, settings.console_tls_key)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError

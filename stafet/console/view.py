@@ -73,6 +73,8 @@ async def security_headers(request: web.Request, handler: Any) -> web.StreamResp
         response = exc
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    if request.secure:  # served over HTTPS: a browser never tries plain HTTP for a year
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if isinstance(response, web.HTTPException):
         raise response
     return response  # type: ignore[no-any-return]
