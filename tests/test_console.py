@@ -458,3 +458,36 @@ def test_every_view_is_recorded_before_it_is_shown_and_one_that_cannot_be_is_not
         assert "HospitalNotification" not in page and "m-1" not in page, "nothing of the trail"
 
     _run(tmp_path, scenario)
+
+
+def test_a_search_by_dates_alone_shows_a_municipality_only_its_own(tmp_path):
+    async def scenario(client: TestClient, _: CannedData) -> None:
+        csrf = await _login(client, "aarhus", "aarhus-password")
+        page = await (
+            await client.post("/search", data={"csrf": csrf, "since": "2000-01-01"})
+        ).text()
+        assert "m-1" in page and "m-2" not in page, "Hillerød's delivery is not Aarhus's"
+        assert f"/trail/{RIKKE_KEY}" in page and LARS_KEY not in page
+        csrf = await _login(client, "ops", "ops-password")
+        page = await (
+            await client.post("/search", data={"csrf": csrf, "until": "2999-12-31"})
+        ).text()
+        assert "m-1" in page and "m-2" in page and 'id="limited"' not in page
+        empty = await client.post("/search", data={"csrf": csrf})
+        assert empty.status == 400 and "or dates" in await empty.text()
+
+    _run(tmp_path, scenario)
+
+
+def test_a_search_matching_more_than_a_page_says_so_and_shows_the_newest(tmp_path, monkeypatch):
+    monkeypatch.setattr("stafet.console.pages.SEARCH_ROWS", 1)
+
+    async def scenario(client: TestClient, _: CannedData) -> None:
+        csrf = await _login(client, "ops", "ops-password")
+        page = await (
+            await client.post("/search", data={"csrf": csrf, "since": "2000-01-01"})
+        ).text()
+        assert 'id="limited"' in page and "2 messages and 2 patients match" in page
+        assert page.count('<a href="/trail/') == 1
+
+    _run(tmp_path, scenario)

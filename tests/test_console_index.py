@@ -105,3 +105,16 @@ def test_a_console_is_not_ready_before_its_index_has_read_the_topics():
 
     ready, detail = ConsoleData(Settings(_env_file=None)).index_condition()
     assert not ready and "reading the topics from their beginning: 0 records" in detail
+
+
+def test_a_search_by_dates_alone_looks_at_every_line_and_keeps_the_range():
+    index = _index(
+        _audit(0, RIKKE_KEY, "delivered", "gp", "m-1", at="2026-12-01T23:59:59+00:00"),
+        _audit(1, RIKKE_KEY, "delivered", "gp", "m-2", at="2026-12-02T08:00:00+00:00"),
+        _audit(2, LARS_KEY, "delivered", "gp", "m-3", at="2026-12-03T00:00:00+00:00"),
+    )
+    in_range = index.audit_lines(since="2026-12-02", until="2026-12-03")
+    assert sorted(line.record.message_id for line in in_range) == ["m-2", "m-3"]
+    assert [line.record.message_id for line in index.audit_lines(until="2026-12-01")] == ["m-1"]
+    assert index.audit_lines(since="2026-12-04") == []
+    assert index.audit_lines() == [], "no field: nothing, never everything"

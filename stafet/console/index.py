@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -338,27 +339,44 @@ class ConsoleIndex:
         return alerts[:newest]
 
     def audit_lines(
-        self, *, referral_id: str = "", message_id: str = "", key: str = ""
+        self,
+        *,
+        referral_id: str = "",
+        message_id: str = "",
+        key: str = "",
+        since: str = "",
+        until: str = "",
     ) -> list[AuditLine]:
-        """The audit lines of the patients a search names (one of the three at least), filtered
-        by each given; the keys are looked up, never a scan of the trail."""
+        """The audit lines a search asks for, filtered by each field given. By an id or a
+        patient the patients are looked up (no scan); by dates alone (``YYYY-MM-DD``, both
+        ends included) every line is looked at — a bounded page of them is the caller's."""
+
+        def wanted(r: AuditRecord) -> bool:
+            return (
+                (not referral_id or r.referral_id == referral_id)
+                and (not message_id or r.message_id == message_id)
+                and (not since or r.at[:10] >= since)
+                and (not until or r.at[:10] <= until)
+            )
+
         with self._lock:
-            keys: set[str] = set()
             if key:
-                keys = {key}
+                keys: Iterable[str] = [key]
             elif referral_id:
-                keys = set(self._by_referral.get(referral_id, ()))
-            elif message_id and message_id in self._by_message:
-                keys = {self._by_message[message_id]}
-            lines = [
-                AuditLine(r, k) for k in keys if k in self._trails for r in self._trails[k].audit
+                keys = list(self._by_referral.get(referral_id, ()))
+            elif message_id:
+                keys = [self._by_message[message_id]] if message_id in self._by_message else []
+            elif since or until:
+                keys = list(self._trails)
+            else:
+                keys = []
+            return [
+                AuditLine(r, k)
+                for k in keys
+                if k in self._trails
+                for r in self._trails[k].audit
+                if wanted(r)
             ]
-        return [
-            line
-            for line in lines
-            if (not referral_id or line.record.referral_id == referral_id)
-            and (not message_id or line.record.message_id == message_id)
-        ]
 
     def subscribers(self) -> dict[str, SubscriberState]:
         with self._lock:

@@ -35,6 +35,9 @@ from stafet.logging import get_logger
 
 log = get_logger(__name__)
 
+#: the most rows (messages; patients) a search page shows: the newest messages
+SEARCH_ROWS = 500
+
 
 # --- pages ------------------------------------------------------------------------------------
 
@@ -209,8 +212,8 @@ async def search(request: web.Request) -> web.Response:
             return _refused(request, shown, "The patient field is not a CPR number (DDMMYY-SSSS).")
         key = patient_key(cpr, request.app[SETTINGS].patient_key_secret.get_secret_value())
     del cpr
-    if not (referral_id or message_id or key):
-        return _refused(request, shown, "Give a referral id, a message id or a patient.")
+    if not (referral_id or message_id or key or since or until):
+        return _refused(request, shown, "Give a referral id, a message id, a patient or dates.")
     index = request.app[DATA].index
 
     def in_range(at: str) -> bool:
@@ -218,8 +221,10 @@ async def search(request: web.Request) -> web.Response:
 
     lines = [
         line
-        for line in index.audit_lines(referral_id=referral_id, message_id=message_id, key=key or "")
-        if in_range(line.record.at) and scope.sees_audit_line(line.record.topic, line.key)
+        for line in index.audit_lines(
+            referral_id=referral_id, message_id=message_id, key=key or "", since=since, until=until
+        )
+        if scope.sees_audit_line(line.record.topic, line.key)
     ]
     dead = [
         d
@@ -235,6 +240,8 @@ async def search(request: web.Request) -> web.Response:
         patients.append(key)  # known only from its events: the trail says what there is
     patients = [p for p in patients if scope.sees_patient(p)]
     rows = _audit_rows(lines)
+    found = len(rows), len(patients)
+    rows, patients = rows[-SEARCH_ROWS:], patients[:SEARCH_ROWS]  # by dates alone: many
     await viewed(
         request,
         "search",
@@ -252,6 +259,7 @@ async def search(request: web.Request) -> web.Response:
         patients=patients,
         rows=rows,
         dead=dead,
+        found=found,
     )
 
 
