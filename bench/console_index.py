@@ -255,6 +255,16 @@ def measure_kafka(events: int) -> dict[str, Any]:
         thread.start()
         follower.wait_ready(600)
         ready_s = time.perf_counter() - t
+        # what each page pays first: the last stable offsets of every followed partition
+        from stafet.console.data import ConsoleData
+
+        data = ConsoleData(settings)
+        fresh = []
+        for _ in range(20):
+            t = time.perf_counter()
+            ends = data._stable_ends(follower.partitions())
+            fresh.append(time.perf_counter() - t)
+        assert follower.caught_up(ends)
         follower.stop()
         thread.join(10)
         return {
@@ -264,6 +274,7 @@ def measure_kafka(events: int) -> dict[str, Any]:
             "produce_s": round(produce_s, 1),
             "start_to_ready_s": round(ready_s, 2),
             "records_per_s": round(index.records / ready_s),
+            "page_freshness_check": _percentiles(fresh[1:]),  # the first opens the connection
             "indexed": index.size(),
         }
     finally:

@@ -109,6 +109,13 @@ class TopicFollower:
         consumer = reading_consumer(self._kafka, self._group)
         try:
             started = time.monotonic()
+            resumed = self.positions()  # a second run (after an error) goes on where it was
+            if resumed:
+                with self._lock:
+                    self._pending |= set(resumed)  # read to their ends again before returning
+                consumer.incremental_assign(
+                    [KafkaPartition(t, p, o or OFFSET_BEGINNING) for (t, p), o in resumed.items()]
+                )
             self._assign_new(consumer, timeout_s)
             last_record = last_refresh = time.monotonic()
             while not self._stop.is_set():

@@ -87,3 +87,26 @@ def test_a_follower_reads_from_the_beginning_follows_and_skips_aborted_records(s
         thread.join(10)
     assert not thread.is_alive()
     admin.delete_topics([old, empty, later])
+
+
+def test_a_second_run_goes_on_where_the_first_stopped_without_reading_twice(stack):
+    """The console retries a run that failed: its index must not get a record twice."""
+    settings = as_admin(stack.settings)
+    topic = f"test.follow.{uuid.uuid4().hex[:8]}.again"
+    admin = AdminClient(client_config(settings))
+    _topics(admin, topic)
+    plain = Producer(client_config(settings))
+    for n in range(4):
+        plain.produce(topic, f"first-{n}".encode(), key=f"k{n}".encode())
+    plain.flush(30)
+    seen: list[bytes] = []
+    follower = TopicFollower(settings, [topic], lambda m: seen.append(m.value() or b""), name="t")
+    assert follower.run(follow=False) == 4
+    for n in range(3):
+        plain.produce(topic, f"second-{n}".encode(), key=f"k{n}".encode())
+    plain.flush(30)
+    assert follower.run(follow=False) == 7, "the 3 new ones, counted on from the first run"
+    assert sorted(seen) == sorted(
+        [f"first-{n}".encode() for n in range(4)] + [f"second-{n}".encode() for n in range(3)]
+    )
+    admin.delete_topics([topic])
