@@ -61,6 +61,7 @@ class ConsoleData:
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._admin: AdminClient | None = None
+        self._admin_lock = threading.Lock()
         self._producer: DurableProducer | None = None
         self._rates: dict[tuple[str, str], tuple[float, float]] = {}
 
@@ -120,9 +121,10 @@ class ConsoleData:
         return behind
 
     def _admin_client(self) -> AdminClient:
-        if self._admin is None:
-            self._admin = AdminClient({**self.config, "log_level": 2})
-        return self._admin
+        with self._admin_lock:  # pages ask from worker threads, perhaps two at once
+            if self._admin is None:
+                self._admin = AdminClient({**self.config, "log_level": 2})
+            return self._admin
 
     def _stable_ends(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Each partition's last stable offset (where a read_committed reader stops)."""

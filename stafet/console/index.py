@@ -13,6 +13,7 @@ and returns copies, so a page may run in another.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from collections import defaultdict, deque
@@ -126,6 +127,7 @@ class ConsoleIndex:
         self._pending_owner: dict[str, set[str]] = defaultdict(set)  # message id → subscribers
         self._acked: set[str] = set()
         self.records = 0
+        self._lines = 0  # trail rows and audit lines held (counted, not summed per page)
 
     # -- taking records in (the follower's thread) ------------------------------------------
 
@@ -146,6 +148,10 @@ class ConsoleIndex:
             elif topic.startswith("out."):
                 self._output(topic, msg)
 
+    def _line(self, lines: list[Any], line: Any) -> None:
+        lines.append(line)
+        self._lines += 1
+
     def _encounter(self, msg: Record) -> None:
         from stafet.schemas.codec import decode
 
@@ -153,7 +159,8 @@ class ConsoleIndex:
         e = decode("encounter_event", msg.value() or b"")
         trail = self._trails[key]
         _learn(trail.about, e.get("patient") or {})
-        trail.rows.append(
+        self._line(
+            trail.rows,
             TrailRow(
                 iso_of_ms(timestamp_ms(msg)),
                 "event",
@@ -162,7 +169,7 @@ class ConsoleIndex:
                 f"event time {e.get('event_time')}; visit "
                 f"{(e.get('encounter') or {}).get('visit_number')}",
                 topic=EVENTS_ENCOUNTER,
-            )
+            ),
         )
 
     def _referral(self, msg: Record) -> None:
@@ -180,7 +187,8 @@ class ConsoleIndex:
         what = f"referral {e['kind']}" + (
             f": {decision.get('status')}" if decision.get("status") else ""
         )
-        trail.rows.append(
+        self._line(
+            trail.rows,
             TrailRow(
                 iso_of_ms(timestamp_ms(msg)),
                 "event",
@@ -188,7 +196,7 @@ class ConsoleIndex:
                 _intern((e.get("referrer") or {}).get("name") or ""),
                 f"referral {e.get('referral_id')}; event time {e.get('event_time')}",
                 topic=EVENTS_REFERRAL,
-            )
+            ),
         )
 
     def _output(self, topic: str, msg: Record) -> None:
@@ -200,7 +208,8 @@ class ConsoleIndex:
             self._residents[topic.removeprefix(OUT_MUNICIPALITY_PREFIX)].add(key)
         if message_id:
             self._by_message[message_id] = key
-        self._trails[key].rows.append(
+        self._line(
+            self._trails[key].rows,
             TrailRow(
                 iso_of_ms(timestamp_ms(msg)),
                 "message",
@@ -209,7 +218,7 @@ class ConsoleIndex:
                 _intern(f"on {topic}"),
                 message_id,
                 _intern(topic),
-            )
+            ),
         )
 
     def _audit(self, r: AuditRecord, key: str) -> None:
@@ -220,7 +229,7 @@ class ConsoleIndex:
                 self._by_message.setdefault(r.message_id, key)
             if r.referral_id:
                 self._by_referral[r.referral_id].add(key)
-            self._trails[key].audit.append(r)
+            self._line(self._trails[key].audit, r)
         if r.action in ("dlq-resent", "dlq-discarded"):
             self._closed[r.message_id] = r
             if (dead := self._dead.get(r.message_id)) is not None:
@@ -271,15 +280,14 @@ class ConsoleIndex:
                 self._residents[dead.municipality].add(dead.key)
             if dead.decoded.referral_id:
                 self._by_referral[dead.decoded.referral_id].add(dead.key)
-            self._trails[dead.key].rows.append(
+            self._line(
+                self._trails[dead.key].rows,
                 TrailRow(
                     dead.at, "dead letter", f"dead letter on {dead.topic}", dead.stage, dead.reason
-                )
+                ),
             )
 
     def _alert(self, value: bytes | None) -> None:
-        import json
-
         try:
             body = json.loads(value or b"{}")
         except ValueError:
@@ -388,7 +396,7 @@ class ConsoleIndex:
             return {
                 "records": self.records,
                 "patients": len(self._trails),
-                "trail_rows": sum(len(t.rows) + len(t.audit) for t in self._trails.values()),
+                "trail_rows": self._lines,
                 "dead_letters": len(self._dead),
                 "subscribers": len(self._subscribers),
             }
@@ -408,8 +416,6 @@ _KEPT_TOO = ("referral_id", "topic", "attempt", "detail", "actor")
 
 def _compact(value: bytes | None) -> AuditRecord:
     """An audit line as the index keeps it: the repeated texts shared, the unshown dropped."""
-    import json
-
     data = json.loads(value or b"{}")
     fields = {k: data[k] for k in (*_KEPT, *_KEPT_TOO) if k in data}
     for name in (
